@@ -1,0 +1,72 @@
+// swift-tools-version:6.0
+// Berth: an image-pool manager serving systemd's machine1, import1 and portable1 D-Bus APIs.
+// Layers (DESIGN.md): executables → Services → Bus; Services → PoolAPI → Backends → FileTree → Linux → C modules.
+import PackageDescription
+
+let package = Package(
+    name: "Berth",
+    platforms: [.macOS(.v14)],
+    products: [
+        .executable(name: "berthd", targets: ["berthd"]),
+        .executable(name: "berthctl", targets: ["berthctl"]),
+        .library(name: "PoolAPI", targets: ["PoolAPI"]),
+        .library(name: "BackendConformance", targets: ["BackendConformance"]),
+    ],
+    dependencies: [
+        .package(url: "https://github.com/apple/swift-argument-parser", from: "1.8.2"),
+        .package(url: "https://github.com/apple/swift-log", from: "1.16.2"),
+    ],
+    targets: [
+        // C libraries from Debian's -dev packages, each behind a shim header.
+        .systemLibrary(name: "CSystemd", pkgConfig: "libsystemd", providers: [.apt(["libsystemd-dev"])]),
+        .systemLibrary(name: "CBtrfsUtil", pkgConfig: "libbtrfsutil", providers: [.apt(["libbtrfsutil-dev"])]),
+        .systemLibrary(name: "CArchive", pkgConfig: "libarchive", providers: [.apt(["libarchive-dev"])]),
+        .systemLibrary(name: "CCurl", pkgConfig: "libcurl", providers: [.apt(["libcurl4-openssl-dev"])]),
+        .systemLibrary(name: "CGpgme", pkgConfig: "gpgme", providers: [.apt(["libgpgme-dev"])]),
+        // Kernel headers: ioctl numbers and structs exported as typed constants.
+        .systemLibrary(name: "CLinux"),
+
+        // Thin, typed, errno-throwing syscall layer.
+        .target(name: "Linux", dependencies: ["CLinux"]),
+        // Faithful tree and file copies (ownership, modes, xattrs, ACLs, hardlinks, sparse, reflink).
+        .target(name: "FileTree", dependencies: ["Linux"]),
+        // Image model, ImageBackend protocol, backend registry and the pool.
+        .target(name: "PoolAPI", dependencies: ["Linux", "FileTree"]),
+        .target(name: "BtrfsBackend", dependencies: ["PoolAPI", "Linux", "FileTree", "CBtrfsUtil"],
+                path: "Sources/Backends/Btrfs"),
+        .target(name: "RawLoopBackend", dependencies: ["PoolAPI", "Linux", "FileTree"],
+                path: "Sources/Backends/RawLoop", linkerSettings: [.linkedLibrary("z")]),
+        .target(name: "DirectoryBackend", dependencies: ["PoolAPI", "Linux", "FileTree"],
+                path: "Sources/Backends/Directory"),
+        // The backend conformance suite, as a library vendors call from their own tests.
+        .target(name: "BackendConformance", dependencies: ["PoolAPI", "Linux"]),
+
+        // Swift layer on sd-bus.
+        .target(name: "Bus", dependencies: ["CSystemd", "Linux", .product(name: "Logging", package: "swift-log")]),
+        // One harness per bus API, logic in actors behind them.
+        .target(name: "Services", dependencies: [
+            "Bus", "PoolAPI", "Linux", "CArchive", "CCurl", "CGpgme",
+            .product(name: "Logging", package: "swift-log"),
+        ]),
+        // berthctl's commands, as a library tests can call.
+        .target(name: "BerthCLI", dependencies: [
+            "Bus", .product(name: "ArgumentParser", package: "swift-argument-parser"),
+        ]),
+        .executableTarget(name: "berthd", dependencies: [
+            "Services", "Bus", "PoolAPI", "BtrfsBackend", "RawLoopBackend", "DirectoryBackend",
+            .product(name: "ArgumentParser", package: "swift-argument-parser"),
+            .product(name: "Logging", package: "swift-log"),
+        ]),
+        .executableTarget(name: "berthctl", dependencies: ["BerthCLI"]),
+
+        // Shared test helpers: private dbus-daemon, loopback filesystems, berthd under --root.
+        .target(name: "TestSupport", dependencies: ["Linux"], path: "Tests/TestSupport"),
+        .testTarget(name: "LinuxTests", dependencies: ["Linux", "FileTree", "TestSupport"]),
+        .testTarget(name: "PoolAPITests", dependencies: ["PoolAPI", "DirectoryBackend", "TestSupport"]),
+        .testTarget(name: "BackendTests", dependencies: [
+            "PoolAPI", "BtrfsBackend", "RawLoopBackend", "DirectoryBackend", "BackendConformance", "TestSupport",
+        ]),
+        .testTarget(name: "BusTests", dependencies: ["Bus", "TestSupport"]),
+        .testTarget(name: "EndToEndTests", dependencies: ["TestSupport", "Bus"]),
+    ]
+)

@@ -1,0 +1,1 @@
+// BackendConformance: see DESIGN.md

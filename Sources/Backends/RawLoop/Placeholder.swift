@@ -1,0 +1,1 @@
+// RawLoop: see DESIGN.md

@@ -1,0 +1,1 @@
+// BerthCLI: see DESIGN.md

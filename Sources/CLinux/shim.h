@@ -1,0 +1,72 @@
+#ifndef BERTH_CLINUX_SHIM_H
+#define BERTH_CLINUX_SHIM_H
+/* No _GNU_SOURCE here: it changes glibc's structs against Swift's Glibc module. GNU-only
+ * declarations this layer needs are declared below by hand. */
+#include <fcntl.h>
+#include <stdio.h>
+#include <unistd.h>
+#include <sys/ioctl.h>
+#include <sys/mount.h>
+#include <sys/stat.h>
+#include <sys/statfs.h>
+#include <sys/sysmacros.h>
+#include <sys/xattr.h>
+#include <sys/syscall.h>
+#include <sys/prctl.h>
+#include <sys/wait.h>
+#include <sys/eventfd.h>
+#include <linux/fs.h>
+#include <linux/loop.h>
+#include <linux/btrfs.h>
+#include <linux/magic.h>
+#include <linux/blkpg.h>
+
+/* ioctl(2) is variadic: fixed-arity forms so Swift can call it checked by the compiler. */
+static inline int berth_ioctl_ptr(int fd, unsigned long request, void *arg) { return ioctl(fd, request, arg); }
+static inline int berth_ioctl_int(int fd, unsigned long request, unsigned long arg) { return ioctl(fd, request, arg); }
+
+/* _IO/_IOW-style request numbers, exported as typed constants. */
+static const unsigned long BERTH_FICLONE = FICLONE;
+static const unsigned long BERTH_FICLONERANGE = FICLONERANGE;
+static const unsigned long BERTH_FS_IOC_GETFLAGS = FS_IOC_GETFLAGS;
+static const unsigned long BERTH_FS_IOC_SETFLAGS = FS_IOC_SETFLAGS;
+static const unsigned int BERTH_FS_IMMUTABLE_FL = FS_IMMUTABLE_FL;
+static const unsigned long BERTH_BLKGETSIZE64 = BLKGETSIZE64;
+static const unsigned long BERTH_BLKRRPART = BLKRRPART;
+static const unsigned long BERTH_BLKPG = BLKPG;
+static const unsigned long BERTH_LOOP_CTL_GET_FREE = LOOP_CTL_GET_FREE;
+static const unsigned long BERTH_LOOP_CONFIGURE = LOOP_CONFIGURE;
+static const unsigned long BERTH_LOOP_SET_FD = LOOP_SET_FD;
+static const unsigned long BERTH_LOOP_CLR_FD = LOOP_CLR_FD;
+static const unsigned long BERTH_LOOP_SET_STATUS64 = LOOP_SET_STATUS64;
+static const unsigned long BERTH_LOOP_GET_STATUS64 = LOOP_GET_STATUS64;
+static const unsigned int BERTH_LO_FLAGS_READ_ONLY = LO_FLAGS_READ_ONLY;
+static const unsigned int BERTH_LO_FLAGS_AUTOCLEAR = LO_FLAGS_AUTOCLEAR;
+static const unsigned int BERTH_LO_FLAGS_PARTSCAN = LO_FLAGS_PARTSCAN;
+static const unsigned long BERTH_BTRFS_IOC_QUOTA_CTL = BTRFS_IOC_QUOTA_CTL;
+static const unsigned long BERTH_BTRFS_IOC_QGROUP_LIMIT = BTRFS_IOC_QGROUP_LIMIT;
+static const unsigned long BERTH_BTRFS_IOC_QGROUP_CREATE = BTRFS_IOC_QGROUP_CREATE;
+static const unsigned long BERTH_BTRFS_IOC_QGROUP_ASSIGN = BTRFS_IOC_QGROUP_ASSIGN;
+static const unsigned long BERTH_BTRFS_IOC_QUOTA_RESCAN = BTRFS_IOC_QUOTA_RESCAN;
+static const unsigned long BERTH_BTRFS_IOC_QUOTA_RESCAN_STATUS = BTRFS_IOC_QUOTA_RESCAN_STATUS;
+static const unsigned long BERTH_BTRFS_IOC_QUOTA_RESCAN_WAIT = BTRFS_IOC_QUOTA_RESCAN_WAIT;
+static const unsigned long BERTH_BTRFS_IOC_TREE_SEARCH = BTRFS_IOC_TREE_SEARCH;
+static const unsigned long BERTH_BTRFS_IOC_FS_INFO = BTRFS_IOC_FS_INFO;
+static const unsigned long BERTH_BTRFS_IOC_SYNC = BTRFS_IOC_SYNC;
+static const unsigned long long BERTH_BTRFS_MAGIC = BTRFS_SUPER_MAGIC;
+static const unsigned long long BERTH_EXT4_MAGIC = EXT4_SUPER_MAGIC;
+
+/* renameat2(2): glibc declares it only under _GNU_SOURCE. */
+extern int renameat2(int, const char *, int, const char *, unsigned int);
+static const unsigned int BERTH_RENAME_NOREPLACE = RENAME_NOREPLACE;
+static const unsigned int BERTH_RENAME_EXCHANGE = RENAME_EXCHANGE;
+static inline int berth_renameat2(int olddirfd, const char *oldpath, int newdirfd, const char *newpath, unsigned int flags) {
+    return renameat2(olddirfd, oldpath, newdirfd, newpath, flags);
+}
+static inline unsigned int berth_major(dev_t d) { return major(d); }
+static inline unsigned int berth_minor(dev_t d) { return minor(d); }
+static inline dev_t berth_makedev(unsigned int ma, unsigned int mi) { return makedev(ma, mi); }
+/* open(2)/openat(2) with a mode are variadic too. */
+static inline int berth_openat(int dirfd, const char *path, int flags, mode_t mode) { return openat(dirfd, path, flags, mode); }
+static inline int berth_fcntl_int(int fd, int cmd, int arg) { return fcntl(fd, cmd, arg); }
+#endif

@@ -1,0 +1,1 @@
+// FileTree: see DESIGN.md

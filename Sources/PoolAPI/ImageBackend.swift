@@ -1,0 +1,136 @@
+/// What a backend can do beyond the basics every backend has.
+public struct BackendCapabilities: OptionSet, Sendable, Hashable {
+    public let rawValue: UInt32
+    public init(rawValue: UInt32) { self.rawValue = rawValue }
+
+    /// Clone takes constant time whatever the image size (btrfs snapshots).
+    public static let constantTimeClone = BackendCapabilities(rawValue: 1 << 0)
+    /// Limits can be set and are enforced (`SetImageLimit`, `SetPoolLimit`).
+    public static let quota = BackendCapabilities(rawValue: 1 << 1)
+    /// Clone shares extents with the source where the filesystem allows (FICLONE).
+    public static let reflink = BackendCapabilities(rawValue: 1 << 2)
+    /// Images of this backend are trees that can be filled file by file (import-tar, import-fs).
+    public static let tree = BackendCapabilities(rawValue: 1 << 3)
+}
+
+/// One entry of a pool folder that a backend may claim.
+public struct PoolEntry: Sendable, Hashable {
+    /// The folder the entry is in (absolute, real path).
+    public var directory: String
+    /// The entry's file name in that folder.
+    public var fileName: String
+    public var path: String { directory == "/" ? "/" + fileName : directory + "/" + fileName }
+
+    public init(directory: String, fileName: String) {
+        self.directory = directory
+        self.fileName = fileName
+    }
+}
+
+/// A mounted, read-only view of an image's root filesystem for reading os-release and friends.
+/// `close()` releases whatever was needed to get there (mounts, loop devices); it runs on every path.
+public protocol InspectionRoot: AnyObject, Sendable {
+    /// The folder holding the image's root filesystem.
+    var root: String { get }
+    func close()
+}
+
+/// A storage kind for images. A vendor adds one by writing a module that implements this and one
+/// registration line in berthd's composition; `BackendConformance` tells whether it is right.
+///
+/// Methods are synchronous and may block: the pool runs them off the bus thread, serialises
+/// conflicting operations on one image, checks names and read-only state, and installs results
+/// atomically. A backend works on paths the pool hands it and answers what it cannot do with
+/// `PoolError(.notSupported, …)`, never a crash.
+public protocol ImageBackend: Sendable {
+    /// A short identifier for logs and the registry ("btrfs", "raw", "directory").
+    var identifier: String { get }
+    /// The systemd image type string of every image this backend claims.
+    var imageType: ImageType { get }
+    var capabilities: BackendCapabilities { get }
+
+    /// The image name if this backend owns `entry`, else nil. Called for every entry of every
+    /// pool folder on ListImages: one `statx`/`statfs` at most, no reading of contents.
+    func claim(_ entry: PoolEntry) -> String?
+
+    /// The file name an image called `name` has in a pool folder (`name`, or `name.raw`).
+    func entryName(forImage name: String) -> String
+
+    /// Whether new images of this backend can be made in `directory` (btrfs only on btrfs).
+    func canCreate(in directory: String) -> Bool
+
+    /// Metadata of the image at `path`. Must be quick: anything slow (directory usage) is
+    /// computed in the background and reported as `Image.unknown` until known.
+    func image(named name: String, at path: String) throws -> Image
+
+    /// Makes a new, empty image at `path` (which does not exist): an empty tree for tree
+    /// backends, an empty file for file backends. Used to fill an image by import or by copy.
+    func createEmpty(at path: String) throws
+
+    /// Clones the image at `source` to `destination` (which does not exist), faithfully and as
+    /// cheaply as the storage allows. On failure nothing may be left at `destination`.
+    func clone(from source: String, to destination: String) throws
+
+    /// Renames within one folder, refusing to replace (renameat2 RENAME_NOREPLACE).
+    func rename(from source: String, to destination: String) throws
+
+    /// Removes the image at `path` entirely (nested subvolumes, qgroups, immutable flags).
+    func remove(at path: String) throws
+
+    /// Makes the image read-only (or writable again), enforced for root too.
+    func setReadOnly(_ readOnly: Bool, at path: String) throws
+
+    /// Sets the image's size limit in bytes; `Image.unknown` (UINT64_MAX) removes it.
+    func setLimit(_ bytes: UInt64, at path: String) throws
+
+    /// Opens the image's root filesystem read-only for inspection.
+    func openForInspection(at path: String) throws -> any InspectionRoot
+
+    /// Pool-wide usage and limit of `directory` where this backend can know them, else nil.
+    func poolUsage(of directory: String) throws -> (usage: UInt64, limit: UInt64)?
+
+    /// Sets the limit of the whole pool folder `directory` (btrfs: the pool subvolume's qgroup).
+    func setPoolLimit(_ bytes: UInt64, of directory: String) throws
+}
+
+extension ImageBackend {
+    public func entryName(forImage name: String) -> String { name }
+
+    public func setLimit(_ bytes: UInt64, at path: String) throws {
+        throw PoolError(.notSupported, "\(identifier) images have no size limits")
+    }
+
+    public func poolUsage(of directory: String) throws -> (usage: UInt64, limit: UInt64)? { nil }
+
+    public func setPoolLimit(_ bytes: UInt64, of directory: String) throws {
+        throw PoolError(.notSupported, "pool limits need quota support, which \(identifier) does not have")
+    }
+}
+
+/// The backends of one daemon, in priority order: the first that claims an entry owns it
+/// (btrfs before directory, as a directory that is a subvolume is a subvolume).
+public struct BackendRegistry: Sendable {
+    public let backends: [any ImageBackend]
+
+    public init(_ backends: [any ImageBackend]) {
+        self.backends = backends
+    }
+
+    /// The backend owning `entry` and the image name it gives it.
+    public func claim(_ entry: PoolEntry) -> (backend: any ImageBackend, name: String)? {
+        for backend in backends {
+            if let name = backend.claim(entry) { return (backend, name) }
+        }
+        return nil
+    }
+
+    /// The backend that makes new tree images in `directory` (btrfs on btrfs, else directory).
+    public func treeBackend(for directory: String) -> (any ImageBackend)? {
+        backends.first { $0.capabilities.contains(.tree) && $0.canCreate(in: directory) }
+    }
+
+    /// The backend that makes new images of `type` in `directory`.
+    public func backend(for type: ImageType, in directory: String) -> (any ImageBackend)? {
+        backends.first { $0.imageType == type && $0.canCreate(in: directory) }
+    }
+}

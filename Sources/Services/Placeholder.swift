@@ -1,0 +1,5 @@
+import CArchive
+import CCurl
+import CGpgme
+import CSystemd
+import CLinux
