@@ -20,6 +20,14 @@
 #include <linux/btrfs.h>
 #include <linux/magic.h>
 #include <linux/blkpg.h>
+#include <linux/stat.h>
+
+/* statx(2): glibc declares it only under _GNU_SOURCE. */
+extern int statx(int, const char *, int, unsigned int, struct statx *);
+/* copy_file_range(2): likewise GNU-only in glibc's headers. */
+extern ssize_t copy_file_range(int, loff_t *, int, loff_t *, size_t, unsigned int);
+static const int BERTH_SEEK_DATA = 3;
+static const int BERTH_SEEK_HOLE = 4;
 
 /* ioctl(2) is variadic: fixed-arity forms so Swift can call it checked by the compiler. */
 static inline int berth_ioctl_ptr(int fd, unsigned long request, void *arg) { return ioctl(fd, request, arg); }

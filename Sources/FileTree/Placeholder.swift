@@ -1,1 +1,0 @@
-// FileTree: see DESIGN.md

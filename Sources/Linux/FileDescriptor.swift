@@ -1,0 +1,157 @@
+import CLinux
+import Glibc
+
+/// An owned file descriptor, closed exactly once by `close()` or on deinit.
+/// `@unchecked Sendable`: the fd number is immutable and closing is guarded by `closed`,
+/// which only the owner touches.
+public final class FileDescriptor: @unchecked Sendable {
+    public let rawValue: Int32
+    private var closed = false
+
+    /// Takes ownership of `rawValue`.
+    public init(owning rawValue: Int32) {
+        self.rawValue = rawValue
+    }
+
+    /// openat(2) with O_CLOEXEC added.
+    public static func open(_ path: String, flags: Int32, mode: mode_t = 0o644, relativeTo dir: FileDescriptor? = nil) throws(SystemCallError) -> FileDescriptor {
+        let dirfd = dir?.rawValue ?? AT_FDCWD
+        let fd = try sys("openat", path) { berth_openat(dirfd, path, flags | O_CLOEXEC, mode) }
+        return FileDescriptor(owning: fd)
+    }
+
+    /// Opens a directory for *at() calls (O_DIRECTORY|O_RDONLY).
+    public static func openDirectory(_ path: String, relativeTo dir: FileDescriptor? = nil, followSymlinks: Bool = true) throws(SystemCallError) -> FileDescriptor {
+        try open(path, flags: O_RDONLY | O_DIRECTORY | (followSymlinks ? 0 : O_NOFOLLOW), relativeTo: dir)
+    }
+
+    /// fcntl(F_DUPFD_CLOEXEC): a new owned descriptor for the same open file.
+    public func duplicate() throws(SystemCallError) -> FileDescriptor {
+        FileDescriptor(owning: try sys("fcntl(F_DUPFD_CLOEXEC)") { berth_fcntl_int(rawValue, F_DUPFD_CLOEXEC, 3) })
+    }
+
+    /// Gives up ownership without closing; the caller now owns the number.
+    public func release() -> Int32 {
+        closed = true
+        return rawValue
+    }
+
+    /// close(2). EINTR is not retried: on Linux the fd is gone either way.
+    public func close() {
+        guard !closed else { return }
+        closed = true
+        _ = Glibc.close(rawValue)
+    }
+
+    deinit { close() }
+
+    /// read(2) into `buffer`; 0 at end of file.
+    public func read(into buffer: UnsafeMutableRawBufferPointer) throws(SystemCallError) -> Int {
+        try sys("read") { Glibc.read(rawValue, buffer.baseAddress, buffer.count) }
+    }
+
+    /// pread(2).
+    public func read(into buffer: UnsafeMutableRawBufferPointer, at offset: Int64) throws(SystemCallError) -> Int {
+        try sys("pread") { Glibc.pread(rawValue, buffer.baseAddress, buffer.count, off_t(offset)) }
+    }
+
+    /// Writes all of `buffer`, looping over short writes.
+    public func writeAll(_ buffer: UnsafeRawBufferPointer) throws(SystemCallError) {
+        var done = 0
+        while done < buffer.count {
+            let base = buffer.baseAddress! + done
+            let n = try sys("write") { Glibc.write(rawValue, base, buffer.count - done) }
+            done += n
+        }
+    }
+
+    /// Writes all of `buffer` at `offset` (pwrite(2)), looping over short writes.
+    public func writeAll(_ buffer: UnsafeRawBufferPointer, at offset: Int64) throws(SystemCallError) {
+        var done = 0
+        while done < buffer.count {
+            let base = buffer.baseAddress! + done
+            let n = try sys("pwrite") { Glibc.pwrite(rawValue, base, buffer.count - done, off_t(offset) + off_t(done)) }
+            done += n
+        }
+    }
+
+    /// Reads the whole rest of the file (for small files: os-release, machine-id).
+    public func readToEnd(limit: Int = 1 << 20) throws(SystemCallError) -> [UInt8] {
+        var result: [UInt8] = []
+        let chunk = UnsafeMutableRawBufferPointer.allocate(byteCount: 16384, alignment: 8)
+        defer { chunk.deallocate() }
+        while result.count < limit {
+            let n = try read(into: chunk)
+            if n == 0 { break }
+            result.append(contentsOf: chunk[0..<n])
+        }
+        return result
+    }
+
+    /// fstat(2).
+    public func stat() throws(SystemCallError) -> FileStatus {
+        var st = Glibc.stat()
+        try sys("fstat") { fstat(rawValue, &st) }
+        return FileStatus(st)
+    }
+
+    /// fstatfs(2): the filesystem's magic number tells btrfs from ext4.
+    public func filesystemType() throws(SystemCallError) -> UInt64 {
+        var s = statfs()
+        try sys("fstatfs") { fstatfs(rawValue, &s) }
+        return UInt64(bitPattern: Int64(s.f_type))
+    }
+
+    /// ftruncate(2).
+    public func truncate(to size: Int64) throws(SystemCallError) {
+        try sys("ftruncate") { ftruncate(rawValue, off_t(size)) }
+    }
+
+    /// fsync(2).
+    public func sync() throws(SystemCallError) {
+        try sys("fsync") { fsync(rawValue) }
+    }
+
+    /// ioctl(2) with a pointer argument.
+    @discardableResult
+    public func ioctl(_ request: UInt, _ name: String, _ arg: UnsafeMutableRawPointer?) throws(SystemCallError) -> Int32 {
+        try sys("ioctl(\(name))") { berth_ioctl_ptr(rawValue, request, arg) }
+    }
+
+    /// ioctl(2) with an integer argument.
+    @discardableResult
+    public func ioctl(_ request: UInt, _ name: String, value: UInt) throws(SystemCallError) -> Int32 {
+        try sys("ioctl(\(name))") { berth_ioctl_int(rawValue, request, value) }
+    }
+
+    /// FS_IOC_GETFLAGS: the inode flags (FS_IMMUTABLE_FL…).
+    public func inodeFlags() throws(SystemCallError) -> UInt32 {
+        var flags: Int32 = 0
+        try ioctl(BERTH_FS_IOC_GETFLAGS, "FS_IOC_GETFLAGS", &flags)
+        return UInt32(bitPattern: flags)
+    }
+
+    /// FS_IOC_SETFLAGS.
+    public func setInodeFlags(_ flags: UInt32) throws(SystemCallError) {
+        var f = Int32(bitPattern: flags)
+        try ioctl(BERTH_FS_IOC_SETFLAGS, "FS_IOC_SETFLAGS", &f)
+    }
+
+    /// Sets or clears FS_IMMUTABLE_FL, which makes a file or directory read-only even for root.
+    public func setImmutable(_ on: Bool) throws(SystemCallError) {
+        let flags = try inodeFlags()
+        let new = on ? flags | BERTH_FS_IMMUTABLE_FL : flags & ~BERTH_FS_IMMUTABLE_FL
+        if new != flags { try setInodeFlags(new) }
+    }
+
+    /// Whether FS_IMMUTABLE_FL is set.
+    public func isImmutable() throws(SystemCallError) -> Bool {
+        try inodeFlags() & BERTH_FS_IMMUTABLE_FL != 0
+    }
+}
+
+/// Filesystem magic numbers from linux/magic.h.
+public enum FilesystemMagic {
+    public static let btrfs = UInt64(BERTH_BTRFS_MAGIC)
+    public static let ext4 = UInt64(BERTH_EXT4_MAGIC)
+}

@@ -1,0 +1,61 @@
+import CLinux
+import Glibc
+
+/// renameat2(2) with RENAME_NOREPLACE: fails with EEXIST rather than replace the target.
+public func renameNoReplace(_ from: String, _ to: String, fromDirectory: FileDescriptor? = nil, toDirectory: FileDescriptor? = nil) throws(SystemCallError) {
+    let a = fromDirectory?.rawValue ?? AT_FDCWD, b = toDirectory?.rawValue ?? AT_FDCWD
+    try sys("renameat2", "\(from) → \(to)") { renameat2(a, from, b, to, BERTH_RENAME_NOREPLACE) }
+}
+
+/// renameat2(2) with RENAME_EXCHANGE: swaps two entries atomically.
+public func renameExchange(_ a: String, _ b: String) throws(SystemCallError) {
+    try sys("renameat2", "\(a) ⇄ \(b)") { renameat2(AT_FDCWD, a, AT_FDCWD, b, BERTH_RENAME_EXCHANGE) }
+}
+
+/// mkdirat(2).
+public func makeDirectory(_ path: String, mode: mode_t = 0o755, relativeTo dir: FileDescriptor? = nil) throws(SystemCallError) {
+    try sys("mkdirat", path) { mkdirat(dir?.rawValue ?? AT_FDCWD, path, mode) }
+}
+
+/// mkdir -p: makes `path` and missing parents; an existing directory is fine.
+public func makeDirectories(_ path: String, mode: mode_t = 0o755) throws(SystemCallError) {
+    var current = path.hasPrefix("/") ? "" : "."
+    for part in path.split(separator: "/") {
+        current += "/" + part
+        if mkdir(current, mode) != 0 && errno != EEXIST {
+            throw SystemCallError("mkdir", .current, subject: current)
+        }
+    }
+}
+
+/// The names in a directory, without `.` and `..` (fdopendir(3)/readdir(3)).
+public func directoryEntries(_ path: String) throws(SystemCallError) -> [String] {
+    guard let dir = opendir(path) else { throw SystemCallError("opendir", .current, subject: path) }
+    defer { closedir(dir) }
+    var names: [String] = []
+    while let ent = readdir(dir) {
+        let name = withUnsafeBytes(of: ent.pointee.d_name) { raw in
+            String(cString: raw.bindMemory(to: CChar.self).baseAddress!)
+        }
+        if name != "." && name != ".." { names.append(name) }
+    }
+    return names
+}
+
+/// readlinkat(2).
+public func readLink(_ path: String, relativeTo dir: FileDescriptor? = nil) throws(SystemCallError) -> String {
+    var buf = [CChar](repeating: 0, count: Int(PATH_MAX) + 1)
+    let n = try sys("readlinkat", path) { readlinkat(dir?.rawValue ?? AT_FDCWD, path, &buf, buf.count - 1) }
+    buf[n] = 0
+    return String(cString: buf)
+}
+
+/// Joins path components with single slashes.
+public func joinPath(_ base: String, _ components: String...) -> String {
+    var result = base
+    for c in components where !c.isEmpty {
+        if result.hasSuffix("/") { result.removeLast() }
+        result += c.hasPrefix("/") ? c : "/" + c
+    }
+    return result
+}
