@@ -64,7 +64,6 @@ static const unsigned long BERTH_BTRFS_IOC_FS_INFO = BTRFS_IOC_FS_INFO;
 static const unsigned long BERTH_BTRFS_IOC_SYNC = BTRFS_IOC_SYNC;
 static const unsigned long long BERTH_BTRFS_MAGIC = BTRFS_SUPER_MAGIC;
 /* Btrfs quota-tree keys and flags (linux/btrfs_tree.h), as typed constants for Sources/Linux/BtrfsQuota.swift. */
-static const unsigned long BERTH_BTRFS_IOC_SUBVOL_GETFLAGS = BTRFS_IOC_SUBVOL_GETFLAGS;
 static const unsigned long long BERTH_BTRFS_QUOTA_TREE_OBJECTID = BTRFS_QUOTA_TREE_OBJECTID;
 static const unsigned int BERTH_BTRFS_QGROUP_STATUS_KEY = BTRFS_QGROUP_STATUS_KEY;
 static const unsigned int BERTH_BTRFS_QGROUP_INFO_KEY = BTRFS_QGROUP_INFO_KEY;

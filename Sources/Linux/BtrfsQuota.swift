@@ -17,6 +17,7 @@ public enum BtrfsIoctl {
     public struct QuotaStatus: Sendable, Hashable {
         /// `BTRFS_QGROUP_STATUS_FLAG_*`.
         public var flags: UInt64
+        /// BTRFS_QGROUP_STATUS_FLAG_ON: qgroup accounting is running.
         public var isOn: Bool { flags & BERTH_BTRFS_QGROUP_STATUS_FLAG_ON != 0 }
         /// A rescan is running: the numbers are still being counted.
         public var isRescanning: Bool { flags & BERTH_BTRFS_QGROUP_STATUS_FLAG_RESCAN != 0 }
@@ -26,12 +27,15 @@ public enum BtrfsIoctl {
 
     /// One qgroup's info and limit items. Limits are nil where none is set.
     public struct Qgroup: Sendable, Hashable {
+        /// The packed `level/id` (see `qgroupID(level:_:)`).
         public var id: UInt64
         /// Bytes referenced by the qgroup's subvolumes (shared or not).
         public var referenced: UInt64
         /// Bytes referenced only by the qgroup's subvolumes.
         public var exclusive: UInt64
+        /// max_rfer where BTRFS_QGROUP_LIMIT_MAX_RFER is set.
         public var maxReferenced: UInt64?
+        /// max_excl where BTRFS_QGROUP_LIMIT_MAX_EXCL is set.
         public var maxExclusive: UInt64?
     }
 
@@ -46,13 +50,6 @@ public enum BtrfsIoctl {
         var args = btrfs_ioctl_fs_info_args()
         try fd.ioctl(BERTH_BTRFS_IOC_FS_INFO, "BTRFS_IOC_FS_INFO", &args)
         return withUnsafeBytes(of: args.fsid) { Array($0) }
-    }
-
-    /// BTRFS_IOC_SUBVOL_GETFLAGS: whether the subvolume of `fd` has BTRFS_SUBVOL_RDONLY.
-    public static func subvolumeFlags(_ fd: FileDescriptor) throws(SystemCallError) -> UInt64 {
-        var flags: UInt64 = 0
-        try fd.ioctl(BERTH_BTRFS_IOC_SUBVOL_GETFLAGS, "BTRFS_IOC_SUBVOL_GETFLAGS", &flags)
-        return flags
     }
 
     /// The quota status via BTRFS_IOC_TREE_SEARCH, or nil when quotas are off (no quota tree).

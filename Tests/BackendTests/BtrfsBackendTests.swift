@@ -123,6 +123,14 @@ struct BtrfsBackendTests {
         #expect(image.limitExclusive == Image.unknown)
         #expect(try !Self.quotasEnabled(fs.mountPoint))
 
+        // The modification time follows changes anywhere in the tree, not just the top folder.
+        try makeDirectories(joinPath(path, "deep", "er"))
+        try Self.syncFilesystem(fs.mountPoint)
+        let touched = try backend.image(named: "img", at: path).modificationTimestamp
+        try Self.writeFile(joinPath(path, "deep", "er", "file"), bytes: 10)
+        try Self.syncFilesystem(fs.mountPoint)
+        #expect(try backend.image(named: "img", at: path).modificationTimestamp > touched)
+
         #expect(throws: PoolError.self) { try backend.createEmpty(at: path) }
         let missing = #expect(throws: PoolError.self) { try backend.image(named: "nope", at: fs.appending("nope")) }
         #expect(missing?.code == .noSuchImage)
@@ -199,6 +207,24 @@ struct BtrfsBackendTests {
         try backend.setReadOnly(false, at: path)
         #expect(try !backend.image(named: "img", at: path).readOnly)
         try Self.writeFile(joinPath(path, "x"), bytes: 1)
+
+        // An immutable top directory is read-only too, and writable again lifts it.
+        try FileDescriptor.openDirectory(path).setImmutable(true)
+        #expect(try backend.image(named: "img", at: path).readOnly)
+        try backend.setReadOnly(false, at: path)
+        #expect(try !backend.image(named: "img", at: path).readOnly)
+        try Self.writeFile(joinPath(path, "y"), bytes: 1)
+    }
+
+    @Test func limitsCanBeSetOnReadOnlyImages() throws {
+        let fs = try LoopbackFilesystem(.btrfs)
+        let path = fs.appending("img")
+        try backend.createEmpty(at: path)
+        try backend.setReadOnly(true, at: path)
+        try backend.setLimit(10 << 20, at: path)
+        let image = try backend.image(named: "img", at: path)
+        #expect(image.readOnly)
+        #expect(image.limit == 10 << 20)
     }
 
     @Test func renameMovesReadOnlySubvolumesAndRefusesToReplace() throws {
@@ -318,6 +344,8 @@ struct BtrfsBackendTests {
         try makeDirectory(fs.appending("plain"))
         try backend.createEmpty(at: joinPath(pool, "a"))
         try Self.writeFile(joinPath(pool, "a", "f"), bytes: 8 << 20)
+        try backend.createEmpty(at: joinPath(pool, "a", "nested"))
+        try Self.writeFile(joinPath(pool, "a", "nested", "f"), bytes: 4096)
 
         #expect(try backend.poolUsage(of: fs.appending("plain")) == nil)
         let off = try #require(try backend.poolUsage(of: pool))
@@ -333,7 +361,9 @@ struct BtrfsBackendTests {
         try backend.createEmpty(at: joinPath(pool, "b"))
         try backend.clone(from: joinPath(pool, "a"), to: joinPath(pool, "c"))
         let poolID = try Self.subvolumeID(pool)
-        for name in ["a", "b", "c"] {
+        #expect(Self.isSubvolume(joinPath(pool, "c", "nested")))
+        #expect(try fileStatus(joinPath(pool, "c", "nested", "f")).size == 4096)
+        for name in ["a", "b", "c", "a/nested", "c/nested"] {
             let fd = try FileDescriptor.openDirectory(joinPath(pool, name))
             let id = try Self.subvolumeID(joinPath(pool, name))
             #expect(try BtrfsIoctl.parentQgroups(fd, of: BtrfsIoctl.qgroupID(level: 0, id))

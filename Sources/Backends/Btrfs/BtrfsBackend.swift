@@ -45,9 +45,11 @@ public struct BtrfsBackend: ImageBackend {
         let info = try wrap("cannot read subvolume \(path)") { () throws(SystemCallError) in
             try BtrfsUtil.info(fd, subject: path)
         }
+        // Read-only is the subvolume property; an immutable top directory (as the directory
+        // backend uses) or a read-only mount makes it read-only just as much.
         let readOnly = try wrap("cannot read the read-only property of \(path)") { () throws(SystemCallError) in
             try BtrfsUtil.isReadOnly(fd, subject: path)
-        }
+        } || (try? fd.isImmutable()) == true || Self.isReadOnlyMount(fd)
         var image = Image(
             name: name, path: path, type: .subvolume, readOnly: readOnly,
             creationTimestamp: microseconds(info.otime), modificationTimestamp: microseconds(info.ctime))
@@ -97,11 +99,14 @@ public struct BtrfsBackend: ImageBackend {
         }
         let groups = Self.poolQgroups(containing: parentFD)
         do {
-            try BtrfsUtil.withInherit(groups, subject: destination) { inherit throws(SystemCallError) in
+            if groups.isEmpty {
                 try BtrfsUtil.call("btrfs_util_create_snapshot", "\(source) → \(destination)") {
                     btrfs_util_create_snapshot_fd2(sourceFD.rawValue, parentFD.rawValue, name,
-                                                   Int32(BTRFS_UTIL_CREATE_SNAPSHOT_RECURSIVE), nil, inherit)
+                                                   Int32(BTRFS_UTIL_CREATE_SNAPSHOT_RECURSIVE), nil, nil)
                 }
+            } else {
+                try snapshotJoiningPool(sourceFD, source: source, into: parentFD, name: name,
+                                        destination: destination, groups: groups)
             }
         } catch {
             // The recursive part runs in userspace after the top snapshot: undo what was made.
@@ -113,6 +118,29 @@ public struct BtrfsBackend: ImageBackend {
                 throw PoolError(.notSupported, "cannot snapshot \(source) to another filesystem", cause: error)
             }
             throw PoolError.from(error, "cannot snapshot \(source) to \(destination)")
+        }
+    }
+
+    /// The recursive snapshot done here rather than by libbtrfsutil, whose recursion gives the
+    /// pool qgroup only to the top: every nested snapshot joins `groups` at creation too, so a
+    /// pool limit covers them without a rescan. Nested subvolumes come parents first; each
+    /// leaves an empty directory in its parent's snapshot, replaced by its own snapshot.
+    private func snapshotJoiningPool(_ sourceFD: FileDescriptor, source: String, into parentFD: FileDescriptor,
+                                     name: String, destination: String, groups: [UInt64]) throws(SystemCallError) {
+        let nested = try BtrfsUtil.nestedSubvolumes(sourceFD, subject: source)
+        try BtrfsUtil.withInherit(groups, subject: destination) { inherit throws(SystemCallError) in
+            try BtrfsUtil.call("btrfs_util_create_snapshot", "\(source) → \(destination)") {
+                btrfs_util_create_snapshot_fd2(sourceFD.rawValue, parentFD.rawValue, name, 0, nil, inherit)
+            }
+            for child in nested {
+                let childSource = try FileDescriptor.openDirectory(child.path, relativeTo: sourceFD, followSymlinks: false)
+                let (directory, leaf) = split(joinPath(destination, child.path))
+                let directoryFD = try FileDescriptor.openDirectory(directory, followSymlinks: false)
+                try sys("unlinkat(AT_REMOVEDIR)", joinPath(directory, leaf)) { unlinkat(directoryFD.rawValue, leaf, AT_REMOVEDIR) }
+                try BtrfsUtil.call("btrfs_util_create_snapshot", joinPath(source, child.path)) {
+                    btrfs_util_create_snapshot_fd2(childSource.rawValue, directoryFD.rawValue, leaf, 0, nil, inherit)
+                }
+            }
         }
     }
 
@@ -168,6 +196,9 @@ public struct BtrfsBackend: ImageBackend {
         let fd = try openSubvolume(path)
         try wrap("cannot set the read-only property of \(path)") { () throws(SystemCallError) in
             try BtrfsUtil.setReadOnly(fd, readOnly, subject: path)
+            // Writable again means writable: an immutable top (from a directory image's copy)
+            // would still refuse new entries.
+            if !readOnly, try fd.isImmutable() { try fd.setImmutable(false) }
         }
     }
 
@@ -281,6 +312,12 @@ public struct BtrfsBackend: ImageBackend {
         } catch {
             throw PoolError.from(error, message())
         }
+    }
+
+    /// fstatvfs(3) ST_RDONLY: the filesystem is mounted read-only.
+    private static func isReadOnlyMount(_ fd: FileDescriptor) -> Bool {
+        var s = statvfs()
+        return fstatvfs(fd.rawValue, &s) == 0 && s.f_flag & UInt(ST_RDONLY) != 0
     }
 
     /// The btrfs filesystem UUID (BTRFS_IOC_FS_INFO), which tells two filesystems apart.
