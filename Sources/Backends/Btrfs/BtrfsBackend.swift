@@ -355,7 +355,12 @@ public struct BtrfsBackend: ImageBackend {
                 try BtrfsIoctl.waitForRescan(fd)
             } else if status?.isInconsistent == true {
                 try rescan(fd)
-            } else if status?.isRescanning == true {
+            }
+            // The wait returns at once if the rescan has not quite started, and the status
+            // item shows it only once committed: check again, a bounded number of times.
+            for _ in 0..<10 {
+                try BtrfsIoctl.sync(fd)
+                guard try BtrfsIoctl.quotaStatus(fd)?.isRescanning == true else { break }
                 try BtrfsIoctl.waitForRescan(fd)
             }
         } catch {
