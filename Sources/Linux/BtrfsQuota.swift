@@ -126,6 +126,16 @@ public enum BtrfsIoctl {
         try fd.ioctl(BERTH_BTRFS_IOC_QGROUP_LIMIT, "BTRFS_IOC_QGROUP_LIMIT", &args)
     }
 
+    /// BTRFS_IOC_QGROUP_LIMIT with both limits: nil for either clears it.
+    public static func setLimits(_ fd: FileDescriptor, qgroup id: UInt64, maxReferenced: UInt64?, maxExclusive: UInt64?) throws(SystemCallError) {
+        var args = btrfs_ioctl_qgroup_limit_args()
+        args.qgroupid = id
+        args.lim.flags = BERTH_BTRFS_QGROUP_LIMIT_MAX_RFER | BERTH_BTRFS_QGROUP_LIMIT_MAX_EXCL
+        args.lim.max_rfer = maxReferenced ?? UInt64.max
+        args.lim.max_excl = maxExclusive ?? UInt64.max
+        try fd.ioctl(BERTH_BTRFS_IOC_QGROUP_LIMIT, "BTRFS_IOC_QGROUP_LIMIT", &args)
+    }
+
     /// BTRFS_IOC_QGROUP_CREATE with create=1.
     public static func createQgroup(_ fd: FileDescriptor, id: UInt64) throws(SystemCallError) {
         var args = btrfs_ioctl_qgroup_create_args(create: 1, qgroupid: id)

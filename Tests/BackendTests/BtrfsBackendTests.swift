@@ -269,6 +269,21 @@ struct BtrfsBackendTests {
         #expect(try run(["btrfs", "subvolume", "list", fs.mountPoint], check: true).stdout.isEmpty)
     }
 
+    @Test func removeWorksOnAnImageFilledToItsLimit() throws {
+        let fs = try LoopbackFilesystem(.btrfs)
+        let path = fs.appending("img")
+        try backend.createEmpty(at: path)
+        try backend.createEmpty(at: joinPath(path, "nested"))
+        try backend.setLimit(16 << 20, at: path)
+        let full = #expect(throws: SystemCallError.self) { try Self.writeFile(joinPath(path, "fill"), bytes: 64 << 20) }
+        #expect(full?.errno == .EDQUOT)
+        try backend.setReadOnly(true, at: path)
+
+        try backend.remove(at: path)
+        #expect(!Self.exists(path))
+        #expect(try run(["btrfs", "subvolume", "list", fs.mountPoint], check: true).stdout.isEmpty)
+    }
+
     @Test func removeWorksWithQuotasOffAndLeavesThemOff() throws {
         let fs = try LoopbackFilesystem(.btrfs)
         let path = fs.appending("img")
@@ -377,6 +392,15 @@ struct BtrfsBackendTests {
         // Enforced across images: image b alone cannot take the pool past its limit.
         let over = #expect(throws: SystemCallError.self) { try Self.writeFile(joinPath(pool, "b", "g"), bytes: 128 << 20) }
         #expect(over?.errno == .EDQUOT)
+
+        // Removing an image gives its space back to the pool at once, even from a full pool
+        // (where unlinking it needs space the pool limit would refuse).
+        try Self.syncFilesystem(fs.mountPoint)
+        let full = try #require(try backend.poolUsage(of: pool)).usage
+        try backend.remove(at: joinPath(pool, "b"))
+        try Self.syncFilesystem(fs.mountPoint)
+        let freed = try #require(try backend.poolUsage(of: pool)).usage
+        #expect(freed + (8 << 20) <= full, "pool usage \(full) → \(freed) after removing b")
 
         try backend.setPoolLimit(Image.unknown, of: pool)
         #expect(try #require(try backend.poolUsage(of: pool)).limit == Image.unknown)

@@ -180,10 +180,25 @@ public struct BtrfsBackend: ImageBackend {
         }
         let quotaOn = (try? BtrfsIoctl.quotaStatus(fd))??.isOn ?? false
         fd.close()
-        try wrap("cannot delete subvolume \(path)") { () throws(SystemCallError) in
+        let delete = { () throws(SystemCallError) in
             try BtrfsUtil.call("btrfs_util_delete_subvolume", path) {
                 btrfs_util_delete_subvolume(path, Int32(BTRFS_UTIL_DELETE_SUBVOLUME_RECURSIVE))
             }
+        }
+        do {
+            try delete()
+        } catch where error.errno == .EDQUOT && quotaOn {
+            // Unlinking a subvolume needs a little metadata space, charged to the folder's
+            // subvolume: in a pool at its limit, removing an image (the way to make room)
+            // would fail. Lift the limits in the way for the deletion, then put them back.
+            let parentID = try wrap("cannot read subvolume of \(parent)") { () throws(SystemCallError) in
+                try BtrfsUtil.subvolumeID(parentFD, subject: parent)
+            }
+            try Self.withoutLimits(on: [parentID, topID] + nested.map(\.id), fd: parentFD) { () throws(PoolError) in
+                try wrap("cannot delete subvolume \(path)", delete)
+            }
+        } catch {
+            throw PoolError.from(error, "cannot delete subvolume \(path)")
         }
         if quotaOn {
             Self.destroyQgroups(of: [topID] + nested.map(\.id), on: parentFD)
@@ -379,28 +394,51 @@ public struct BtrfsBackend: ImageBackend {
         try BtrfsIoctl.waitForRescan(fd)
     }
 
-    /// Destroys the level-0 qgroups of deleted subvolumes. The kernel refuses (EBUSY) until the
-    /// cleaner has dropped a subvolume, so this commits (BTRFS_IOC_SYNC), waits for each
-    /// (BTRFS_IOC_SUBVOL_SYNC_WAIT, else polling the root tree on kernels before 6.13) and
-    /// tries again. Newer kernels remove the qgroup themselves once dropped (ENOENT here).
-    /// Best effort: the image is gone whatever happens to its accounting.
-    static func destroyQgroups(of ids: [UInt64], on fd: FileDescriptor) {
-        var pending: [UInt64] = []
-        for id in ids {
+    /// Runs `body` with the limits of the level-0 qgroups of `subvolumes` and of their parent
+    /// qgroups cleared (BTRFS_IOC_QGROUP_LIMIT), restoring those that still exist afterwards.
+    static func withoutLimits(on subvolumes: [UInt64], fd: FileDescriptor, _ body: () throws(PoolError) -> Void) throws(PoolError) {
+        var groups: [UInt64] = []
+        for id in subvolumes {
+            let group = BtrfsIoctl.qgroupID(level: 0, id)
+            groups.append(group)
+            groups += (try? BtrfsIoctl.parentQgroups(fd, of: group)) ?? []
+        }
+        var lifted: [BtrfsIoctl.Qgroup] = []
+        for group in Set(groups) {
+            guard let qgroup = try? BtrfsIoctl.qgroup(fd, id: group),
+                  qgroup.maxReferenced != nil || qgroup.maxExclusive != nil else { continue }
             do {
-                try BtrfsIoctl.destroyQgroup(fd, id: BtrfsIoctl.qgroupID(level: 0, id))
-            } catch where error.errno == .EBUSY {
-                pending.append(id)
+                try BtrfsIoctl.setLimits(fd, qgroup: group, maxReferenced: nil, maxExclusive: nil)
+                lifted.append(qgroup)
             } catch {
-                continue  // ENOENT: no qgroup (any more); anything else: nothing more to do
+                throw PoolError.from(error, "cannot lift the limit of qgroup \(group >> 48)/\(group & 0xffff_ffff_ffff)")
             }
         }
-        guard !pending.isEmpty else { return }
+        defer {
+            for qgroup in lifted where (try? BtrfsIoctl.qgroup(fd, id: qgroup.id)) != nil {
+                _ = try? BtrfsIoctl.setLimits(fd, qgroup: qgroup.id, maxReferenced: qgroup.maxReferenced,
+                                              maxExclusive: qgroup.maxExclusive)
+            }
+        }
+        try body()
+    }
+
+    /// Gives the space of deleted subvolumes back to their qgroups and destroys their level-0
+    /// qgroups. The cleaner drops a deleted subvolume in the background, and the freed extents
+    /// are taken off its qgroups (and the pool qgroup above them) only at the next commit; the
+    /// kernel also refuses to destroy the qgroup (EBUSY) until then. So: commit
+    /// (BTRFS_IOC_SYNC), wait for each to be dropped (BTRFS_IOC_SUBVOL_SYNC_WAIT, else polling
+    /// the root tree on kernels before 6.13), commit again so the accounting runs while the
+    /// qgroups still exist, then destroy them (BTRFS_IOC_QGROUP_CREATE create=0; ENOENT where
+    /// the kernel removed one itself, as 6.x does). Best effort: the image is gone regardless.
+    static func destroyQgroups(of ids: [UInt64], on fd: FileDescriptor) {
         _ = try? BtrfsIoctl.sync(fd)
-        for id in pending {
-            waitUntilDropped(id, on: fd)
+        for id in ids { waitUntilDropped(id, on: fd) }
+        _ = try? BtrfsIoctl.sync(fd)
+        for id in ids {
             _ = try? BtrfsIoctl.destroyQgroup(fd, id: BtrfsIoctl.qgroupID(level: 0, id))
         }
+        _ = try? BtrfsIoctl.sync(fd)
     }
 
     private static func waitUntilDropped(_ id: UInt64, on fd: FileDescriptor) {
