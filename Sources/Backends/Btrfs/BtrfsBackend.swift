@@ -109,8 +109,9 @@ public struct BtrfsBackend: ImageBackend {
                                         destination: destination, groups: groups)
             }
         } catch {
-            // The recursive part runs in userspace after the top snapshot: undo what was made.
-            if let status = try? fileStatus(destination, followSymlinks: false),
+            // The recursive part runs in userspace after the top snapshot: undo what was made
+            // (but never an entry that appeared at `destination` meanwhile: EEXIST).
+            if error.errno != .EEXIST, let status = try? fileStatus(destination, followSymlinks: false),
                status.inode == BtrfsIoctl.subvolumeRootInode {
                 try? remove(at: destination)
             }
