@@ -259,13 +259,18 @@ struct BtrfsBackendTests {
         try backend.setReadOnly(true, at: path)
         let ids = try [path, joinPath(path, "nested"), joinPath(path, "nested", "deeper")].map(Self.subvolumeID)
         try backend.setLimit(100 << 20, at: fs.appending("img"))  // switches quotas on
+        // A subtree qgroup as systemd makes them, holding the image.
+        try run(["btrfs", "qgroup", "create", "1/\(ids[0])", fs.mountPoint], check: true)
+        try run(["btrfs", "qgroup", "assign", "0/\(ids[0])", "1/\(ids[0])", fs.mountPoint], check: true)
         let before = try Self.qgroups(fs.mountPoint)
         for id in ids { #expect(before["0/\(id)"] != nil) }
+        #expect(before["1/\(ids[0])"] != nil)
 
         try backend.remove(at: path)
         #expect(!Self.exists(path))
         let after = try Self.qgroups(fs.mountPoint)
         for id in ids { #expect(after["0/\(id)"] == nil, "qgroup 0/\(id) is left: \(after.keys.sorted())") }
+        #expect(after["1/\(ids[0])"] == nil, "subtree qgroup left: \(after.keys.sorted())")
         #expect(try run(["btrfs", "subvolume", "list", fs.mountPoint], check: true).stdout.isEmpty)
     }
 

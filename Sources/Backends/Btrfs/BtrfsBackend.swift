@@ -431,13 +431,19 @@ public struct BtrfsBackend: ImageBackend {
     /// (BTRFS_IOC_SYNC), wait for each to be dropped (BTRFS_IOC_SUBVOL_SYNC_WAIT, else polling
     /// the root tree on kernels before 6.13), commit again so the accounting runs while the
     /// qgroups still exist, then destroy them (BTRFS_IOC_QGROUP_CREATE create=0; ENOENT where
-    /// the kernel removed one itself, as 6.x does). Best effort: the image is gone regardless.
+    /// the kernel removed one itself, as 6.x does), with their subtree qgroups `1/<id>`.
+    /// Best effort: the image is gone regardless.
     static func destroyQgroups(of ids: [UInt64], on fd: FileDescriptor) {
         _ = try? BtrfsIoctl.sync(fd)
         for id in ids { waitUntilDropped(id, on: fd) }
         _ = try? BtrfsIoctl.sync(fd)
         for id in ids {
             _ = try? BtrfsIoctl.destroyQgroup(fd, id: BtrfsIoctl.qgroupID(level: 0, id))
+            // A subtree qgroup `1/<id>` (systemd's scheme, or our pool qgroup when the pool
+            // folder itself is removed) has lost its members: it goes too.
+            if (try? BtrfsIoctl.qgroup(fd, id: BtrfsIoctl.qgroupID(level: 1, id))) != nil {
+                _ = try? BtrfsIoctl.destroyQgroup(fd, id: BtrfsIoctl.qgroupID(level: 1, id))
+            }
         }
         _ = try? BtrfsIoctl.sync(fd)
     }
