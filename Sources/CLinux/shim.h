@@ -18,6 +18,7 @@
 #include <linux/fs.h>
 #include <linux/loop.h>
 #include <linux/btrfs.h>
+#include <linux/btrfs_tree.h>
 #include <linux/magic.h>
 #include <linux/blkpg.h>
 #include <linux/stat.h>
@@ -62,6 +63,22 @@ static const unsigned long BERTH_BTRFS_IOC_TREE_SEARCH = BTRFS_IOC_TREE_SEARCH;
 static const unsigned long BERTH_BTRFS_IOC_FS_INFO = BTRFS_IOC_FS_INFO;
 static const unsigned long BERTH_BTRFS_IOC_SYNC = BTRFS_IOC_SYNC;
 static const unsigned long long BERTH_BTRFS_MAGIC = BTRFS_SUPER_MAGIC;
+/* Btrfs quota-tree keys and flags (linux/btrfs_tree.h), as typed constants for Sources/Linux/BtrfsQuota.swift. */
+static const unsigned long long BERTH_BTRFS_QUOTA_TREE_OBJECTID = BTRFS_QUOTA_TREE_OBJECTID;
+static const unsigned int BERTH_BTRFS_QGROUP_STATUS_KEY = BTRFS_QGROUP_STATUS_KEY;
+static const unsigned int BERTH_BTRFS_QGROUP_INFO_KEY = BTRFS_QGROUP_INFO_KEY;
+static const unsigned int BERTH_BTRFS_QGROUP_LIMIT_KEY = BTRFS_QGROUP_LIMIT_KEY;
+static const unsigned int BERTH_BTRFS_QGROUP_RELATION_KEY = BTRFS_QGROUP_RELATION_KEY;
+static const unsigned long long BERTH_BTRFS_QGROUP_STATUS_FLAG_ON = BTRFS_QGROUP_STATUS_FLAG_ON;
+static const unsigned long long BERTH_BTRFS_QGROUP_STATUS_FLAG_RESCAN = BTRFS_QGROUP_STATUS_FLAG_RESCAN;
+static const unsigned long long BERTH_BTRFS_QGROUP_STATUS_FLAG_INCONSISTENT = BTRFS_QGROUP_STATUS_FLAG_INCONSISTENT;
+static const unsigned long long BERTH_BTRFS_QGROUP_LIMIT_MAX_RFER = BTRFS_QGROUP_LIMIT_MAX_RFER;
+static const unsigned long long BERTH_BTRFS_QGROUP_LIMIT_MAX_EXCL = BTRFS_QGROUP_LIMIT_MAX_EXCL;
+static const unsigned long long BERTH_BTRFS_QUOTA_CTL_ENABLE = BTRFS_QUOTA_CTL_ENABLE;
+/* BTRFS_IOC_SUBVOL_SYNC_WAIT (Linux 6.13) is newer than Debian 12's 6.1 headers: declared by hand. */
+struct berth_btrfs_ioctl_subvol_wait { __u64 subvolid; __u32 mode; __u32 count; };
+static const unsigned long BERTH_BTRFS_IOC_SUBVOL_SYNC_WAIT = _IOW(BTRFS_IOCTL_MAGIC, 65, struct berth_btrfs_ioctl_subvol_wait);
+static const unsigned int BERTH_BTRFS_SUBVOL_SYNC_WAIT_FOR_ONE = 0;
 static const unsigned long long BERTH_EXT4_MAGIC = EXT4_SUPER_MAGIC;
 
 /* renameat2(2): glibc declares it only under _GNU_SOURCE. */
