@@ -1,0 +1,114 @@
+import CLinux
+import Glibc
+import Linux
+
+/// Removes a tree fd-relative (unlinkat), never following symlinks, lifting the immutable and
+/// append-only flags that stop even root, on every inode and not just the top. It refuses to
+/// descend into a mount point inside the tree (EBUSY) rather than delete what is mounted there.
+public enum TreeRemoval {
+    /// Removes `path` (a directory tree, a file, a symlink); a missing path is not an error.
+    public static func remove(at path: String) throws {
+        let parentPath = dirname(of: path), name = basename(of: path)
+        let parent = try FileDescriptor.openDirectory(parentPath)
+        try remove(name, in: parent)
+    }
+
+    /// Removes the entry `name` of the directory `parent`, and everything below it.
+    public static func remove(_ name: String, in parent: FileDescriptor) throws {
+        guard let st = try TreeSupport.statusIfPresent(name, in: parent) else { return }
+        guard st.isDirectory else {
+            try unlinkFile(name, in: parent)
+            return
+        }
+        // The parent's own flags: an immutable parent forbids unlinking its entries.
+        let top = try FileDescriptor.openDirectory(name, relativeTo: parent, followSymlinks: false)
+        TreeSupport.liftProtection(top)
+        let rootMount = TreeSupport.mountID("", in: top)
+        var stack: [(fd: FileDescriptor, names: [String], next: Int, nameInParent: String)] =
+            [(top, try TreeSupport.names(in: top), 0, name)]
+        while !stack.isEmpty {
+            let i = stack.count - 1
+            if stack[i].next >= stack[i].names.count {
+                let done = stack.removeLast()
+                let container = stack.last?.fd ?? parent
+                try removeDirectoryEntry(done.nameInParent, in: container)
+                continue
+            }
+            let child = stack[i].names[stack[i].next]
+            stack[i].next += 1
+            let dir = stack[i].fd
+            guard let cst = try TreeSupport.statusIfPresent(child, in: dir) else { continue }
+            if cst.isDirectory {
+                let fd = try FileDescriptor.openDirectory(child, relativeTo: dir, followSymlinks: false)
+                if let rootMount, let m = TreeSupport.mountID("", in: fd), m != rootMount {
+                    throw SystemCallError("unlinkat", .EBUSY, subject: "\(child): a mount point inside the tree")
+                }
+                TreeSupport.liftProtection(fd)
+                stack.append((fd, try TreeSupport.names(in: fd), 0, child))
+            } else {
+                try unlinkFile(child, in: dir)
+            }
+        }
+    }
+
+    private static func unlinkFile(_ name: String, in dir: FileDescriptor) throws {
+        if unlinkat(dir.rawValue, name, 0) == 0 { return }
+        let e = Errno.current
+        if e == .ENOENT { return }
+        guard e == .EPERM else { throw SystemCallError("unlinkat", e, subject: name) }
+        // An immutable or append-only regular file: lift and retry. O_NONBLOCK|O_NOFOLLOW so a
+        // special file cannot block or redirect us; those cannot carry the flags we lift anyway.
+        if let fd = try? FileDescriptor.open(name, flags: O_RDONLY | O_NOFOLLOW | O_NONBLOCK | O_NOCTTY, relativeTo: dir) {
+            TreeSupport.liftProtection(fd)
+        }
+        try sys("unlinkat", name) { unlinkat(dir.rawValue, name, 0) }
+    }
+
+    private static func removeDirectoryEntry(_ name: String, in dir: FileDescriptor) throws {
+        if unlinkat(dir.rawValue, name, AT_REMOVEDIR) == 0 { return }
+        let e = Errno.current
+        if e == .ENOENT { return }
+        throw SystemCallError("unlinkat(AT_REMOVEDIR)", e, subject: name)
+    }
+
+    static func dirname(of path: String) -> String {
+        guard let slash = path.lastIndex(of: "/") else { return "." }
+        let d = String(path[..<slash])
+        return d.isEmpty ? "/" : d
+    }
+
+    static func basename(of path: String) -> String {
+        guard let slash = path.lastIndex(of: "/") else { return path }
+        return String(path[path.index(after: slash)...])
+    }
+}
+
+/// Space a tree occupies: allocated blocks of every inode, hardlinked inodes counted once
+/// (what `du` reports), staying on the tree's mount.
+public enum DiskUsage {
+    /// Walks `path` fd-relative and sums st_blocks × 512.
+    public static func allocatedBytes(of path: String) throws -> UInt64 {
+        let st = try fileStatus(path, followSymlinks: false)
+        guard st.isDirectory else { return st.allocatedBytes }
+        let top = try FileDescriptor.openDirectory(path, followSymlinks: false)
+        let rootMount = TreeSupport.mountID("", in: top)
+        var seen = Set<[UInt64]>()
+        var total = st.allocatedBytes
+        var stack = [top]
+        while let dir = stack.popLast() {
+            for name in try TreeSupport.names(in: dir) {
+                guard let cst = try? fileStatus(name, relativeTo: dir, followSymlinks: false) else { continue }
+                if cst.linkCount > 1 && !cst.isDirectory {
+                    guard seen.insert([cst.device, cst.inode]).inserted else { continue }
+                }
+                total += cst.allocatedBytes
+                if cst.isDirectory,
+                   let fd = try? FileDescriptor.openDirectory(name, relativeTo: dir, followSymlinks: false) {
+                    if let rootMount, let m = TreeSupport.mountID("", in: fd), m != rootMount { continue }
+                    stack.append(fd)
+                }
+            }
+        }
+        return total
+    }
+}
