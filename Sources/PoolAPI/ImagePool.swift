@@ -446,7 +446,8 @@ public actor ImagePool {
     }
 
     /// For imports: makes a temp entry `.#<name><random>` of `type` in the pool folder (tree
-    /// types: the pool's tree backend, a subvolume on btrfs; raw: an empty `NAME.raw`), calls
+    /// types: the pool's tree backend, a subvolume on btrfs; raw: the raw backend's empty
+    /// `NAME.raw`; `.notSupported` where no registered backend makes `type` there), calls
     /// `fill` with its path, then installs it atomically as `name`: a no-replace rename, or with
     /// `force` an exchange with the existing image, which is then removed. Without `force` an
     /// existing name fails before any work. Read-only if asked. On any error or cancellation
@@ -464,23 +465,18 @@ public actor ImagePool {
             defer { nameLock.release() }
             try await ensurePoolFolder()
             let pool = realPoolPath
-            let backend: (any ImageBackend)? = switch type {
+            let chosen: (any ImageBackend)? = switch type {
             case .directory, .subvolume: registry.treeBackend(for: pool)
             default: registry.backend(for: type, in: pool)
             }
-            let entry = backend?.entryName(forImage: name) ?? (type == .raw ? name + ".raw" : name)
-            guard backend != nil || type == .raw else {
+            guard let backend = chosen else {
                 throw PoolError(.notSupported, "no backend makes \(type.rawValue) images in \(pool)")
             }
+            let entry = backend.entryName(forImage: name)
             let temp = joinPath(pool, Self.temporaryName(for: entry))
             let finalPath = joinPath(pool, entry)
             do {
-                try await Blocking.run {
-                    if let backend { try backend.createEmpty(at: temp) } else {
-                        let fd = try FileDescriptor.open(temp, flags: O_WRONLY | O_CREAT | O_EXCL, mode: 0o644)
-                        fd.close()
-                    }
-                }
+                try await Blocking.run { try backend.createEmpty(at: temp) }
                 try await fill(temp)
                 try Task.checkCancellation()
                 // The replaced image must not be in use; it keeps its lock until it is gone.
@@ -488,7 +484,7 @@ public actor ImagePool {
                 let replacedLock = try replaced.map { try lockPath($0.path, .exclusive, name) }
                 defer { replacedLock?.release() }
                 try await Blocking.run {
-                    if readOnly { try backend?.setReadOnly(true, at: temp) }
+                    if readOnly { try backend.setReadOnly(true, at: temp) }
                     if let replaced {
                         // Atomic swap, then the old tree (now at the temp name) goes. An
                         // immutable old directory cannot move: make it writable first.
@@ -496,10 +492,8 @@ public actor ImagePool {
                         try Self.exchange(temp, finalPath, newIsReadOnly: readOnly, backend)
                         try? replaced.backend?.remove(at: temp)
                         if (try? fileStatus(temp, followSymlinks: false)) != nil { try? TreeRemoval.remove(at: temp) }
-                    } else if let backend {
-                        try backend.rename(from: temp, to: finalPath)
                     } else {
-                        try renameNoReplace(temp, finalPath)
+                        try backend.rename(from: temp, to: finalPath)
                     }
                 }
             } catch {
@@ -519,10 +513,10 @@ public actor ImagePool {
 
     /// renameat2(RENAME_EXCHANGE) of the new entry with the old; an immutable new directory
     /// cannot move either, so its flag is lifted around the swap.
-    private static func exchange(_ new: String, _ old: String, newIsReadOnly: Bool, _ backend: (any ImageBackend)?) throws {
-        if newIsReadOnly { try backend?.setReadOnly(false, at: new) }
+    private static func exchange(_ new: String, _ old: String, newIsReadOnly: Bool, _ backend: any ImageBackend) throws {
+        if newIsReadOnly { try backend.setReadOnly(false, at: new) }
         try renameExchange(new, old)
-        if newIsReadOnly { try backend?.setReadOnly(true, at: old) }
+        if newIsReadOnly { try backend.setReadOnly(true, at: old) }
     }
 
     /// Makes `ROOT/var/lib/machines` on first use, of the parent's kind: the tree backend of
