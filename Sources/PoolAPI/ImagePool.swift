@@ -71,7 +71,9 @@ public actor ImagePool {
     public func images() async throws -> [Image] {
         let context = discoveryContext
         return try await Blocking.run {
-            try Self.discoverAll(context).map { try Self.describe($0, context) }
+            // An entry that vanished or cannot be read between listing and stat is left out
+            // rather than failing the whole listing.
+            try Self.discoverAll(context).compactMap { try? Self.describe($0, context) }
         }
     }
 
@@ -560,7 +562,10 @@ public actor ImagePool {
 
     static func poolError(_ error: any Error, _ message: String) -> PoolError {
         if let e = error as? PoolError { return e }
-        if let e = error as? SystemCallError { return PoolError.from(e, message) }
+        if let e = error as? SystemCallError {
+            if e.errno == .ECANCELED { return PoolError(.cancelled, message, cause: e) }
+            return PoolError.from(e, message)
+        }
         if error is CancellationError { return PoolError(.cancelled, message, cause: error) }
         return PoolError(.system, message, cause: error)
     }
