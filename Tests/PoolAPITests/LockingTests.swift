@@ -1,4 +1,5 @@
 import DirectoryBackend
+import FileTree
 import Foundation
 import Glibc
 import Linux
@@ -134,5 +135,74 @@ func nspawnLockFiles(root: String, image path: String) throws -> (global: String
         #expect(r.temporaryEntries() == [".#keep.lck"])
         #expect(r.exists("var/lib/machines/keep"))
         held.release()
+    }
+}
+
+/// The real thing: systemd 252's nspawn against the pool at root `/`, on a throwaway image in
+/// the host's /var/lib/machines (removed afterwards).
+@Suite(.serialized, .enabled(if: Privileges.isRoot && commandExists("systemd-nspawn") && commandExists("sleep"),
+                             "needs root and systemd-nspawn (systemd-container) to run a container"))
+struct NspawnInteropTests {
+    static func startContainer(_ dir: String, errors: Pipe? = nil) throws -> Process {
+        let p = Process()
+        p.executableURL = URL(fileURLWithPath: "/usr/bin/env")
+        var args = ["systemd-nspawn", "-q", "--register=no", "--keep-unit", "-D", dir]
+        for host in ["/usr", "/bin", "/lib", "/lib64"] where FileManager.default.fileExists(atPath: host) {
+            args.append("--bind-ro=\(host)")
+        }
+        p.arguments = args + ["/usr/bin/sleep", "120"]
+        p.standardOutput = FileHandle.nullDevice
+        p.standardError = errors ?? FileHandle.nullDevice
+        try p.run()
+        return p
+    }
+
+    @Test(.timeLimit(.minutes(2)))
+    func aRunningNspawnMakesTheImageBusyAndOurCloneKeepsNspawnOut() async throws {
+        let name = "berth-lock-test-\(UInt32.random(in: 0...UInt32.max))"
+        let dir = "/var/lib/machines/\(name)"
+        try FileManager.default.createDirectory(atPath: "/var/lib/machines", withIntermediateDirectories: true)
+        for sub in ["etc", "usr", "bin", "lib", "lib64", "proc", "sys", "dev", "tmp", "run"] {
+            try FileManager.default.createDirectory(atPath: dir + "/" + sub, withIntermediateDirectories: true)
+        }
+        try Data("ID=berthtest\n".utf8).write(to: URL(fileURLWithPath: dir + "/etc/os-release"))
+        defer {
+            try? TreeRemoval.remove(at: dir)
+            try? TreeRemoval.remove(at: dir + "-copy")
+        }
+        let global = try nspawnLockFiles(root: "", image: dir).global
+        #expect(global.hasPrefix("/run/systemd/nspawn/locks/inode-"))
+
+        let container = try Self.startContainer(dir)
+        var waited = 0
+        while LockFile.isFree(global, for: .exclusive) && container.isRunning && waited < 300 {
+            try await Task.sleep(for: .milliseconds(100))
+            waited += 1
+        }
+        try #require(container.isRunning && !LockFile.isFree(global, for: .exclusive), "nspawn did not lock its image")
+        let pool = ImagePool(configuration: .init(root: "/"), registry: BackendRegistry([DirectoryBackend()]))
+        #expect(await expectPoolError(.busy) { try await pool.remove(name) })
+        #expect(await expectPoolError(.busy) { try await pool.setReadOnly(name, true) })
+        #expect(await expectPoolError(.busy) { try await pool.rename(name, to: name + "-renamed") })
+        container.terminate()
+        container.waitUntilExit()
+
+        // Now our clone holds the image: nspawn must refuse to start on it.
+        let gate = DispatchSemaphore(value: 0), started = DispatchSemaphore(value: 0)
+        let gated = ImagePool(configuration: .init(root: "/"),
+                              registry: BackendRegistry([GatedDirectoryBackend(gate: gate, started: started)]))
+        let clone = Task { try await gated.clone(name, to: name + "-copy", readOnly: false) }
+        await withCheckedContinuation { c in DispatchQueue.global().async { started.wait(); c.resume() } }
+        let errors = Pipe()
+        let refused = try Self.startContainer(dir, errors: errors)
+        refused.waitUntilExit()
+        let message = String(decoding: errors.fileHandleForReading.availableData, as: UTF8.self)
+        #expect(refused.terminationStatus != 0, "nspawn started on an image berthd was cloning")
+        #expect(message.localizedCaseInsensitiveContains("busy"), "nspawn said: \(message)")
+        gate.signal()
+        _ = try await clone.value
+        try await pool.remove(name + "-copy")
+        try await pool.remove(name)
+        #expect(!FileManager.default.fileExists(atPath: dir))
     }
 }
