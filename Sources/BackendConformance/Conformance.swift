@@ -208,8 +208,9 @@ struct Context {
         try requireNoTemporaryEntries("after create and clean")
     }
 
+    /// A file image's own access time is left out: reading the file to clone it may move it.
     func snapshot(_ image: Image) throws -> TreeSnapshot {
-        try TreeSnapshot(of: image.path)
+        try TreeSnapshot(of: image.path, includeAccessTimes: isTree)
     }
 
     func cloneFidelity() async throws {

@@ -69,15 +69,34 @@ public enum TreeCopy {
     /// One directory being copied: its descriptors, remaining entries, and its source status
     /// (applied when its last entry is done, so its times survive the copy of its contents).
     private struct Frame {
-        var source: FileDescriptor
-        var destination: FileDescriptor
+        /// nil while parked: only the deepest `TreeSupport.openLevels` levels keep their
+        /// descriptors, so a deep tree cannot exhaust RLIMIT_NOFILE.
+        var source: FileDescriptor?
+        var destination: FileDescriptor?
         var status: FileStatus
+        var destinationIdentity: [UInt64]
         var names: [String]
         var next = 0
         /// Relative path from the destination root, for linkat(2) of later hardlinks.
         var relativePath: String
-        /// false for a mount point inside the tree: created, not entered.
-        var descend: Bool
+
+        func descriptors() throws -> (source: FileDescriptor, destination: FileDescriptor) {
+            guard let source, let destination else { throw SystemCallError("copy", .EBADF, subject: relativePath) }
+            return (source, destination)
+        }
+
+        mutating func park() {
+            source?.close(); destination?.close()
+            source = nil; destination = nil
+        }
+
+        /// Reopens a parked frame through its child's `..`, checking it is still the same
+        /// directory on both sides (a concurrent rename would make it another).
+        mutating func unpark(from child: Frame) throws {
+            let (childSource, childDestination) = try child.descriptors()
+            source = try TreeSupport.reopenParent(of: childSource, expecting: [status.device, status.inode])
+            destination = try TreeSupport.reopenParent(of: childDestination, expecting: destinationIdentity)
+        }
     }
 
     private struct Copier {
@@ -98,29 +117,38 @@ public enum TreeCopy {
         mutating func run() throws {
             rootMount = TreeSupport.mountID("", in: sourceRoot)
             let rootStatus = try sourceRoot.stat()
+            let rootDestination = try destinationRoot.stat()
             var stack = [Frame(source: sourceRoot, destination: destinationRoot, status: rootStatus,
-                               names: try TreeSupport.names(in: sourceRoot), relativePath: "", descend: true)]
+                               destinationIdentity: [rootDestination.device, rootDestination.inode],
+                               names: try TreeSupport.names(in: sourceRoot), relativePath: "")]
             while !stack.isEmpty {
                 if options.isCancelled() { throw SystemCallError("copy", .ECANCELED) }
                 let top = stack.count - 1
                 if stack[top].next >= stack[top].names.count {
                     let frame = stack.removeLast()
                     try finishDirectory(frame)
+                    if let parent = stack.indices.last, stack[parent].source == nil {
+                        try stack[parent].unpark(from: frame)
+                    }
                     continue
                 }
                 let name = stack[top].names[stack[top].next]
                 stack[top].next += 1
                 if let child = try copyEntry(name, from: stack[top]) {
                     stack.append(child)
+                    // Index 0 holds the caller's descriptors: never closed here.
+                    let park = stack.count - 1 - TreeSupport.openLevels
+                    if park > 0 { stack[park].park() }
                 }
             }
         }
 
         /// Copies one entry; for a directory returns its frame to walk next.
-        mutating func copyEntry(_ name: String, from parent: Frame) throws -> Frame? {
+        mutating func copyEntry(_ name: String, from parentFrame: Frame) throws -> Frame? {
+            let parent = try parentFrame.descriptors()
             // An entry that vanished while we copied is skipped.
             guard let st = try TreeSupport.statusIfPresent(name, in: parent.source) else { return nil }
-            let rel = parent.relativePath.isEmpty ? name : parent.relativePath + "/" + name
+            let rel = parentFrame.relativePath.isEmpty ? name : parentFrame.relativePath + "/" + name
             let type = st.fileType
             if type != UInt32(Glibc.S_IFDIR) && st.linkCount > 1 {
                 let key = InodeKey(device: st.device, inode: st.inode)
@@ -138,9 +166,10 @@ public enum TreeCopy {
                 let dst = try FileDescriptor.openDirectory(name, relativeTo: parent.destination, followSymlinks: false)
                 statistics.directories += 1
                 let sameMount = rootMount == nil || TreeSupport.mountID("", in: src) == rootMount
+                let dstStatus = try dst.stat()
                 return Frame(source: src, destination: dst, status: st,
-                             names: sameMount ? try TreeSupport.names(in: src) : [],
-                             relativePath: rel, descend: sameMount)
+                             destinationIdentity: [dstStatus.device, dstStatus.inode],
+                             names: sameMount ? try TreeSupport.names(in: src) : [], relativePath: rel)
             case UInt32(Glibc.S_IFREG):
                 try copyRegular(name, st, parent)
             case UInt32(Glibc.S_IFLNK):
@@ -158,7 +187,8 @@ public enum TreeCopy {
             return nil
         }
 
-        mutating func copyRegular(_ name: String, _ st: FileStatus, _ parent: Frame) throws {
+        mutating func copyRegular(_ name: String, _ st: FileStatus,
+                                  _ parent: (source: FileDescriptor, destination: FileDescriptor)) throws {
             // TreeSupport.noAccessTime: reading must not disturb the source's access time (root may use it).
             let src = try TreeSupport.openForReading(name, in: parent.source)
             let dst = try FileDescriptor.open(name, flags: O_WRONLY | O_CREAT | O_EXCL | O_NOFOLLOW, mode: 0o600,
@@ -176,7 +206,8 @@ public enum TreeCopy {
             try sys("futimens") { futimens(dst.rawValue, &times) }
         }
 
-        func finishNonDirectory(_ name: String, _ st: FileStatus, _ parent: Frame, isSymlink: Bool) throws {
+        func finishNonDirectory(_ name: String, _ st: FileStatus,
+                                _ parent: (source: FileDescriptor, destination: FileDescriptor), isSymlink: Bool) throws {
             try sys("fchownat", name) { fchownat(parent.destination.rawValue, name, st.uid, st.gid, AT_SYMLINK_NOFOLLOW) }
             if !isSymlink {
                 // mknodat applied the umask; a device node is not a symlink, so following is moot.
@@ -192,10 +223,10 @@ public enum TreeCopy {
         /// as a default ACL set earlier would have leaked into the children created since.
         func finishDirectory(_ frame: Frame) throws {
             let st = frame.status
-            let dst = frame.destination
+            let (src, dst) = try frame.descriptors()
             try sys("fchown") { fchown(dst.rawValue, st.uid, st.gid) }
             try sys("fchmod") { fchmod(dst.rawValue, mode_t(st.mode & 0o7777)) }
-            try TreeSupport.setXattrs(try TreeSupport.xattrs(of: .fd(frame.source)), on: .fd(dst))
+            try TreeSupport.setXattrs(try TreeSupport.xattrs(of: .fd(src)), on: .fd(dst))
             var times = [st.accessTime, st.modificationTime]
             try sys("futimens") { futimens(dst.rawValue, &times) }
         }

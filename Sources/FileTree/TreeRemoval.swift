@@ -24,19 +24,21 @@ public enum TreeRemoval {
         let top = try FileDescriptor.openDirectory(name, relativeTo: parent, followSymlinks: false)
         TreeSupport.liftProtection(top)
         let rootMount = TreeSupport.mountID("", in: top)
-        var stack: [(fd: FileDescriptor, names: [String], next: Int, nameInParent: String)] =
-            [(top, try TreeSupport.names(in: top), 0, name)]
+        var stack = [Level(fd: top, identity: [st.device, st.inode], names: try TreeSupport.names(in: top), nameInParent: name)]
         while !stack.isEmpty {
             let i = stack.count - 1
             if stack[i].next >= stack[i].names.count {
                 let done = stack.removeLast()
-                let container = stack.last?.fd ?? parent
-                try removeDirectoryEntry(done.nameInParent, in: container)
+                if let p = stack.indices.last, stack[p].fd == nil, let child = done.fd {
+                    stack[p].fd = try TreeSupport.reopenParent(of: child, expecting: stack[p].identity)
+                }
+                done.fd?.close()
+                try removeDirectoryEntry(done.nameInParent, in: stack.last?.fd ?? parent)
                 continue
             }
             let child = stack[i].names[stack[i].next]
             stack[i].next += 1
-            let dir = stack[i].fd
+            guard let dir = stack[i].fd else { throw SystemCallError("unlinkat", .EBADF, subject: child) }
             guard let cst = try TreeSupport.statusIfPresent(child, in: dir) else { continue }
             if cst.isDirectory {
                 let fd = try FileDescriptor.openDirectory(child, relativeTo: dir, followSymlinks: false)
@@ -44,11 +46,24 @@ public enum TreeRemoval {
                     throw SystemCallError("unlinkat", .EBUSY, subject: "\(child): a mount point inside the tree")
                 }
                 TreeSupport.liftProtection(fd)
-                stack.append((fd, try TreeSupport.names(in: fd), 0, child))
+                stack.append(Level(fd: fd, identity: [cst.device, cst.inode], names: try TreeSupport.names(in: fd),
+                                   nameInParent: child))
+                // Only the deepest levels stay open (index 0 is reopened like any other).
+                let park = stack.count - 1 - TreeSupport.openLevels
+                if park >= 0 { stack[park].fd?.close(); stack[park].fd = nil }
             } else {
                 try unlinkFile(child, in: dir)
             }
         }
+    }
+
+    /// One directory being emptied; `fd` is nil while parked (see `TreeSupport.openLevels`).
+    private struct Level {
+        var fd: FileDescriptor?
+        var identity: [UInt64]
+        var names: [String]
+        var next = 0
+        var nameInParent: String
     }
 
     private static func unlinkFile(_ name: String, in dir: FileDescriptor) throws {
@@ -86,7 +101,7 @@ public enum TreeRemoval {
 /// Space a tree occupies: allocated blocks of every inode, hardlinked inodes counted once
 /// (what `du` reports), staying on the tree's mount.
 public enum DiskUsage {
-    /// Walks `path` fd-relative and sums st_blocks × 512.
+    /// Walks `path` fd-relative and sums st_blocks × 512, one open directory per level.
     public static func allocatedBytes(of path: String) throws -> UInt64 {
         let st = try fileStatus(path, followSymlinks: false)
         guard st.isDirectory else { return st.allocatedBytes }
@@ -94,20 +109,30 @@ public enum DiskUsage {
         let rootMount = TreeSupport.mountID("", in: top)
         var seen = Set<[UInt64]>()
         var total = st.allocatedBytes
-        var stack = [top]
-        while let dir = stack.popLast() {
-            for name in try TreeSupport.names(in: dir) {
-                guard let cst = try? fileStatus(name, relativeTo: dir, followSymlinks: false) else { continue }
-                if cst.linkCount > 1 && !cst.isDirectory {
-                    guard seen.insert([cst.device, cst.inode]).inserted else { continue }
+        var stack = [(fd: Optional(top), identity: [st.device, st.inode], names: try TreeSupport.names(in: top), next: 0)]
+        while !stack.isEmpty {
+            let i = stack.count - 1
+            if stack[i].next >= stack[i].names.count {
+                let done = stack.removeLast()
+                if let p = stack.indices.last, stack[p].fd == nil, let child = done.fd {
+                    stack[p].fd = try TreeSupport.reopenParent(of: child, expecting: stack[p].identity)
                 }
-                total += cst.allocatedBytes
-                if cst.isDirectory,
-                   let fd = try? FileDescriptor.openDirectory(name, relativeTo: dir, followSymlinks: false) {
-                    if let rootMount, let m = TreeSupport.mountID("", in: fd), m != rootMount { continue }
-                    stack.append(fd)
-                }
+                continue
             }
+            let name = stack[i].names[stack[i].next]
+            stack[i].next += 1
+            guard let dir = stack[i].fd, let cst = try? fileStatus(name, relativeTo: dir, followSymlinks: false) else { continue }
+            if cst.linkCount > 1 && !cst.isDirectory {
+                guard seen.insert([cst.device, cst.inode]).inserted else { continue }
+            }
+            total += cst.allocatedBytes
+            guard cst.isDirectory, let fd = try? FileDescriptor.openDirectory(name, relativeTo: dir, followSymlinks: false) else {
+                continue
+            }
+            if let rootMount, let m = TreeSupport.mountID("", in: fd), m != rootMount { continue }
+            stack.append((fd, [cst.device, cst.inode], (try? TreeSupport.names(in: fd)) ?? [], 0))
+            let park = stack.count - 1 - TreeSupport.openLevels
+            if park >= 0 { stack[park].fd?.close(); stack[park].fd = nil }
         }
         return total
     }

@@ -8,6 +8,20 @@ enum TreeSupport {
     static let emptyPath: Int32 = 0x1000
     static let noAccessTime: Int32 = 0o1000000
 
+    /// How many directory levels a walk keeps open; deeper ancestors are closed and reopened
+    /// through `..` when the walk comes back up. Two descriptors per level at most.
+    static let openLevels = 64
+
+    /// openat(child, "..") checked against the (device, inode) the parent had.
+    static func reopenParent(of child: FileDescriptor, expecting identity: [UInt64]) throws -> FileDescriptor {
+        let parent = try FileDescriptor.openDirectory("..", relativeTo: child, followSymlinks: false)
+        let st = try parent.stat()
+        guard [st.device, st.inode] == identity else {
+            throw SystemCallError("openat(..)", Errno(ESTALE), subject: "a directory moved during the walk")
+        }
+        return parent
+    }
+
     /// fstatat(2) with AT_SYMLINK_NOFOLLOW; nil if the entry does not exist (any more).
     static func statusIfPresent(_ name: String, in dir: FileDescriptor) throws -> FileStatus? {
         do {

@@ -5,9 +5,9 @@ import Synchronization
 /// the bus thread and never on Swift's cooperative pool, which has one thread per core and
 /// would stall every actor while a multi-GiB clone runs.
 public enum Blocking {
-    /// Runs `body` on a new thread and resumes with its result. Cancelling the awaiting task
-    /// sets `CancellationFlag.current`-style flags passed in by the caller; the thread itself
-    /// is not interrupted (blocking syscalls cannot be), so `body` should poll a flag.
+    /// Runs `body` on a new thread and resumes with its result. The thread is not interrupted
+    /// if the awaiting task is cancelled (blocking syscalls cannot be): use
+    /// `run(cancellable:)` for work that can stop between steps.
     public static func run<T: Sendable>(_ body: @escaping @Sendable () throws -> T) async throws -> T {
         try await withCheckedThrowingContinuation { (continuation: CheckedContinuation<T, any Error>) in
             detach { continuation.resume(with: Result(catching: body)) }

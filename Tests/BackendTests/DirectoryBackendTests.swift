@@ -42,14 +42,16 @@ struct DirectoryBackendTests {
         try makeDirectory(fs.appending("deep"))
         var dir = try FileDescriptor.openDirectory(fs.appending("deep"))
         let name = String(repeating: "d", count: 200)
-        for _ in 0..<100 {  // 100 × 201 bytes: far beyond PATH_MAX (4096)
+        for _ in 0..<300 {  // 300 × 201 bytes: far beyond PATH_MAX (4096), and deeper than the open levels
             try makeDirectory(name, relativeTo: dir)
             dir = try FileDescriptor.openDirectory(name, relativeTo: dir, followSymlinks: false)
         }
         let leaf = try FileDescriptor.open("leaf", flags: O_WRONLY | O_CREAT, relativeTo: dir)
         try Array("bottom".utf8).withUnsafeBytes { try leaf.writeAll($0) }
         let stats = try TreeCopy.copy(from: fs.appending("deep"), to: fs.appending("copy"))
-        #expect(stats.directories == 100 && stats.files == 1)
+        #expect(stats.directories == 300 && stats.files == 1)
+        let usage = try DiskUsage.allocatedBytes(of: fs.appending("copy"))
+        #expect(usage >= 300 * 4096, "every level's directory block is counted: \(usage)")
         try TreeRemoval.remove(at: fs.appending("copy"))
         try TreeRemoval.remove(at: fs.appending("deep"))
         #expect(try directoryEntries(fs.mountPoint).filter { $0 != "lost+found" }.isEmpty)
