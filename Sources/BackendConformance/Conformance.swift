@@ -8,6 +8,7 @@ import PoolAPI
 ///     Subject("btrfs", backend: { _ in BtrfsBackend() }, registry: { [$0, DirectoryBackend()] })
 ///     Subject("raw", backend: { RawLoopBackend(runtimeDirectory: $0.runtimeDirectory) })
 public struct Subject: Sendable, CustomStringConvertible {
+    /// The name test output shows.
     public let name: String
     let makeBackend: @Sendable (Environment) -> any ImageBackend
     let makeRegistry: @Sendable (any ImageBackend) -> [any ImageBackend]
@@ -31,6 +32,7 @@ public struct Environment: Sendable {
     public let root: String
     /// `root/run/berth`, berthd's runtime folder (loop-device state of file backends).
     public var runtimeDirectory: String { root + "/run/berth" }
+    /// `root/var/lib/machines`, the pool folder.
     public var poolPath: String { root + "/var/lib/machines" }
 }
 
@@ -83,6 +85,7 @@ public enum Outcome: Sendable, Equatable {
 /// A behaviour the backend got wrong.
 public struct ConformanceFailure: Error, CustomStringConvertible {
     public let description: String
+    /// A failure saying what differed.
     public init(_ description: String) { self.description = description }
 }
 

@@ -9,15 +9,23 @@ import Linux
 public struct TreeSnapshot: Sendable, Equatable, CustomStringConvertible {
     /// One inode as seen at one path.
     public struct Entry: Sendable, Equatable {
+        /// st_mode: type and permission bits, setuid/setgid/sticky included.
         public var mode: UInt32
+        /// Numeric owner and group.
         public var uid: UInt32
         public var gid: UInt32
+        /// Apparent size (0 for directories, whose size is filesystem-specific).
         public var size: Int64
+        /// Device number of device nodes.
         public var rdev: UInt64
+        /// readlink(2) of a symlink.
         public var symlinkTarget: String?
+        /// Nanoseconds since the epoch; 0 where not compared (directories, symlinks).
         public var accessTime: Int64
         public var modificationTime: Int64
+        /// Every extended attribute, ACLs (system.posix_acl_*) included.
         public var xattrs: [String: [UInt8]]
+        /// Contents checksum of regular files.
         public var checksum: UInt64?
         /// The first path (sorted) sharing this inode; equal to its own path if not hardlinked.
         public var hardlinkGroup: String
@@ -25,6 +33,7 @@ public struct TreeSnapshot: Sendable, Equatable, CustomStringConvertible {
         public var isSparse: Bool
     }
 
+    /// Entries by path relative to the snapshot's top ("." for the top itself).
     public var entries: [String: Entry]
 
     /// Walks `path` (not following symlinks) and records every entry, "." for the top.

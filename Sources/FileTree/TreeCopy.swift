@@ -21,6 +21,7 @@ public enum TreeCopy {
         /// Polled between entries; true stops the copy with ECANCELED.
         public var isCancelled: @Sendable () -> Bool
 
+        /// Reflinks allowed, never cancelled, unless told otherwise.
         public init(allowReflink: Bool = true, isCancelled: @escaping @Sendable () -> Bool = { false }) {
             self.allowReflink = allowReflink
             self.isCancelled = isCancelled
@@ -29,14 +30,21 @@ public enum TreeCopy {
 
     /// What a copy did.
     public struct Statistics: Sendable, Equatable {
+        /// Directories made below the top.
         public var directories = 0
+        /// Regular files copied (hardlinks of them not counted again).
         public var files = 0
+        /// Of `files`, those whose contents were reflinked (FICLONE).
         public var reflinkedFiles = 0
+        /// Extra names of already copied inodes, made with linkat(2).
         public var hardlinks = 0
+        /// Symlinks made with symlinkat(2).
         public var symlinks = 0
+        /// Device nodes, fifos and sockets made with mknodat(2).
         public var specialFiles = 0
         /// Bytes of regular-file contents (apparent size).
         public var bytes: UInt64 = 0
+        /// Nothing copied yet.
         public init() {}
     }
 

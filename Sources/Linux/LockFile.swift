@@ -11,6 +11,7 @@ public final class LockFile: @unchecked Sendable {
     /// Shared (F_RDLCK) or exclusive (F_WRLCK) over the whole file.
     public enum Mode: Sendable { case shared, exclusive }
 
+    /// The lock file (removed again on release by an exclusive owner).
     public let path: String
     private var fd: FileDescriptor?
     private var mode: Mode

@@ -53,7 +53,10 @@ public enum Blocking {
 /// A flag a blocking job polls to stop early when its caller was cancelled.
 public final class CancellationFlag: Sendable {
     private let state = Atomic<Bool>(false)
+    /// A flag not yet set.
     public init() {}
+    /// Whether the caller was cancelled.
     public var isCancelled: Bool { state.load(ordering: .relaxed) }
+    /// Sets the flag (from the task cancellation handler).
     public func cancel() { state.store(true, ordering: .relaxed) }
 }

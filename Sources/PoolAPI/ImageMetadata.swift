@@ -13,6 +13,7 @@ public struct ImageMetadata: Sendable, Equatable {
     /// /etc/os-release's pairs, else /usr/lib/os-release's.
     public var osRelease: [String: String]
 
+    /// Metadata with the given parts; all empty by default.
     public init(hostname: String = "", machineID: [UInt8] = [], machineInfo: [String: String] = [:],
                 osRelease: [String: String] = [:]) {
         self.hostname = hostname

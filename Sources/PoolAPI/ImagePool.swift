@@ -17,6 +17,7 @@ public actor ImagePool {
         /// Every path is resolved under this folder (berthd's `--root`).
         public var root: String
 
+        /// A pool under `root` (berthd's `--root`).
         public init(root: String) { self.root = root }
 
         /// `ROOT/var/lib/machines`: where clones, renames (of pool images) and imports go.
@@ -35,13 +36,17 @@ public actor ImagePool {
     /// How `CleanPool` chooses: hidden images only, or every image.
     public enum CleanMode: String, Sendable { case hidden, all }
 
+    /// Where the pool lives.
     public let configuration: Configuration
+    /// The backends that claim and make images, in priority order.
     public let registry: BackendRegistry
     private let realRoot: String
     private let realPoolPath: String
     private let locks: ImageLocks
     private var nameLocks = NameLocks()
 
+    /// A pool over `configuration.root`'s search paths. Nothing is touched until first use;
+    /// call `removeStaleTemporaryEntries()` at daemon start.
     public init(configuration: Configuration, registry: BackendRegistry) {
         self.configuration = configuration
         self.registry = registry

@@ -11,7 +11,9 @@ import PoolAPI
 /// read-only is FS_IMMUTABLE_FL on the top directory, as systemd 252 sets it; usage is computed
 /// in the background and cached, never on the path of `image(named:at:)`.
 public struct DirectoryBackend: ImageBackend {
+    /// "directory", for logs and the registry.
     public let identifier = "directory"
+    /// systemd's `directory` image type.
     public let imageType = ImageType.directory
     /// `.reflink`: files of a clone share extents with the source where the filesystem allows
     /// (btrfs, xfs with reflink); elsewhere the copy is a sparse-aware data copy.
