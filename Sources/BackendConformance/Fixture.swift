@@ -15,7 +15,7 @@ public enum Fixture {
     /// Fills the empty directory `path` with: nested directories (setgid, sticky, odd owners),
     /// a setuid file, a file with user./trusted. xattrs and a POSIX ACL, a 64 MiB sparse file
     /// with three data blocks, two hardlinks of one inode, relative/absolute/dangling symlinks
-    /// (one pointing outside the tree), a character device, a block device, a fifo and a
+    /// (one pointing outside the tree), a default ACL on a directory, a character device, a block device, a fifo and a
     /// socket node; then fixed times on everything, directories after their contents.
     public static func fillTree(at path: String) throws {
         func p(_ rel: String) -> String { path + "/" + rel }
@@ -48,6 +48,9 @@ public enum Fixture {
                                 ("etc/absolute-link", 555, 556)] {
             try sys("lchown", rel) { lchown(p(rel), uid_t(uid), gid_t(gid)) }
         }
+        // A default ACL set after the children exist: they have no ACL of their own, and a copy
+        // that set it before making them would give them one.
+        try setXattr(p("srv/deep"), "system.posix_acl_default", accessACL(otherUser: 4343))
         // lchown cleared nothing here, but chmod again where setgid must survive on srv.
         try sys("chmod") { chmod(p("srv"), 0o2775) }
         // Times: leaves first, then directories deepest first, the top last.

@@ -25,6 +25,7 @@ struct ImageLocks: Sendable {
     /// Locks the image at `path` (`image_path_lock`). The host root cannot be locked
     /// exclusively (EBUSY, as in systemd) and is not locked shared.
     func lockPath(_ path: String, _ mode: LockFile.Mode) throws(SystemCallError) -> Held {
+        if !Self.enabled { return Held([]) }
         if path == root || path == "/" {
             if mode == .exclusive { throw SystemCallError("image_path_lock", .EBUSY, subject: path) }
             return Held([])
@@ -66,8 +67,17 @@ struct ImageLocks: Sendable {
     /// Locks an image name regardless of its path (`image_name_lock`); `.host` is never free.
     func lockName(_ name: String, _ mode: LockFile.Mode) throws(SystemCallError) -> Held {
         if name == ".host" { throw SystemCallError("image_name_lock", .EBUSY, subject: name) }
+        if !Self.enabled { return Held([]) }
         prepareDirectory()
         return Held([try LockFile.acquire("\(directory)/name-\(name)", mode)])
+    }
+
+    /// systemd honours `SYSTEMD_NSPAWN_LOCK=0` (a boolean) to switch image locks off; so do we,
+    /// so a setup that disabled them for nspawn does not find berthd taking them.
+    static var enabled: Bool {
+        guard let raw = getenv("SYSTEMD_NSPAWN_LOCK") else { return true }
+        let value = String(cString: raw).lowercased()
+        return !["0", "no", "n", "false", "f", "off"].contains(value)
     }
 
     private func prepareDirectory() {

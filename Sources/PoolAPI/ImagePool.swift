@@ -458,7 +458,8 @@ public actor ImagePool {
     /// `fill` with its path, then installs it atomically as `name`: a no-replace rename, or with
     /// `force` an exchange with the existing image, which is then removed. Without `force` an
     /// existing name fails before any work. Read-only if asked. On any error or cancellation
-    /// the temp entry is removed.
+    /// the temp entry is removed. `fill` runs on Swift's cooperative pool: blocking work in it
+    /// belongs in `Blocking.run`.
     public func install(_ name: String, type: ImageType, force: Bool, readOnly: Bool,
                         fill: @Sendable (String) async throws -> Void) async throws -> Image {
         try Self.validateName(name)
@@ -487,21 +488,36 @@ public actor ImagePool {
                 try await fill(temp)
                 try Task.checkCancellation()
                 // The replaced image must not be in use; it keeps its lock until it is gone.
-                let replaced = current.flatMap { $0.path == finalPath ? $0 : nil }
+                // The replaced image (if in the pool folder) must not be in use; it keeps its
+                // lock until it is gone.
+                let replaced = current.flatMap { joinPath(pool, Self.fileName(of: $0.path)) == $0.path ? $0 : nil }
                 let replacedLock = try replaced.map { try lockPath($0.path, .exclusive, name) }
                 defer { replacedLock?.release() }
                 try await Blocking.run {
                     if readOnly { try backend.setReadOnly(true, at: temp) }
-                    if let replaced {
-                        // Atomic swap, then the old tree (now at the temp name) goes. An
-                        // immutable old directory cannot move: make it writable first.
-                        try? replaced.backend?.setReadOnly(false, at: replaced.path)
-                        try Self.exchange(temp, finalPath, newIsReadOnly: readOnly, backend)
-                        try? replaced.backend?.remove(at: temp)
-                        if (try? fileStatus(temp, followSymlinks: false)) != nil { try? TreeRemoval.remove(at: temp) }
+                    guard let replaced, let oldBackend = replaced.backend else {
+                        try backend.rename(from: temp, to: finalPath)
+                        return
+                    }
+                    if replaced.path == finalPath {
+                        // Atomic swap, then the old image (now at the temp name) goes. An
+                        // immutable directory cannot move: both are made writable for the swap.
+                        let oldWasReadOnly = (try? oldBackend.image(named: name, at: replaced.path))?.readOnly ?? false
+                        if oldWasReadOnly { try oldBackend.setReadOnly(false, at: replaced.path) }
+                        do {
+                            try Self.exchange(temp, finalPath, newIsReadOnly: readOnly, backend)
+                        } catch {
+                            if oldWasReadOnly { try? oldBackend.setReadOnly(true, at: replaced.path) }
+                            throw error
+                        }
                     } else {
+                        // Another type under another entry name (`x` replaced by `x.raw`): the
+                        // new one goes in first, then the old one is removed.
                         try backend.rename(from: temp, to: finalPath)
                     }
+                    let leftover = replaced.path == finalPath ? temp : replaced.path
+                    try? oldBackend.remove(at: leftover)
+                    if (try? fileStatus(leftover, followSymlinks: false)) != nil { try? TreeRemoval.remove(at: leftover) }
                 }
             } catch {
                 await Self.discard(temp, backend)
@@ -555,6 +571,11 @@ public actor ImagePool {
             try? backend?.remove(at: temp)
             if (try? fileStatus(temp, followSymlinks: false)) != nil { try? TreeRemoval.remove(at: temp) }
         }
+    }
+
+    static func fileName(of path: String) -> String {
+        guard let slash = path.lastIndex(of: "/") else { return path }
+        return String(path[path.index(after: slash)...])
     }
 
     /// `.#<entry><16 hex digits>`, systemd's temp-name shape: hidden from listings by `.#`.
