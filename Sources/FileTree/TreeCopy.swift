@@ -49,10 +49,12 @@ public enum TreeCopy {
     }
 
     /// Copies the directory `source` to `destination`, which must not exist yet (mkdirat(2)).
-    /// On failure the caller removes `destination` (the pool does, with `TreeRemoval`).
+    /// `source` itself may be a symlink to the tree (images in /etc/machines usually are);
+    /// nothing inside it is followed. On failure the caller removes `destination` (the pool
+    /// does, with `TreeRemoval`).
     @discardableResult
     public static func copy(from source: String, to destination: String, options: Options = Options()) throws -> Statistics {
-        let src = try FileDescriptor.openDirectory(source, followSymlinks: false)
+        let src = try FileDescriptor.openDirectory(source)
         try makeDirectory(destination, mode: 0o700)
         let dst = try FileDescriptor.openDirectory(destination, followSymlinks: false)
         return try copyContents(of: src, into: dst, options: options)

@@ -102,10 +102,11 @@ public enum TreeRemoval {
 /// (what `du` reports), staying on the tree's mount.
 public enum DiskUsage {
     /// Walks `path` fd-relative and sums st_blocks × 512, one open directory per level.
+    /// `path` itself may be a symlink to the tree; nothing inside it is followed.
     public static func allocatedBytes(of path: String) throws -> UInt64 {
-        let st = try fileStatus(path, followSymlinks: false)
+        let st = try fileStatus(path)
         guard st.isDirectory else { return st.allocatedBytes }
-        let top = try FileDescriptor.openDirectory(path, followSymlinks: false)
+        let top = try FileDescriptor.openDirectory(path)
         let rootMount = TreeSupport.mountID("", in: top)
         var seen = Set<[UInt64]>()
         var total = st.allocatedBytes

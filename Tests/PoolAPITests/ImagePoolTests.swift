@@ -77,6 +77,20 @@ import Testing
         #expect(r.temporaryEntries().isEmpty)
     }
 
+    @Test func aSymlinkedImageInEtcMachinesIsClonedAndRemovedAsALink() async throws {
+        let r = try PoolRoot()
+        try r.makeTree("srv/real", files: ["etc/os-release": "ID=linked\n"])
+        try r.makeTree("etc/machines")
+        try FileManager.default.createSymbolicLink(atPath: r.path("etc/machines/linked"), withDestinationPath: r.path("srv/real"))
+        let pool = r.pool()
+        #expect(try await pool.images().map(\.name).contains("linked"))
+        _ = try await pool.clone("linked", to: "copy", readOnly: false)
+        #expect(try String(contentsOfFile: r.path("var/lib/machines/copy/etc/os-release"), encoding: .utf8) == "ID=linked\n")
+        #expect(try await pool.metadata(of: "linked").osRelease == ["ID": "linked"])
+        try await pool.remove("linked")
+        #expect(!r.exists("etc/machines/linked") && r.exists("srv/real/etc/os-release"), "only the link goes")
+    }
+
     @Test func cloneIntoAPoolWhoseTreeBackendDiffersCopiesIntoAFreshEntry() async throws {
         let r = try PoolRoot()
         try r.makeTree("var/lib/machines/src", files: ["a/b/c": "deep", "top": "level"])
