@@ -87,8 +87,8 @@ struct DirectoryBackendTests {
         defer { fs.remove() }
         let img = fs.appending("img")
         try makeDirectories(img + "/a/b")
-        FileManager.default.createFile(atPath: img + "/a/b/locked", contents: Data("x".utf8))
-        FileManager.default.createFile(atPath: img + "/a/appending", contents: Data("x".utf8))
+        #expect(FileManager.default.createFile(atPath: img + "/a/b/locked", contents: Data("x".utf8)))
+        #expect(FileManager.default.createFile(atPath: img + "/a/appending", contents: Data("x".utf8)))
         try chattr("+i", img + "/a/b/locked")
         try chattr("+i", img + "/a/b")
         try chattr("+a", img + "/a/appending")
