@@ -94,4 +94,15 @@ static inline dev_t berth_makedev(unsigned int ma, unsigned int mi) { return mak
 /* open(2)/openat(2) with a mode are variadic too. */
 static inline int berth_openat(int dirfd, const char *path, int flags, mode_t mode) { return openat(dirfd, path, flags, mode); }
 static inline int berth_fcntl_int(int fd, int cmd, int arg) { return fcntl(fd, cmd, arg); }
+/* openat2(2) (Berth: Sources/Linux/Openat2.swift): no glibc wrapper, and syscall(2) is variadic. */
+#include <linux/openat2.h>
+static inline int berth_openat2(int dirfd, const char *path, struct open_how *how, size_t size) {
+    return (int)syscall(SYS_openat2, dirfd, path, how, size);
+}
+/* Open file description locks (fcntl F_OFD_SETLK/F_OFD_SETLKW), systemd's lock-file locks:
+ * glibc defines the commands only under _GNU_SOURCE. */
+static const int BERTH_F_OFD_GETLK = 36;
+static const int BERTH_F_OFD_SETLK = 37;
+static const int BERTH_F_OFD_SETLKW = 38;
+static inline int berth_fcntl_lock(int fd, int cmd, struct flock *lock) { return fcntl(fd, cmd, lock); }
 #endif
