@@ -1,4 +1,5 @@
 import BackendConformance
+import BtrfsBackend
 import DirectoryBackend
 import PoolAPI
 import TestSupport
@@ -7,6 +8,7 @@ import Testing
 /// Every backend, in the registry it runs in. Adding a backend to the suite is one line here.
 let conformanceSubjects: [Subject] = [
     Subject("directory", backend: { _ in DirectoryBackend() }),
+    Subject("btrfs", backend: { _ in BtrfsBackend() }, registry: { [$0, DirectoryBackend()] }),
 ]
 
 /// One backend on one kind of filesystem.
