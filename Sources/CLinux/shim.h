@@ -77,4 +77,11 @@ static inline dev_t berth_makedev(unsigned int ma, unsigned int mi) { return mak
 /* open(2)/openat(2) with a mode are variadic too. */
 static inline int berth_openat(int dirfd, const char *path, int flags, mode_t mode) { return openat(dirfd, path, flags, mode); }
 static inline int berth_fcntl_int(int fd, int cmd, int arg) { return fcntl(fd, cmd, arg); }
+
+/* RawLoop backend: zlib for qcow2's deflate clusters and the GPT header CRC32 (link "z" is set on
+ * the RawLoopBackend target). inflateInit2 is a macro: Swift calls inflateInit2_ through this. */
+#include <zlib.h>
+static inline int berth_inflate_init_raw(z_stream *strm, int window_bits) {
+    return inflateInit2_(strm, window_bits, ZLIB_VERSION, (int)sizeof(z_stream));
+}
 #endif
