@@ -186,10 +186,17 @@ extension RawLoopBackend {
             if let dev = loop.partitionDeviceNumber(p.index) {
                 if let st = try? fileStatus(node), st.isBlockDevice, st.rdev == UInt64(dev) { return node }
                 if attempt >= 100 { return try inspection.makeNode(named: name, device: dev) }
-            } else if !added, attempt >= 50 {
+            } else if !added, attempt >= 5 {
+                // LOOP_CONFIGURE scans the table before it returns, so a partition still missing
+                // now is one the kernel cannot see (a kernel built without GPT support, as on
+                // some VM kernels): tell it where the partition is.
                 let range = table.byteRange(of: p)
-                try io("cannot add partition \(p.index) to \(loop.path)") { () throws(SystemCallError) in
+                do {
                     try loop.addPartition(p.index, start: range.start, length: range.length)
+                } catch where error.errno == .EBUSY {
+                    // A late partition scan registered it after all: keep waiting for its node.
+                } catch {
+                    throw PoolError.from(error, "cannot add partition \(p.index) to \(loop.path)")
                 }
                 added = true
             }

@@ -197,12 +197,13 @@ public struct Qcow2Image: Sendable {
                         throw PoolError(.invalidImage, "qcow2 subcluster both allocated and zero at offset \(guestOffset)")
                     }
                     if allocated == 0 { continue }
-                    try checkCluster(at: hostOffset, length: clusterSize, what: "data cluster")
                     let sub = clusterSize / 32
                     for k in 0..<UInt64(32) where allocated & (1 << k) != 0 {
                         let at = guestOffset + k * sub
                         if at >= virtualSize { break }
                         let n = min(sub, virtualSize - at)
+                        // Only allocated subclusters need be in the file: it may end before the cluster does.
+                        try checkCluster(at: hostOffset, length: k * sub + n, what: "data cluster")
                         try readExactly(UnsafeMutableRawBufferPointer(rebasing: cluster[0..<Int(n)]), at: hostOffset + k * sub)
                         try writeNonZero(UnsafeRawBufferPointer(rebasing: cluster[0..<Int(n)]), to: output, at: at)
                     }
