@@ -10,7 +10,6 @@ import TestSupport
 // loop devices or make filesystems run as root (as in CI) and skip, saying why, elsewhere.
 
 private let loopReason = Privileges.loopSkipReason ?? ""
-private let rootReason = "needs root: FS_IMMUTABLE_FL can only be set by root (CAP_LINUX_IMMUTABLE)"
 
 /// A folder with a pool folder and a runtime folder, removed after the test.
 private final class RawFixture {
@@ -196,9 +195,12 @@ struct RawLoopBackendTests {
         #expect(try fileStatus(path).mode & 0o200 != 0)
     }
 
-    @Test(.enabled(if: Privileges.isRoot, Comment(rawValue: rootReason)))
+    // On a fresh ext4, whose immutable flag behaves the same on every kernel (unlike tmpfs).
+    @Test(.enabled(if: Privileges.canMakeLoopFilesystems, Comment(rawValue: loopReason)))
     func readOnlyIsTheImmutableFlagWhichRootCannotWriteThrough() throws {
-        let f = try RawFixture()
+        let fs = try LoopbackFilesystem(.ext4, size: 64 << 20)
+        defer { fs.remove() }
+        let f = try RawFixture(in: fs.mountPoint)
         let path = f.path("locked.raw")
         try write([1, 2, 3], to: path, at: 0)
         try f.backend.setReadOnly(true, at: path)
@@ -216,9 +218,11 @@ struct RawLoopBackendTests {
         _ = try FileDescriptor.open(path, flags: O_WRONLY)
     }
 
-    @Test(.enabled(if: Privileges.isRoot, Comment(rawValue: rootReason)))
+    @Test(.enabled(if: Privileges.canMakeLoopFilesystems, Comment(rawValue: loopReason)))
     func renameAndRemoveWorkOnReadOnlyImages() throws {
-        let f = try RawFixture()
+        let fs = try LoopbackFilesystem(.ext4, size: 64 << 20)
+        defer { fs.remove() }
+        let f = try RawFixture(in: fs.mountPoint)
         let a = f.path("a.raw"), b = f.path("b.raw"), c = f.path("c.raw")
         try write([1], to: a, at: 0)
         try write([2], to: c, at: 0)
@@ -238,6 +242,8 @@ struct RawLoopBackendTests {
         #expect(!FileManager.default.fileExists(atPath: b))
         let missing = #expect(throws: PoolError.self) { try f.backend.remove(at: b) }
         #expect(missing?.code == .noSuchImage)
+        let noSource = #expect(throws: PoolError.self) { try f.backend.rename(from: b, to: a) }
+        #expect(noSource?.code == .noSuchImage)
     }
 
     @Test func setLimitIsNotSupported() throws {
@@ -257,7 +263,9 @@ struct RawLoopBackendTests {
         try write(randomBytes(100_000), to: source, at: 20 << 20)
         try write(randomBytes(4096), to: source, at: (100 << 20) - 4096)
         chmod(source, 0o640)
+        try f.backend.setReadOnly(true, at: source)
         try f.backend.clone(from: source, to: clone)
+        #expect(try !f.backend.image(named: "dst", at: clone).readOnly, "the immutable flag is not cloned")
 
         #expect(try run(["cmp", source, clone]).succeeded)
         #expect(try fileStatus(clone).size == 100 << 20)
@@ -324,6 +332,22 @@ struct RawLoopBackendTests {
         root.close()  // idempotent
         #expect(try settledState(image: image, runtime: f.runtime).isEmpty)
         #expect(try directoryEntries((f.runtime as NSString).appendingPathComponent("inspect")).isEmpty)
+    }
+
+    @Test(.enabled(if: Privileges.canMakeLoopFilesystems, Comment(rawValue: loopReason)))
+    func startUpCleanUpRemovesInspectionsACrashedDaemonLeft() throws {
+        let f = try RawFixture()
+        let image = f.path("left.raw")
+        try makeGPTDisk(at: image, type: rootX86_64, tree: makeTree(in: f.temp.path))
+        let leftOver = try f.backend.openForInspection(at: image)  // never closed by "the old daemon"
+        #expect(try KernelState(image: image, runtime: f.runtime).mounts == [leftOver.root])
+
+        RawLoopBackend(runtimeDirectory: f.runtime).cleanUpStaleInspections()
+        let state = try KernelState(image: image, runtime: f.runtime)
+        #expect(state.mounts.isEmpty)
+        #expect(try directoryEntries((f.runtime as NSString).appendingPathComponent("inspect")).isEmpty)
+        leftOver.close()  // harmless now
+        #expect(try settledState(image: image, runtime: f.runtime).isEmpty)
     }
 
     @Test(.enabled(if: Privileges.canMakeLoopFilesystems, Comment(rawValue: loopReason)))

@@ -104,6 +104,21 @@ final class LoopInspectionRoot: InspectionRoot {
 }
 
 extension RawLoopBackend {
+    /// Unmounts and removes whatever inspections a previous run of the daemon left under
+    /// `runtimeDirectory/inspect` (it crashed between mounting and `close()`); their loop devices
+    /// are autoclear and go with the last unmount. Call once at start-up, before any inspection.
+    public func cleanUpStaleInspections() {
+        let parent = joinPath(runtimeDirectory, "inspect")
+        let stale = currentMountPoints().filter { $0.hasPrefix(parent + "/") }
+        // Deepest first, so that /usr comes off before the root it is mounted on.
+        for target in stale.sorted(by: { $0.count > $1.count }) { unmountOrDetach(target) }
+        for folder in (try? directoryEntries(parent)) ?? [] {
+            let base = joinPath(parent, folder)
+            for node in (try? directoryEntries(joinPath(base, "dev"))) ?? [] { unlink(joinPath(base, "dev", node)) }
+            for path in [joinPath(base, "root", "usr"), joinPath(base, "root"), joinPath(base, "dev"), base] { rmdir(path) }
+        }
+    }
+
     /// The work behind `openForInspection`: find the filesystem to mount (a DPS root and/or /usr
     /// partition of a GPT disk, or a bare filesystem), attach the file read-only to a loop
     /// device, wait for the partition's device node, mount. Any failure undoes all of it.

@@ -117,6 +117,9 @@ public struct RawLoopBackend: ImageBackend {
             try renameNoReplace(source, destination)
         } catch {
             if immutable, let fd { try? fd.setImmutable(true) }
+            if error.errno == .ENOENT, fd == nil {
+                throw PoolError(.noSuchImage, "cannot rename \(source): it does not exist", cause: error)
+            }
             throw PoolError.from(error, "cannot rename \(source) to \(destination)")
         }
         // The descriptor still names the same inode, now at its new name.
