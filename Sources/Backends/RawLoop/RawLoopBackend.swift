@@ -1,3 +1,4 @@
+import CLinux
 import Glibc
 import FileTree
 import Linux
@@ -82,11 +83,22 @@ public struct RawLoopBackend: ImageBackend {
     }
 
     /// Copies the file with FICLONE where source and destination share a filesystem that can,
-    /// else copies only its data extents so that a sparse image stays sparse; the mode bits are
-    /// copied. On any failure (ENOSPC…) the partial destination is removed.
+    /// else copies only its data extents so that a sparse image stays sparse; then owner, mode,
+    /// extended attributes and access/modification times, so the clone is faithful. The source
+    /// is read with O_NOATIME: cloning does not touch it. On any failure (ENOSPC…) the partial
+    /// destination is removed.
     public func clone(from source: String, to destination: String) throws {
-        let input = try systemCall("cannot open \(source)") { () throws(SystemCallError) in
-            try FileDescriptor.open(source, flags: O_RDONLY | O_NOFOLLOW | O_NOCTTY)
+        let input: FileDescriptor
+        do {
+            input = try FileDescriptor.open(source, flags: O_RDONLY | O_NOFOLLOW | O_NOCTTY | RawLoopBackend.noAccessTime)
+        } catch where error.errno == .EPERM {
+            // O_NOATIME needs ownership or CAP_FOWNER; without them, read normally.
+            input = try systemCall("cannot open \(source)") { () throws(SystemCallError) in
+                try FileDescriptor.open(source, flags: O_RDONLY | O_NOFOLLOW | O_NOCTTY)
+            }
+        } catch {
+            throw error.errno == .ENOENT ? PoolError(.noSuchImage, "cannot open \(source)", cause: error)
+                                         : PoolError.from(error, "cannot open \(source)")
         }
         defer { input.close() }
         let status = try systemCall("cannot stat \(source)") { () throws(SystemCallError) in try input.stat() }
@@ -97,11 +109,43 @@ public struct RawLoopBackend: ImageBackend {
         defer { output.close() }
         do {
             try FileCopy.copyContents(from: input, to: output)
-            try sys("fchmod", destination) { fchmod(output.rawValue, mode_t(status.mode & 0o7777)) }
+            try copyMetadata(from: input, status: status, to: output, destination: destination)
         } catch {
             unlink(destination)
             throw PoolError.from(error, "cannot clone \(source) to \(destination)")
         }
+    }
+
+    /// O_NOATIME (GNU-only in glibc's headers, so not imported): 01000000 on every Linux ABI
+    /// Swift runs on.
+    static let noAccessTime: Int32 = 0o1000000
+
+    /// Owner (fchown), extended attributes (ACLs included), mode (after the owner, as chown clears
+    /// set-user-ID bits) and times (futimens, last, as every other change moves them).
+    private func copyMetadata(from input: FileDescriptor, status: FileStatus, to output: FileDescriptor,
+                              destination: String) throws(SystemCallError) {
+        try sys("fchown", destination) { fchown(output.rawValue, status.uid, status.gid) }
+        let listSize = flistxattr(input.rawValue, nil, 0)
+        if listSize > 0 {
+            var list = [CChar](repeating: 0, count: listSize)
+            let n = try sys("flistxattr") { flistxattr(input.rawValue, &list, listSize) }
+            for raw in list[0..<n].split(separator: 0) {
+                let name = String(decoding: raw.map { UInt8(bitPattern: $0) }, as: UTF8.self)
+                let length = fgetxattr(input.rawValue, name, nil, 0)
+                if length < 0 { continue }  // removed meanwhile
+                var value = [UInt8](repeating: 0, count: max(length, 1))
+                let got = try sys("fgetxattr", name) { fgetxattr(input.rawValue, name, &value, value.count) }
+                let r = fsetxattr(output.rawValue, name, value, got, 0)
+                // A namespace the destination filesystem does not have (or one that is not
+                // settable, e.g. security.* under some LSMs) cannot be copied; anything else fails.
+                if r != 0, ![.EOPNOTSUPP, .EPERM].contains(Errno.current) {
+                    throw SystemCallError("fsetxattr", .current, subject: "\(destination) \(name)")
+                }
+            }
+        }
+        try sys("fchmod", destination) { fchmod(output.rawValue, mode_t(status.mode & 0o7777)) }
+        var times = [status.accessTime, status.modificationTime]
+        try sys("futimens", destination) { futimens(output.rawValue, &times) }
     }
 
     /// renameat2(RENAME_NOREPLACE). An immutable file cannot be renamed, so the flag is lifted
