@@ -432,6 +432,53 @@ struct RawLoopBackendTests {
     }
 
     @Test(.enabled(if: Privileges.canMakeLoopFilesystems, Comment(rawValue: loopReason)))
+    func inspectsAnMBRDiskWithOneLinuxPartitionOnly() throws {
+        let f = try RawFixture()
+        let tree = try makeTree(in: f.temp.path)
+        func mbrDisk(_ name: String, _ table: String) throws -> String {
+            let image = f.path(name)
+            try run(["truncate", "-s", "64M", image], check: true)
+            try run(["sfdisk", "-q", image], input: Data(table.utf8), check: true)
+            try run(["mkfs.ext4", "-q", "-F", "-b", "4096", "-E", "offset=1048576", "-d", tree, image, "8192"], check: true)
+            return image
+        }
+        let one = try mbrDisk("mbr.raw", "label: dos\nstart=2048, size=65536, type=83\n")
+        let root = try f.backend.openForInspection(at: one)
+        let machineID = try String(contentsOfFile: (root.root as NSString).appendingPathComponent("etc/machine-id"), encoding: .utf8)
+        #expect(machineID == osFiles["etc/machine-id"])
+        root.close()
+        #expect(try settledState(image: one, runtime: f.runtime).isEmpty)
+
+        // Two partitions: which one is the OS is anyone's guess, so none is.
+        let two = try mbrDisk("mbr2.raw", "label: dos\nstart=2048, size=65536, type=83\nstart=67584, size=8192, type=82\n")
+        let error = #expect(throws: PoolError.self) { try f.backend.openForInspection(at: two) }
+        #expect(error?.code == .invalidImage)
+        #expect(try settledState(image: two, runtime: f.runtime).isEmpty)
+    }
+
+    @Test(.enabled(if: Privileges.canMakeLoopFilesystems, Comment(rawValue: loopReason)))
+    func concurrentInspectionsEachGetTheirOwnLoopDevice() async throws {
+        let f = try RawFixture()
+        let image = f.path("shared.raw")
+        try makeGPTDisk(at: image, type: rootX86_64, tree: makeTree(in: f.temp.path))
+        let backend = f.backend
+        // Several LOOP_CTL_GET_FREE at once hand out the same free device: the losers must retry.
+        let roots = try await withThrowingTaskGroup(of: (any InspectionRoot).self) { group in
+            for _ in 0..<4 { group.addTask { try backend.openForInspection(at: image) } }
+            var all: [any InspectionRoot] = []
+            for try await root in group { all.append(root) }
+            return all
+        }
+        #expect(Set(roots.map(\.root)).count == 4)
+        for root in roots {
+            #expect(FileManager.default.fileExists(atPath: (root.root as NSString).appendingPathComponent("etc/os-release")))
+        }
+        #expect(try KernelState(image: image, runtime: f.runtime).loops.count == 4)
+        for root in roots { root.close() }
+        #expect(try settledState(image: image, runtime: f.runtime).isEmpty)
+    }
+
+    @Test(.enabled(if: Privileges.canMakeLoopFilesystems, Comment(rawValue: loopReason)))
     func aDamagedPrimaryGPTHeaderFallsBackToTheBackup() throws {
         let f = try RawFixture()
         let image = f.path("backup.raw")

@@ -135,38 +135,45 @@ extension RawLoopBackend {
         }
 
         // Decide everything that reading the file can decide before any kernel state exists.
-        var plans: [(partition: GPTPartition?, kind: FilesystemKind, isUsr: Bool)] = []
-        let table = try GPTTable.read(file, size: size)
-        if let table {
+        var plans: [(partition: DiskPartition?, kind: FilesystemKind, isUsr: Bool)] = []
+        var sectorSize: UInt64 = 512
+        func probe(_ p: DiskPartition) throws -> FilesystemKind {
+            guard let kind = try FilesystemKind.probe(file, at: p.start) else {
+                throw PoolError(.invalidImage, "partition \(p.index) of \(path) holds no filesystem Berth can mount (ext4, btrfs, xfs, vfat, squashfs, erofs)")
+            }
+            return kind
+        }
+        if let table = try GPTTable.read(file, size: size) {
+            sectorSize = table.sectorSize
             let chosen = DiscoverablePartitions.select(from: table)
             guard chosen.root != nil || chosen.usr != nil else {
                 throw PoolError(.invalidImage, "\(path) has a GPT partition table but no root or /usr partition (Discoverable Partitions Specification)")
             }
             for (p, isUsr) in [(chosen.root, false), (chosen.usr, true)] {
                 guard let p else { continue }
-                guard let kind = try FilesystemKind.probe(file, at: table.byteRange(of: p).start) else {
-                    throw PoolError(.invalidImage, "partition \(p.index) of \(path) holds no filesystem Berth can mount (ext4, btrfs, xfs, vfat, squashfs, erofs)")
-                }
-                plans.append((p, kind, isUsr))
+                let partition = DiskPartition(gpt: p, in: table)
+                plans.append((partition, try probe(partition), isUsr))
             }
-        } else {
-            guard let kind = try FilesystemKind.probe(file, at: 0) else {
-                throw PoolError(.invalidImage, "\(path) has neither a GPT partition table nor a filesystem Berth can mount")
-            }
+        } else if let kind = try FilesystemKind.probe(file, at: 0) {
             plans.append((nil, kind, false))
+        } else if let partition = try MBRTable.singleLinuxPartition(file, size: size) {
+            plans.append((partition, try probe(partition), false))
+        } else {
+            throw PoolError(.invalidImage, "\(path) has neither a GPT partition table with a root partition, nor a filesystem Berth can mount, nor an MBR with one Linux partition")
         }
+        let partitioned = plans.contains { $0.partition != nil }
 
         let inspection = try LoopInspectionRoot(runtimeDirectory: runtimeDirectory)
         do {
             let loop = try io("cannot attach \(path) to a loop device") { () throws(SystemCallError) in
-                try LoopDevice.attach(file, readOnly: true, partitionScan: table != nil,
-                                      blockSize: table?.sectorSize == 4096 ? 4096 : 0)
+                try LoopDevice.attach(file, readOnly: true, partitionScan: partitioned,
+                                      blockSize: sectorSize == 4096 ? 4096 : 0)
             }
             inspection.adopt(loop)
             for plan in plans {
                 let device: String
-                if let p = plan.partition, let table {
-                    device = try partitionNode(of: loop, partition: p, table: table, inspection: inspection)
+                if let p = plan.partition {
+                    device = try partitionNode(of: loop, partition: p, inspection: inspection)
                 } else {
                     device = loop.path
                 }
@@ -192,7 +199,7 @@ extension RawLoopBackend {
     /// kernel's partition scan has registered it. Where the kernel did not register it, Berth
     /// adds it (BLKPG_ADD_PARTITION); where no node appears (a /dev without devtmpfs or udev),
     /// Berth makes one in its private folder.
-    private func partitionNode(of loop: LoopDevice, partition p: GPTPartition, table: GPTTable,
+    private func partitionNode(of loop: LoopDevice, partition p: DiskPartition,
                                inspection: LoopInspectionRoot) throws -> String {
         let name = loop.partitionName(p.index)
         let node = "/dev/\(name)"
@@ -205,9 +212,8 @@ extension RawLoopBackend {
                 // LOOP_CONFIGURE scans the table before it returns, so a partition still missing
                 // now is one the kernel cannot see (a kernel built without GPT support, as on
                 // some VM kernels): tell it where the partition is.
-                let range = table.byteRange(of: p)
                 do {
-                    try loop.addPartition(p.index, start: range.start, length: range.length)
+                    try loop.addPartition(p.index, start: p.start, length: p.length)
                 } catch where error.errno == .EBUSY {
                     // A late partition scan registered it after all: keep waiting for its node.
                 } catch {
