@@ -5,8 +5,9 @@ import Glibc
 ///
 /// Attached with `LO_FLAGS_AUTOCLEAR`, so the kernel unbinds it on the last close of the device
 /// even if `detach()` is never reached (a crash): nothing stays attached behind Berth's back.
-/// `@unchecked Sendable`: it only wraps the device's fd and immutable facts about it; `detach()`
-/// and `close()` are idempotent kernel calls guarded by the descriptor's own close-once flag.
+/// `@unchecked Sendable`: it wraps the device's fd and immutable facts about it; the one mutable
+/// bit, whether `detach()` ran, is touched only by the single owner that detaches it (callers
+/// that share it serialise `detach()`, as LoopInspectionRoot does under its lock).
 public final class LoopDevice: @unchecked Sendable {
     /// N in /dev/loopN.
     public let number: Int32
