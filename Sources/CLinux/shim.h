@@ -52,6 +52,12 @@ static const unsigned long BERTH_LOOP_GET_STATUS64 = LOOP_GET_STATUS64;
 static const unsigned int BERTH_LO_FLAGS_READ_ONLY = LO_FLAGS_READ_ONLY;
 static const unsigned int BERTH_LO_FLAGS_AUTOCLEAR = LO_FLAGS_AUTOCLEAR;
 static const unsigned int BERTH_LO_FLAGS_PARTSCAN = LO_FLAGS_PARTSCAN;
+/* RawLoop backend: zlib for qcow2's deflate clusters and the GPT header CRC32 (link "z" is set on
+ * the RawLoopBackend target). inflateInit2 is a macro: Swift calls inflateInit2_ through this. */
+#include <zlib.h>
+static inline int berth_inflate_init_raw(z_stream *strm, int window_bits) {
+    return inflateInit2_(strm, window_bits, ZLIB_VERSION, (int)sizeof(z_stream));
+}
 static const unsigned long BERTH_BTRFS_IOC_QUOTA_CTL = BTRFS_IOC_QUOTA_CTL;
 static const unsigned long BERTH_BTRFS_IOC_QGROUP_LIMIT = BTRFS_IOC_QGROUP_LIMIT;
 static const unsigned long BERTH_BTRFS_IOC_QGROUP_CREATE = BTRFS_IOC_QGROUP_CREATE;
