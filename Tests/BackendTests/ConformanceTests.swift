@@ -1,5 +1,6 @@
 import BackendConformance
 import BtrfsBackend
+import RawLoopBackend
 import DirectoryBackend
 import PoolAPI
 import TestSupport
@@ -9,6 +10,7 @@ import Testing
 let conformanceSubjects: [Subject] = [
     Subject("directory", backend: { _ in DirectoryBackend() }),
     Subject("btrfs", backend: { _ in BtrfsBackend() }, registry: { [$0, DirectoryBackend()] }),
+    Subject("raw", backend: { RawLoopBackend(runtimeDirectory: $0.runtimeDirectory) }),
 ]
 
 /// One backend on one kind of filesystem.
