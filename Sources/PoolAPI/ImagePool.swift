@@ -137,10 +137,9 @@ public actor ImagePool {
 
     private static func describe(_ f: Found, _ c: DiscoveryContext) throws -> Image {
         guard let backend = f.backend else {
-            let st = try? fileStatus(f.path)
-            return Image(name: f.name, path: f.path, type: .directory, readOnly: true,
-                         creationTimestamp: birthTimeMicroseconds(f.path),
-                         modificationTimestamp: st?.modificationMicroseconds ?? 0)
+            // As systemd-machined 252 reports `.host`: a writable directory with no times or
+            // usage. Berth still refuses to change it (EROFS), as machined does.
+            return Image(name: f.name, path: f.path, type: .directory, readOnly: false)
         }
         var image = try backend.image(named: f.name, at: f.path)
         image.name = f.name
