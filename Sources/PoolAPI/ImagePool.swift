@@ -85,11 +85,17 @@ public actor ImagePool {
     /// The image `name` (GetImage); `PoolError(.noSuchImage)` if there is none.
     public func image(named name: String) async throws -> Image {
         try Self.validateName(name)
+        return try await Blocking.run { [self] in try imageNow(named: name) }
+    }
+
+    /// The image `name`, looked up on the calling thread: for sd-bus's synchronous callbacks
+    /// (an object's find callback, property getters), which systemd answers the same way, with a
+    /// few stat calls. Never slow: backends report what is expensive (directory usage) from caches.
+    public nonisolated func imageNow(named name: String) throws -> Image {
+        try Self.validateName(name)
         let context = discoveryContext
-        return try await Blocking.run {
-            guard let found = Self.find(name, context) else { throw PoolError(.noSuchImage, "no image '\(name)'") }
-            return try Self.describe(found, context)
-        }
+        guard let found = Self.find(name, context) else { throw PoolError(.noSuchImage, "no image '\(name)'") }
+        return try Self.describe(found, context)
     }
 
     private struct DiscoveryContext: Sendable {
@@ -98,7 +104,7 @@ public actor ImagePool {
         var registry: BackendRegistry
     }
 
-    private var discoveryContext: DiscoveryContext {
+    private nonisolated var discoveryContext: DiscoveryContext {
         DiscoveryContext(root: realRoot, searchPaths: configuration.searchPaths, registry: registry)
     }
 
@@ -364,15 +370,20 @@ public actor ImagePool {
     /// PoolUsage and PoolLimit: from the first backend that knows them for the pool folder,
     /// else `Image.unknown` each.
     public func poolUsage() async -> (usage: UInt64, limit: UInt64) {
-        let pool = realPoolPath, backends = registry.backends
-        let result = try? await Blocking.run { () -> [UInt64] in
-            for b in backends {
-                if let r = try? b.poolUsage(of: pool) { return [r.usage, r.limit] }
-            }
-            return [Image.unknown, Image.unknown]
+        let result = try? await Blocking.run { [self] () -> [UInt64] in
+            let now = poolUsageNow()
+            return [now.usage, now.limit]
         }
         guard let result, result.count == 2 else { return (Image.unknown, Image.unknown) }
         return (result[0], result[1])
+    }
+
+    /// PoolUsage and PoolLimit on the calling thread, for synchronous property getters.
+    public nonisolated func poolUsageNow() -> (usage: UInt64, limit: UInt64) {
+        for b in registry.backends {
+            if let r = try? b.poolUsage(of: realPoolPath) { return r }
+        }
+        return (Image.unknown, Image.unknown)
     }
 
     /// SetPoolLimit, by the first quota-capable backend that creates in the pool folder.
