@@ -67,6 +67,6 @@ let package = Package(
             "PoolAPI", "BtrfsBackend", "RawLoopBackend", "DirectoryBackend", "BackendConformance", "TestSupport",
         ]),
         .testTarget(name: "BusTests", dependencies: ["Bus", "TestSupport"]),
-        .testTarget(name: "EndToEndTests", dependencies: ["TestSupport", "Bus"]),
+        .testTarget(name: "EndToEndTests", dependencies: ["TestSupport", "Bus", "Services"]),
     ]
 )
