@@ -90,3 +90,35 @@ struct BerthdTests {
         #expect(berthd.terminate() == 0)
     }
 }
+
+@Suite(.serialized, .enabled(if: endToEndToolsAvailable, "needs dbus-daemon and busctl"))
+struct BerthctlTests {
+    struct Report: Decodable {
+        struct Service: Decodable { var name: String; var answers: Bool; var berth: Bool }
+        var services: [Service]
+        var poolPath: String?
+        var version: String?
+    }
+
+    @Test func statusReportsServicesPoolAndVersion() throws {
+        let bus = try PrivateDBusDaemon()
+        defer { bus.stop() }
+        let berthctl = try BerthdProcess.binaryPath("berthctl")
+        let before = try run([berthctl, "status", "--bus-address", bus.address, "--json"])
+        #expect(before.status == 3)
+        let idle = try JSONDecoder().decode(Report.self, from: Data(before.stdout.utf8))
+        #expect(idle.services.allSatisfy { !$0.answers })
+
+        let berthd = try BerthdProcess(bus: bus, services: ["machine1", "portable1"])
+        defer { berthd.stop() }
+        let r = try run([berthctl, "status", "--bus-address", bus.address, "--json"], check: true)
+        let report = try JSONDecoder().decode(Report.self, from: Data(r.stdout.utf8))
+        #expect(report.services.map(\.name) == ["org.freedesktop.machine1", "org.freedesktop.import1", "org.freedesktop.portable1"])
+        #expect(report.services.map(\.answers) == [true, false, true])
+        #expect(report.services.map(\.berth) == [true, false, true])
+        #expect(report.poolPath == "\(berthd.root)/var/lib/machines")
+        #expect(report.version?.isEmpty == false)
+        let table = try run([berthctl, "status", "--bus-address", bus.address], check: true).stdout
+        #expect(table.contains("org.freedesktop.import1    not running"), "\(table)")
+    }
+}

@@ -8,21 +8,22 @@ public final class BerthdProcess: @unchecked Sendable {
     private let stderrFile: String
     private let folder: TemporaryDirectory
 
-    /// The built berthd: next to the test bundle in `.build/<config>/`, or `swift build --show-bin-path`.
-    public static func binaryPath() throws -> String {
+    /// A built product of this package (berthd, berthctl): next to the test bundle in
+    /// `.build/<config>/`, or in `swift build --show-bin-path`.
+    public static func binaryPath(_ name: String = "berthd") throws -> String {
         var candidates: [String] = []
         let bundle = Bundle.main.bundleURL.deletingLastPathComponent().path
-        candidates.append((bundle as NSString).appendingPathComponent("berthd"))
+        candidates.append((bundle as NSString).appendingPathComponent(name))
         if let exe = CommandLine.arguments.first {
             let dir = ((exe as NSString).deletingLastPathComponent as NSString)
-            candidates.append(dir.appendingPathComponent("berthd"))
-            candidates.append((dir.deletingLastPathComponent as NSString).appendingPathComponent("berthd"))
+            candidates.append(dir.appendingPathComponent(name))
+            candidates.append((dir.deletingLastPathComponent as NSString).appendingPathComponent(name))
         }
         if let found = candidates.first(where: { FileManager.default.isExecutableFile(atPath: $0) }) { return found }
         let r = try run(["swift", "build", "--show-bin-path"], check: true)
-        let path = (r.stdout.trimmingCharacters(in: .whitespacesAndNewlines) as NSString).appendingPathComponent("berthd")
+        let path = (r.stdout.trimmingCharacters(in: .whitespacesAndNewlines) as NSString).appendingPathComponent(name)
         guard FileManager.default.isExecutableFile(atPath: path) else {
-            throw TestSupportError("berthd is not built (looked in \(candidates) and \(path)); run swift build first")
+            throw TestSupportError("\(name) is not built (looked in \(candidates) and \(path)); run swift build first")
         }
         return path
     }
