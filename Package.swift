@@ -50,7 +50,7 @@ let package = Package(
         ]),
         // berthctl's commands, as a library tests can call.
         .target(name: "BerthCLI", dependencies: [
-            "Bus", .product(name: "ArgumentParser", package: "swift-argument-parser"),
+            "Bus", "Services", .product(name: "ArgumentParser", package: "swift-argument-parser"),
         ]),
         .executableTarget(name: "berthd", dependencies: [
             "Services", "Bus", "PoolAPI", "BtrfsBackend", "RawLoopBackend", "DirectoryBackend",
@@ -67,6 +67,6 @@ let package = Package(
             "PoolAPI", "BtrfsBackend", "RawLoopBackend", "DirectoryBackend", "BackendConformance", "TestSupport",
         ]),
         .testTarget(name: "BusTests", dependencies: ["Bus", "TestSupport"]),
-        .testTarget(name: "EndToEndTests", dependencies: ["TestSupport", "Bus"]),
+        .testTarget(name: "EndToEndTests", dependencies: ["TestSupport", "Bus", "Services"]),
     ]
 )

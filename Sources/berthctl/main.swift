@@ -1,1 +1,4 @@
-print("berthctl")
+// berthctl: thin entry point; the commands live in BerthCLI.
+import BerthCLI
+
+Berthctl.main()

@@ -1,1 +1,0 @@
-// BerthCLI: see DESIGN.md

@@ -1,0 +1,93 @@
+import CSystemd
+import Glibc
+import Linux
+
+/// A blocking D-Bus client on its own connection, for command-line tools (berthctl): each call
+/// waits for its reply (sd_bus_call). Never use it inside berthd, whose loop must not block.
+///
+/// `@unchecked Sendable`: the connection handle is only used under `lock`, one call at a time.
+public final class BusClient: @unchecked Sendable {
+    private let handle: OpaquePointer
+    private let lock = NSLockLite()
+
+    /// Connects to `address`, or when nil to the system bus (`DBUS_SYSTEM_BUS_ADDRESS` or the default socket).
+    public init(address: String? = nil) throws(BusError) {
+        let address = address ?? Bus.systemBusAddress
+        var b: OpaquePointer? = nil
+        var r = sd_bus_new(&b)
+        if r >= 0 { r = sd_bus_set_address(b, address) }
+        if r >= 0 { r = sd_bus_set_bus_client(b, 1) }
+        if r >= 0 { r = sd_bus_negotiate_fds(b, 1) }
+        if r >= 0 { r = sd_bus_start(b) }
+        guard r >= 0, let b else {
+            sd_bus_unref(b)
+            throw BusError(errno: Errno(-r), "cannot connect to the bus at \(address)")
+        }
+        handle = b
+    }
+
+    deinit { sd_bus_flush_close_unref(handle) }
+
+    /// Calls `member` and waits for the reply (sd_bus_call); an error reply is thrown as `BusError`.
+    public func call(destination: String, path: ObjectPath, interface: String, member: String, _ arguments: [BusValue] = [],
+                     timeoutMicroseconds: UInt64 = 0) throws(BusError) -> [BusValue] {
+        lock.lock()
+        defer { lock.unlock() }
+        var m: OpaquePointer? = nil
+        var r = sd_bus_message_new_method_call(handle, &m, destination, path.rawValue, interface, member)
+        guard r >= 0, let m else { throw BusError(errno: Errno(-r), "cannot make call \(member)") }
+        defer { sd_bus_message_unref(m) }
+        try Marshal.append(m, arguments)
+        var error = sd_bus_error(name: nil, message: nil, _need_free: 0)
+        defer { sd_bus_error_free(&error) }
+        var reply: OpaquePointer? = nil
+        r = sd_bus_call(handle, m, timeoutMicroseconds, &error, &reply)
+        defer { sd_bus_message_unref(reply) }
+        if r < 0 {
+            if let name = error.name {
+                throw BusError(name: String(cString: name), message: error.message.map { String(cString: $0) } ?? "")
+            }
+            throw BusError(errno: Errno(-r), "call \(member) failed")
+        }
+        guard let reply else { return [] }
+        return try Marshal.readAll(reply)
+    }
+
+    /// Reads property `name` of `interface` (org.freedesktop.DBus.Properties.Get), unwrapped from its variant.
+    public func property(destination: String, path: ObjectPath, interface: String, name: String) throws(BusError) -> BusValue {
+        let reply = try call(destination: destination, path: path, interface: "org.freedesktop.DBus.Properties", member: "Get",
+                             [.string(interface), .string(name)])
+        guard case .variant(let v)? = reply.first else { throw BusError.failed("Get \(name) returned no variant") }
+        return v
+    }
+
+    /// Calls org.freedesktop.DBus.Peer.Ping on `path` of `destination`; true if it answered.
+    public func ping(destination: String, path: ObjectPath, timeoutMicroseconds: UInt64 = 2_000_000) -> Bool {
+        (try? call(destination: destination, path: path, interface: "org.freedesktop.DBus.Peer", member: "Ping",
+                   timeoutMicroseconds: timeoutMicroseconds)) != nil
+    }
+
+    /// org.freedesktop.DBus.Introspectable.Introspect of `path`.
+    public func introspect(destination: String, path: ObjectPath) throws(BusError) -> String {
+        let reply = try call(destination: destination, path: path, interface: "org.freedesktop.DBus.Introspectable", member: "Introspect")
+        guard let xml = reply.first?.stringValue else { throw BusError.failed("Introspect returned no string") }
+        return xml
+    }
+}
+
+/// A pthread mutex for `BusClient`'s one-call-at-a-time rule.
+final class NSLockLite: @unchecked Sendable {
+    // @unchecked Sendable: a pthread mutex is made to be shared between threads; its storage
+    // is allocated once so its address never moves.
+    private let mutex: UnsafeMutablePointer<pthread_mutex_t>
+    init() {
+        mutex = .allocate(capacity: 1)
+        pthread_mutex_init(mutex, nil)
+    }
+    func lock() { pthread_mutex_lock(mutex) }
+    func unlock() { pthread_mutex_unlock(mutex) }
+    deinit {
+        pthread_mutex_destroy(mutex)
+        mutex.deallocate()
+    }
+}

@@ -1,0 +1,205 @@
+import CSystemd
+import Dispatch
+import Glibc
+import Linux
+import Synchronization
+
+/// One thread running an sd-event loop, and a Swift `SerialExecutor` on that same thread.
+///
+/// sd-bus and sd-event are not thread-safe, so everything that touches a bus runs here: actors
+/// pinned to this executor (`nonisolated var unownedExecutor`) and the C callbacks sd-bus makes,
+/// which enter those actors with `assumeIsolated`. Jobs from other threads are queued under a mutex
+/// and an eventfd registered with `sd_event_add_io` wakes the loop to run them.
+///
+/// `@unchecked Sendable`: the `sd_event` handle is only touched on the loop thread (it is created
+/// there); everything shared across threads (the job queue, the eventfd number) sits in the mutex
+/// or is immutable.
+public final class EventLoop: SerialExecutor, @unchecked Sendable {
+    private struct Shared {
+        var jobs: [UnownedJob] = []
+        var thread: pthread_t?
+        var exitCode: Int32?
+    }
+    private let shared = Mutex(Shared())
+    /// The loop's sd_event; only touched on the loop thread.
+    private var loopEvent: OpaquePointer?
+    private let wakeFD: Int32
+    private let started = Mutex<Bool>(false)
+    private let name: String
+    /// Signals the loop turns into callbacks (sd_event_add_signal); they must be blocked in every
+    /// thread before the loop starts, which `blockSignals(_:)` does.
+    private let signalHandlers: [(Int32, @Sendable (Int32) -> Void)]
+    private var signalBoxes: [Unmanaged<SignalBox>] = []
+    private let ready = DispatchSemaphore(value: 0)
+    private let finished = DispatchSemaphore(value: 0)
+
+    /// Starts the loop thread. `signals` are delivered through sd-event to `handler` on the loop
+    /// thread; block them first with `EventLoop.blockSignals`.
+    public init(name: String = "berth-bus", signals: [(Int32, @Sendable (Int32) -> Void)] = []) throws {
+        let fd = eventfd(0, Int32(EFD_CLOEXEC | EFD_NONBLOCK))
+        guard fd >= 0 else { throw SystemCallError("eventfd", .current) }
+        wakeFD = fd
+        self.name = name
+        signalHandlers = signals
+        let box = Unmanaged.passRetained(self)
+        var thread = pthread_t()
+        let r = pthread_create(&thread, nil, { arg in
+            guard let arg else { return nil }
+            let loop = Unmanaged<EventLoop>.fromOpaque(arg).takeRetainedValue()
+            loop.threadMain()
+            return nil
+        }, box.toOpaque())
+        guard r == 0 else {
+            box.release()
+            Glibc.close(fd)
+            throw SystemCallError("pthread_create", Errno(r))
+        }
+        shared.withLock { $0.thread = thread }
+        ready.wait()
+        if let code = shared.withLock({ $0.exitCode }), code < 0 {
+            throw SystemCallError("sd_event_new", Errno(-code))
+        }
+    }
+
+    /// Blocks `signals` in the calling thread (and so in threads it starts later), as sd-event's
+    /// signal sources need; call it first thing in a synchronous `main`.
+    public static func blockSignals(_ signals: [Int32]) {
+        var set = sigset_t()
+        sigemptyset(&set)
+        for s in signals { sigaddset(&set, s) }
+        pthread_sigmask(SIG_BLOCK, &set, nil)
+    }
+
+    private func threadMain() {
+        var event: OpaquePointer?
+        var r = sd_event_new(&event)
+        if r >= 0 {
+            r = sd_event_add_io(event, nil, wakeFD, UInt32(EPOLLIN.rawValue), { _, fd, _, userdata in
+                var value: UInt64 = 0
+                _ = Glibc.read(fd, &value, 8)
+                guard let userdata else { return 0 }
+                Unmanaged<EventLoop>.fromOpaque(userdata).takeUnretainedValue().drain()
+                return 0
+            }, Unmanaged.passUnretained(self).toOpaque())
+        }
+        if r >= 0 {
+            for (signal, handler) in signalHandlers {
+                let box = Unmanaged.passRetained(SignalBox(handler))
+                signalBoxes.append(box)
+                r = sd_event_add_signal(event, nil, signal, { _, info, userdata in
+                    guard let userdata, let info else { return 0 }
+                    Unmanaged<SignalBox>.fromOpaque(userdata).takeUnretainedValue().handler(Int32(info.pointee.ssi_signo))
+                    return 0
+                }, box.toOpaque())
+                if r < 0 { break }
+            }
+        }
+        if r < 0 {
+            shared.withLock { $0.exitCode = r }
+            sd_event_unref(event)
+            ready.signal()
+            finished.signal()
+            return
+        }
+        loopEvent = event
+        ready.signal()
+        let code = sd_event_loop(event)
+        // Run what was queued before the exit request, so no continuation is lost.
+        drain()
+        shared.withLock { $0.exitCode = code }
+        loopEvent = nil
+        sd_event_unref(event)
+        for box in signalBoxes { box.release() }
+        signalBoxes = []
+        finished.signal()
+    }
+
+    private func drain() {
+        while true {
+            let jobs = shared.withLock { s -> [UnownedJob] in
+                let j = s.jobs
+                s.jobs = []
+                return j
+            }
+            if jobs.isEmpty { return }
+            for job in jobs { job.runSynchronously(on: asUnownedSerialExecutor()) }
+        }
+    }
+
+    /// The loop's `sd_event`, for attaching a bus (`sd_bus_attach_event`); only valid on the loop thread.
+    var event: OpaquePointer? {
+        checkIsolated()
+        return loopEvent
+    }
+
+    public func enqueue(_ job: consuming ExecutorJob) {
+        let unowned = UnownedJob(job)
+        shared.withLock { $0.jobs.append(unowned) }
+        var one: UInt64 = 1
+        _ = Glibc.write(wakeFD, &one, 8)
+    }
+
+    public func asUnownedSerialExecutor() -> UnownedSerialExecutor {
+        UnownedSerialExecutor(ordinary: self)
+    }
+
+    /// Whether the calling thread is the loop thread.
+    public var isCurrent: Bool {
+        guard let t = shared.withLock({ $0.thread }) else { return false }
+        return pthread_equal(pthread_self(), t) != 0
+    }
+
+    public func isIsolatingCurrentContext() -> Bool? { isCurrent }
+
+    public func checkIsolated() {
+        precondition(isCurrent, "\(name): not on the bus loop thread")
+    }
+
+    /// Runs `body` on the loop thread and returns its result (for setup code outside any actor).
+    public func run<T: Sendable>(_ body: @escaping @Sendable () throws -> T) async throws -> T {
+        try await LoopRunner(loop: self).run(body)
+    }
+
+    /// Ends the loop (sd_event_exit) once the jobs queued before have run; `join()` waits for it.
+    public func requestExit() {
+        if isCurrent {
+            if let e = loopEvent { sd_event_exit(e, 0) }
+            return
+        }
+        Task.detached { [self] in
+            await LoopRunner(loop: self).exitLoop()
+        }
+    }
+
+    /// Waits until the loop thread has ended; returns sd_event_loop's result.
+    @discardableResult
+    public func join() -> Int32 {
+        finished.wait()
+        finished.signal()
+        if let t = shared.withLock({ $0.thread }) { pthread_join(t, nil) }
+        shared.withLock { $0.thread = nil }
+        return shared.withLock { $0.exitCode } ?? 0
+    }
+
+    deinit { Glibc.close(wakeFD) }
+}
+
+/// A handler for one signal, kept alive while the loop runs.
+private final class SignalBox {
+    let handler: @Sendable (Int32) -> Void
+    init(_ handler: @escaping @Sendable (Int32) -> Void) { self.handler = handler }
+}
+
+/// An actor on the loop's executor, to run setup code there.
+private actor LoopRunner {
+    let loop: EventLoop
+    init(loop: EventLoop) { self.loop = loop }
+    nonisolated var unownedExecutor: UnownedSerialExecutor { loop.asUnownedSerialExecutor() }
+
+    func run<T: Sendable>(_ body: @Sendable () throws -> T) throws -> T { try body() }
+
+    func exitLoop() {
+        if let e = loop.event { sd_event_exit(e, 0) }
+    }
+}
+

@@ -1,1 +1,0 @@
-// Bus: see DESIGN.md

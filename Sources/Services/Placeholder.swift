@@ -1,5 +1,0 @@
-import CArchive
-import CCurl
-import CGpgme
-import CSystemd
-import CLinux

@@ -1,0 +1,80 @@
+import Bus
+import Logging
+import Services
+import Synchronization
+
+/// berthd's composition: one bus connection, the service harnesses asked for, their bus names.
+/// Lives on the bus loop's executor, so the signal handlers and startup never race.
+actor Daemon {
+    nonisolated let loop: EventLoop
+    nonisolated var unownedExecutor: UnownedSerialExecutor { loop.asUnownedSerialExecutor() }
+    private let options: BerthdOptions
+    private let logger: Logger
+    private var bus: Bus?
+    private var stopping = false
+    /// The process exit status once the loop ends; read by the synchronous main after `join()`.
+    nonisolated let exitStatus = Mutex<Int32>(0)
+
+    init(options: BerthdOptions, loop: EventLoop, logger: Logger) {
+        self.options = options
+        self.loop = loop
+        self.logger = logger
+    }
+
+    /// Connects, exports the services, takes their names, tells the service manager we are ready.
+    func start() async {
+        do {
+            let bus = try await Bus.connect(address: options.busAddress, loop: loop, logger: logger)
+            self.bus = bus
+            if stopping { return await stop() }
+            let paths = ServicePaths(root: options.root)
+            let info = DaemonInfo(root: options.root, services: options.services)
+            // Composition point: the storage backends (btrfs, raw/qcow2-loop, directory) are
+            // registered and the ImagePool over paths.machinePool is made here, then handed to
+            // Machine1Service (and Import1Service, Portable1Service) once those take one.
+            for kind in options.services {
+                switch kind {
+                case .machine1: try await Machine1Service(bus: bus, paths: paths, info: info).export()
+                case .import1: try await Import1Service(bus: bus, paths: paths, info: info).export()
+                case .portable1: try await Portable1Service(bus: bus, paths: paths, info: info).export()
+                }
+            }
+            for kind in options.services {
+                try await bus.requestName(kind.busName)
+                logger.info("serving \(kind.busName) with root \(options.root)")
+            }
+            ServiceManager.notify("READY=1")
+        } catch {
+            logger.critical("cannot start: \(error)")
+            exitStatus.withLock { $0 = 1 }
+            await stop()
+        }
+    }
+
+    /// SIGTERM/SIGINT: answer or cancel the calls in flight, close the bus, end the loop.
+    func stop() async {
+        if stopping && bus == nil { return }
+        stopping = true
+        ServiceManager.notify("STOPPING=1")
+        if let bus {
+            self.bus = nil
+            await bus.shutdown(grace: .milliseconds(500))
+        }
+        loop.requestExit()
+    }
+
+    /// A signal arrived (on the loop thread).
+    nonisolated func signalled(_ signal: Int32) {
+        Task { await self.stop() }
+    }
+}
+
+/// Where the signal handlers, set up before the daemon exists, find it.
+enum SignalTarget {
+    static let daemon = Mutex<Daemon?>(nil)
+
+    /// The SIGTERM/SIGINT handler (runs on the loop thread).
+    static let forward: @Sendable (Int32) -> Void = { signal in
+        daemon.withLock { $0 }?.signalled(signal)
+    }
+}
