@@ -19,6 +19,8 @@ public final class EventLoop: SerialExecutor, @unchecked Sendable {
         var jobs: [UnownedJob] = []
         var thread: pthread_t?
         var exitCode: Int32?
+        /// Set by `requestExit()` from another thread; the loop exits after running queued jobs.
+        var exitRequested = false
     }
     private let shared = Mutex(Shared())
     /// The loop's sd_event; only touched on the loop thread.
@@ -116,12 +118,15 @@ public final class EventLoop: SerialExecutor, @unchecked Sendable {
 
     private func drain() {
         while true {
-            let jobs = shared.withLock { s -> [UnownedJob] in
+            let (jobs, exit) = shared.withLock { s -> ([UnownedJob], Bool) in
                 let j = s.jobs
                 s.jobs = []
-                return j
+                return (j, s.exitRequested)
             }
-            if jobs.isEmpty { return }
+            if jobs.isEmpty {
+                if exit, let e = loopEvent { sd_event_exit(e, 0) }
+                return
+            }
             for job in jobs { job.runSynchronously(on: asUnownedSerialExecutor()) }
         }
     }
@@ -166,9 +171,11 @@ public final class EventLoop: SerialExecutor, @unchecked Sendable {
             if let e = loopEvent { sd_event_exit(e, 0) }
             return
         }
-        Task.detached { [self] in
-            await LoopRunner(loop: self).exitLoop()
-        }
+        // No Task here: the cooperative pool may be busy or blocked (a synchronous join()),
+        // so the request goes straight through the queue's flag and the wake-up eventfd.
+        shared.withLock { $0.exitRequested = true }
+        var one: UInt64 = 1
+        _ = Glibc.write(wakeFD, &one, 8)
     }
 
     /// Waits until the loop thread has ended; returns sd_event_loop's result.
@@ -181,7 +188,34 @@ public final class EventLoop: SerialExecutor, @unchecked Sendable {
         return shared.withLock { $0.exitCode } ?? 0
     }
 
+    /// Waits until the loop thread has ended, from async code: the wait happens on a thread of
+    /// its own, never blocking one of the cooperative pool's few threads (which would starve the
+    /// very tasks the loop's shutdown may need).
+    @discardableResult
+    public func joined() async -> Int32 {
+        await withCheckedContinuation { (c: CheckedContinuation<Int32, Never>) in
+            let box = Unmanaged.passRetained(JoinBox { c.resume(returning: self.join()) })
+            var attributes = pthread_attr_t()
+            pthread_attr_init(&attributes)
+            defer { pthread_attr_destroy(&attributes) }
+            pthread_attr_setdetachstate(&attributes, Int32(PTHREAD_CREATE_DETACHED))
+            var thread = pthread_t()
+            let r = pthread_create(&thread, &attributes, { raw in
+                guard let raw else { return nil }
+                Unmanaged<JoinBox>.fromOpaque(raw).takeRetainedValue().body()
+                return nil
+            }, box.toOpaque())
+            if r != 0 { box.takeRetainedValue().body() }
+        }
+    }
+
     deinit { Glibc.close(wakeFD) }
+}
+
+/// The work of one `joined()` waiter thread.
+private final class JoinBox: Sendable {
+    let body: @Sendable () -> Void
+    init(_ body: @escaping @Sendable () -> Void) { self.body = body }
 }
 
 /// A handler for one signal, kept alive while the loop runs.
@@ -197,9 +231,5 @@ private actor LoopRunner {
     nonisolated var unownedExecutor: UnownedSerialExecutor { loop.asUnownedSerialExecutor() }
 
     func run<T: Sendable>(_ body: @Sendable () throws -> T) throws -> T { try body() }
-
-    func exitLoop() {
-        if let e = loop.event { sd_event_exit(e, 0) }
-    }
 }
 
