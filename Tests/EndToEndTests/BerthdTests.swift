@@ -122,3 +122,30 @@ struct BerthctlTests {
         #expect(table.contains("org.freedesktop.import1    not running"), "\(table)")
     }
 }
+
+@Suite(.serialized, .enabled(if: endToEndToolsAvailable && Privileges.isRoot && commandExists("setpriv"),
+                              "needs dbus-daemon, busctl, setpriv and root"))
+struct DistributionFileTests {
+    static let policies = ["machine1", "import1", "portable1"].map { name in
+        URL(fileURLWithPath: #filePath).deletingLastPathComponent().deletingLastPathComponent().deletingLastPathComponent()
+            .appendingPathComponent("dist/dbus-1/system.d/org.freedesktop.\(name).conf").path
+    }
+
+    @Test func busPoliciesLetRootOwnTheNamesAndEveryoneCall() throws {
+        let bus = try PrivateDBusDaemon(includes: DistributionFileTests.policies, allowOwningAnyName: false)
+        defer { bus.stop() }
+        let berthd = try BerthdProcess(bus: bus)
+        defer { berthd.stop() }
+        let asNobody = try run(["setpriv", "--reuid=65534", "--regid=65534", "--clear-groups", "busctl", "--address=\(bus.address)",
+                                "get-property", "org.freedesktop.machine1", "/org/freedesktop/machine1",
+                                "org.freedesktop.machine1.Manager", "PoolPath"])
+        #expect(asNobody.succeeded, "\(asNobody.stderr)")
+        #expect(berthd.terminate() == 0)
+    }
+
+    @Test func withoutThePoliciesBerthdCannotOwnTheNames() throws {
+        let bus = try PrivateDBusDaemon(allowOwningAnyName: false)
+        defer { bus.stop() }
+        #expect(throws: TestSupportError.self) { try BerthdProcess(bus: bus, services: ["machine1"]) }
+    }
+}

@@ -14,7 +14,10 @@ public final class PrivateDBusDaemon: @unchecked Sendable {
     /// Whether dbus-daemon is installed (apt-get install dbus).
     public static var isAvailable: Bool { commandExists("dbus-daemon") }
 
-    public init() throws {
+    /// - Parameters:
+    ///   - includes: bus configuration files to include (e.g. dist/dbus-1/system.d/*.conf).
+    ///   - allowOwningAnyName: when false, only what `includes` allow may own names, as on a real system bus.
+    public init(includes: [String] = [], allowOwningAnyName: Bool = true) throws {
         folder = try TemporaryDirectory(prefix: "berth-bus")
         // Clients running as nobody must reach the socket.
         chmod(folder.path, 0o755)
@@ -29,7 +32,7 @@ public final class PrivateDBusDaemon: @unchecked Sendable {
               <auth>EXTERNAL</auth>
               <policy context="default">
                 <allow user="*"/>
-                <allow own="*"/>
+                \(allowOwningAnyName ? "<allow own=\"*\"/>" : "<deny own=\"*\"/>")
                 <allow send_destination="*"/>
                 <allow send_type="method_call"/>
                 <allow send_type="signal"/>
@@ -40,6 +43,7 @@ public final class PrivateDBusDaemon: @unchecked Sendable {
                 <allow receive_type="method_return"/>
                 <allow receive_type="error"/>
               </policy>
+              \(includes.map { "<include>\($0)</include>" }.joined(separator: "\n"))
             </busconfig>
             """
         try xml.write(toFile: config, atomically: true, encoding: .utf8)
