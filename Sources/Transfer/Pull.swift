@@ -210,8 +210,8 @@ public enum Pull {
 
     /// The hash of `file` in SHA256SUMS lines `<hex> *<name>` or `<hex>  <name>`.
     static func checksum(for file: String, in sums: [UInt8]) throws -> String {
-        for raw in String(decoding: sums, as: UTF8.self).split(separator: "\n") {
-            let line = raw.hasSuffix("\r") ? raw.dropLast() : raw
+        // isNewline: "\r\n" is one Character in Swift, so splitting on "\n" would miss it.
+        for line in String(decoding: sums, as: UTF8.self).split(whereSeparator: \.isNewline) {
             guard line.count > 66 else { continue }
             let hex = line.prefix(64)
             let rest = line.dropFirst(64)
