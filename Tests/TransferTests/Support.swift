@@ -119,3 +119,45 @@ func difference(_ a: String, _ b: String) -> String {
     let la = Set(a.split(separator: "\n")), lb = Set(b.split(separator: "\n"))
     return (la.subtracting(lb).sorted().map { "- \($0)" } + lb.subtracting(la).sorted().map { "+ \($0)" }).joined(separator: "\n")
 }
+
+/// The hostile archives the import must refuse.
+let hostileKinds = ["dotdot", "absolute", "symlink-escape", "hardlink-outside", "hardlink-dotdot",
+                    "hardlink-through-symlink", "truncated", "corrupt-gzip", "huge-size"]
+
+/// Writes a hostile tar of `kind` (made with python3's tarfile) aimed at `outside`.
+func makeHostileArchive(_ kind: String, at archive: String, outside: String) throws {
+    let script = """
+    import tarfile, io, sys, gzip
+    kind, path, outside = sys.argv[1], sys.argv[2], sys.argv[3]
+    def add(t, name, data=b'pwned', type=tarfile.REGTYPE, link=''):
+        i = tarfile.TarInfo(name); i.type = type; i.linkname = link
+        if type == tarfile.REGTYPE: i.size = len(data); t.addfile(i, io.BytesIO(data))
+        else: t.addfile(i)
+    buf = io.BytesIO()
+    with tarfile.open(fileobj=buf, mode='w', format=tarfile.GNU_FORMAT) as t:
+        add(t, 'etc', type=tarfile.DIRTYPE)
+        if kind == 'dotdot': add(t, '../../../../../../../../' + outside.lstrip('/') + '/pwned')
+        if kind == 'absolute': add(t, outside + '/pwned')
+        if kind == 'symlink-escape':
+            add(t, 'evil', type=tarfile.SYMTYPE, link=outside)
+            add(t, 'evil/pwned')
+        if kind == 'hardlink-outside': add(t, 'etc/passwd-link', type=tarfile.LNKTYPE, link=outside + '/victim')
+        if kind == 'hardlink-dotdot': add(t, 'etc/link', type=tarfile.LNKTYPE, link='../../../../../../../..' + outside + '/victim')
+        if kind == 'hardlink-through-symlink':
+            add(t, 'evil', type=tarfile.SYMTYPE, link=outside)
+            add(t, 'etc/link', type=tarfile.LNKTYPE, link='evil/victim')
+        if kind in ('truncated', 'corrupt-gzip', 'huge-size'): add(t, 'etc/big', data=b'x' * 100000)
+    data = buf.getvalue()
+    if kind == 'truncated': data = data[:60000]
+    if kind == 'huge-size':
+        # the header claims 1 TiB of data the archive does not have
+        i = tarfile.TarInfo('etc/huge'); i.size = 1 << 40
+        data = data[:-1024] + i.tobuf(format=tarfile.GNU_FORMAT) + b'y' * 4096
+    if kind == 'corrupt-gzip':
+        z = bytearray(gzip.compress(data)); z[60:100] = b'\\x55' * 40; data = bytes(z)
+    open(path, 'wb').write(data)
+    """
+    let scriptPath = archive + ".py"
+    try script.write(toFile: scriptPath, atomically: true, encoding: .utf8)
+    _ = try sh("python3 '\(scriptPath)' \(kind) '\(archive)' '\(outside)'")
+}

@@ -22,6 +22,23 @@ struct WorkerLogicTests {
         #expect(seen.values.last == 1)
     }
 
+    @Test("without the chroot, libarchive's secure flags alone refuse every hostile archive", arguments: hostileKinds)
+    func hostileWithoutChroot(_ kind: String) throws {
+        let tmp = try TemporaryDirectory()
+        defer { tmp.remove() }
+        let outside = tmp.appending("outside")
+        _ = try sh("mkdir -p '\(outside)' '\(tmp.path)/image' && echo secret > '\(outside)/victim'")
+        try makeHostileArchive(kind, at: tmp.appending("evil.tar"), outside: outside)
+        let fd = try openRead(tmp.appending("evil.tar"))
+        defer { close(fd) }
+        #expect(throws: (any Error).self) {
+            try TarImport.extract(from: fd, into: tmp.appending("image"), reporter: .silent, confine: false)
+        }
+        #expect(try directoryEntries(outside).sorted() == ["victim"])
+        #expect(try String(contentsOfFile: outside + "/victim", encoding: .utf8) == "secret\n")
+        #expect(try fileStatus(outside + "/victim").linkCount == 1)
+    }
+
     @Test("RawImport writes holes for zero blocks and sets the size")
     func inProcessRawImport() throws {
         let tmp = try TemporaryDirectory()
