@@ -95,7 +95,10 @@ public final class StatusReporter: Sendable {
 
 /// Why a worker operation failed, with a message meant for the transfer's log.
 public struct TransferError: Error, CustomStringConvertible, Sendable {
+    /// What went wrong, for Transfer.LogMessage and the failed result.
     public let message: String
+    /// An error with `message`.
     public init(_ message: String) { self.message = message }
+    /// The message.
     public var description: String { message }
 }

@@ -116,8 +116,8 @@ public actor TransferEngine {
     /// The running transfer `id`, if any.
     public func transfer(id: UInt32) -> TransferHandle? { running[id] }
 
-    /// CancelTransfer(id): `PoolError(.noSuchImage)`-free; false if no such transfer runs
-    /// (the harness answers `org.freedesktop.import1.NoSuchTransfer`).
+    /// CancelTransfer(id): cancels transfer `id`; false if no such transfer runs (the harness
+    /// answers `org.freedesktop.import1.NoSuchTransfer`).
     @discardableResult
     public func cancel(id: UInt32) -> Bool {
         guard let t = running[id] else { return false }

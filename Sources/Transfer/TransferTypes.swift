@@ -50,11 +50,13 @@ public struct TransferRequest: Sendable {
         case pulling(url: String, verify: VerifyMode, force: Bool)
     }
 
+    /// `Transfer.Type`.
     public var type: TransferType
     /// The image name (`local_name`).
     public var local: String
     /// What `Transfer.Remote` shows: the URL, or a description of the fd.
     public var remote: String
+    /// What to do, with its arguments.
     public var operation: Operation
 
     /// A request; `remote` defaults to the URL for pulls, else to the fd's path in /proc.
@@ -123,8 +125,11 @@ import Glibc
 
 /// How a transfer ended: TransferRemoved's `result` string is `rawValue`.
 public enum TransferResult: Sendable, Equatable {
+    /// The transfer completed (and, for imports, the image is installed).
     case done
+    /// Cancel()/CancelTransfer stopped it; nothing was left behind.
     case canceled
+    /// It failed, with the reason (also sent as an error-priority log line).
     case failed(String)
 
     /// "done", "canceled" or "failed", as TransferRemoved carries it.
@@ -149,9 +154,14 @@ public enum TransferEvent: Sendable, Equatable {
 
 /// syslog(3) priorities used in log events.
 public enum LogPriority {
+    /// LOG_ERR.
     public static let error: Int32 = 3
+    /// LOG_WARNING.
     public static let warning: Int32 = 4
+    /// LOG_NOTICE.
     public static let notice: Int32 = 5
+    /// LOG_INFO.
     public static let info: Int32 = 6
+    /// LOG_DEBUG.
     public static let debug: Int32 = 7
 }
