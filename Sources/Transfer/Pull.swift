@@ -268,6 +268,9 @@ public enum Pull {
         curl.set(CURLOPT_FAILONERROR, 1)
         curl.set(CURLOPT_NOSIGNAL, 1)
         curl.set(CURLOPT_CONNECTTIMEOUT, 60)
+        // A server that stops sending without closing must not hold a transfer forever.
+        curl.set(CURLOPT_LOW_SPEED_LIMIT, 1)
+        curl.set(CURLOPT_LOW_SPEED_TIME, 300)
         curl.set(CURLOPT_USERAGENT, "berth-import")
         curl.set(CURLOPT_NOPROGRESS, 0)
         let unmanaged = Unmanaged.passUnretained(context).toOpaque()

@@ -98,6 +98,14 @@ public enum TransferWorker {
             return value
         }
         switch a.type {
+        case .importTar, .importRaw, .importFileSystem:
+            reporter.log(LogPriority.info, "Importing \(a.type.rawValue) image.")
+        case .exportTar, .exportRaw:
+            reporter.log(LogPriority.info, "Exporting image as \(a.format.rawValue) \(a.type == .exportTar ? "tar" : "raw").")
+        case .pullTar, .pullRaw:
+            reporter.log(LogPriority.info, "Pulling \(a.url ?? "?") (verify: \(a.verify.rawValue)).")
+        }
+        switch a.type {
         case .importTar:
             try TarImport.extract(from: data, into: try need(a.target, "--target"), reporter: reporter)
         case .importRaw:
@@ -115,5 +123,6 @@ public enum TransferWorker {
             try Pull.run(url: try need(a.url, "--url"), kind: a.type, verify: a.verify, root: a.root,
                          target: try need(a.target, "--target"), reporter: reporter)
         }
+        reporter.log(LogPriority.info, "Operation completed successfully.")
     }
 }
