@@ -1,6 +1,7 @@
 import Foundation
 import Glibc
 import Linux
+import Synchronization
 import PoolAPI
 import TestSupport
 import Testing
@@ -75,6 +76,22 @@ final class HTTPFixture: @unchecked Sendable {
     }
 }
 
+/// Folders made once per test run, removed when the test process exits (Swift Testing has
+/// no run-wide teardown).
+private let atExitFolders = Mutex<[String]>([])
+
+private func removeAtExit(_ path: String) {
+    let first = atExitFolders.withLock { folders -> Bool in
+        folders.append(path)
+        return folders.count == 1
+    }
+    if first {
+        atexit {
+            for folder in atExitFolders.withLock({ $0 }) { try? FileManager.default.removeItem(atPath: folder) }
+        }
+    }
+}
+
 /// One signing key, made once: a keyring to install as `ROOT/etc/systemd/import-pubring.gpg`
 /// and a GNUPGHOME to sign with.
 struct SigningKey: Sendable {
@@ -84,6 +101,7 @@ struct SigningKey: Sendable {
     static let shared: Result<SigningKey, TestSupportError> = {
         do {
             let dir = try TemporaryDirectory(prefix: "berth-gpg")
+            removeAtExit(dir.path)
             let home = dir.appending("home")
             _ = try sh("""
             mkdir -m 700 '\(home)'
@@ -117,6 +135,7 @@ struct PullTests {
             do {
                 let key = try SigningKey.shared.get()
                 let tmp = try TemporaryDirectory(prefix: "berth-www")
+                removeAtExit(tmp.path)
                 let www = tmp.appending("www"), source = tmp.appending("src"), raw = tmp.appending("disk.raw")
                 _ = try sh("""
                 mkdir -p '\(www)' '\(source)/etc' '\(source)/usr/lib'
