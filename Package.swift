@@ -23,6 +23,7 @@ let package = Package(
         .systemLibrary(name: "CArchive", pkgConfig: "libarchive", providers: [.apt(["libarchive-dev"])]),
         .systemLibrary(name: "CCurl", pkgConfig: "libcurl", providers: [.apt(["libcurl4-openssl-dev"])]),
         .systemLibrary(name: "CGpgme", pkgConfig: "gpgme", providers: [.apt(["libgpgme-dev"])]),
+        .systemLibrary(name: "CCrypto", pkgConfig: "libcrypto", providers: [.apt(["libssl-dev"])]),
         // Kernel headers: ioctl numbers and structs exported as typed constants.
         .systemLibrary(name: "CLinux"),
 
@@ -40,6 +41,14 @@ let package = Package(
                 path: "Sources/Backends/Directory"),
         // The backend conformance suite, as a library vendors call from their own tests.
         .target(name: "BackendConformance", dependencies: ["PoolAPI", "Linux"]),
+
+        // import1's transfer engine: worker processes that import, export and pull images.
+        .target(name: "Transfer", dependencies: [
+            "PoolAPI", "FileTree", "Linux", "CLinux", "RawLoopBackend", "CArchive", "CCurl", "CGpgme", "CCrypto",
+        ]),
+        // TEST FIXTURE ONLY: a stand-in for berthd's worker mode, so TransferTests can spawn
+        // workers before berthd dispatches to TransferWorker. Not shipped.
+        .executableTarget(name: "TransferWorkerFixture", dependencies: ["Transfer"]),
 
         // Swift layer on sd-bus.
         .target(name: "Bus", dependencies: ["CSystemd", "Linux", .product(name: "Logging", package: "swift-log")]),
@@ -65,6 +74,10 @@ let package = Package(
         .testTarget(name: "PoolAPITests", dependencies: ["PoolAPI", "DirectoryBackend", "TestSupport"]),
         .testTarget(name: "BackendTests", dependencies: [
             "PoolAPI", "BtrfsBackend", "RawLoopBackend", "DirectoryBackend", "BackendConformance", "TestSupport",
+        ]),
+        .testTarget(name: "TransferTests", dependencies: [
+            "Transfer", "TransferWorkerFixture", "PoolAPI", "Linux", "BtrfsBackend", "RawLoopBackend",
+            "DirectoryBackend", "TestSupport",
         ]),
         .testTarget(name: "BusTests", dependencies: ["Bus", "TestSupport"]),
         .testTarget(name: "EndToEndTests", dependencies: ["TestSupport", "Bus", "Services"]),

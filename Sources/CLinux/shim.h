@@ -111,4 +111,14 @@ static const int BERTH_F_OFD_GETLK = 36;
 static const int BERTH_F_OFD_SETLK = 37;
 static const int BERTH_F_OFD_SETLKW = 38;
 static inline int berth_fcntl_lock(int fd, int cmd, struct flock *lock) { return fcntl(fd, cmd, lock); }
+/* prctl(2) is variadic: one fixed-arity wrapper (transfer workers: PR_SET_PDEATHSIG). */
+static inline int berth_prctl_int(int option, unsigned long arg) { return prctl(option, arg, 0UL, 0UL, 0UL); }
+/* posix_spawn_file_actions_addclosefrom_np is declared only under _GNU_SOURCE (glibc 2.34+). */
+#include <spawn.h>
+extern int posix_spawn_file_actions_addclosefrom_np(posix_spawn_file_actions_t *, int);
+/* Transfer workers: GNU-only declarations and constants glibc hides without _GNU_SOURCE. */
+extern int unshare(int);
+extern int pipe2(int[2], int);
+static const int BERTH_CLONE_FS = 0x00000200;
+static const int BERTH_O_TMPFILE = __O_TMPFILE;
 #endif

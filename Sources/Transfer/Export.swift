@@ -1,0 +1,196 @@
+import CArchive
+import CLinux
+import Glibc
+import Linux
+
+/// ExportTar's work: an image tree as a pax tar stream (numeric owners, modes, times, xattrs,
+/// ACLs, hardlinks, devices, symlinks, sparse files), compressed as asked.
+public enum TarExport {
+    /// Writes the tree at `directory` to `output` (a file or pipe) in `format`.
+    public static func run(directory: String, to output: Int32, format: ExportFormat,
+                           reporter: StatusReporter = .silent) throws {
+        let dir = try FileDescriptor.openDirectory(directory)
+        defer { dir.close() }
+        // Confined to the image so names are "./…" relative to it; not chroot'ed, as nothing
+        // is written there.
+        try runConfined(in: dir, confine: false) {
+            try writeHere(output: output, format: format, reporter: reporter)
+        }
+        reporter.progress(1)
+    }
+
+    private static func writeHere(output: Int32, format: ExportFormat, reporter: StatusReporter) throws {
+        let writer = try ArchiveHandle.writer()
+        try writer.check(archive_write_set_format_pax_restricted(writer.pointer), "pax format")
+        try writer.addFilter(format)
+        try writer.check(archive_write_open_fd(writer.pointer, output), "cannot open the output")
+
+        let disk = try ArchiveHandle.diskReader()
+        try disk.check(archive_read_disk_set_symlink_physical(disk.pointer), "disk reader")
+        try disk.check(archive_read_disk_open(disk.pointer, "."), "cannot open the image")
+
+        guard let resolver = archive_entry_linkresolver_new() else { throw TransferError("cannot allocate a link resolver") }
+        defer { archive_entry_linkresolver_free(resolver) }
+        archive_entry_linkresolver_set_strategy(resolver, archive_format(writer.pointer))
+
+        let zeros = UnsafeMutableRawBufferPointer.allocate(byteCount: transferBlockSize, alignment: 16)
+        defer { zeros.deallocate() }
+        zeros.initializeMemory(as: UInt8.self, repeating: 0)
+
+        let entry = try ArchiveEntry()
+        while true {
+            archive_entry_clear(entry.pointer)
+            let r = archive_read_next_header2(disk.pointer, entry.pointer)
+            if r == ARCHIVE_EOF { break }
+            let name = archive_entry_pathname(entry.pointer).map { String(cString: $0) } ?? "?"
+            if r == ARCHIVE_WARN { reporter.log(LogPriority.warning, "\(name): \(disk.errorString)") }
+            try disk.check(r, "cannot read the image at '\(name)'")
+            try disk.check(archive_read_disk_descend(disk.pointer), "cannot descend into '\(name)'")
+
+            var current: OpaquePointer? = entry.pointer
+            var spare: OpaquePointer?
+            archive_entry_linkify(resolver, &current, &spare)
+            guard let out = current else { continue }
+            let w = archive_write_header(writer.pointer, out)
+            if w == ARCHIVE_WARN { reporter.log(LogPriority.warning, "\(name): \(writer.errorString)") }
+            try writer.check(w, "cannot write '\(name)'")
+            let size = archive_entry_size(out)
+            if size > 0 && archive_entry_filetype(out) == BERTH_AE_IFREG {
+                try copyFile(disk, writer, size: size, zeros: UnsafeRawBufferPointer(zeros), name: name)
+            }
+            try writer.check(archive_write_finish_entry(writer.pointer), "cannot finish '\(name)'")
+        }
+        try writer.check(archive_write_close(writer.pointer), "cannot finish the archive")
+        _ = archive_read_close(disk.pointer)
+    }
+
+    /// The file's data blocks; holes are written as zeros, which the pax writer of a sparse
+    /// entry skips rather than stores.
+    private static func copyFile(_ disk: ArchiveHandle, _ writer: ArchiveHandle, size: Int64,
+                                 zeros: UnsafeRawBufferPointer, name: String) throws {
+        var position: Int64 = 0
+        func writeZeros(upTo end: Int64) throws {
+            while position < end {
+                let n = Int(min(Int64(zeros.count), end - position))
+                let w = archive_write_data(writer.pointer, zeros.baseAddress, n)
+                if w < 0 { throw TransferError("cannot write '\(name)': \(writer.errorString)") }
+                position += Int64(n)
+            }
+        }
+        var buffer: UnsafeRawPointer?
+        var length = 0
+        var offset: la_int64_t = 0
+        while true {
+            let r = archive_read_data_block(disk.pointer, &buffer, &length, &offset)
+            if r == ARCHIVE_EOF { break }
+            try disk.check(r, "cannot read '\(name)'")
+            try writeZeros(upTo: min(offset, size))
+            let n = Int(min(Int64(length), size - position))
+            if n > 0 {
+                let w = archive_write_data(writer.pointer, buffer, n)
+                if w < 0 { throw TransferError("cannot write '\(name)': \(writer.errorString)") }
+                position += Int64(n)
+            }
+        }
+        try writeZeros(upTo: size)
+    }
+}
+
+/// ExportRaw's work: the `.raw` file, read sparse-aware (holes are skipped with SEEK_DATA, and
+/// stay holes when the output is a plain file), compressed as asked.
+public enum RawExport {
+    /// Writes the raw image file at `path` to `output` in `format`.
+    public static func run(path: String, to output: Int32, format: ExportFormat, reporter: StatusReporter = .silent) throws {
+        let source = try FileDescriptor.open(path, flags: O_RDONLY | O_NOFOLLOW)
+        defer { source.close() }
+        let size = try source.stat().size
+        let buffer = UnsafeMutableRawBufferPointer.allocate(byteCount: transferBlockSize, alignment: 4096)
+        defer { buffer.deallocate() }
+
+        var outputStatus = stat()
+        let outputIsFile = fstat(output, &outputStatus) == 0 && (outputStatus.st_mode & S_IFMT) == S_IFREG
+        if format == .uncompressed && outputIsFile {
+            let start = Int64(lseek(output, 0, SEEK_CUR))
+            let writer = SparseWriter(fd: output, base: max(start, 0))
+            try forEachSegment(source, size: size, buffer: buffer, reporter: reporter, holesAsZeros: false) { data, hole in
+                if hole > 0 { writer.advance(by: hole) } else { try writer.write(data) }
+            }
+            try writer.finish()
+            _ = lseek(output, off_t(max(start, 0) + size), SEEK_SET)
+        } else if format == .uncompressed {
+            try forEachSegment(source, size: size, buffer: buffer, reporter: reporter, holesAsZeros: true) { data, _ in
+                try writeAll(output, data)
+            }
+        } else {
+            let writer = try ArchiveHandle.writer()
+            try writer.check(archive_write_set_format_raw(writer.pointer), "raw format")
+            try writer.addFilter(format)
+            try writer.check(archive_write_set_bytes_in_last_block(writer.pointer, 1), "block size")
+            try writer.check(archive_write_open_fd(writer.pointer, output), "cannot open the output")
+            let entry = try ArchiveEntry()
+            archive_entry_set_pathname(entry.pointer, "image.raw")
+            archive_entry_set_filetype(entry.pointer, BERTH_AE_IFREG)
+            archive_entry_set_perm(entry.pointer, 0o644)
+            archive_entry_set_size(entry.pointer, size)
+            try writer.check(archive_write_header(writer.pointer, entry.pointer), "cannot start the output")
+            try forEachSegment(source, size: size, buffer: buffer, reporter: reporter, holesAsZeros: true) { data, _ in
+                if archive_write_data(writer.pointer, data.baseAddress, data.count) < 0 {
+                    throw TransferError("cannot write the image: \(writer.errorString)")
+                }
+            }
+            try writer.check(archive_write_close(writer.pointer), "cannot finish the output")
+        }
+        reporter.progress(1)
+    }
+
+    /// Calls `body` with the file's bytes in order. Data is read; a hole is passed either as
+    /// zero-filled buffers (`holesAsZeros`, for streams) or as its length alone (second
+    /// argument > 0, for a sparse file output).
+    private static func forEachSegment(_ source: FileDescriptor, size: Int64, buffer: UnsafeMutableRawBufferPointer,
+                                       reporter: StatusReporter, holesAsZeros: Bool,
+                                       _ body: (UnsafeRawBufferPointer, Int64) throws -> Void) throws {
+        var position: Int64 = 0
+        while position < size {
+            var dataStart = Int64(lseek(source.rawValue, off_t(position), BERTH_SEEK_DATA))
+            if dataStart < 0 { dataStart = errno == ENXIO ? size : position }
+            if dataStart > position {
+                if holesAsZeros {
+                    var p = position
+                    while p < dataStart {
+                        let n = Int(min(Int64(buffer.count), dataStart - p))
+                        buffer.baseAddress.map { _ = memset($0, 0, n) }
+                        try body(UnsafeRawBufferPointer(rebasing: buffer[0..<n]), 0)
+                        p += Int64(n)
+                    }
+                } else {
+                    try body(UnsafeRawBufferPointer(start: nil, count: 0), dataStart - position)
+                }
+                position = dataStart
+                continue
+            }
+            var holeStart = Int64(lseek(source.rawValue, off_t(position), BERTH_SEEK_HOLE))
+            if holeStart < 0 { holeStart = size }
+            while position < min(holeStart, size) {
+                let want = Int(min(Int64(buffer.count), min(holeStart, size) - position))
+                let n = try source.read(into: UnsafeMutableRawBufferPointer(rebasing: buffer[0..<want]), at: position)
+                if n == 0 { throw TransferError("the image shrank while being exported") }
+                try body(UnsafeRawBufferPointer(rebasing: buffer[0..<n]), 0)
+                position += Int64(n)
+                if size > 0 { reporter.progress(Double(position) / Double(size)) }
+            }
+        }
+    }
+
+    private static func writeAll(_ fd: Int32, _ data: UnsafeRawBufferPointer) throws {
+        var done = 0
+        while done < data.count {
+            let n = Glibc.write(fd, data.baseAddress.map { $0 + done }, data.count - done)
+            if n < 0 {
+                if errno == EINTR { continue }
+                throw SystemCallError("write", .current)
+            }
+            done += n
+        }
+    }
+}
+

@@ -1,0 +1,396 @@
+import CCrypto
+import CCurl
+import CLinux
+import CGpgme
+import FileTree
+import Glibc
+import Linux
+import Synchronization
+
+/// SHA-256 through libcrypto's EVP API.
+/// `@unchecked Sendable`: the context is used by one thread at a time (the download thread,
+/// then the worker's main thread after joining it).
+final class SHA256: @unchecked Sendable {
+    private let context: OpaquePointer
+
+    init() throws {
+        guard let c = EVP_MD_CTX_new() else { throw TransferError("cannot allocate a SHA-256 context") }
+        context = c
+        guard EVP_DigestInit_ex(context, EVP_sha256(), nil) == 1 else { throw TransferError("cannot start SHA-256") }
+    }
+
+    deinit { EVP_MD_CTX_free(context) }
+
+    func update(_ data: UnsafeRawBufferPointer) {
+        _ = EVP_DigestUpdate(context, data.baseAddress, data.count)
+    }
+
+    /// The digest as lower-case hex.
+    func finalHex() -> String {
+        var digest = [UInt8](repeating: 0, count: 32)
+        var length: UInt32 = 0
+        _ = EVP_DigestFinal_ex(context, &digest, &length)
+        return digest.prefix(Int(length)).map { String(format2: $0) }.joined()
+    }
+}
+
+extension String {
+    /// Two lower-case hex digits.
+    fileprivate init(format2 byte: UInt8) {
+        let digits = Array("0123456789abcdef")
+        self = String([digits[Int(byte >> 4)], digits[Int(byte & 0xf)]])
+    }
+}
+
+/// A libcurl easy handle; `@unchecked Sendable`: used by one thread at a time.
+final class CurlHandle: @unchecked Sendable {
+    let pointer: UnsafeMutableRawPointer
+
+    init() throws {
+        guard let h = curl_easy_init() else { throw TransferError("cannot initialise libcurl") }
+        pointer = h
+    }
+
+    deinit { curl_easy_cleanup(pointer) }
+
+    func set(_ option: CURLoption, _ value: Int) { _ = berth_curl_setopt_long(pointer, option, value) }
+    func set(_ option: CURLoption, _ value: String) {
+        _ = value.withCString { berth_curl_setopt_ptr(pointer, option, $0) }  // curl copies strings
+    }
+}
+
+/// What a download thread hands back.
+private final class DownloadContext: @unchecked Sendable {
+    // `@unchecked Sendable`: written only by the curl thread until it is joined.
+    let output: Int32?
+    let hash: SHA256?
+    let reporter: StatusReporter
+    let limit: Int
+    var memory: [UInt8] = []
+    var writeFailed = false
+    var tooLarge = false
+
+    init(output: Int32?, hash: SHA256?, reporter: StatusReporter, limit: Int) {
+        self.output = output
+        self.hash = hash
+        self.reporter = reporter
+        self.limit = limit
+    }
+}
+
+/// PullTar/PullRaw's work in the worker: download, verify, import.
+public enum Pull {
+    /// Is this an http(s) URL import1 accepts?
+    public static func isValidURL(_ url: String) -> Bool {
+        (url.hasPrefix("http://") || url.hasPrefix("https://")) && !url.contains(where: { $0 == " " || $0 == "\n" })
+            && url.split(separator: "/", omittingEmptySubsequences: false).count >= 4
+    }
+
+    /// Downloads `url` and imports it (tar into `target` directory, raw into `target` file),
+    /// verified as `verify` asks with keyrings under `root`. The checksum file and its
+    /// signature are fetched and checked first; the image's hash is compared after the
+    /// stream ends, before the worker reports success: nothing is installed unverified.
+    public static func run(url: String, kind: TransferType, verify: VerifyMode, root: String,
+                           target: String, reporter: StatusReporter) throws {
+        guard isValidURL(url) else { throw TransferError("not an http or https URL: \(url)") }
+        curl_global_init(Int(CURL_GLOBAL_DEFAULT))
+        let (base, file) = split(url)
+
+        var expected: String?
+        switch verify {
+        case .no:
+            break
+        case .checksum:
+            if let single = try fetch(url + ".sha256", reporter: reporter, optional: true) {
+                expected = try parseSingleChecksum(single)
+            } else {
+                expected = try checksum(for: file, in: try fetchRequired(base + "SHA256SUMS", reporter: reporter))
+            }
+        case .signature:
+            let sums = try fetchRequired(base + "SHA256SUMS", reporter: reporter)
+            guard let signature = try fetch(base + "SHA256SUMS.gpg", reporter: reporter, optional: true)
+                ?? fetch(base + "SHA256SUMS.asc", reporter: reporter, optional: true) else {
+                throw TransferError("no signature (SHA256SUMS.gpg or .asc) beside \(url)")
+            }
+            try GPGVerification.verify(sums, signature: signature, root: root, reporter: reporter)
+            reporter.log(LogPriority.info, "signature of SHA256SUMS verified")
+            expected = try checksum(for: file, in: sums)
+        }
+
+        // Download → pipe → decompress/extract, hashing on the way.
+        var fds: [Int32] = [0, 0]
+        guard pipe2(&fds, O_CLOEXEC) == 0 else { throw SystemCallError("pipe2", .current) }
+        let readEnd = FileDescriptor(owning: fds[0])
+        let writeEnd = fds[1]
+        let hash = try SHA256()
+        let context = DownloadContext(output: writeEnd, hash: hash, reporter: reporter, limit: .max)
+        let job = DownloadJob(url: url, context: context, writeEnd: writeEnd)
+        var thread = pthread_t()
+        let box = Unmanaged.passRetained(job).toOpaque()
+        guard pthread_create(&thread, nil, { raw in
+            guard let raw else { return nil }
+            Unmanaged<DownloadJob>.fromOpaque(raw).takeRetainedValue().run()
+            return nil
+        }, box) == 0 else {
+            Unmanaged<DownloadJob>.fromOpaque(box).release()
+            _ = close(writeEnd)
+            throw TransferError("cannot start the download thread")
+        }
+
+        var importError: (any Error)?
+        do {
+            if kind == .pullTar {
+                try TarImport.extract(from: readEnd.rawValue, into: target, reporter: .silent)
+            } else {
+                try RawImport.run(from: readEnd.rawValue, to: target, reporter: .silent)
+            }
+            // Whatever trailing bytes the importer did not need still count for the hash.
+            try drain(readEnd.rawValue)
+        } catch {
+            importError = error
+        }
+        readEnd.close()  // a download still running now fails on EPIPE and stops
+        pthread_join(thread, nil)
+
+        // A download error explains a failed import better than "truncated archive".
+        if case .failure(let e) = job.result ?? .failure(TransferError("download did not finish")) {
+            throw e
+        }
+        if let importError { throw importError }
+        let actual = hash.finalHex()
+        if let expected {
+            guard actual == expected else {
+                throw TransferError("SHA-256 of \(file) is \(actual), expected \(expected): checksum mismatch")
+            }
+            reporter.log(LogPriority.info, "SHA-256 checksum of \(file) verified")
+        }
+        reporter.progress(1)
+    }
+
+    /// The download thread's work; `result` is read only after pthread_join.
+    private final class DownloadJob {
+        let url: String
+        let context: DownloadContext
+        let writeEnd: Int32
+        var result: Result<Void, TransferError>?
+
+        init(url: String, context: DownloadContext, writeEnd: Int32) {
+            self.url = url
+            self.context = context
+            self.writeEnd = writeEnd
+        }
+
+        func run() {
+            result = Pull.perform(url: url, context: context).mapError { TransferError($0.message) }
+            // EOF for the importer: the stream is over (complete or not).
+            _ = close(writeEnd)
+        }
+    }
+
+    private static func drain(_ fd: Int32) throws {
+        let buffer = UnsafeMutableRawBufferPointer.allocate(byteCount: 1 << 16, alignment: 16)
+        defer { buffer.deallocate() }
+        while true {
+            let n = read(fd, buffer.baseAddress, buffer.count)
+            if n == 0 { return }
+            if n < 0 {
+                if errno == EINTR { continue }
+                throw SystemCallError("read", .current)
+            }
+        }
+    }
+
+    /// `https://host/dir/` and `file` of `https://host/dir/file`.
+    static func split(_ url: String) -> (String, String) {
+        guard let slash = url.lastIndex(of: "/") else { return (url, "") }
+        var file = String(url[url.index(after: slash)...])
+        if let q = file.firstIndex(where: { $0 == "?" || $0 == "#" }) { file = String(file[..<q]) }
+        return (String(url[...slash]), file)
+    }
+
+    /// The hash of `file` in SHA256SUMS lines `<hex> *<name>` or `<hex>  <name>`.
+    static func checksum(for file: String, in sums: [UInt8]) throws -> String {
+        // isNewline: "\r\n" is one Character in Swift, so splitting on "\n" would miss it.
+        for line in String(decoding: sums, as: UTF8.self).split(whereSeparator: \.isNewline) {
+            guard line.count > 66 else { continue }
+            let hex = line.prefix(64)
+            let rest = line.dropFirst(64)
+            let name: Substring
+            if rest.hasPrefix(" *") || rest.hasPrefix("  ") { name = rest.dropFirst(2) } else { continue }
+            if name == file, isHex(hex) { return hex.lowercased() }
+        }
+        throw TransferError("no checksum for \(file) in SHA256SUMS")
+    }
+
+    /// A `<file>.sha256`: the hex digest, optionally followed by a name.
+    static func parseSingleChecksum(_ data: [UInt8]) throws -> String {
+        let text = String(decoding: data, as: UTF8.self)
+        let hex = text.prefix(64)
+        guard hex.count == 64, isHex(hex) else { throw TransferError("malformed .sha256 file") }
+        return hex.lowercased()
+    }
+
+    private static func isHex<S: StringProtocol>(_ s: S) -> Bool {
+        s.count == 64 && s.allSatisfy { $0.isHexDigit }
+    }
+
+    private static func fetchRequired(_ url: String, reporter: StatusReporter) throws -> [UInt8] {
+        guard let data = try fetch(url, reporter: reporter, optional: false) else {
+            throw TransferError("cannot download \(url)")
+        }
+        return data
+    }
+
+    /// A small file into memory (≤ 1 MiB). With `optional`, an HTTP 404 is nil.
+    static func fetch(_ url: String, reporter: StatusReporter, optional: Bool) throws -> [UInt8]? {
+        let context = DownloadContext(output: nil, hash: nil, reporter: .silent, limit: 1 << 20)
+        let result = perform(url: url, context: context)
+        switch result {
+        case .success: return context.memory
+        case .failure(let e):
+            if optional, e.status == 404 || e.status == 403 || e.status == 410 { return nil }
+            throw TransferError(e.message)
+        }
+    }
+
+    struct DownloadFailure: Error {
+        var message: String
+        var status: Int
+    }
+
+    /// One GET with curl: follows redirects, fails on HTTP ≥ 400 and short bodies.
+    fileprivate static func perform(url: String, context: DownloadContext) -> Result<Void, DownloadFailure> {
+        guard let curl = try? CurlHandle() else { return .failure(DownloadFailure(message: "cannot initialise libcurl", status: 0)) }
+        curl.set(CURLOPT_URL, url)
+        curl.set(CURLOPT_PROTOCOLS_STR, "http,https")
+        curl.set(CURLOPT_REDIR_PROTOCOLS_STR, "http,https")
+        curl.set(CURLOPT_FOLLOWLOCATION, 1)
+        curl.set(CURLOPT_FAILONERROR, 1)
+        curl.set(CURLOPT_NOSIGNAL, 1)
+        curl.set(CURLOPT_CONNECTTIMEOUT, 60)
+        // A server that stops sending without closing must not hold a transfer forever.
+        curl.set(CURLOPT_LOW_SPEED_LIMIT, 1)
+        curl.set(CURLOPT_LOW_SPEED_TIME, 300)
+        curl.set(CURLOPT_USERAGENT, "berth-import")
+        curl.set(CURLOPT_NOPROGRESS, 0)
+        let unmanaged = Unmanaged.passUnretained(context).toOpaque()
+        _ = berth_curl_setopt_ptr(curl.pointer, CURLOPT_WRITEDATA, unmanaged)
+        _ = berth_curl_setopt_ptr(curl.pointer, CURLOPT_XFERINFODATA, unmanaged)
+        _ = berth_curl_setopt_write(curl.pointer) { data, size, count, user in
+            guard let user, let data else { return 0 }
+            let c = Unmanaged<DownloadContext>.fromOpaque(user).takeUnretainedValue()
+            let bytes = UnsafeRawBufferPointer(start: data, count: size * count)
+            c.hash?.update(bytes)
+            if let fd = c.output {
+                var done = 0
+                while done < bytes.count {
+                    let n = write(fd, bytes.baseAddress.map { $0 + done }, bytes.count - done)
+                    if n < 0 {
+                        if errno == EINTR { continue }
+                        c.writeFailed = true
+                        return 0
+                    }
+                    done += n
+                }
+            } else {
+                if c.memory.count + bytes.count > c.limit { c.tooLarge = true; return 0 }
+                c.memory.append(contentsOf: bytes)
+            }
+            return size * count
+        }
+        _ = berth_curl_setopt_xferinfo(curl.pointer) { user, total, now, _, _ in
+            guard let user else { return 0 }
+            let c = Unmanaged<DownloadContext>.fromOpaque(user).takeUnretainedValue()
+            if total > 0 { c.reporter.progress(Double(now) / Double(total)) }
+            return 0
+        }
+        let code = curl_easy_perform(curl.pointer)
+        var status = 0
+        _ = berth_curl_getinfo_long(curl.pointer, CURLINFO_RESPONSE_CODE, &status)
+        if code == CURLE_OK { return .success(()) }
+        if context.writeFailed { return .failure(DownloadFailure(message: "download of \(url) stopped: the import ended early", status: status)) }
+        if context.tooLarge { return .failure(DownloadFailure(message: "\(url) is too large", status: status)) }
+        let reason = String(cString: curl_easy_strerror(code))
+        if code == CURLE_HTTP_RETURNED_ERROR {
+            return .failure(DownloadFailure(message: "download of \(url) failed: HTTP \(status)", status: status))
+        }
+        return .failure(DownloadFailure(message: "download of \(url) failed: \(reason)", status: status))
+    }
+}
+
+/// Detached OpenPGP signature checks with gpgme, in a private temporary GNUPGHOME holding only
+/// the import keyring (never the user's keys).
+enum GPGVerification {
+    /// The keyring: `ROOT/etc/systemd/import-pubring.gpg`, else `ROOT/usr/lib/systemd/…`.
+    static func keyringPath(root: String) -> String? {
+        for candidate in ["etc/systemd/import-pubring.gpg", "usr/lib/systemd/import-pubring.gpg"] {
+            let path = joinPath(root, candidate)
+            if access(path, R_OK) == 0 { return path }
+        }
+        return nil
+    }
+
+    static func verify(_ text: [UInt8], signature: [UInt8], root: String, reporter: StatusReporter) throws {
+        guard let keyringPath = keyringPath(root: root) else {
+            throw TransferError("no import keyring (\(root)/etc/systemd/import-pubring.gpg or usr/lib/systemd/import-pubring.gpg)")
+        }
+        let keyFile = try FileDescriptor.open(keyringPath, flags: O_RDONLY)
+        let keyring = try keyFile.readToEnd(limit: 16 << 20)
+        keyFile.close()
+
+        var template = Array("/tmp/berth-gnupg.XXXXXX".utf8CString)
+        guard let made = mkdtemp(&template) else { throw SystemCallError("mkdtemp", .current) }
+        let home = String(cString: made)
+        defer { try? TreeRemoval.remove(at: home) }
+
+        _ = berth_gpgme_check_version(nil)
+        var ctx: gpgme_ctx_t?
+        try check(gpgme_new(&ctx), "gpgme_new")
+        guard let ctx else { throw TransferError("gpgme_new gave no context") }
+        defer { gpgme_release(ctx) }
+        try check(gpgme_ctx_set_engine_info(ctx, GPGME_PROTOCOL_OpenPGP, nil, home), "gpgme engine")
+
+        try withData(keyring) { keys in
+            try check(gpgme_op_import(ctx, keys), "cannot import the keyring")
+        }
+        guard let imported = gpgme_op_import_result(ctx), imported.pointee.imported + imported.pointee.unchanged > 0 else {
+            throw TransferError("the import keyring \(keyringPath) holds no keys")
+        }
+        try withData(signature) { sig in
+            try withData(text) { signed in
+                try check(gpgme_op_verify(ctx, sig, signed, nil), "cannot verify the signature")
+            }
+        }
+        guard let result = gpgme_op_verify_result(ctx) else { throw TransferError("no signature verification result") }
+        var signatureItem = result.pointee.signatures
+        var reasons: [String] = []
+        while let s = signatureItem {
+            let code = gpgme_err_code(s.pointee.status)
+            if code == GPG_ERR_NO_ERROR {
+                let fpr = s.pointee.fpr.map { String(cString: $0) } ?? "?"
+                reporter.log(LogPriority.info, "good signature by key \(fpr)")
+                return
+            }
+            reasons.append(String(cString: gpgme_strerror(s.pointee.status)))
+            signatureItem = s.pointee.next
+        }
+        throw TransferError("signature verification of SHA256SUMS failed: \(reasons.isEmpty ? "no signatures" : reasons.joined(separator: ", "))")
+    }
+
+    private static func withData<T>(_ bytes: [UInt8], _ body: (gpgme_data_t) throws -> T) throws -> T {
+        var data: gpgme_data_t?
+        try bytes.withUnsafeBufferPointer { buffer in
+            try check(buffer.withMemoryRebound(to: CChar.self) { gpgme_data_new_from_mem(&data, $0.baseAddress, buffer.count, 1) },
+                      "gpgme_data_new_from_mem")
+        }
+        guard let data else { throw TransferError("gpgme gave no data") }
+        defer { gpgme_data_release(data) }
+        return try body(data)
+    }
+
+    private static func check(_ error: gpgme_error_t, _ what: String) throws {
+        if gpgme_err_code(error) != GPG_ERR_NO_ERROR {
+            throw TransferError("\(what): \(String(cString: gpgme_strerror(error)))")
+        }
+    }
+}

@@ -1,0 +1,150 @@
+import CArchive
+import CLinux
+import Glibc
+import Linux
+import RawLoopBackend
+
+/// Writes a stream to a file leaving holes where whole 4 KiB blocks are zero; `finish` sets
+/// the size (ftruncate), so trailing zeros are holes too.
+final class SparseWriter {
+    private let fd: Int32
+    private let base: Int64
+    /// Bytes of the stream so far (the file offset is `base + offset`).
+    private(set) var offset: Int64 = 0
+    static let granule = 4096
+
+    init(fd: Int32, base: Int64 = 0) {
+        self.fd = fd
+        self.base = base
+    }
+
+    /// A hole of `count` bytes.
+    func advance(by count: Int64) { offset += count }
+
+    func write(_ data: UnsafeRawBufferPointer) throws {
+        var start = 0
+        while start < data.count {
+            let end = min(start + Self.granule, data.count)
+            let chunk = UnsafeRawBufferPointer(rebasing: data[start..<end])
+            if Self.isZero(chunk) {
+                start = end
+                continue
+            }
+            // A run of non-zero granules goes out in one pwrite.
+            var runEnd = end
+            while runEnd < data.count {
+                let next = min(runEnd + Self.granule, data.count)
+                if Self.isZero(UnsafeRawBufferPointer(rebasing: data[runEnd..<next])) { break }
+                runEnd = next
+            }
+            try pwriteAll(UnsafeRawBufferPointer(rebasing: data[start..<runEnd]), at: base + offset + Int64(start))
+            start = runEnd
+        }
+        offset += Int64(data.count)
+    }
+
+    func finish() throws {
+        if ftruncate(fd, off_t(base + offset)) != 0 { throw SystemCallError("ftruncate", .current) }
+    }
+
+    private func pwriteAll(_ data: UnsafeRawBufferPointer, at position: Int64) throws {
+        var done = 0
+        while done < data.count {
+            let n = pwrite(fd, data.baseAddress.map { $0 + done }, data.count - done, off_t(position + Int64(done)))
+            if n < 0 {
+                if errno == EINTR { continue }
+                throw SystemCallError("pwrite", .current)
+            }
+            done += n
+        }
+    }
+
+    static func isZero(_ data: UnsafeRawBufferPointer) -> Bool {
+        guard let base = data.baseAddress else { return true }
+        let words = data.count / 8
+        var i = 0
+        while i < words {
+            if base.loadUnaligned(fromByteOffset: i * 8, as: UInt64.self) != 0 { return false }
+            i += 1
+        }
+        for j in (words * 8)..<data.count where data[j] != 0 { return false }
+        return true
+    }
+}
+
+/// ImportRaw's work (and PullRaw's): a raw or qcow2 disk image, gzip/bzip2/xz/zstd-compressed
+/// or plain, into the (empty) `NAME.raw` file, sparse: zero blocks become holes.
+public enum RawImport {
+    /// Reads `input` (file, pipe or socket) into `outputPath`.
+    public static func run(from input: Int32, to outputPath: String, reporter: StatusReporter = .silent) throws {
+        let output = try FileDescriptor.open(outputPath, flags: O_RDWR | O_NOFOLLOW | O_CLOEXEC)
+        defer { output.close() }
+        let total = remainingSize(of: input)
+
+        let reader = try ArchiveHandle.reader()
+        try reader.supportImportCompressions()
+        try reader.check(archive_read_support_format_raw(reader.pointer), "raw support")
+        try reader.check(archive_read_open_fd(reader.pointer, input, transferBlockSize), "cannot read the image")
+        var entry: OpaquePointer?
+        let h = archive_read_next_header(reader.pointer, &entry)
+        if h == ARCHIVE_EOF { throw TransferError("the image is empty") }
+        try reader.check(h, "cannot read the image")
+        // archive_filter_count is 1 when only the pass-through "none" filter runs.
+        let compressed = archive_filter_count(reader.pointer) > 1
+
+        let buffer = UnsafeMutableRawBufferPointer.allocate(byteCount: transferBlockSize, alignment: 4096)
+        defer { buffer.deallocate() }
+        var first = try readFull(reader, buffer)
+        if first == 0 { throw TransferError("the image is empty") }
+
+        let isQcow2 = first >= 4 && Array(UnsafeRawBufferPointer(rebasing: buffer[0..<4])) == Qcow2Image.magic
+        if isQcow2 && !compressed && total != nil {
+            // A plain qcow2 file is converted straight from the caller's file.
+            reporter.log(LogPriority.info, "converting qcow2 image")
+            try convertQcow2(FileDescriptor(owning: try sys("dup") { dup(input) }), into: output, reporter: reporter)
+            return
+        }
+        // The raw data, or a qcow2 image made seekable in an unnamed temporary file.
+        let target: FileDescriptor
+        if isQcow2 {
+            let directory = outputPath.lastIndex(of: "/").map { String(outputPath[..<$0]) } ?? "."
+            target = try FileDescriptor.open(directory.isEmpty ? "/" : directory, flags: BERTH_O_TMPFILE | O_RDWR | O_CLOEXEC, mode: 0o600)
+        } else {
+            target = output
+        }
+        let writer = SparseWriter(fd: target.rawValue)
+        while first > 0 {
+            try writer.write(UnsafeRawBufferPointer(rebasing: buffer[0..<first]))
+            if let total, total > 0 { reporter.progress(Double(archive_filter_bytes(reader.pointer, -1)) / Double(total) * (isQcow2 ? 0.5 : 1)) }
+            first = try readFull(reader, buffer)
+        }
+        try writer.finish()
+        try reader.check(archive_read_close(reader.pointer), "cannot finish reading the image")
+        if isQcow2 {
+            defer { target.close() }
+            reporter.log(LogPriority.info, "converting qcow2 image")
+            try convertQcow2(target, into: output, reporter: reporter)
+        }
+        reporter.progress(1)
+    }
+
+    /// Fills `buffer` as far as the stream goes; 0 at its end.
+    private static func readFull(_ reader: ArchiveHandle, _ buffer: UnsafeMutableRawBufferPointer) throws -> Int {
+        var filled = 0
+        while filled < buffer.count {
+            let n = archive_read_data(reader.pointer, buffer.baseAddress.map { $0 + filled }, buffer.count - filled)
+            if n < 0 { throw TransferError("cannot read the image: \(reader.errorString)") }
+            if n == 0 { break }
+            filled += n
+        }
+        return filled
+    }
+
+    private static func convertQcow2(_ source: FileDescriptor, into output: FileDescriptor, reporter: StatusReporter) throws {
+        let image = try Qcow2Image(fd: source)
+        try image.convert(to: output) { done, total in
+            if total > 0 { reporter.progress(0.5 + 0.5 * Double(done) / Double(total)) }
+        }
+        reporter.progress(1)
+    }
+}

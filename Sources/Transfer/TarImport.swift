@@ -1,0 +1,137 @@
+import CArchive
+import FileTree
+import Glibc
+import Linux
+
+/// ImportTar's work (and PullTar's after the download): a tar stream, compressed or not, into
+/// an empty image directory.
+///
+/// Safety: extraction runs on a thread confined to the image (its own cwd, chroot'ed there when
+/// root) and libarchive's disk writer refuses `..`, absolute paths and paths through symlinks
+/// (SECURE_NODOTDOT / NOABSOLUTEPATHS / SYMLINKS, hardlink targets included). Unlike GNU tar,
+/// which systemd runs and which skips such members with a warning, a refused entry fails the
+/// whole import: an archive that tries to escape is hostile, and nothing of it is installed.
+public enum TarImport {
+    /// Extracts the tar stream on `input` (a file, pipe or socket; gzip, bzip2, xz, zstd or
+    /// plain, detected) into the empty directory `directory`, keeping numeric owners, modes
+    /// (setuid too), times, xattrs, ACLs, hardlinks, device nodes, symlinks and sparse files.
+    /// If the result holds exactly one directory and that looks like an OS tree (has `usr` or
+    /// `etc`), its contents become the root (systemd's behaviour).
+    /// `confine: false` skips the chroot (tests prove libarchive's checks hold on their own).
+    public static func extract(from input: Int32, into directory: String, reporter: StatusReporter = .silent) throws {
+        try extract(from: input, into: directory, reporter: reporter, confine: true)
+    }
+
+    static func extract(from input: Int32, into directory: String, reporter: StatusReporter, confine: Bool) throws {
+        let dir = try FileDescriptor.openDirectory(directory, followSymlinks: false)
+        defer { dir.close() }
+        let total = remainingSize(of: input)
+        try runConfined(in: dir, confine: confine) {
+            try extractHere(input: input, total: total, reporter: reporter)
+        }
+        try stripSingleTopDirectory(dir, reporter: reporter)
+        reporter.progress(1)
+    }
+
+    static let diskFlags: Int32 = ARCHIVE_EXTRACT_OWNER | ARCHIVE_EXTRACT_PERM | ARCHIVE_EXTRACT_TIME
+        | ARCHIVE_EXTRACT_XATTR | ARCHIVE_EXTRACT_ACL
+        | ARCHIVE_EXTRACT_SECURE_SYMLINKS | ARCHIVE_EXTRACT_SECURE_NODOTDOT | ARCHIVE_EXTRACT_SECURE_NOABSOLUTEPATHS
+
+    /// The extraction loop, in the confined thread: cwd is the image root.
+    private static func extractHere(input: Int32, total: Int64?, reporter: StatusReporter) throws {
+        let reader = try ArchiveHandle.reader()
+        try reader.supportImportCompressions()
+        try reader.check(archive_read_support_format_tar(reader.pointer), "tar support")
+        // Read on past end-of-archive markers to the real end of the stream, so the
+        // decompressor sees (and checks) all of it: a corrupt tail is not silently ignored.
+        try reader.check(archive_read_set_options(reader.pointer, "tar:read_concatenated_archives"), "tar options")
+        try reader.check(archive_read_open_fd(reader.pointer, input, transferBlockSize), "cannot read the archive")
+
+        let disk = try ArchiveHandle.diskWriter()
+        try disk.check(archive_write_disk_set_options(disk.pointer, diskFlags), "disk writer options")
+        // No name lookup: owners stay numeric, and a chroot'ed thread has no passwd to read.
+
+        var entry: OpaquePointer?
+        var count = 0
+        while true {
+            let r = archive_read_next_header(reader.pointer, &entry)
+            if r == ARCHIVE_EOF { break }
+            try reader.check(r, "cannot read the archive")
+            guard let entry else { throw TransferError("archive entry missing") }
+            let name = archive_entry_pathname(entry).map { String(cString: $0) } ?? "?"
+            if r == ARCHIVE_WARN { reporter.log(LogPriority.warning, "\(name): \(reader.errorString)") }
+
+            let w = archive_write_header(disk.pointer, entry)
+            if w < ARCHIVE_WARN { throw TransferError("refusing archive entry '\(name)': \(disk.errorString)") }
+            if w == ARCHIVE_WARN { reporter.log(LogPriority.warning, "\(name): \(disk.errorString)") }
+            if archive_entry_size_is_set(entry) != 0, archive_entry_size(entry) > 0 {
+                try copyData(reader, disk, name)
+            }
+            let f = archive_write_finish_entry(disk.pointer)
+            if f < ARCHIVE_WARN { throw TransferError("cannot write '\(name)': \(disk.errorString)") }
+            if f == ARCHIVE_WARN { reporter.log(LogPriority.warning, "\(name): \(disk.errorString)") }
+
+            count += 1
+            if let total, total > 0 {
+                reporter.progress(Double(archive_filter_bytes(reader.pointer, -1)) / Double(total))
+            }
+        }
+        // Directory modes and times are fixed up at close.
+        try disk.check(archive_write_close(disk.pointer), "cannot finish writing the image")
+        try reader.check(archive_read_close(reader.pointer), "cannot finish reading the archive")
+        if count == 0 { throw TransferError("the archive holds no entries") }
+    }
+
+    private static func copyData(_ reader: ArchiveHandle, _ disk: ArchiveHandle, _ name: String) throws {
+        var buffer: UnsafeRawPointer?
+        var size = 0
+        var offset: la_int64_t = 0
+        while true {
+            let r = archive_read_data_block(reader.pointer, &buffer, &size, &offset)
+            if r == ARCHIVE_EOF { return }
+            try reader.check(r, "cannot read '\(name)' from the archive")
+            let w = archive_write_data_block(disk.pointer, buffer, size, offset)
+            if w < ARCHIVE_WARN { throw TransferError("cannot write '\(name)': \(disk.errorString)") }
+        }
+    }
+
+    /// If `dir` holds exactly one entry, a directory with `usr` or `etc` in it, moves that
+    /// directory's contents up and gives `dir` its owner, mode and times.
+    static func stripSingleTopDirectory(_ dir: FileDescriptor, reporter: StatusReporter) throws {
+        let entries = try entryNames(dir)
+        guard entries.count == 1, let top = entries.first,
+              let st = try? fileStatus(top, relativeTo: dir, followSymlinks: false), st.isDirectory else { return }
+        let sub = try FileDescriptor.openDirectory(top, relativeTo: dir, followSymlinks: false)
+        defer { sub.close() }
+        let looksLikeOS = ["usr", "etc"].contains { (try? fileStatus($0, relativeTo: sub, followSymlinks: false)) != nil }
+        guard looksLikeOS else { return }
+        reporter.log(LogPriority.info, "archive holds one OS tree '\(top)': importing its contents")
+        // Moved aside first, so an entry of the same name inside it can come up.
+        let aside = ".#berth-top-\(UInt64.random(in: 0...UInt64.max))"
+        try renameNoReplace(top, aside, fromDirectory: dir, toDirectory: dir)
+        for name in try entryNames(sub) {
+            try renameNoReplace(name, name, fromDirectory: sub, toDirectory: dir)
+        }
+        _ = try sys("fchown") { fchown(dir.rawValue, st.uid, st.gid) }
+        _ = try sys("fchmod") { fchmod(dir.rawValue, st.mode & 0o7777) }
+        var times = [st.accessTime, st.modificationTime]
+        _ = try sys("futimens") { futimens(dir.rawValue, &times) }
+        _ = try sys("unlinkat", aside) { unlinkat(dir.rawValue, aside, AT_REMOVEDIR) }
+    }
+
+    /// Names in `dir`, without `.` and `..`.
+    static func entryNames(_ dir: FileDescriptor) throws -> [String] {
+        let copy = try dir.duplicate()
+        guard let stream = fdopendir(copy.release()) else { throw SystemCallError("fdopendir", .current) }
+        defer { closedir(stream) }
+        rewinddir(stream)
+        var names: [String] = []
+        while let e = readdir(stream) {
+            let name = withUnsafePointer(to: e.pointee.d_name) {
+                $0.withMemoryRebound(to: CChar.self, capacity: 256) { String(cString: $0) }
+            }
+            if name != "." && name != ".." { names.append(name) }
+        }
+        return names
+    }
+}

@@ -1,0 +1,267 @@
+import Glibc
+import Linux
+import PoolAPI
+import Synchronization
+
+/// One running transfer (an `org.freedesktop.import1.Transfer` object): its constant
+/// properties, its progress, its events, and Cancel().
+public final class TransferHandle: Sendable {
+    /// `Transfer.Id`, from 1 up.
+    public let id: UInt32
+    /// `Transfer.Type`.
+    public let type: TransferType
+    /// `Transfer.Local`: the image name.
+    public let local: String
+    /// `Transfer.Remote`: the URL, or what the fd refers to.
+    public let remote: String
+    /// `Transfer.Verify`: a pull's verify mode, "" otherwise.
+    public let verify: String
+    /// The events, in order; the last is `.finished`. One consumer.
+    public let events: AsyncStream<TransferEvent>
+
+    let worker: WorkerProcess
+    private let continuation: AsyncStream<TransferEvent>.Continuation
+    private struct State {
+        var progress: Double?
+        var result: TransferResult?
+        var waiters: [CheckedContinuation<TransferResult, Never>] = []
+    }
+    private let state = Mutex(State())
+
+    init(id: UInt32, request: TransferRequest, worker: WorkerProcess) {
+        self.id = id
+        type = request.type
+        local = request.local
+        remote = request.remote
+        verify = request.verify
+        self.worker = worker
+        (events, continuation) = AsyncStream.makeStream(of: TransferEvent.self, bufferingPolicy: .unbounded)
+    }
+
+    /// Progress 0…1, nil while unknown (a pipe or a download without Content-Length).
+    public var progress: Double? { state.withLock { $0.progress } }
+
+    /// `Transfer.Progress` as systemd-importd 252 reports it: the fraction, or -DBL_MAX while
+    /// unknown (transfer_percent_as_double() for progress_percent == UINT_MAX).
+    public var systemdProgress: Double { progress ?? -Double.greatestFiniteMagnitude }
+
+    /// The result once finished, nil while running.
+    public var result: TransferResult? { state.withLock { $0.result } }
+
+    /// `Transfer.Cancel()` / `Manager.CancelTransfer(id)`: the worker gets SIGTERM, then
+    /// SIGKILL after the grace period; the transfer finishes as "canceled" and leaves nothing.
+    public func cancel() { worker.cancel() }
+
+    /// Waits for the end of the transfer.
+    public func wait() async -> TransferResult {
+        await withCheckedContinuation { c in
+            let done: TransferResult? = state.withLock { s in
+                if let r = s.result { return r }
+                s.waiters.append(c)
+                return nil
+            }
+            if let done { c.resume(returning: done) }
+        }
+    }
+
+    func emit(_ event: TransferEvent) {
+        if case .progress(let p) = event { state.withLock { $0.progress = p } }
+        continuation.yield(event)
+    }
+
+    func finish(_ result: TransferResult) {
+        let waiters = state.withLock { s -> [CheckedContinuation<TransferResult, Never>] in
+            s.result = result
+            if result == .done { s.progress = 1 }
+            defer { s.waiters = [] }
+            return s.waiters
+        }
+        continuation.yield(.finished(result))
+        continuation.finish()
+        for w in waiters { w.resume(returning: result) }
+    }
+}
+
+/// import1's logic behind its D-Bus harness: starts transfers in worker processes, tracks
+/// them (ListTransfers), refuses a second writer of one image name, and installs imports
+/// atomically through the pool so that a failed, cancelled or crashed transfer leaves nothing.
+public actor TransferEngine {
+    /// The pool images are imported into and exported from.
+    public let pool: ImagePool
+    /// The worker binary: berthd (`/proc/self/exe`) in production.
+    public let workerExecutable: String
+    /// berthd's `--root`: keyrings are read under it.
+    public let root: String
+    /// Seconds between SIGTERM and SIGKILL when a transfer is cancelled.
+    public let cancelGracePeriod: Double
+
+    private var nextID: UInt32 = 1
+    private var running: [UInt32: TransferHandle] = [:]
+    private var writing: Set<String> = []
+    private var reading: [String: Int] = [:]
+
+    /// An engine over `pool`, spawning `workerExecutable` for each transfer.
+    public init(pool: ImagePool, workerExecutable: String, root: String, cancelGracePeriod: Double = 5) {
+        self.pool = pool
+        self.workerExecutable = workerExecutable
+        self.root = root
+        self.cancelGracePeriod = cancelGracePeriod
+    }
+
+    /// ListTransfers: the running transfers, by id.
+    public func transfers() -> [TransferHandle] {
+        running.values.sorted { $0.id < $1.id }
+    }
+
+    /// The running transfer `id`, if any.
+    public func transfer(id: UInt32) -> TransferHandle? { running[id] }
+
+    /// CancelTransfer(id): cancels transfer `id`; false if no such transfer runs (the harness
+    /// answers `org.freedesktop.import1.NoSuchTransfer`).
+    @discardableResult
+    public func cancel(id: UInt32) -> Bool {
+        guard let t = running[id] else { return false }
+        t.cancel()
+        return true
+    }
+
+    /// ImportTar/ImportRaw/ImportFileSystem/ExportTar/ExportRaw/PullTar/PullRaw: checks the
+    /// request, then starts it and returns at once (TransferNew follows).
+    /// - Throws: `PoolError(.invalidName)` for a bad name; `.busy` if a transfer already
+    ///   writes (or, for imports, reads) that name; `.imageExists` for an existing name
+    ///   without `force`; `.noSuchImage` for an export of a missing image; `.notSupported`
+    ///   for a raw image in ExportTar or a tree in ExportRaw; `TransferError` for a bad URL
+    ///   or fd (InvalidArgs).
+    public func start(_ request: TransferRequest) async throws -> TransferHandle {
+        try ImagePool.validateName(request.local)
+        let name = request.local
+        var exportSource: String?
+        var dataFD: Int32?
+        switch request.operation {
+        case .importing(let fd, let force, _):
+            try refuseBusyWriter(name)
+            if !force { try await refuseExisting(name) }
+            dataFD = fd
+        case .pulling(let url, _, let force):
+            guard Pull.isValidURL(url) else { throw TransferError("URL \(url) is not valid") }
+            try refuseBusyWriter(name)
+            if !force { try await refuseExisting(name) }
+        case .exporting(let fd, _):
+            if writing.contains(name) { throw PoolError(.busy, "image '\(name)' is being written by another transfer") }
+            let image = try await pool.image(named: name)
+            switch (request.type, image.type) {
+            case (.exportTar, .directory), (.exportTar, .subvolume), (.exportRaw, .raw): break
+            default:
+                throw PoolError(.notSupported, "cannot \(request.type.rawValue) a \(image.type.rawValue) image")
+            }
+            exportSource = image.path
+            dataFD = fd
+        }
+        // The caller may close its fd as soon as we return.
+        let ownFD: FileDescriptor? = try dataFD.map { fd in
+            FileDescriptor(owning: try sys("fcntl(F_DUPFD_CLOEXEC)") { fcntl(fd, F_DUPFD_CLOEXEC, 3) })
+        }
+        // Re-checked after the awaits above, which let other starts in.
+        switch request.operation {
+        case .importing, .pulling:
+            try refuseBusyWriter(name)
+            writing.insert(name)
+        case .exporting:
+            if writing.contains(name) { throw PoolError(.busy, "image '\(name)' is being written by another transfer") }
+            reading[name, default: 0] += 1
+        }
+
+        let id = nextID
+        nextID = nextID == UInt32.max ? 1 : nextID + 1
+        var arguments = TransferWorker.Arguments(type: request.type)
+        arguments.parent = getpid()
+        arguments.root = root
+        arguments.source = exportSource
+        switch request.operation {
+        case .exporting(_, let format): arguments.format = format
+        case .pulling(let url, let verify, _):
+            arguments.url = url
+            arguments.verify = verify
+        case .importing: break
+        }
+        let worker = WorkerProcess(executable: workerExecutable, gracePeriod: cancelGracePeriod)
+        let handle = TransferHandle(id: id, request: request, worker: worker)
+        running[id] = handle
+        let pool = self.pool
+        Task {
+            let result = await Self.execute(request, arguments: arguments, data: ownFD, handle: handle, pool: pool)
+            ownFD?.close()
+            self.finished(handle, result: result)
+        }
+        return handle
+    }
+
+    private func refuseBusyWriter(_ name: String) throws {
+        if writing.contains(name) || reading[name, default: 0] > 0 {
+            throw PoolError(.busy, "image '\(name)' is already being transferred")
+        }
+    }
+
+    private func refuseExisting(_ name: String) async throws {
+        do {
+            _ = try await pool.image(named: name)
+            throw PoolError(.imageExists, "image '\(name)' already exists")
+        } catch let e as PoolError where e.code == .noSuchImage {
+            return
+        }
+    }
+
+    private func finished(_ handle: TransferHandle, result: TransferResult) {
+        running[handle.id] = nil
+        switch handle.type {
+        case .exportTar, .exportRaw:
+            reading[handle.local, default: 1] -= 1
+            if reading[handle.local] == 0 { reading[handle.local] = nil }
+        default:
+            writing.remove(handle.local)
+        }
+        handle.finish(result)
+    }
+
+    /// Runs the worker; for imports and pulls inside `pool.install`, so the temp entry is
+    /// removed on any failure and the image appears only once the worker succeeded.
+    private static func execute(_ request: TransferRequest, arguments: TransferWorker.Arguments, data: FileDescriptor?,
+                                handle: TransferHandle, pool: ImagePool) async -> TransferResult {
+        @Sendable func runWorker(_ arguments: TransferWorker.Arguments) async -> WorkerProcess.Outcome {
+            await handle.worker.run(arguments: arguments.commandLine, data: data?.rawValue) { event in handle.emit(event) }
+        }
+        let force: Bool, readOnly: Bool
+        switch request.operation {
+        case .exporting:
+            let outcome = await runWorker(arguments)
+            if outcome.succeeded { return .done }
+            return outcome.canceled ? .canceled : .failed(outcome.failureMessage)
+        case .importing(_, let f, let ro):
+            force = f
+            readOnly = ro
+        case .pulling(_, _, let f):
+            force = f
+            readOnly = false
+        }
+        let type: ImageType = (request.type == .importRaw || request.type == .pullRaw) ? .raw : .directory
+        do {
+            _ = try await pool.install(request.local, type: type, force: force, readOnly: readOnly) { temp in
+                var a = arguments
+                a.target = temp
+                let outcome = await runWorker(a)
+                if outcome.canceled { throw PoolError(.cancelled, "transfer canceled") }
+                if !outcome.succeeded { throw TransferError(outcome.failureMessage) }
+            }
+            return .done
+        } catch let e as PoolError where e.code == .cancelled {
+            return .canceled
+        } catch let e as PoolError {
+            if let cause = e.cause as? TransferError { return .failed(cause.message) }
+            handle.emit(.log(priority: LogPriority.error, message: "\(e)"))
+            return .failed("\(e)")
+        } catch {
+            handle.emit(.log(priority: LogPriority.error, message: "\(error)"))
+            return .failed("\(error)")
+        }
+    }
+}

@@ -1,0 +1,262 @@
+import Foundation
+import Glibc
+import Linux
+import Synchronization
+import PoolAPI
+import TestSupport
+import Testing
+@testable import Transfer
+
+/// A python3 HTTP server on 127.0.0.1 (free port) serving `directory`; `/slow/X` sends X
+/// with its Content-Length in small pieces with pauses, `/truncated/X` announces X's full
+/// length and sends half.
+final class HTTPFixture: @unchecked Sendable {
+    let process = Process()
+    let port: Int
+    let scriptDirectory: TemporaryDirectory
+
+    init(directory: String) throws {
+        let script = """
+        import http.server, os, sys, time, socketserver
+        class H(http.server.SimpleHTTPRequestHandler):
+            def log_message(self, *a): pass
+            def do_GET(self):
+                for prefix in ('/slow/', '/truncated/'):
+                    if self.path.startswith(prefix):
+                        path = os.path.join(os.getcwd(), self.path[len(prefix):])
+                        if not os.path.exists(path): return self.send_error(404)
+                        data = open(path, 'rb').read()
+                        self.send_response(200)
+                        self.send_header('Content-Length', str(len(data)))
+                        self.end_headers()
+                        try:
+                            if prefix == '/slow/':
+                                for i in range(0, len(data), 4096):
+                                    self.wfile.write(data[i:i+4096]); self.wfile.flush(); time.sleep(0.05)
+                            else:
+                                self.wfile.write(data[:len(data)//2]); self.wfile.flush()
+                        except Exception: pass
+                        self.close_connection = True
+                        return
+                return super().do_GET()
+        class S(socketserver.ThreadingMixIn, http.server.HTTPServer):
+            daemon_threads = True
+        os.chdir(sys.argv[1])
+        s = S(('127.0.0.1', 0), H)
+        print(s.server_address[1], flush=True)
+        s.serve_forever()
+        """
+        scriptDirectory = try TemporaryDirectory(prefix: "berth-http")
+        let scriptPath = scriptDirectory.appending("server.py")
+        try script.write(toFile: scriptPath, atomically: true, encoding: .utf8)
+        process.executableURL = URL(fileURLWithPath: "/usr/bin/python3")
+        process.arguments = [scriptPath, directory]
+        let out = Pipe()
+        process.standardOutput = out
+        try process.run()
+        var line = ""
+        while !line.hasSuffix("\n") {
+            let byte = out.fileHandleForReading.readData(ofLength: 1)
+            if byte.isEmpty { break }
+            line += String(decoding: byte, as: UTF8.self)
+        }
+        guard let p = Int(line.trimmingCharacters(in: .whitespacesAndNewlines)) else {
+            throw TestSupportError("the HTTP server did not start")
+        }
+        port = p
+    }
+
+    func url(_ path: String) -> String { "http://127.0.0.1:\(port)/\(path)" }
+
+    /// SIGKILL: children of Foundation's Process inherit the test runner's blocked SIGTERM.
+    func stop() {
+        kill(process.processIdentifier, SIGKILL)
+        process.waitUntilExit()
+        scriptDirectory.remove()
+    }
+}
+
+/// Folders made once per test run, removed when the test process exits (Swift Testing has
+/// no run-wide teardown).
+private let atExitFolders = Mutex<[String]>([])
+
+private func removeAtExit(_ path: String) {
+    let first = atExitFolders.withLock { folders -> Bool in
+        folders.append(path)
+        return folders.count == 1
+    }
+    if first {
+        atexit {
+            for folder in atExitFolders.withLock({ $0 }) { try? FileManager.default.removeItem(atPath: folder) }
+        }
+    }
+}
+
+/// One signing key, made once: a keyring to install as `ROOT/etc/systemd/import-pubring.gpg`
+/// and a GNUPGHOME to sign with.
+struct SigningKey: Sendable {
+    let home: String
+    let keyring: String
+
+    static let shared: Result<SigningKey, TestSupportError> = {
+        do {
+            let dir = try TemporaryDirectory(prefix: "berth-gpg")
+            removeAtExit(dir.path)
+            let home = dir.appending("home")
+            _ = try sh("""
+            mkdir -m 700 '\(home)'
+            export GNUPGHOME='\(home)'
+            gpg --batch --quiet --passphrase '' --quick-gen-key 'Berth Test <test@berth.invalid>' future-default default never 2>/dev/null
+            gpg --batch --quiet --export > '\(dir.path)/keyring.gpg'
+            gpgconf --kill gpg-agent
+            """)
+            return .success(SigningKey(home: home, keyring: dir.appending("keyring.gpg")))
+        } catch {
+            return .failure(TestSupportError("cannot make a gpg key: \(error)"))
+        }
+    }()
+
+    func sign(_ file: String, armor: Bool = false) throws {
+        _ = try sh("export GNUPGHOME='\(home)'; gpg --batch --quiet --yes \(armor ? "--armor -o '\(file).asc'" : "-o '\(file).gpg'") --detach-sign '\(file)'")
+    }
+}
+
+@Suite("pull-tar and pull-raw over HTTP with verification")
+struct PullTests {
+    /// What every pull test serves, made once (signing needs one gpg-agent at a time):
+    /// a tar.xz and a raw.xz with checksum files in several variants of a folder.
+    struct Content: Sendable {
+        let www: String
+        let source: String
+        let raw: String
+        let keyring: String
+
+        static let shared: Result<Content, TestSupportError> = {
+            do {
+                let key = try SigningKey.shared.get()
+                let tmp = try TemporaryDirectory(prefix: "berth-www")
+                removeAtExit(tmp.path)
+                let www = tmp.appending("www"), source = tmp.appending("src"), raw = tmp.appending("disk.raw")
+                _ = try sh("""
+                mkdir -p '\(www)' '\(source)/etc' '\(source)/usr/lib'
+                echo ID=pulled > '\(source)/usr/lib/os-release'
+                head -c 400000 /dev/urandom > '\(source)/etc/blob'
+                tar -C '\(source)' -cJf '\(www)/image.tar.xz' .
+                truncate -s 16M '\(raw)' && head -c 100000 /dev/urandom | dd of='\(raw)' bs=4096 seek=3 conv=notrunc status=none
+                xz -T1 -c '\(raw)' > '\(www)/disk.raw.xz'
+                cd '\(www)'
+                sha256sum image.tar.xz disk.raw.xz > SHA256SUMS
+                for d in good armored unsigned tampered mismatch single; do mkdir $d; cp image.tar.xz disk.raw.xz SHA256SUMS $d/; done
+                sha256sum image.tar.xz | cut -d' ' -f1 > single/image.tar.xz.sha256
+                echo '0000000000000000000000000000000000000000000000000000000000000000 *image.tar.xz' > single/SHA256SUMS
+                """)
+                try key.sign(www + "/good/SHA256SUMS")
+                try key.sign(www + "/armored/SHA256SUMS", armor: true)
+                try key.sign(www + "/tampered/SHA256SUMS")
+                _ = try sh("""
+                export GNUPGHOME='\(key.home)'; gpgconf --kill gpg-agent
+                cd '\(www)' && sed -i 's/^./f/' tampered/SHA256SUMS
+                sha256sum image.tar.xz disk.raw.xz | sed 's/^./0/' > mismatch/SHA256SUMS
+                """)
+                return .success(Content(www: www, source: source, raw: raw, keyring: key.keyring))
+            } catch {
+                return .failure(TestSupportError("cannot make the pull fixtures: \(error)"))
+            }
+        }()
+    }
+
+    /// A server over the shared content and a fresh pool with the keyring installed.
+    struct Site {
+        let tmp: TemporaryDirectory
+        let server: HTTPFixture
+        let setup: Setup
+        let source: String
+        let raw: String
+
+        init() throws {
+            let content = try Content.shared.get()
+            tmp = try TemporaryDirectory()
+            source = content.source
+            raw = content.raw
+            server = try HTTPFixture(directory: content.www)
+            setup = try Setup(root: tmp.appending("root"))
+            _ = try sh("mkdir -p '\(setup.root)/etc/systemd' && cp '\(content.keyring)' '\(setup.root)/etc/systemd/import-pubring.gpg'")
+        }
+
+        func close() {
+            server.stop()
+            tmp.remove()
+        }
+
+        func leftovers() throws -> [String] { try setup.poolEntries().filter { !$0.hasSuffix(".lck") } }
+    }
+
+    @Test("pull-tar succeeds: no verification, checksum (SHA256SUMS and .sha256), signature (.gpg and .asc)",
+          arguments: [("good", VerifyMode.no), ("good", .checksum), ("single", .checksum), ("good", .signature), ("armored", .signature)])
+    func pullTarGood(_ folder: String, _ verify: VerifyMode) async throws {
+        let site = try Site()
+        defer { site.close() }
+        let (result, events) = try await runTransfer(site.setup.engine,
+            .pullTar(url: site.server.url("\(folder)/image.tar.xz"), local: "pulled", verify: verify))
+        #expect(result == .done, "\(events)")
+        #expect(try sh("cmp '\(site.source)/etc/blob' '\(site.setup.poolPath)/pulled/etc/blob' && echo same") == "same\n")
+        #expect(try site.leftovers() == ["pulled"])
+    }
+
+    @Test("pull fails and installs nothing: checksum mismatch, bad signature, unsigned, 404, truncated download",
+          arguments: [("mismatch/image.tar.xz", VerifyMode.checksum), ("mismatch/disk.raw.xz", .checksum),
+                      ("tampered/image.tar.xz", .signature), ("unsigned/image.tar.xz", .signature),
+                      ("good/missing.tar.xz", .no), ("truncated/good/image.tar.xz", .no), ("truncated/good/disk.raw.xz", .no),
+                      ("nowhere/image.tar.xz", .checksum)])
+    func pullFails(_ path: String, _ verify: VerifyMode) async throws {
+        let site = try Site()
+        defer { site.close() }
+        let url = site.server.url(path)
+        let request: TransferRequest = path.hasSuffix(".raw.xz")
+            ? .pullRaw(url: url, local: "bad", verify: verify) : .pullTar(url: url, local: "bad", verify: verify)
+        let (result, events) = try await runTransfer(site.setup.engine, request)
+        guard case .failed(let message) = result else {
+            Issue.record("pull of \(path) with \(verify) did not fail: \(result) \(events)")
+            return
+        }
+        #expect(!message.isEmpty)
+        #expect(events.contains { if case .log(LogPriority.error, _) = $0 { true } else { false } })
+        #expect(try site.leftovers() == [])
+    }
+
+    @Test("pull-raw of a raw.xz with checksum: sparse and identical; progress follows Content-Length")
+    func pullRaw() async throws {
+        let site = try Site()
+        defer { site.close() }
+        let (result, events) = try await runTransfer(site.setup.engine,
+            .pullRaw(url: site.server.url("good/disk.raw.xz"), local: "disk", verify: .checksum))
+        #expect(result == .done, "\(events)")
+        let image = site.setup.poolPath + "/disk.raw"
+        #expect(try sh("cmp '\(site.raw)' '\(image)' && echo same") == "same\n")
+        #expect(try allocatedBytes(image) < 1 << 20)
+        // A slow download of a known size reports progress along the way.
+        let (slowResult, slowEvents) = try await runTransfer(site.setup.engine,
+            .pullTar(url: site.server.url("slow/good/image.tar.xz"), local: "slow", verify: .no))
+        #expect(slowResult == .done)
+        let steps = slowEvents.compactMap { if case .progress(let p) = $0 { p } else { nil } }
+        #expect(steps.count >= 5 && steps.contains { $0 > 0 && $0 < 1 })
+    }
+
+    @Test("cancelling a slow download kills the worker and leaves nothing")
+    func cancelSlowDownload() async throws {
+        let site = try Site()
+        defer { site.close() }
+        let handle = try await site.setup.engine.start(.pullTar(url: site.server.url("slow/good/image.tar.xz"), local: "slow", verify: .no))
+        var sawProgress = false
+        for await event in handle.events {
+            if case .progress(let p) = event, p > 0.05, !sawProgress {
+                sawProgress = true
+                #expect(try site.setup.poolEntries().contains { $0.hasPrefix(".#slow") })
+                handle.cancel()
+            }
+        }
+        #expect(sawProgress)
+        #expect(await handle.wait() == .canceled)
+        #expect(try site.leftovers() == [])
+    }
+}
