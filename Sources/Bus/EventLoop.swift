@@ -19,6 +19,7 @@ public final class EventLoop: SerialExecutor, @unchecked Sendable {
         var jobs: [UnownedJob] = []
         var thread: pthread_t?
         var exitCode: Int32?
+        var exitRequested = false
     }
     private let shared = Mutex(Shared())
     /// The loop's sd_event; only touched on the loop thread.
@@ -115,6 +116,7 @@ public final class EventLoop: SerialExecutor, @unchecked Sendable {
     }
 
     private func drain() {
+        if shared.withLock({ $0.exitRequested }), let e = loopEvent { sd_event_exit(e, 0) }
         while true {
             let jobs = shared.withLock { s -> [UnownedJob] in
                 let j = s.jobs
@@ -161,14 +163,16 @@ public final class EventLoop: SerialExecutor, @unchecked Sendable {
     }
 
     /// Ends the loop (sd_event_exit) once the jobs queued before have run; `join()` waits for it.
+    /// From another thread it only sets a flag and wakes the loop, so it never needs a thread of
+    /// the cooperative pool (which blocked callers, such as tests, may all be holding).
     public func requestExit() {
         if isCurrent {
             if let e = loopEvent { sd_event_exit(e, 0) }
             return
         }
-        Task.detached { [self] in
-            await LoopRunner(loop: self).exitLoop()
-        }
+        shared.withLock { $0.exitRequested = true }
+        var one: UInt64 = 1
+        _ = Glibc.write(wakeFD, &one, 8)
     }
 
     /// Waits until the loop thread has ended; returns sd_event_loop's result.
@@ -197,9 +201,5 @@ private actor LoopRunner {
     nonisolated var unownedExecutor: UnownedSerialExecutor { loop.asUnownedSerialExecutor() }
 
     func run<T: Sendable>(_ body: @Sendable () throws -> T) throws -> T { try body() }
-
-    func exitLoop() {
-        if let e = loop.event { sd_event_exit(e, 0) }
-    }
 }
 

@@ -76,7 +76,7 @@ struct BerthdTests {
         defer { berthd.stop() }
         // Generous timeout: this checks that it exits cleanly, not how fast.
         #expect(berthd.terminate(timeout: 10) == 0, "\(berthd.log)")
-        #expect(!berthd.process.isRunning)
+        #expect(!berthd.isRunning)
     }
 
     @Test func servesOnlyTheServicesAskedFor() throws {
