@@ -151,3 +151,33 @@ actor TestObject: BusObjectHandler {
         items.sorted().map { TestInterface.itemPrefix.appending(escaped: $0) }
     }
 }
+
+/// A stand-in for polkit's `org.freedesktop.PolicyKit1.Authority` (only CheckAuthorization),
+/// answering yes or no as the test says, and remembering what it was asked.
+actor FakePolkit: BusObjectHandler {
+    static let interface = BusInterface(
+        name: "org.freedesktop.PolicyKit1.Authority",
+        methods: [.init(Method.checkAuthorization,
+                        in: [("(sa{sv})", "subject"), ("s", "action_id"), ("a{ss}", "details"), ("u", "flags"), ("s", "cancellation_id")],
+                        out: [("(bba{ss})", "result")])])
+    enum Method: String { case checkAuthorization = "CheckAuthorization" }
+
+    let bus: Bus
+    nonisolated var unownedExecutor: UnownedSerialExecutor { bus.unownedExecutor }
+    var allows = false
+    private(set) var asked: [(subjectKind: String, action: String)] = []
+
+    init(bus: Bus) { self.bus = bus }
+
+    func setAllows(_ value: Bool) { allows = value }
+
+    func handle(_ call: MethodCall) async throws -> [BusValue] {
+        let kind = call.arguments[0].structureValue?.first?.stringValue ?? ""
+        asked.append((kind, try call.string(1)))
+        return [.structure([.boolean(allows), .boolean(false), .stringDictionary([:])])]
+    }
+
+    func property(_ name: String, interface: String, path: ObjectPath) throws -> BusValue {
+        throw BusError(name: BusError.Name.unknownProperty, message: name)
+    }
+}
