@@ -60,7 +60,9 @@ public protocol BusObjectHandler: Actor {
 }
 
 extension BusObjectHandler {
+    /// Every path the handler is exported at exists (plain objects).
     public func objectExists(_ path: ObjectPath) -> Bool { true }
+    /// No children to enumerate.
     public func childObjects(under prefix: ObjectPath) -> [ObjectPath] { [] }
 }
 
@@ -112,8 +114,11 @@ public struct MethodCall: Sendable {
 
 /// Who sent a call: `UnixUserID` and `ProcessID` from the bus daemon.
 public struct Credentials: Sendable, Equatable {
+    /// The caller's uid (`UnixUserID`).
     public var uid: UInt32
+    /// The caller's pid (`ProcessID`), when the bus knows it.
     public var pid: UInt32?
+    /// Credentials with these values.
     public init(uid: UInt32, pid: UInt32?) {
         self.uid = uid
         self.pid = pid

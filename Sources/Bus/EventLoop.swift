@@ -134,6 +134,7 @@ public final class EventLoop: SerialExecutor, @unchecked Sendable {
         return loopEvent
     }
 
+    /// Queues `job` for the loop thread and wakes it through the eventfd.
     public func enqueue(_ job: consuming ExecutorJob) {
         let unowned = UnownedJob(job)
         shared.withLock { $0.jobs.append(unowned) }
@@ -141,6 +142,7 @@ public final class EventLoop: SerialExecutor, @unchecked Sendable {
         _ = Glibc.write(wakeFD, &one, 8)
     }
 
+    /// This executor, for actors' `unownedExecutor`.
     public func asUnownedSerialExecutor() -> UnownedSerialExecutor {
         UnownedSerialExecutor(ordinary: self)
     }
@@ -151,8 +153,10 @@ public final class EventLoop: SerialExecutor, @unchecked Sendable {
         return pthread_equal(pthread_self(), t) != 0
     }
 
+    /// Lets `assumeIsolated` succeed in sd-bus callbacks, which run on the loop thread outside any job.
     public func isIsolatingCurrentContext() -> Bool? { isCurrent }
 
+    /// Traps unless called on the loop thread (what `assumeIsolated` checks on older runtimes).
     public func checkIsolated() {
         precondition(isCurrent, "\(name): not on the bus loop thread")
     }

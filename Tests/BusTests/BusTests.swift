@@ -267,6 +267,30 @@ struct BusTests {
         }
     }
 
+    @Test func shutdownCancelsCallsInFlightAndAnswersThem() async throws {
+        try await withTestService { s in
+            let sleeper = Process()
+            sleeper.executableURL = URL(fileURLWithPath: "/usr/bin/busctl")
+            sleeper.arguments = ["--address=\(s.daemon.address)", "call", TestInterface.busName, TestInterface.path.rawValue,
+                                 TestInterface.name, TestInterface.Method.sleep.rawValue]
+            let err = Pipe()
+            sleeper.standardError = err
+            try sleeper.run()
+            var waited = 0
+            while await !s.object.events.contains("sleeping") && waited < 1000 {
+                try await Task.sleep(for: .milliseconds(10))
+                waited += 1
+            }
+            #expect(await s.bus.callsInFlight == 1)
+            await s.bus.shutdown()
+            #expect(await s.bus.callsInFlight == 0)
+            sleeper.waitUntilExit()
+            let message = String(decoding: err.fileHandleForReading.readDataToEndOfFile(), as: UTF8.self)
+            #expect(sleeper.terminationStatus != 0)
+            #expect(message.contains("cancelled"), "\(message)")
+        }
+    }
+
     @Test func childObjectsAppearAndDisappear() async throws {
         try await withTestService { s in
             let added = try s.call(.addItem, ["s", ".host"])

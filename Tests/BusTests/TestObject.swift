@@ -13,7 +13,7 @@ enum TestInterface {
     enum Method: String, CaseIterable {
         case echo = "Echo", slow = "Slow", fast = "Fast", readFD = "ReadFD", makeFD = "MakeFD"
         case mutate = "Mutate", rootOnly = "RootOnly", whoAmI = "WhoAmI", emit = "Emit", setCounter = "SetCounter"
-        case addItem = "AddItem", removeItem = "RemoveItem", unnamed = "Unnamed", fail = "Fail"
+        case addItem = "AddItem", removeItem = "RemoveItem", unnamed = "Unnamed", fail = "Fail", sleep = "Sleep"
     }
     enum Property: String { case name = "Name", counter = "Counter", volatile = "Volatile", quiet = "Quiet" }
     enum Signal: String { case happened = "Happened" }
@@ -35,6 +35,7 @@ enum TestInterface {
             .init(Method.removeItem, in: [("s", "name")]),
             .init(Method.unnamed, unnamedIn: ["s", "b"], unnamedOut: ["a{ss}"]),
             .init(Method.fail, in: [("s", "name")]),
+            .init(Method.sleep),
         ],
         properties: [
             .init(Property.name, "s", emitsChange: .const),
@@ -119,6 +120,10 @@ actor TestObject: BusObjectHandler {
             return []
         case .unnamed:
             return [.stringDictionary(["name": try call.string(0), "flag": "\(try call.bool(1))"])]
+        case .sleep:
+            events.append("sleeping")
+            try await Task.sleep(for: .seconds(60))
+            return []
         case .fail:
             let name = try call.string(0)
             if name == "errno" { throw SystemCallError("unlinkat", .EROFS) }
