@@ -149,3 +149,53 @@ struct DistributionFileTests {
         #expect(throws: TestSupportError.self) { try BerthdProcess(bus: bus, services: ["machine1"]) }
     }
 }
+
+@Suite(.enabled(if: endToEndToolsAvailable, "needs dbus-daemon and busctl"))
+struct NotifyTests {
+    /// A unix datagram socket standing in for systemd's `$NOTIFY_SOCKET`.
+    final class NotifySocket {
+        let path: String
+        let fd: Int32
+        init(path: String) throws {
+            self.path = path
+            fd = socket(AF_UNIX, Int32(SOCK_DGRAM.rawValue) | Int32(SOCK_CLOEXEC.rawValue), 0)
+            guard fd >= 0 else { throw TestSupportError("socket: \(errno)") }
+            var address = sockaddr_un()
+            address.sun_family = sa_family_t(AF_UNIX)
+            withUnsafeMutableBytes(of: &address.sun_path) { raw in
+                for (i, b) in path.utf8.prefix(raw.count - 1).enumerated() { raw[i] = b }
+            }
+            let r = withUnsafePointer(to: &address) {
+                $0.withMemoryRebound(to: sockaddr.self, capacity: 1) { bind(fd, $0, socklen_t(MemoryLayout<sockaddr_un>.size)) }
+            }
+            guard r == 0 else { throw TestSupportError("bind \(path): \(errno)") }
+        }
+        /// The messages received within `seconds`, joined.
+        func receive(seconds: Int) -> String {
+            var text = ""
+            var tv = timeval(tv_sec: seconds, tv_usec: 0)
+            setsockopt(fd, SOL_SOCKET, SO_RCVTIMEO, &tv, socklen_t(MemoryLayout<timeval>.size))
+            var buffer = [UInt8](repeating: 0, count: 4096)
+            let n = recv(fd, &buffer, buffer.count, 0)
+            if n > 0 { text += String(decoding: buffer[0..<n], as: UTF8.self) }
+            return text
+        }
+        deinit {
+            close(fd)
+            unlink(path)
+        }
+    }
+
+    @Test func sendsReadyOnceItsNamesAreOwned() throws {
+        let bus = try PrivateDBusDaemon()
+        defer { bus.stop() }
+        let folder = try TemporaryDirectory(prefix: "berth-notify")
+        defer { folder.remove() }
+        let notify = try NotifySocket(path: folder.appending("notify"))
+        let berthd = try BerthdProcess(bus: bus, environment: ["NOTIFY_SOCKET": notify.path])
+        defer { berthd.stop() }
+        #expect(notify.receive(seconds: 10).contains("READY=1"))
+        #expect(berthd.terminate() == 0)
+        #expect(notify.receive(seconds: 10).contains("STOPPING=1"))
+    }
+}

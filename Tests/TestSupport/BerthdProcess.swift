@@ -32,7 +32,9 @@ public final class BerthdProcess: @unchecked Sendable {
 
     /// Starts berthd with `--root` in a fresh temp folder on `bus` and waits until it owns the bus
     /// names of `services` (default all three).
-    public init(bus: PrivateDBusDaemon, services: [String] = ["machine1", "import1", "portable1"], extraArguments: [String] = []) throws {
+    ///   `environment` is added to this process's environment for berthd (e.g. NOTIFY_SOCKET).
+    public init(bus: PrivateDBusDaemon, services: [String] = ["machine1", "import1", "portable1"], extraArguments: [String] = [],
+                environment: [String: String] = [:]) throws {
         folder = try TemporaryDirectory(prefix: "berth-root")
         root = folder.path
         stderrFile = folder.appending("berthd.log")
@@ -40,7 +42,8 @@ public final class BerthdProcess: @unchecked Sendable {
         let arguments = ["--root", root, "--bus-address", bus.address, "--services", services.joined(separator: ",")] + extraArguments
         // posix_spawn and waitpid rather than Foundation's Process, whose exit detection needs
         // threads that blocked test threads may be holding.
-        pid = try spawn([try BerthdProcess.binaryPath()] + arguments, stdout: "/dev/null", stderr: stderrFile)
+        pid = try spawn([try BerthdProcess.binaryPath()] + arguments, stdout: "/dev/null", stderr: stderrFile,
+                    environment: environment)
         let names = services.map { "org.freedesktop.\($0)" }
         for _ in 0..<500 {
             let listed = try run(["busctl", "--address=\(bus.address)", "list", "--acquired", "--no-legend"])

@@ -86,7 +86,7 @@ public func spawnAndWait(_ argv: [String], stdout: String) throws {
 
 /// posix_spawn(3)s `argv` (a path, not looked up) with stdin from /dev/null, stdout and stderr to
 /// the files given (stderr inherited when nil) and no blocked signals; returns its pid.
-public func spawn(_ argv: [String], stdout: String, stderr: String?) throws -> pid_t {
+public func spawn(_ argv: [String], stdout: String, stderr: String?, environment: [String: String] = [:]) throws -> pid_t {
     var actions = posix_spawn_file_actions_t()
     posix_spawn_file_actions_init(&actions)
     defer { posix_spawn_file_actions_destroy(&actions) }
@@ -104,7 +104,11 @@ public func spawn(_ argv: [String], stdout: String, stderr: String?) throws -> p
     var cargs = argv.map { strdup($0) } + [nil]
     defer { for a in cargs { free(a) } }
     var pid: pid_t = 0
-    let r = posix_spawn(&pid, argv[0], &actions, &attributes, &cargs, environ)
+    var env = ProcessInfo.processInfo.environment
+    for (k, v) in environment { env[k] = v }
+    var cenv = env.map { strdup("\($0.key)=\($0.value)") } + [nil]
+    defer { for e in cenv { free(e) } }
+    let r = posix_spawn(&pid, argv[0], &actions, &attributes, &cargs, &cenv)
     guard r == 0 else { throw TestSupportError("posix_spawn \(argv[0]): \(String(cString: strerror(r)))") }
     return pid
 }
