@@ -19,6 +19,7 @@ public final class EventLoop: SerialExecutor, @unchecked Sendable {
         var jobs: [UnownedJob] = []
         var thread: pthread_t?
         var exitCode: Int32?
+        /// Set by `requestExit()` from another thread; the loop exits after running queued jobs.
         var exitRequested = false
     }
     private let shared = Mutex(Shared())
@@ -116,14 +117,16 @@ public final class EventLoop: SerialExecutor, @unchecked Sendable {
     }
 
     private func drain() {
-        if shared.withLock({ $0.exitRequested }), let e = loopEvent { sd_event_exit(e, 0) }
         while true {
-            let jobs = shared.withLock { s -> [UnownedJob] in
+            let (jobs, exit) = shared.withLock { s -> ([UnownedJob], Bool) in
                 let j = s.jobs
                 s.jobs = []
-                return j
+                return (j, s.exitRequested)
             }
-            if jobs.isEmpty { return }
+            if jobs.isEmpty {
+                if exit, let e = loopEvent { sd_event_exit(e, 0) }
+                return
+            }
             for job in jobs { job.runSynchronously(on: asUnownedSerialExecutor()) }
         }
     }
@@ -134,7 +137,6 @@ public final class EventLoop: SerialExecutor, @unchecked Sendable {
         return loopEvent
     }
 
-    /// Queues `job` for the loop thread and wakes it through the eventfd.
     public func enqueue(_ job: consuming ExecutorJob) {
         let unowned = UnownedJob(job)
         shared.withLock { $0.jobs.append(unowned) }
@@ -142,7 +144,6 @@ public final class EventLoop: SerialExecutor, @unchecked Sendable {
         _ = Glibc.write(wakeFD, &one, 8)
     }
 
-    /// This executor, for actors' `unownedExecutor`.
     public func asUnownedSerialExecutor() -> UnownedSerialExecutor {
         UnownedSerialExecutor(ordinary: self)
     }
@@ -153,10 +154,8 @@ public final class EventLoop: SerialExecutor, @unchecked Sendable {
         return pthread_equal(pthread_self(), t) != 0
     }
 
-    /// Lets `assumeIsolated` succeed in sd-bus callbacks, which run on the loop thread outside any job.
     public func isIsolatingCurrentContext() -> Bool? { isCurrent }
 
-    /// Traps unless called on the loop thread (what `assumeIsolated` checks on older runtimes).
     public func checkIsolated() {
         precondition(isCurrent, "\(name): not on the bus loop thread")
     }
@@ -167,13 +166,13 @@ public final class EventLoop: SerialExecutor, @unchecked Sendable {
     }
 
     /// Ends the loop (sd_event_exit) once the jobs queued before have run; `join()` waits for it.
-    /// From another thread it only sets a flag and wakes the loop, so it never needs a thread of
-    /// the cooperative pool (which blocked callers, such as tests, may all be holding).
     public func requestExit() {
         if isCurrent {
             if let e = loopEvent { sd_event_exit(e, 0) }
             return
         }
+        // No Task here: the cooperative pool may be busy or blocked (a synchronous join()),
+        // so the request goes straight through the queue's flag and the wake-up eventfd.
         shared.withLock { $0.exitRequested = true }
         var one: UInt64 = 1
         _ = Glibc.write(wakeFD, &one, 8)
@@ -189,7 +188,34 @@ public final class EventLoop: SerialExecutor, @unchecked Sendable {
         return shared.withLock { $0.exitCode } ?? 0
     }
 
+    /// Waits until the loop thread has ended, from async code: the wait happens on a thread of
+    /// its own, never blocking one of the cooperative pool's few threads (which would starve the
+    /// very tasks the loop's shutdown may need).
+    @discardableResult
+    public func joined() async -> Int32 {
+        await withCheckedContinuation { (c: CheckedContinuation<Int32, Never>) in
+            let box = Unmanaged.passRetained(JoinBox { c.resume(returning: self.join()) })
+            var attributes = pthread_attr_t()
+            pthread_attr_init(&attributes)
+            defer { pthread_attr_destroy(&attributes) }
+            pthread_attr_setdetachstate(&attributes, Int32(PTHREAD_CREATE_DETACHED))
+            var thread = pthread_t()
+            let r = pthread_create(&thread, &attributes, { raw in
+                guard let raw else { return nil }
+                Unmanaged<JoinBox>.fromOpaque(raw).takeRetainedValue().body()
+                return nil
+            }, box.toOpaque())
+            if r != 0 { box.takeRetainedValue().body() }
+        }
+    }
+
     deinit { Glibc.close(wakeFD) }
+}
+
+/// The work of one `joined()` waiter thread.
+private final class JoinBox: Sendable {
+    let body: @Sendable () -> Void
+    init(_ body: @escaping @Sendable () -> Void) { self.body = body }
 }
 
 /// A handler for one signal, kept alive while the loop runs.

@@ -18,6 +18,7 @@
 #include <linux/fs.h>
 #include <linux/loop.h>
 #include <linux/btrfs.h>
+#include <linux/btrfs_tree.h>
 #include <linux/magic.h>
 #include <linux/blkpg.h>
 #include <linux/stat.h>
@@ -51,6 +52,12 @@ static const unsigned long BERTH_LOOP_GET_STATUS64 = LOOP_GET_STATUS64;
 static const unsigned int BERTH_LO_FLAGS_READ_ONLY = LO_FLAGS_READ_ONLY;
 static const unsigned int BERTH_LO_FLAGS_AUTOCLEAR = LO_FLAGS_AUTOCLEAR;
 static const unsigned int BERTH_LO_FLAGS_PARTSCAN = LO_FLAGS_PARTSCAN;
+/* RawLoop backend: zlib for qcow2's deflate clusters and the GPT header CRC32 (link "z" is set on
+ * the RawLoopBackend target). inflateInit2 is a macro: Swift calls inflateInit2_ through this. */
+#include <zlib.h>
+static inline int berth_inflate_init_raw(z_stream *strm, int window_bits) {
+    return inflateInit2_(strm, window_bits, ZLIB_VERSION, (int)sizeof(z_stream));
+}
 static const unsigned long BERTH_BTRFS_IOC_QUOTA_CTL = BTRFS_IOC_QUOTA_CTL;
 static const unsigned long BERTH_BTRFS_IOC_QGROUP_LIMIT = BTRFS_IOC_QGROUP_LIMIT;
 static const unsigned long BERTH_BTRFS_IOC_QGROUP_CREATE = BTRFS_IOC_QGROUP_CREATE;
@@ -62,6 +69,22 @@ static const unsigned long BERTH_BTRFS_IOC_TREE_SEARCH = BTRFS_IOC_TREE_SEARCH;
 static const unsigned long BERTH_BTRFS_IOC_FS_INFO = BTRFS_IOC_FS_INFO;
 static const unsigned long BERTH_BTRFS_IOC_SYNC = BTRFS_IOC_SYNC;
 static const unsigned long long BERTH_BTRFS_MAGIC = BTRFS_SUPER_MAGIC;
+/* Btrfs quota-tree keys and flags (linux/btrfs_tree.h), as typed constants for Sources/Linux/BtrfsQuota.swift. */
+static const unsigned long long BERTH_BTRFS_QUOTA_TREE_OBJECTID = BTRFS_QUOTA_TREE_OBJECTID;
+static const unsigned int BERTH_BTRFS_QGROUP_STATUS_KEY = BTRFS_QGROUP_STATUS_KEY;
+static const unsigned int BERTH_BTRFS_QGROUP_INFO_KEY = BTRFS_QGROUP_INFO_KEY;
+static const unsigned int BERTH_BTRFS_QGROUP_LIMIT_KEY = BTRFS_QGROUP_LIMIT_KEY;
+static const unsigned int BERTH_BTRFS_QGROUP_RELATION_KEY = BTRFS_QGROUP_RELATION_KEY;
+static const unsigned long long BERTH_BTRFS_QGROUP_STATUS_FLAG_ON = BTRFS_QGROUP_STATUS_FLAG_ON;
+static const unsigned long long BERTH_BTRFS_QGROUP_STATUS_FLAG_RESCAN = BTRFS_QGROUP_STATUS_FLAG_RESCAN;
+static const unsigned long long BERTH_BTRFS_QGROUP_STATUS_FLAG_INCONSISTENT = BTRFS_QGROUP_STATUS_FLAG_INCONSISTENT;
+static const unsigned long long BERTH_BTRFS_QGROUP_LIMIT_MAX_RFER = BTRFS_QGROUP_LIMIT_MAX_RFER;
+static const unsigned long long BERTH_BTRFS_QGROUP_LIMIT_MAX_EXCL = BTRFS_QGROUP_LIMIT_MAX_EXCL;
+static const unsigned long long BERTH_BTRFS_QUOTA_CTL_ENABLE = BTRFS_QUOTA_CTL_ENABLE;
+/* BTRFS_IOC_SUBVOL_SYNC_WAIT (Linux 6.13) is newer than Debian 12's 6.1 headers: declared by hand. */
+struct berth_btrfs_ioctl_subvol_wait { __u64 subvolid; __u32 mode; __u32 count; };
+static const unsigned long BERTH_BTRFS_IOC_SUBVOL_SYNC_WAIT = _IOW(BTRFS_IOCTL_MAGIC, 65, struct berth_btrfs_ioctl_subvol_wait);
+static const unsigned int BERTH_BTRFS_SUBVOL_SYNC_WAIT_FOR_ONE = 0;
 static const unsigned long long BERTH_EXT4_MAGIC = EXT4_SUPER_MAGIC;
 
 /* renameat2(2): glibc declares it only under _GNU_SOURCE. */
@@ -77,4 +100,15 @@ static inline dev_t berth_makedev(unsigned int ma, unsigned int mi) { return mak
 /* open(2)/openat(2) with a mode are variadic too. */
 static inline int berth_openat(int dirfd, const char *path, int flags, mode_t mode) { return openat(dirfd, path, flags, mode); }
 static inline int berth_fcntl_int(int fd, int cmd, int arg) { return fcntl(fd, cmd, arg); }
+/* openat2(2) (Berth: Sources/Linux/Openat2.swift): no glibc wrapper, and syscall(2) is variadic. */
+#include <linux/openat2.h>
+static inline int berth_openat2(int dirfd, const char *path, struct open_how *how, size_t size) {
+    return (int)syscall(SYS_openat2, dirfd, path, how, size);
+}
+/* Open file description locks (fcntl F_OFD_SETLK/F_OFD_SETLKW), systemd's lock-file locks:
+ * glibc defines the commands only under _GNU_SOURCE. */
+static const int BERTH_F_OFD_GETLK = 36;
+static const int BERTH_F_OFD_SETLK = 37;
+static const int BERTH_F_OFD_SETLKW = 38;
+static inline int berth_fcntl_lock(int fd, int cmd, struct flock *lock) { return fcntl(fd, cmd, lock); }
 #endif

@@ -25,7 +25,7 @@ final class TestService: @unchecked Sendable {
     func stop() async {
         await bus.shutdown()
         loop.requestExit()
-        loop.join()
+        await loop.joined()
         daemon.stop()
     }
 

@@ -41,6 +41,6 @@ struct ChildInterfaceTests {
         }
         await bus.shutdown()
         loop.requestExit()
-        loop.join()
+        await loop.joined()
     }
 }

@@ -1,0 +1,439 @@
+import Glibc
+import Linux
+import PoolAPI
+
+/// A backend under test: how to make it, and the registry it runs in (the subject first, so
+/// the pool creates images of its kind). One line per backend:
+///
+///     Subject("btrfs", backend: { _ in BtrfsBackend() }, registry: { [$0, DirectoryBackend()] })
+///     Subject("raw", backend: { RawLoopBackend(runtimeDirectory: $0.runtimeDirectory) })
+public struct Subject: Sendable, CustomStringConvertible {
+    /// The name test output shows.
+    public let name: String
+    let makeBackend: @Sendable (Environment) -> any ImageBackend
+    let makeRegistry: @Sendable (any ImageBackend) -> [any ImageBackend]
+
+    /// - Parameters:
+    ///   - backend: makes the backend for one check's environment (fresh root each time).
+    ///   - registry: the backends of the pool, in priority order; by default the subject alone.
+    public init(_ name: String, backend: @escaping @Sendable (Environment) -> any ImageBackend,
+                registry: @escaping @Sendable (any ImageBackend) -> [any ImageBackend] = { [$0] }) {
+        self.name = name
+        self.makeBackend = backend
+        self.makeRegistry = registry
+    }
+
+    public var description: String { name }
+}
+
+/// Where one check runs: a fresh root folder on the filesystem under test.
+public struct Environment: Sendable {
+    /// The pool's `--root`; the pool folder is `root/var/lib/machines`.
+    public let root: String
+    /// `root/run/berth`, berthd's runtime folder (loop-device state of file backends).
+    public var runtimeDirectory: String { root + "/run/berth" }
+    /// `root/var/lib/machines`, the pool folder.
+    public var poolPath: String { root + "/var/lib/machines" }
+}
+
+/// One behaviour every backend must have.
+public enum Check: String, CaseIterable, Sendable, CustomStringConvertible {
+    /// An image made by createEmpty+fill is listed with the backend's type; hidden images are
+    /// listed and cleaned by CleanPool("hidden"); `.host` is there.
+    case createAndList
+    /// A clone equals its source in every respect `TreeSnapshot` records (or byte for byte and
+    /// as sparse, for file images); a read-only clone is read-only; no temp entry remains.
+    case cloneFidelity
+    /// Rename moves the image, refuses existing and invalid names, keeps read-only.
+    case rename
+    /// Remove deletes a (read-only) image entirely; missing images and `.host` are refused.
+    case remove
+    /// Read-only is enforced against root (EPERM/EROFS) and can be lifted again.
+    case readOnly
+    /// Usage becomes known and grows when data is written into the image.
+    case usageGrows
+    /// With `.quota`, a write past the limit fails with EDQUOT; without, SetImageLimit is
+    /// `notSupported`.
+    case limits
+    /// A clone and a remove of one image at once are serialised by the pool: the clone is
+    /// complete or refused, never partial.
+    case concurrentCloneAndRemove
+    /// Invalid names are refused, odd valid ones (`a b`, `..x`, 70 characters) accepted.
+    case badNames
+    /// Running out of space midway through a clone leaves no partial image and no temp entry.
+    case outOfSpace
+
+    public var description: String { rawValue }
+
+    /// The filesystem size the check wants (backing files are sparse: big costs nothing, but
+    /// running out of space needs a small filesystem).
+    public func filesystemSize(forBtrfs btrfs: Bool) -> UInt64 {
+        switch self {
+        case .outOfSpace: btrfs ? 256 << 20 : 128 << 20
+        default: 1 << 30
+        }
+    }
+}
+
+/// What a check concluded.
+public enum Outcome: Sendable, Equatable {
+    case passed
+    /// The combination cannot run (e.g. a btrfs backend on ext4), and why.
+    case skipped(String)
+}
+
+/// A behaviour the backend got wrong.
+public struct ConformanceFailure: Error, CustomStringConvertible {
+    public let description: String
+    /// A failure saying what differed.
+    public init(_ description: String) { self.description = description }
+}
+
+/// The backend conformance suite. Vendors call `run` from their own tests for every check on
+/// every filesystem their backend supports (see docs/writing-a-backend.md); it throws
+/// `ConformanceFailure` (or the pool's error) on a failure.
+public enum Conformance {
+    /// Runs `check` against `subject` in `root`, a fresh, empty folder on the filesystem under
+    /// test (its mount point is fine). Needs root, as images carry device nodes and owners.
+    public static func run(_ check: Check, subject: Subject, root: String) async throws -> Outcome {
+        let env = Environment(root: root)
+        try makeDirectories(root + "/var/lib")
+        try makeDirectories(env.runtimeDirectory)
+        let backend = subject.makeBackend(env)
+        let isBtrfs = (try? filesystemType(of: root)) == FilesystemMagic.btrfs
+        let fsName = isBtrfs ? "btrfs" : "this filesystem"
+        guard backend.canCreate(in: root + "/var/lib") else {
+            return .skipped("the \(subject) backend cannot create images on \(fsName)")
+        }
+        let c = Context(env: env, backend: backend,
+                        pool: ImagePool(configuration: .init(root: root), registry: BackendRegistry(subject.makeRegistry(backend))))
+        switch check {
+        case .createAndList: try await c.createAndList()
+        case .cloneFidelity: try await c.cloneFidelity()
+        case .rename: try await c.rename()
+        case .remove: try await c.remove()
+        case .readOnly: try await c.readOnly()
+        case .usageGrows: try await c.usageGrows()
+        case .limits: try await c.limits()
+        case .concurrentCloneAndRemove: try await c.concurrentCloneAndRemove()
+        case .badNames: try await c.badNames()
+        case .outOfSpace:
+            if isBtrfs && !backend.capabilities.isDisjoint(with: [.reflink, .constantTimeClone]) {
+                return .skipped("\(subject) clones share extents on btrfs: a clone cannot run out of space midway")
+            }
+            try await c.outOfSpace()
+        }
+        return .passed
+    }
+}
+
+struct Context {
+    let env: Environment
+    let backend: any ImageBackend
+    let pool: ImagePool
+    var isTree: Bool { backend.capabilities.contains(.tree) }
+
+    func require(_ condition: Bool, _ message: @autoclosure () -> String) throws {
+        if !condition { throw ConformanceFailure(message()) }
+    }
+
+    /// Expects `body` to fail with a `PoolError` of `code`.
+    func expect(_ code: PoolError.Code, _ what: String, _ body: () async throws -> Void) async throws {
+        do {
+            try await body()
+        } catch let e as PoolError {
+            try require(e.code == code, "\(what): expected \(code), got \(e.code): \(e)")
+            return
+        }
+        throw ConformanceFailure("\(what): expected \(code), but it succeeded")
+    }
+
+    /// Expects a system call to fail with one of `errnos`.
+    func expectErrno(_ errnos: [Errno], _ what: String, _ body: () throws -> Void) throws {
+        do {
+            try body()
+        } catch let e as SystemCallError {
+            try require(errnos.contains(e.errno), "\(what): expected \(errnos.map(\.name)), got \(e)")
+            return
+        }
+        throw ConformanceFailure("\(what): expected \(errnos.map(\.name)), but it succeeded")
+    }
+
+    /// createEmpty + fill through the pool's install, as an import does.
+    @discardableResult
+    func makeImage(_ name: String, extra: (@Sendable (String) throws -> Void)? = nil) async throws -> Image {
+        let tree = isTree
+        let image = try await pool.install(name, type: backend.imageType, force: false, readOnly: false) { path in
+            if tree { try Fixture.fillTree(at: path) } else { try Fixture.fillFile(at: path) }
+            try extra?(path)
+        }
+        try require(image.type == backend.imageType, "image '\(name)' has type \(image.type), not \(backend.imageType)")
+        try require(!image.readOnly, "a new image is read-only")
+        return image
+    }
+
+    func temporaryEntries() throws -> [String] {
+        try directoryEntries(pool.poolPath).filter { $0.hasPrefix(".#") }
+    }
+
+    func requireNoTemporaryEntries(_ when: String) throws {
+        let left = try temporaryEntries()
+        try require(left.isEmpty, "temp entries left \(when): \(left)")
+    }
+
+    /// Waits for `condition` up to `seconds` (for values computed in the background), polling.
+    func eventually(_ seconds: Double, _ what: String, _ condition: () async throws -> Bool) async throws {
+        var waited = 0.0
+        while !(try await condition()) {
+            try require(waited < seconds, "\(what) did not happen within \(Int(seconds)) s")
+            try await Task.sleep(for: .milliseconds(250))
+            waited += 0.25
+        }
+    }
+
+    // MARK: checks
+
+    func createAndList() async throws {
+        let made = try await makeImage("fixture")
+        try await makeImage(".hidden")
+        let images = try await pool.images()
+        let names = images.map(\.name)
+        try require(names.contains(".host"), ".host missing from \(names)")
+        try require(names.contains("fixture") && names.contains(".hidden"), "images missing: \(names)")
+        try require(!names.contains { $0.hasPrefix(".#") }, "temp entries listed: \(names)")
+        let fetched = try await pool.image(named: "fixture")
+        try require(fetched.path == made.path && fetched.path.hasPrefix(pool.poolPath + "/"),
+                    "image path \(fetched.path) is not in the pool folder \(pool.poolPath)")
+        try require(fetched.type == backend.imageType, "listed type \(fetched.type)")
+        let cleaned = try await pool.clean(.hidden)
+        try require(cleaned.map(\.name) == [".hidden"], "CleanPool(hidden) removed \(cleaned.map(\.name))")
+        _ = try await pool.image(named: "fixture")
+        try requireNoTemporaryEntries("after create and clean")
+    }
+
+    /// A file image's own access time is left out: reading the file to clone it may move it.
+    func snapshot(_ image: Image) throws -> TreeSnapshot {
+        try TreeSnapshot(of: image.path, includeAccessTimes: isTree)
+    }
+
+    func cloneFidelity() async throws {
+        let source = try await makeImage("source")
+        let before = try snapshot(source)
+        let copy = try await pool.clone("source", to: "copy", readOnly: false)
+        try require(copy.type == source.type, "clone type \(copy.type) ≠ \(source.type)")
+        try require(!copy.readOnly, "a clone asked writable is read-only")
+        let diff = try snapshot(copy).differences(from: before)
+        try require(diff.isEmpty, "clone differs from its source:\n" + diff.joined(separator: "\n"))
+        let sparseEntry = isTree ? "sparse" : "."
+        try require(before.entries[sparseEntry]?.isSparse == true, "the fixture's sparse file is not sparse")
+        let after = try snapshot(source)
+        try require(after.differences(from: before).isEmpty, "cloning changed the source")
+        let ro = try await pool.clone("source", to: "copy-ro", readOnly: true)
+        try require(ro.readOnly, "a clone asked read-only is writable")
+        let listedRO = try await pool.image(named: "copy-ro")
+        try require(listedRO.readOnly, "listed read-only clone is writable")
+        let roDiff = try snapshot(ro).differences(from: before)
+        try require(roDiff.isEmpty, "read-only clone differs:\n" + roDiff.joined(separator: "\n"))
+        try requireNoTemporaryEntries("after cloning")
+    }
+
+    func rename() async throws {
+        let a = try await makeImage("a")
+        let before = try snapshot(a)
+        try await makeImage("c")
+        try await pool.rename("a", to: "b")
+        try await expect(.noSuchImage, "the old name after rename") { _ = try await pool.image(named: "a") }
+        let b = try await pool.image(named: "b")
+        try require(b.type == a.type, "renamed image changed type")
+        let diff = try snapshot(b).differences(from: before)
+        try require(diff.isEmpty, "rename changed contents:\n" + diff.joined(separator: "\n"))
+        try await expect(.imageExists, "rename onto an existing image") { try await pool.rename("b", to: "c") }
+        try await expect(.invalidName, "rename to a/b") { try await pool.rename("b", to: "a/b") }
+        try await expect(.noSuchImage, "rename of a missing image") { try await pool.rename("nope", to: "x") }
+        try await expect(.readOnly, "rename of .host") { try await pool.rename(".host", to: "x") }
+        try await pool.setReadOnly("b", true)
+        try await pool.rename("b", to: "b2")
+        let b2 = try await pool.image(named: "b2")
+        try require(b2.readOnly, "rename lost read-only")
+        try requireNoTemporaryEntries("after renames")
+    }
+
+    func remove() async throws {
+        let image = try await makeImage("gone")
+        try await pool.setReadOnly("gone", true)
+        try await pool.remove("gone")
+        try await expect(.noSuchImage, "a removed image") { _ = try await pool.image(named: "gone") }
+        try require((try? fileStatus(image.path, followSymlinks: false)) == nil, "\(image.path) still exists")
+        try await expect(.noSuchImage, "removing a missing image") { try await pool.remove("gone") }
+        try await expect(.readOnly, "removing .host") { try await pool.remove(".host") }
+        try requireNoTemporaryEntries("after remove")
+    }
+
+    func readOnly() async throws {
+        let image = try await makeImage("ro")
+        try await pool.setReadOnly("ro", true)
+        let marked = try await pool.image(named: "ro")
+        try require(marked.readOnly, "image not reported read-only")
+        let probe = image.path + "/probe"
+        if isTree {
+            try expectErrno([.EPERM, .EROFS], "creating a file in a read-only image as root") {
+                _ = try FileDescriptor.open(probe, flags: O_WRONLY | O_CREAT | O_EXCL, mode: 0o644)
+            }
+        } else {
+            try expectErrno([.EPERM, .EROFS, .EACCES], "opening a read-only image file for writing as root") {
+                _ = try FileDescriptor.open(image.path, flags: O_WRONLY)
+            }
+        }
+        try await expect(.readOnly, "making .host writable") { try await pool.setReadOnly(".host", false) }
+        try await pool.setReadOnly("ro", false)
+        let unmarked = try await pool.image(named: "ro")
+        try require(!unmarked.readOnly, "image still reported read-only")
+        if isTree {
+            _ = try FileDescriptor.open(probe, flags: O_WRONLY | O_CREAT | O_EXCL, mode: 0o644)
+        } else {
+            _ = try FileDescriptor.open(image.path, flags: O_WRONLY)
+        }
+    }
+
+    /// Writes `bytes` of non-zero data at `offset` of `path` (created if missing), synced.
+    func writeData(_ path: String, offset: Int64, bytes: Int, fsyncEvery: Int = 4 << 20) throws {
+        let fd = try FileDescriptor.open(path, flags: O_WRONLY | O_CREAT, mode: 0o644)
+        let chunk = [UInt8](unsafeUninitializedCapacity: 1 << 20) { buf, n in
+            for i in 0..<(1 << 20) { buf[i] = UInt8(truncatingIfNeeded: i &* 31 &+ 7) | 1 }
+            n = 1 << 20
+        }
+        var done = 0
+        while done < bytes {
+            let n = min(chunk.count, bytes - done)
+            try chunk.withUnsafeBytes { try fd.writeAll(UnsafeRawBufferPointer(rebasing: $0[0..<n]), at: offset + Int64(done)) }
+            done += n
+            if done % fsyncEvery == 0 || done == bytes { try fd.sync() }
+        }
+    }
+
+    func usageGrows() async throws {
+        let image = try await makeImage("used")
+        // Quota backends report usage only while accounting is on (systemd reports it unknown
+        // otherwise, and reading must not switch it on): setting "no limit" switches it on.
+        if backend.capabilities.contains(.quota) {
+            try await pool.setLimit("used", Image.unknown)
+        }
+        var before = Image.unknown
+        try await eventually(120, "usage of a new image becoming known") {
+            before = try await pool.image(named: "used").usage
+            return before != Image.unknown
+        }
+        let grow = 16 << 20
+        if isTree {
+            try writeData(image.path + "/grown", offset: 0, bytes: grow)
+        } else {
+            try writeData(image.path, offset: 30 << 20, bytes: grow)  // into the hole
+        }
+        // Quota-based accounting (btrfs qgroups) counts data once a transaction commits.
+        sync()
+        try await eventually(120, "usage growing by the \(grow >> 20) MiB written") {
+            let now = try await pool.image(named: "used").usage
+            return now != Image.unknown && now >= before + UInt64(grow / 2)
+        }
+    }
+
+    func limits() async throws {
+        let image = try await makeImage("limited")
+        guard backend.capabilities.contains(.quota) else {
+            try await expect(.notSupported, "SetImageLimit without quota support") {
+                try await pool.setLimit("limited", 32 << 20)
+            }
+            return
+        }
+        try await pool.setLimit("limited", 32 << 20)
+        let listed = try await pool.image(named: "limited")
+        try require(listed.limit != Image.unknown, "the limit set is not reported")
+        guard isTree else { return }
+        do {
+            try writeData(image.path + "/filler", offset: 0, bytes: 128 << 20, fsyncEvery: 1 << 20)
+        } catch let e as SystemCallError {
+            try require(e.errno == .EDQUOT, "writing past the limit failed with \(e.errno.name), not EDQUOT")
+            return
+        }
+        throw ConformanceFailure("wrote 128 MiB into an image limited to 32 MiB")
+    }
+
+    func concurrentCloneAndRemove() async throws {
+        let source = try await makeImage("contested") { path in
+            // Bulk, so the clone takes a while: 400 files of 64 KiB.
+            var tree = false
+            if let st = try? fileStatus(path), st.isDirectory { tree = true }
+            guard tree else { return }
+            try makeDirectory(path + "/bulk", mode: 0o755)
+            let block = [UInt8](repeating: 0x5a, count: 64 << 10)
+            for i in 0..<400 {
+                let fd = try FileDescriptor.open(path + "/bulk/\(i)", flags: O_WRONLY | O_CREAT, mode: 0o644)
+                try block.withUnsafeBytes { try fd.writeAll($0) }
+            }
+        }
+        let before = try snapshot(source)
+        let pool = self.pool
+        async let cloned: Result<Image, any Error> = { do { return .success(try await pool.clone("contested", to: "rescued", readOnly: false)) } catch { return .failure(error) } }()
+        async let removed: Result<Void, any Error> = { do { return .success(try await pool.remove("contested")) } catch { return .failure(error) } }()
+        let (c, r) = await (cloned, removed)
+        if case .failure(let e) = r { throw ConformanceFailure("remove during a clone failed: \(e)") }
+        switch c {
+        case .success(let copy):
+            let diff = try snapshot(copy).differences(from: before)
+            try require(diff.isEmpty, "clone racing a remove is not complete:\n" + diff.prefix(10).joined(separator: "\n"))
+        case .failure(let e as PoolError) where e.code == .noSuchImage:
+            break  // the remove went first: a clean refusal
+        case .failure(let e):
+            throw ConformanceFailure("clone racing a remove failed with \(e) (the remove pulled the tree away?)")
+        }
+        try await expect(.noSuchImage, "the removed image") { _ = try await pool.image(named: "contested") }
+        try requireNoTemporaryEntries("after a clone raced a remove")
+    }
+
+    func badNames() async throws {
+        try await makeImage("good")
+        let bad = ["", ".", "..", "a/b", "../x", ".#tmp", "bad\nname", "tab\tname", String(repeating: "x", count: 256)]
+        for name in bad {
+            try await expect(.invalidName, "clone to \(name.debugDescription)") {
+                _ = try await pool.clone("good", to: name, readOnly: false)
+            }
+            try await expect(.invalidName, "install as \(name.debugDescription)") {
+                _ = try await pool.install(name, type: backend.imageType, force: false, readOnly: false) { _ in }
+            }
+        }
+        try await expect(.imageExists, "clone onto an existing name") {
+            _ = try await pool.clone("good", to: "good", readOnly: false)
+        }
+        try await expect(.imageExists, "install onto an existing name without force") {
+            _ = try await pool.install("good", type: backend.imageType, force: false, readOnly: false) { _ in
+                throw ConformanceFailure("fill ran although the name was taken")
+            }
+        }
+        try await expect(.noSuchImage, "clone of a missing image") {
+            _ = try await pool.clone("missing", to: "other", readOnly: false)
+        }
+        for name in ["a b", "..x", String(repeating: "y", count: 70), ".dotted"] {
+            let made = try await pool.clone("good", to: name, readOnly: false)
+            try require(made.name == name, "clone named \(name.debugDescription) came back as \(made.name)")
+            _ = try await pool.image(named: name)
+        }
+        try requireNoTemporaryEntries("after bad names")
+    }
+
+    func outOfSpace() async throws {
+        var fs = statvfs()
+        try sys("statvfs") { statvfs(env.root, &fs) }
+        let free = Int(fs.f_bavail) * Int(fs.f_frsize)
+        let bulk = free * 6 / 10 / (1 << 20) * (1 << 20)
+        let tree = isTree
+        try await makeImage("big") { path in
+            try writeData(tree ? path + "/bulk" : path, offset: tree ? 0 : Fixture.sparseSize, bytes: bulk)
+        }
+        try await expect(.noSpace, "cloning \(bulk >> 20) MiB with \((free - bulk) >> 20) MiB free") {
+            _ = try await pool.clone("big", to: "big-copy", readOnly: false)
+        }
+        try await expect(.noSuchImage, "the clone that ran out of space") { _ = try await pool.image(named: "big-copy") }
+        try requireNoTemporaryEntries("after running out of space")
+        _ = try await pool.image(named: "big")
+    }
+}

@@ -1,1 +1,0 @@
-// BackendConformance: see DESIGN.md

@@ -1,0 +1,138 @@
+import CLinux
+import FileTree
+import Glibc
+import Linux
+import PoolAPI
+
+/// Plain directory trees as images (systemd's type `directory`). Registered last: btrfs claims
+/// subvolumes first, and anything else that is a directory is ours.
+///
+/// Clones are faithful tree copies (`TreeCopy`), reflinked per file where the filesystem allows;
+/// read-only is FS_IMMUTABLE_FL on the top directory, as systemd 252 sets it; usage is computed
+/// in the background and cached, never on the path of `image(named:at:)`.
+public struct DirectoryBackend: ImageBackend {
+    /// "directory", for logs and the registry.
+    public let identifier = "directory"
+    /// systemd's `directory` image type.
+    public let imageType = ImageType.directory
+    /// `.reflink`: files of a clone share extents with the source where the filesystem allows
+    /// (btrfs, xfs with reflink); elsewhere the copy is a sparse-aware data copy.
+    public let capabilities: BackendCapabilities = [.tree, .reflink]
+
+    private let usage: UsageCache
+
+    /// - Parameter usageLifetime: seconds a computed usage is served before a background
+    ///   rescan; a top directory whose mtime or inode changed is rescanned at once.
+    public init(usageLifetime: Double) {
+        usage = UsageCache(lifetime: usageLifetime)
+    }
+
+    /// A backend whose cached usages are rescanned after 5 seconds.
+    public init() { self.init(usageLifetime: 5) }
+
+    /// Claims directories (following a symlink, as /etc/machines holds links to images).
+    public func claim(_ entry: PoolEntry) -> String? {
+        guard let st = try? fileStatus(entry.path), st.isDirectory else { return nil }
+        return entry.fileName
+    }
+
+    /// Any directory can hold directory images.
+    public func canCreate(in directory: String) -> Bool {
+        (try? fileStatus(directory))?.isDirectory ?? false
+    }
+
+    /// One stat, one FS_IOC_GETFLAGS, one statx, and the cached usage.
+    public func image(named name: String, at path: String) throws -> Image {
+        let st: FileStatus
+        do { st = try fileStatus(path) } catch { throw PoolError.from(error, "cannot stat \(path)") }
+        let used = usage.lookup(path: path, status: st)
+        return Image(name: name, path: path, type: .directory, readOnly: isReadOnly(path),
+                     creationTimestamp: birthTimeMicroseconds(path),
+                     modificationTimestamp: st.modificationMicroseconds,
+                     usage: used, usageExclusive: used)
+    }
+
+    /// mkdirat(2) with mode 0755.
+    public func createEmpty(at path: String) throws {
+        do { try makeDirectory(path, mode: 0o755) } catch { throw PoolError.from(error, "cannot create \(path)") }
+    }
+
+    /// A faithful copy (`TreeCopy`); whatever was made is removed again on failure (ENOSPC
+    /// midway), so nothing is left at `destination`.
+    public func clone(from source: String, to destination: String) throws {
+        do {
+            try TreeCopy.copy(from: source, to: destination)
+        } catch {
+            try? TreeRemoval.remove(at: destination)
+            throw Self.poolError(error, "cannot copy \(source) to \(destination)")
+        }
+    }
+
+    /// renameat2(RENAME_NOREPLACE). An immutable directory cannot be renamed, so the flag is
+    /// lifted for the rename and put back on whichever name the directory then has.
+    public func rename(from source: String, to destination: String) throws {
+        let immutable = isImmutable(source)
+        if immutable { try setImmutable(false, source) }
+        do {
+            try renameNoReplace(source, destination)
+        } catch {
+            if immutable { try? setImmutable(true, source) }
+            throw PoolError.from(error, "cannot rename \(source) to \(destination)")
+        }
+        usage.forget(path: source)
+        if immutable { try setImmutable(true, destination) }
+    }
+
+    /// Removes the tree fd-relative (unlinkat), lifting immutable flags on every inode.
+    public func remove(at path: String) throws {
+        do { try TreeRemoval.remove(at: path) } catch { throw Self.poolError(error, "cannot remove \(path)") }
+        usage.forget(path: path)
+    }
+
+    /// FS_IMMUTABLE_FL (FS_IOC_SETFLAGS) on the top directory: nothing can be created in,
+    /// removed from or renamed in it, by root either.
+    public func setReadOnly(_ readOnly: Bool, at path: String) throws {
+        try setImmutable(readOnly, path)
+    }
+
+    /// The directory itself is the root filesystem; nothing to mount or release.
+    public func openForInspection(at path: String) throws -> any InspectionRoot {
+        DirectoryInspectionRoot(root: path)
+    }
+
+    // MARK: helpers
+
+    /// Immutable top directory, or a directory on a read-only mount (statvfs ST_RDONLY).
+    private func isReadOnly(_ path: String) -> Bool {
+        if isImmutable(path) { return true }
+        var s = statvfs()
+        return statvfs(path, &s) == 0 && (s.f_flag & UInt(ST_RDONLY)) != 0
+    }
+
+    private func isImmutable(_ path: String) -> Bool {
+        guard let fd = try? FileDescriptor.openDirectory(path) else { return false }
+        return (try? fd.isImmutable()) ?? false
+    }
+
+    private func setImmutable(_ on: Bool, _ path: String) throws {
+        do {
+            let fd = try FileDescriptor.openDirectory(path)
+            try fd.setImmutable(on)
+        } catch {
+            throw PoolError.from(error, "cannot \(on ? "set" : "clear") the immutable flag of \(path)")
+        }
+    }
+
+    static func poolError(_ error: any Error, _ message: String) -> PoolError {
+        if let e = error as? PoolError { return e }
+        if let e = error as? SystemCallError { return PoolError.from(e, message) }
+        return PoolError(.system, message, cause: error)
+    }
+}
+
+/// A directory image's root, used in place.
+final class DirectoryInspectionRoot: InspectionRoot {
+    let root: String
+    init(root: String) { self.root = root }
+    func close() {}
+}

@@ -1,1 +1,0 @@
-// Directory: see DESIGN.md

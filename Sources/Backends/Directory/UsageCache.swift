@@ -1,0 +1,75 @@
+import FileTree
+import Glibc
+import Linux
+import PoolAPI
+import Synchronization
+
+/// Disk usage of directory images, computed by a background scan and cached: walking a tree is
+/// far too slow for ListImages, so `image(named:at:)` reports what is known (`Image.unknown`
+/// until the first scan ends) and starts a scan when the value is missing or stale.
+///
+/// An entry is keyed by path and remembers the top directory's inode and mtime: a different
+/// inode (another tree renamed into place) or mtime (entries added or removed at the top)
+/// triggers a rescan, and so does age, as writes deeper in the tree change no top-level stamp.
+/// The stale value is served while the rescan runs.
+final class UsageCache: Sendable {
+    private struct Entry {
+        var inode: UInt64
+        var mtime: UInt64
+        var bytes: UInt64
+        var computedAt: Double
+    }
+
+    private struct State {
+        var entries: [String: Entry] = [:]
+        var scanning: Set<String> = []
+    }
+
+    private let state = Mutex(State())
+    private let lifetime: Double
+
+    init(lifetime: Double) { self.lifetime = lifetime }
+
+    /// The cached usage of `path` (or `Image.unknown`), starting a scan if it is stale.
+    func lookup(path: String, status: FileStatus) -> UInt64 {
+        let now = Self.now()
+        let lifetime = self.lifetime
+        let (value, scan): (UInt64, Bool) = state.withLock { s in
+            var result = Image.unknown
+            var stale = true
+            if let entry = s.entries[path], entry.inode == status.inode {
+                result = entry.bytes
+                stale = entry.mtime != status.modificationMicroseconds || now - entry.computedAt > lifetime
+            }
+            guard stale, !s.scanning.contains(path) else { return (result, false) }
+            s.scanning.insert(path)
+            return (result, true)
+        }
+        if scan { start(path: path, status: status) }
+        return value
+    }
+
+    /// Drops what is known about `path` (removed or renamed away).
+    func forget(path: String) {
+        state.withLock { _ = $0.entries.removeValue(forKey: path) }
+    }
+
+    private func start(path: String, status: FileStatus) {
+        Blocking.detach { [self] in
+            let bytes = try? DiskUsage.allocatedBytes(of: path)
+            state.withLock { s in
+                s.scanning.remove(path)
+                if let bytes {
+                    s.entries[path] = Entry(inode: status.inode, mtime: status.modificationMicroseconds,
+                                            bytes: bytes, computedAt: Self.now())
+                }
+            }
+        }
+    }
+
+    private static func now() -> Double {
+        var ts = timespec()
+        clock_gettime(CLOCK_MONOTONIC, &ts)
+        return Double(ts.tv_sec) + Double(ts.tv_nsec) / 1e9
+    }
+}

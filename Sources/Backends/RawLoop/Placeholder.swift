@@ -1,1 +1,0 @@
-// RawLoop: see DESIGN.md

@@ -1,0 +1,244 @@
+import CLinux
+import Glibc
+import Linux
+
+/// A faithful copy of a directory tree: numeric ownership, modes (setuid/setgid/sticky), access
+/// and modification times (directories after their contents), extended attributes (security.*,
+/// capabilities, ACLs as system.posix_acl_*), hardlinks as hardlinks, device nodes, fifos and
+/// sockets (mknodat), symlinks verbatim, sparse files sparse, contents reflinked where the
+/// filesystem allows (`FileCopy`).
+///
+/// Everything is fd-relative (openat/fstatat/mkdirat/mknodat/symlinkat/linkat with
+/// AT_SYMLINK_NOFOLLOW and O_NOFOLLOW): no symlink of the source is ever followed, whatever it
+/// points to. The walk keeps its own stack, so a deep tree cannot overflow the thread's stack.
+/// The copy stays on the source's top mount: a mount point inside the tree becomes an empty
+/// directory, as copying /proc of a host tree would be absurd.
+public enum TreeCopy {
+    /// How a copy behaves.
+    public struct Options: Sendable {
+        /// Try FICLONE per file; false forces real data copies (tests, cross-checks).
+        public var allowReflink: Bool
+        /// Polled between entries; true stops the copy with ECANCELED.
+        public var isCancelled: @Sendable () -> Bool
+
+        /// Reflinks allowed, never cancelled, unless told otherwise.
+        public init(allowReflink: Bool = true, isCancelled: @escaping @Sendable () -> Bool = { false }) {
+            self.allowReflink = allowReflink
+            self.isCancelled = isCancelled
+        }
+    }
+
+    /// What a copy did.
+    public struct Statistics: Sendable, Equatable {
+        /// Directories made below the top.
+        public var directories = 0
+        /// Regular files copied (hardlinks of them not counted again).
+        public var files = 0
+        /// Of `files`, those whose contents were reflinked (FICLONE).
+        public var reflinkedFiles = 0
+        /// Extra names of already copied inodes, made with linkat(2).
+        public var hardlinks = 0
+        /// Symlinks made with symlinkat(2).
+        public var symlinks = 0
+        /// Device nodes, fifos and sockets made with mknodat(2).
+        public var specialFiles = 0
+        /// Bytes of regular-file contents (apparent size).
+        public var bytes: UInt64 = 0
+        /// Nothing copied yet.
+        public init() {}
+    }
+
+    /// Copies the directory `source` to `destination`, which must not exist yet (mkdirat(2)).
+    /// `source` itself may be a symlink to the tree (images in /etc/machines usually are);
+    /// nothing inside it is followed. On failure the caller removes `destination` (the pool
+    /// does, with `TreeRemoval`).
+    @discardableResult
+    public static func copy(from source: String, to destination: String, options: Options = Options()) throws -> Statistics {
+        let src = try FileDescriptor.openDirectory(source)
+        try makeDirectory(destination, mode: 0o700)
+        let dst = try FileDescriptor.openDirectory(destination, followSymlinks: false)
+        return try copyContents(of: src, into: dst, options: options)
+    }
+
+    /// Copies everything inside the directory `source` into the (empty) directory
+    /// `destination`, then gives `destination` the ownership, mode, xattrs and times of
+    /// `source`. Used where the destination was made by a backend (a new btrfs subvolume).
+    @discardableResult
+    public static func copyContents(of source: FileDescriptor, into destination: FileDescriptor,
+                                    options: Options = Options()) throws -> Statistics {
+        var copier = Copier(options: options, sourceRoot: source, destinationRoot: destination)
+        try copier.run()
+        return copier.statistics
+    }
+
+    private struct InodeKey: Hashable {
+        var device: UInt64
+        var inode: UInt64
+    }
+
+    /// One directory being copied: its descriptors, remaining entries, and its source status
+    /// (applied when its last entry is done, so its times survive the copy of its contents).
+    private struct Frame {
+        /// nil while parked: only the deepest `TreeSupport.openLevels` levels keep their
+        /// descriptors, so a deep tree cannot exhaust RLIMIT_NOFILE.
+        var source: FileDescriptor?
+        var destination: FileDescriptor?
+        var status: FileStatus
+        var destinationIdentity: [UInt64]
+        var names: [String]
+        var next = 0
+        /// Relative path from the destination root, for linkat(2) of later hardlinks.
+        var relativePath: String
+
+        func descriptors() throws -> (source: FileDescriptor, destination: FileDescriptor) {
+            guard let source, let destination else { throw SystemCallError("copy", .EBADF, subject: relativePath) }
+            return (source, destination)
+        }
+
+        mutating func park() {
+            source?.close(); destination?.close()
+            source = nil; destination = nil
+        }
+
+        /// Reopens a parked frame through its child's `..`, checking it is still the same
+        /// directory on both sides (a concurrent rename would make it another).
+        mutating func unpark(from child: Frame) throws {
+            let (childSource, childDestination) = try child.descriptors()
+            source = try TreeSupport.reopenParent(of: childSource, expecting: [status.device, status.inode])
+            destination = try TreeSupport.reopenParent(of: childDestination, expecting: destinationIdentity)
+        }
+    }
+
+    private struct Copier {
+        let options: Options
+        let sourceRoot: FileDescriptor
+        let destinationRoot: FileDescriptor
+        var statistics = Statistics()
+        /// First destination path (relative to the root) of each multiply-linked source inode.
+        var linked: [InodeKey: String] = [:]
+        var rootMount: UInt64?
+
+        init(options: Options, sourceRoot: FileDescriptor, destinationRoot: FileDescriptor) {
+            self.options = options
+            self.sourceRoot = sourceRoot
+            self.destinationRoot = destinationRoot
+        }
+
+        mutating func run() throws {
+            rootMount = TreeSupport.mountID("", in: sourceRoot)
+            let rootStatus = try sourceRoot.stat()
+            let rootDestination = try destinationRoot.stat()
+            var stack = [Frame(source: sourceRoot, destination: destinationRoot, status: rootStatus,
+                               destinationIdentity: [rootDestination.device, rootDestination.inode],
+                               names: try TreeSupport.names(in: sourceRoot), relativePath: "")]
+            while !stack.isEmpty {
+                if options.isCancelled() { throw SystemCallError("copy", .ECANCELED) }
+                let top = stack.count - 1
+                if stack[top].next >= stack[top].names.count {
+                    let frame = stack.removeLast()
+                    try finishDirectory(frame)
+                    if let parent = stack.indices.last, stack[parent].source == nil {
+                        try stack[parent].unpark(from: frame)
+                    }
+                    continue
+                }
+                let name = stack[top].names[stack[top].next]
+                stack[top].next += 1
+                if let child = try copyEntry(name, from: stack[top]) {
+                    stack.append(child)
+                    // Index 0 holds the caller's descriptors: never closed here.
+                    let park = stack.count - 1 - TreeSupport.openLevels
+                    if park > 0 { stack[park].park() }
+                }
+            }
+        }
+
+        /// Copies one entry; for a directory returns its frame to walk next.
+        mutating func copyEntry(_ name: String, from parentFrame: Frame) throws -> Frame? {
+            let parent = try parentFrame.descriptors()
+            // An entry that vanished while we copied is skipped.
+            guard let st = try TreeSupport.statusIfPresent(name, in: parent.source) else { return nil }
+            let rel = parentFrame.relativePath.isEmpty ? name : parentFrame.relativePath + "/" + name
+            let type = st.fileType
+            if type != UInt32(Glibc.S_IFDIR) && st.linkCount > 1 {
+                let key = InodeKey(device: st.device, inode: st.inode)
+                if let first = linked[key] {
+                    try sys("linkat", rel) { linkat(destinationRoot.rawValue, first, parent.destination.rawValue, name, 0) }
+                    statistics.hardlinks += 1
+                    return nil
+                }
+                linked[key] = rel
+            }
+            switch type {
+            case UInt32(Glibc.S_IFDIR):
+                try Linux.makeDirectory(name, mode: 0o700, relativeTo: parent.destination)
+                let src = try FileDescriptor.openDirectory(name, relativeTo: parent.source, followSymlinks: false)
+                let dst = try FileDescriptor.openDirectory(name, relativeTo: parent.destination, followSymlinks: false)
+                statistics.directories += 1
+                let sameMount = rootMount == nil || TreeSupport.mountID("", in: src) == rootMount
+                let dstStatus = try dst.stat()
+                return Frame(source: src, destination: dst, status: st,
+                             destinationIdentity: [dstStatus.device, dstStatus.inode],
+                             names: sameMount ? try TreeSupport.names(in: src) : [], relativePath: rel)
+            case UInt32(Glibc.S_IFREG):
+                try copyRegular(name, st, parent)
+            case UInt32(Glibc.S_IFLNK):
+                let target = try readLink(name, relativeTo: parent.source)
+                try sys("symlinkat", rel) { symlinkat(target, parent.destination.rawValue, name) }
+                try finishNonDirectory(name, st, parent, isSymlink: true)
+                statistics.symlinks += 1
+            case UInt32(Glibc.S_IFCHR), UInt32(Glibc.S_IFBLK), UInt32(Glibc.S_IFIFO), UInt32(Glibc.S_IFSOCK):
+                try sys("mknodat", rel) { mknodat(parent.destination.rawValue, name, mode_t(st.mode), dev_t(st.rdev)) }
+                try finishNonDirectory(name, st, parent, isSymlink: false)
+                statistics.specialFiles += 1
+            default:
+                throw SystemCallError("copy", .EOPNOTSUPP, subject: rel)
+            }
+            return nil
+        }
+
+        mutating func copyRegular(_ name: String, _ st: FileStatus,
+                                  _ parent: (source: FileDescriptor, destination: FileDescriptor)) throws {
+            // TreeSupport.noAccessTime: reading must not disturb the source's access time (root may use it).
+            let src = try TreeSupport.openForReading(name, in: parent.source)
+            let dst = try FileDescriptor.open(name, flags: O_WRONLY | O_CREAT | O_EXCL | O_NOFOLLOW, mode: 0o600,
+                                              relativeTo: parent.destination)
+            let method = try FileCopy.copyContents(from: src, to: dst, allowReflink: options.allowReflink)
+            if method == .reflink { statistics.reflinkedFiles += 1 }
+            statistics.files += 1
+            statistics.bytes += UInt64(max(st.size, 0))
+            // chown before chmod (chown clears setuid/setgid) and before xattrs (it clears
+            // security.capability).
+            try sys("fchown") { fchown(dst.rawValue, st.uid, st.gid) }
+            try sys("fchmod") { fchmod(dst.rawValue, mode_t(st.mode & 0o7777)) }
+            try TreeSupport.setXattrs(try TreeSupport.xattrs(of: .fd(src)), on: .fd(dst))
+            var times = [st.accessTime, st.modificationTime]
+            try sys("futimens") { futimens(dst.rawValue, &times) }
+        }
+
+        func finishNonDirectory(_ name: String, _ st: FileStatus,
+                                _ parent: (source: FileDescriptor, destination: FileDescriptor), isSymlink: Bool) throws {
+            try sys("fchownat", name) { fchownat(parent.destination.rawValue, name, st.uid, st.gid, AT_SYMLINK_NOFOLLOW) }
+            if !isSymlink {
+                // mknodat applied the umask; a device node is not a symlink, so following is moot.
+                try sys("fchmodat", name) { fchmodat(parent.destination.rawValue, name, mode_t(st.mode & 0o7777), 0) }
+            }
+            let attrs = try TreeSupport.xattrs(of: .path(TreeSupport.procPath(name, in: parent.source)))
+            try TreeSupport.setXattrs(attrs, on: .path(TreeSupport.procPath(name, in: parent.destination)))
+            var times = [st.accessTime, st.modificationTime]
+            try sys("utimensat", name) { utimensat(parent.destination.rawValue, name, &times, AT_SYMLINK_NOFOLLOW) }
+        }
+
+        /// Applies a directory's own metadata once its contents are in place; ACLs last-but-one
+        /// as a default ACL set earlier would have leaked into the children created since.
+        func finishDirectory(_ frame: Frame) throws {
+            let st = frame.status
+            let (src, dst) = try frame.descriptors()
+            try sys("fchown") { fchown(dst.rawValue, st.uid, st.gid) }
+            try sys("fchmod") { fchmod(dst.rawValue, mode_t(st.mode & 0o7777)) }
+            try TreeSupport.setXattrs(try TreeSupport.xattrs(of: .fd(src)), on: .fd(dst))
+            var times = [st.accessTime, st.modificationTime]
+            try sys("futimens") { futimens(dst.rawValue, &times) }
+        }
+    }
+}

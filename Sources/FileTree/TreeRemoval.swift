@@ -1,0 +1,140 @@
+import CLinux
+import Glibc
+import Linux
+
+/// Removes a tree fd-relative (unlinkat), never following symlinks, lifting the immutable and
+/// append-only flags that stop even root, on every inode and not just the top. It refuses to
+/// descend into a mount point inside the tree (EBUSY) rather than delete what is mounted there.
+public enum TreeRemoval {
+    /// Removes `path` (a directory tree, a file, a symlink); a missing path is not an error.
+    public static func remove(at path: String) throws {
+        let parentPath = dirname(of: path), name = basename(of: path)
+        let parent = try FileDescriptor.openDirectory(parentPath)
+        try remove(name, in: parent)
+    }
+
+    /// Removes the entry `name` of the directory `parent`, and everything below it.
+    public static func remove(_ name: String, in parent: FileDescriptor) throws {
+        guard let st = try TreeSupport.statusIfPresent(name, in: parent) else { return }
+        guard st.isDirectory else {
+            try unlinkFile(name, in: parent)
+            return
+        }
+        // The parent's own flags: an immutable parent forbids unlinking its entries.
+        let top = try FileDescriptor.openDirectory(name, relativeTo: parent, followSymlinks: false)
+        TreeSupport.liftProtection(top)
+        let rootMount = TreeSupport.mountID("", in: top)
+        var stack = [Level(fd: top, identity: [st.device, st.inode], names: try TreeSupport.names(in: top), nameInParent: name)]
+        while !stack.isEmpty {
+            let i = stack.count - 1
+            if stack[i].next >= stack[i].names.count {
+                let done = stack.removeLast()
+                if let p = stack.indices.last, stack[p].fd == nil, let child = done.fd {
+                    stack[p].fd = try TreeSupport.reopenParent(of: child, expecting: stack[p].identity)
+                }
+                done.fd?.close()
+                try removeDirectoryEntry(done.nameInParent, in: stack.last?.fd ?? parent)
+                continue
+            }
+            let child = stack[i].names[stack[i].next]
+            stack[i].next += 1
+            guard let dir = stack[i].fd else { throw SystemCallError("unlinkat", .EBADF, subject: child) }
+            guard let cst = try TreeSupport.statusIfPresent(child, in: dir) else { continue }
+            if cst.isDirectory {
+                let fd = try FileDescriptor.openDirectory(child, relativeTo: dir, followSymlinks: false)
+                if let rootMount, let m = TreeSupport.mountID("", in: fd), m != rootMount {
+                    throw SystemCallError("unlinkat", .EBUSY, subject: "\(child): a mount point inside the tree")
+                }
+                TreeSupport.liftProtection(fd)
+                stack.append(Level(fd: fd, identity: [cst.device, cst.inode], names: try TreeSupport.names(in: fd),
+                                   nameInParent: child))
+                // Only the deepest levels stay open (index 0 is reopened like any other).
+                let park = stack.count - 1 - TreeSupport.openLevels
+                if park >= 0 { stack[park].fd?.close(); stack[park].fd = nil }
+            } else {
+                try unlinkFile(child, in: dir)
+            }
+        }
+    }
+
+    /// One directory being emptied; `fd` is nil while parked (see `TreeSupport.openLevels`).
+    private struct Level {
+        var fd: FileDescriptor?
+        var identity: [UInt64]
+        var names: [String]
+        var next = 0
+        var nameInParent: String
+    }
+
+    private static func unlinkFile(_ name: String, in dir: FileDescriptor) throws {
+        if unlinkat(dir.rawValue, name, 0) == 0 { return }
+        let e = Errno.current
+        if e == .ENOENT { return }
+        guard e == .EPERM else { throw SystemCallError("unlinkat", e, subject: name) }
+        // An immutable or append-only regular file: lift and retry. O_NONBLOCK|O_NOFOLLOW so a
+        // special file cannot block or redirect us; those cannot carry the flags we lift anyway.
+        if let fd = try? FileDescriptor.open(name, flags: O_RDONLY | O_NOFOLLOW | O_NONBLOCK | O_NOCTTY, relativeTo: dir) {
+            TreeSupport.liftProtection(fd)
+        }
+        try sys("unlinkat", name) { unlinkat(dir.rawValue, name, 0) }
+    }
+
+    private static func removeDirectoryEntry(_ name: String, in dir: FileDescriptor) throws {
+        if unlinkat(dir.rawValue, name, AT_REMOVEDIR) == 0 { return }
+        let e = Errno.current
+        if e == .ENOENT { return }
+        throw SystemCallError("unlinkat(AT_REMOVEDIR)", e, subject: name)
+    }
+
+    static func dirname(of path: String) -> String {
+        guard let slash = path.lastIndex(of: "/") else { return "." }
+        let d = String(path[..<slash])
+        return d.isEmpty ? "/" : d
+    }
+
+    static func basename(of path: String) -> String {
+        guard let slash = path.lastIndex(of: "/") else { return path }
+        return String(path[path.index(after: slash)...])
+    }
+}
+
+/// Space a tree occupies: allocated blocks of every inode, hardlinked inodes counted once
+/// (what `du` reports), staying on the tree's mount.
+public enum DiskUsage {
+    /// Walks `path` fd-relative and sums st_blocks × 512, one open directory per level.
+    /// `path` itself may be a symlink to the tree; nothing inside it is followed.
+    public static func allocatedBytes(of path: String) throws -> UInt64 {
+        let st = try fileStatus(path)
+        guard st.isDirectory else { return st.allocatedBytes }
+        let top = try FileDescriptor.openDirectory(path)
+        let rootMount = TreeSupport.mountID("", in: top)
+        var seen = Set<[UInt64]>()
+        var total = st.allocatedBytes
+        var stack = [(fd: Optional(top), identity: [st.device, st.inode], names: try TreeSupport.names(in: top), next: 0)]
+        while !stack.isEmpty {
+            let i = stack.count - 1
+            if stack[i].next >= stack[i].names.count {
+                let done = stack.removeLast()
+                if let p = stack.indices.last, stack[p].fd == nil, let child = done.fd {
+                    stack[p].fd = try TreeSupport.reopenParent(of: child, expecting: stack[p].identity)
+                }
+                continue
+            }
+            let name = stack[i].names[stack[i].next]
+            stack[i].next += 1
+            guard let dir = stack[i].fd, let cst = try? fileStatus(name, relativeTo: dir, followSymlinks: false) else { continue }
+            if cst.linkCount > 1 && !cst.isDirectory {
+                guard seen.insert([cst.device, cst.inode]).inserted else { continue }
+            }
+            total += cst.allocatedBytes
+            guard cst.isDirectory, let fd = try? FileDescriptor.openDirectory(name, relativeTo: dir, followSymlinks: false) else {
+                continue
+            }
+            if let rootMount, let m = TreeSupport.mountID("", in: fd), m != rootMount { continue }
+            stack.append((fd, [cst.device, cst.inode], (try? TreeSupport.names(in: fd)) ?? [], 0))
+            let park = stack.count - 1 - TreeSupport.openLevels
+            if park >= 0 { stack[park].fd?.close(); stack[park].fd = nil }
+        }
+        return total
+    }
+}

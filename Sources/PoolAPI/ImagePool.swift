@@ -1,0 +1,615 @@
+import FileTree
+import Glibc
+import Linux
+
+/// The machine image pool behind org.freedesktop.machine1's image methods (ListImages,
+/// GetImage, CloneImage, RenameImage, RemoveImage, MarkImageReadOnly, SetImageLimit,
+/// SetPoolLimit, CleanPool, GetImageOSRelease…) and import1's installs, with systemd 252's
+/// observable behaviour: search paths, name rules, `.host`, vendor images, temp names, locks.
+///
+/// The per-type work lives in the backends; this actor holds the preamble systemd repeats per
+/// type (names, read-only host and vendor images, locks) once. Blocking work runs on dedicated
+/// threads (`Blocking`), so while a multi-GiB clone runs, `images()` answers at once: the actor
+/// is re-entrant and only waits on its own per-image locks.
+public actor ImagePool {
+    /// Where the pool lives: every path under `root`, "/" in production.
+    public struct Configuration: Sendable {
+        /// Every path is resolved under this folder (berthd's `--root`).
+        public var root: String
+
+        /// A pool under `root` (berthd's `--root`).
+        public init(root: String) { self.root = root }
+
+        /// `ROOT/var/lib/machines`: where clones, renames (of pool images) and imports go.
+        public var poolPath: String { joinPath(root, "var/lib/machines") }
+        /// `ROOT/run/berth`: berthd's runtime state.
+        public var runtimeDirectory: String { joinPath(root, "run/berth") }
+        /// `ROOT/run/systemd/nspawn/locks`: systemd-nspawn's and machined's image locks.
+        public var lockDirectory: String { joinPath(root, "run/systemd/nspawn/locks") }
+        /// systemd 252's machine image search paths, first occurrence of a name wins.
+        public var searchPaths: [String] {
+            ["etc/machines", "run/machines", "var/lib/machines", "var/lib/container",
+             "usr/local/lib/machines", "usr/lib/machines"].map { joinPath(root, $0) }
+        }
+    }
+
+    /// How `CleanPool` chooses: hidden images only, or every image.
+    public enum CleanMode: String, Sendable { case hidden, all }
+
+    /// Where the pool lives.
+    public let configuration: Configuration
+    /// The backends that claim and make images, in priority order.
+    public let registry: BackendRegistry
+    private let realRoot: String
+    private let realPoolPath: String
+    private let locks: ImageLocks
+    private var nameLocks = NameLocks()
+
+    /// A pool over `configuration.root`'s search paths. Nothing is touched until first use;
+    /// call `removeStaleTemporaryEntries()` at daemon start.
+    public init(configuration: Configuration, registry: BackendRegistry) {
+        self.configuration = configuration
+        self.registry = registry
+        let root = Self.realPath(configuration.root) ?? configuration.root
+        realRoot = root
+        realPoolPath = joinPath(root, "var/lib/machines")
+        locks = ImageLocks(directory: joinPath(root, "run/systemd/nspawn/locks"), root: root)
+    }
+
+    /// The real path of `ROOT/var/lib/machines` (machine1's `PoolPath`).
+    public nonisolated var poolPath: String { realPoolPath }
+
+    // MARK: discovery
+
+    /// One image found in the search paths.
+    struct Found: Sendable {
+        var name: String
+        var path: String
+        /// nil for `.host`.
+        var backend: (any ImageBackend)?
+        var isVendor: Bool
+        var isHost: Bool { backend == nil }
+        var type: ImageType { backend?.imageType ?? .directory }
+    }
+
+    /// Every image (ListImages): hidden ones and `.host` included, temp entries (`.#…`) never.
+    public func images() async throws -> [Image] {
+        let context = discoveryContext
+        return try await Blocking.run {
+            // An entry that vanished or cannot be read between listing and stat is left out
+            // rather than failing the whole listing.
+            try Self.discoverAll(context).compactMap { try? Self.describe($0, context) }
+        }
+    }
+
+    /// The image `name` (GetImage); `PoolError(.noSuchImage)` if there is none.
+    public func image(named name: String) async throws -> Image {
+        try Self.validateName(name)
+        return try await Blocking.run { [self] in try imageNow(named: name) }
+    }
+
+    /// The image `name`, looked up on the calling thread: for sd-bus's synchronous callbacks
+    /// (an object's find callback, property getters), which systemd answers the same way, with a
+    /// few stat calls. Never slow: backends report what is expensive (directory usage) from caches.
+    public nonisolated func imageNow(named name: String) throws -> Image {
+        try Self.validateName(name)
+        let context = discoveryContext
+        guard let found = Self.find(name, context) else { throw PoolError(.noSuchImage, "no image '\(name)'") }
+        return try Self.describe(found, context)
+    }
+
+    private struct DiscoveryContext: Sendable {
+        var root: String
+        var searchPaths: [String]
+        var registry: BackendRegistry
+    }
+
+    private nonisolated var discoveryContext: DiscoveryContext {
+        DiscoveryContext(root: realRoot, searchPaths: configuration.searchPaths, registry: registry)
+    }
+
+    private static func discoverAll(_ c: DiscoveryContext) throws -> [Found] {
+        var seen: Set<String> = [".host"]
+        var result = [Found(name: ".host", path: c.root, backend: nil, isVendor: false)]
+        for dir in c.searchPaths {
+            guard let real = realPath(dir), let names = try? directoryEntries(real) else { continue }
+            for file in names.sorted() where !file.hasPrefix(".#") {
+                guard let (backend, name) = c.registry.claim(PoolEntry(directory: real, fileName: file)),
+                      (try? validateName(name)) != nil, !seen.contains(name) else { continue }
+                seen.insert(name)
+                result.append(Found(name: name, path: joinPath(real, file), backend: backend,
+                                    isVendor: isVendor(real, root: c.root)))
+            }
+        }
+        return result
+    }
+
+    /// The first image called `name` in search-path order, backends in priority order.
+    private static func find(_ name: String, _ c: DiscoveryContext) -> Found? {
+        if name == ".host" { return Found(name: name, path: c.root, backend: nil, isVendor: false) }
+        for dir in c.searchPaths {
+            guard let real = realPath(dir) else { continue }
+            for backend in c.registry.backends {
+                let file = backend.entryName(forImage: name)
+                let entry = PoolEntry(directory: real, fileName: file)
+                guard (try? fileStatus(entry.path, followSymlinks: false)) != nil else { continue }
+                if let (owner, claimed) = c.registry.claim(entry), claimed == name {
+                    return Found(name: name, path: entry.path, backend: owner, isVendor: isVendor(real, root: c.root))
+                }
+            }
+        }
+        return nil
+    }
+
+    private static func describe(_ f: Found, _ c: DiscoveryContext) throws -> Image {
+        guard let backend = f.backend else {
+            // As systemd-machined 252 reports `.host`: a writable directory with no times or
+            // usage. Berth still refuses to change it (EROFS), as machined does.
+            return Image(name: f.name, path: f.path, type: .directory, readOnly: false)
+        }
+        var image = try backend.image(named: f.name, at: f.path)
+        image.name = f.name
+        if f.isVendor { image.readOnly = true }
+        return image
+    }
+
+    /// Images under ROOT/usr are the vendor's: read-only whatever their flags say.
+    private static func isVendor(_ realDirectory: String, root: String) -> Bool {
+        let usr = joinPath(root, "usr")
+        return realDirectory == usr || realDirectory.hasPrefix(usr + "/")
+    }
+
+    // MARK: names
+
+    /// machine1's image name rule (a valid file name): not empty, not `.` or `..`, no `/`, no
+    /// control characters, at most 255 bytes, not starting with `.#` (temp entries).
+    /// `a b`, `..x` and long names are fine; a leading dot makes a hidden image.
+    public static func validateName(_ name: String) throws {
+        let bytes = name.utf8
+        guard !bytes.isEmpty, bytes.count <= 255, name != ".", name != "..", !name.hasPrefix(".#"),
+              !bytes.contains(UInt8(ascii: "/")),
+              !name.unicodeScalars.contains(where: { $0.value < 0x20 || $0.value == 0x7f }) else {
+            throw PoolError(.invalidName, "invalid image name '\(name)'")
+        }
+    }
+
+    // MARK: per-image serialisation
+
+    private func acquire(_ requests: [(String, NameLocks.Mode)]) async {
+        while !nameLocks.isFree(requests) {
+            await withCheckedContinuation { nameLocks.wait($0) }
+        }
+        nameLocks.grant(requests)
+    }
+
+    private func release(_ requests: [(String, NameLocks.Mode)]) {
+        nameLocks.release(requests)
+    }
+
+    /// Runs `body` holding the in-process locks of `requests`.
+    private func serialised<T: Sendable>(_ requests: [(String, NameLocks.Mode)],
+                                         _ body: () async throws -> T) async throws -> T {
+        await acquire(requests)
+        defer { release(requests) }
+        return try await body()
+    }
+
+    private func existing(_ name: String) async throws -> Found {
+        let context = discoveryContext
+        return try await Blocking.run {
+            guard let f = Self.find(name, context) else { throw PoolError(.noSuchImage, "no image '\(name)'") }
+            return f
+        }
+    }
+
+    private func isTaken(_ name: String) async throws -> Bool {
+        let context = discoveryContext
+        return try await Blocking.run { Self.find(name, context) != nil }
+    }
+
+    private func refuseReadOnlyImage(_ f: Found, _ what: String) throws {
+        if f.isHost { throw PoolError(.readOnly, "cannot \(what) the host image") }
+        if f.isVendor { throw PoolError(.readOnly, "cannot \(what) vendor image '\(f.name)' in \(f.path)") }
+    }
+
+    private func lockPath(_ path: String, _ mode: LockFile.Mode, _ name: String) throws -> ImageLocks.Held {
+        do { return try locks.lockPath(path, mode) } catch {
+            if error.errno == .EBUSY { throw PoolError(.busy, "image '\(name)' is in use", cause: error) }
+            throw PoolError.from(error, "cannot lock image '\(name)'")
+        }
+    }
+
+    private func lockName(_ name: String) throws -> ImageLocks.Held {
+        do { return try locks.lockName(name, .exclusive) } catch {
+            if error.errno == .EBUSY { throw PoolError(.busy, "image name '\(name)' is in use", cause: error) }
+            throw PoolError.from(error, "cannot lock image name '\(name)'")
+        }
+    }
+
+    // MARK: mutations
+
+    /// CloneImage: a new image `newName` in the pool folder with `name`'s contents, installed
+    /// atomically (no-replace rename of a temp entry), read-only if asked. On failure (ENOSPC
+    /// midway, cancellation) the temp entry is removed: no partial image is left.
+    public func clone(_ name: String, to newName: String, readOnly: Bool) async throws -> Image {
+        try Self.validateName(name)
+        try Self.validateName(newName)
+        return try await serialised([(name, .shared), (newName, .exclusive)]) {
+            let source = try await existing(name)
+            if try await isTaken(newName) { throw PoolError(.imageExists, "image '\(newName)' already exists") }
+            let nameLock = try lockName(newName)
+            defer { nameLock.release() }
+            // Shared: keeps nspawn from starting on the source while we read it. A running
+            // nspawn holds it exclusively; systemd clones running containers, so we go on.
+            let sourceLock = try? locks.lockPath(source.path, .shared)
+            defer { sourceLock?.release() }
+            try await ensurePoolFolder()
+
+            let pool = realPoolPath
+            let treeBackend = registry.treeBackend(for: pool)
+            let sourceIsTree = source.type == .directory || source.type == .subvolume
+            let creator: any ImageBackend
+            let copyIntoEmpty: Bool
+            if sourceIsTree, let tree = treeBackend,
+               source.isHost || tree.identifier != source.backend?.identifier {
+                // e.g. a plain directory image into a btrfs pool: a new subvolume, filled by copy.
+                creator = tree
+                copyIntoEmpty = true
+            } else if let b = source.backend, b.canCreate(in: pool) {
+                creator = b
+                copyIntoEmpty = false
+            } else {
+                throw PoolError(.notSupported, "cannot clone \(source.type.rawValue) image '\(name)' into \(pool)")
+            }
+            let finalPath = joinPath(pool, creator.entryName(forImage: newName))
+            let temp = joinPath(pool, Self.temporaryName(for: creator.entryName(forImage: newName)))
+            let sourcePath = source.path
+            do {
+                try await Blocking.run(cancellable: { flag in
+                    if copyIntoEmpty {
+                        try creator.createEmpty(at: temp)
+                        let from = try FileDescriptor.openDirectory(sourcePath)
+                        let into = try FileDescriptor.openDirectory(temp, followSymlinks: false)
+                        try TreeCopy.copyContents(of: from, into: into,
+                                                  options: TreeCopy.Options(isCancelled: { flag.isCancelled }))
+                    } else {
+                        try creator.clone(from: sourcePath, to: temp)
+                    }
+                    if flag.isCancelled { throw PoolError(.cancelled, "clone of '\(name)' cancelled") }
+                    if readOnly { try creator.setReadOnly(true, at: temp) }
+                    try creator.rename(from: temp, to: finalPath)
+                })
+            } catch {
+                await Self.discard(temp, creator)
+                throw Self.poolError(error, "cannot clone image '\(name)' to '\(newName)'")
+            }
+            return try await Blocking.run { try creator.image(named: newName, at: finalPath) }
+        }
+    }
+
+    /// RenameImage: within the image's own folder (as systemd does), no-replace.
+    public func rename(_ name: String, to newName: String) async throws {
+        try Self.validateName(name)
+        try Self.validateName(newName)
+        try await serialised([(name, .exclusive), (newName, .exclusive)]) {
+            let source = try await existing(name)
+            try refuseReadOnlyImage(source, "rename")
+            guard let backend = source.backend else { throw PoolError(.readOnly, "cannot rename the host image") }
+            if try await isTaken(newName) { throw PoolError(.imageExists, "image '\(newName)' already exists") }
+            let pathLock = try lockPath(source.path, .exclusive, name)
+            defer { pathLock.release() }
+            let oldNameLock = try lockName(name)
+            defer { oldNameLock.release() }
+            let newNameLock = try lockName(newName)
+            defer { newNameLock.release() }
+            let folder = String(source.path[..<(source.path.lastIndex(of: "/") ?? source.path.endIndex)])
+            let destination = joinPath(folder, backend.entryName(forImage: newName))
+            let from = source.path
+            try await Blocking.run {
+                do { try backend.rename(from: from, to: destination) }
+                catch { throw Self.poolError(error, "cannot rename image '\(name)' to '\(newName)'") }
+            }
+        }
+    }
+
+    /// RemoveImage. A running container's image (nspawn holds its lock) is `.busy`.
+    public func remove(_ name: String) async throws {
+        try Self.validateName(name)
+        try await serialised([(name, .exclusive)]) {
+            let found = try await existing(name)
+            try await removeLocked(found)
+        }
+    }
+
+    private func removeLocked(_ found: Found) async throws {
+        try refuseReadOnlyImage(found, "remove")
+        guard let backend = found.backend else { throw PoolError(.readOnly, "cannot remove the host image") }
+        let pathLock = try lockPath(found.path, .exclusive, found.name)
+        defer { pathLock.release() }
+        let nameLock = try lockName(found.name)
+        defer { nameLock.release() }
+        let path = found.path, name = found.name
+        try await Blocking.run {
+            do { try backend.remove(at: path) }
+            catch { throw Self.poolError(error, "cannot remove image '\(name)'") }
+        }
+    }
+
+    /// MarkImageReadOnly.
+    public func setReadOnly(_ name: String, _ readOnly: Bool) async throws {
+        try Self.validateName(name)
+        try await serialised([(name, .exclusive)]) {
+            let found = try await existing(name)
+            try refuseReadOnlyImage(found, "change read-only state of")
+            guard let backend = found.backend else { return }
+            let pathLock = try lockPath(found.path, .exclusive, name)
+            defer { pathLock.release() }
+            let path = found.path
+            try await Blocking.run {
+                do { try backend.setReadOnly(readOnly, at: path) }
+                catch { throw Self.poolError(error, "cannot mark image '\(name)' read-\(readOnly ? "only" : "write")") }
+            }
+        }
+    }
+
+    /// SetImageLimit; `.notSupported` where the backend has no quota.
+    public func setLimit(_ name: String, _ bytes: UInt64) async throws {
+        try Self.validateName(name)
+        try await serialised([(name, .exclusive)]) {
+            let found = try await existing(name)
+            try refuseReadOnlyImage(found, "set a limit on")
+            guard let backend = found.backend else { return }
+            let path = found.path
+            try await Blocking.run {
+                do { try backend.setLimit(bytes, at: path) }
+                catch { throw Self.poolError(error, "cannot set the limit of image '\(name)'") }
+            }
+        }
+    }
+
+    /// PoolUsage and PoolLimit: from the first backend that knows them for the pool folder,
+    /// else `Image.unknown` each.
+    public func poolUsage() async -> (usage: UInt64, limit: UInt64) {
+        let result = try? await Blocking.run { [self] () -> [UInt64] in
+            let now = poolUsageNow()
+            return [now.usage, now.limit]
+        }
+        guard let result, result.count == 2 else { return (Image.unknown, Image.unknown) }
+        return (result[0], result[1])
+    }
+
+    /// PoolUsage and PoolLimit on the calling thread, for synchronous property getters.
+    public nonisolated func poolUsageNow() -> (usage: UInt64, limit: UInt64) {
+        for b in registry.backends {
+            if let r = try? b.poolUsage(of: realPoolPath) { return r }
+        }
+        return (Image.unknown, Image.unknown)
+    }
+
+    /// SetPoolLimit, by the first quota-capable backend that creates in the pool folder.
+    public func setPoolLimit(_ bytes: UInt64) async throws {
+        try await ensurePoolFolder()
+        let pool = realPoolPath
+        guard let backend = registry.backends.first(where: { $0.capabilities.contains(.quota) && $0.canCreate(in: pool) }) else {
+            throw PoolError(.notSupported, "the pool at \(pool) has no quota support")
+        }
+        try await Blocking.run {
+            do { try backend.setPoolLimit(bytes, of: pool) }
+            catch { throw Self.poolError(error, "cannot set the pool limit") }
+        }
+    }
+
+    /// GetImageHostname/MachineID/MachineInfo/OSRelease, read through the backend's inspection
+    /// root (closed on every path), every file resolved inside the image (openat2 RESOLVE_IN_ROOT).
+    public func metadata(of name: String) async throws -> ImageMetadata {
+        try Self.validateName(name)
+        return try await serialised([(name, .shared)]) {
+            let found = try await existing(name)
+            // Shared, best effort: a running container holds its image exclusively, and its
+            // os-release is still worth reading.
+            let lock = found.isHost ? nil : try? locks.lockPath(found.path, .shared)
+            defer { lock?.release() }
+            let path = found.path, backend = found.backend
+            return try await Blocking.run {
+                guard let backend else { return try ImageMetadata.read(imageRoot: path) }
+                let root: any InspectionRoot
+                do { root = try backend.openForInspection(at: path) }
+                catch { throw Self.poolError(error, "cannot open image '\(name)' for inspection") }
+                defer { root.close() }
+                do { return try ImageMetadata.read(imageRoot: root.root) }
+                catch { throw Self.poolError(error, "cannot read metadata of image '\(name)'") }
+            }
+        }
+    }
+
+    /// CleanPool: removes hidden images (or all), never `.host` or vendor images; images in use
+    /// are kept. Returns what went with the usage each had.
+    public func clean(_ mode: CleanMode) async throws -> [(name: String, usage: UInt64)] {
+        var removed: [(name: String, usage: UInt64)] = []
+        for image in try await images() {
+            if image.name == ".host" || (mode == .hidden && !image.isHidden) { continue }
+            let found = try? await existing(image.name)
+            guard let found, !found.isVendor, !found.isHost else { continue }
+            do {
+                try await serialised([(image.name, .exclusive)]) { try await removeLocked(found) }
+                removed.append((image.name, image.usage))
+            } catch let e as PoolError where e.code == .busy || e.code == .noSuchImage {
+                continue
+            }
+        }
+        return removed
+    }
+
+    /// Removes what a previous run left in the pool folder: temp entries `.#…` (with their
+    /// immutable flags, subvolumes through the backend that claims them) and lock files
+    /// `.#….lck` no one holds. Called at daemon start.
+    public func removeStaleTemporaryEntries() async {
+        let pool = realPoolPath, registry = self.registry
+        _ = try? await Blocking.run {
+            guard let names = try? directoryEntries(pool) else { return }
+            for file in names where file.hasPrefix(".#") {
+                let path = joinPath(pool, file)
+                guard let st = try? fileStatus(path, followSymlinks: false) else { continue }
+                if st.isRegular && file.hasSuffix(".lck") {
+                    if LockFile.isFree(path, for: .exclusive) { _ = unlink(path) }
+                    continue
+                }
+                if st.isDirectory || st.isRegular, let (backend, _) = registry.claim(PoolEntry(directory: pool, fileName: file)) {
+                    if (try? backend.remove(at: path)) != nil { continue }
+                }
+                try? TreeRemoval.remove(at: path)
+            }
+        }
+    }
+
+    /// For imports: makes a temp entry `.#<name><random>` of `type` in the pool folder (tree
+    /// types: the pool's tree backend, a subvolume on btrfs; raw: the raw backend's empty
+    /// `NAME.raw`; `.notSupported` where no registered backend makes `type` there), calls
+    /// `fill` with its path, then installs it atomically as `name`: a no-replace rename, or with
+    /// `force` an exchange with the existing image, which is then removed. Without `force` an
+    /// existing name fails before any work. Read-only if asked. On any error or cancellation
+    /// the temp entry is removed. `fill` runs on Swift's cooperative pool: blocking work in it
+    /// belongs in `Blocking.run`.
+    public func install(_ name: String, type: ImageType, force: Bool, readOnly: Bool,
+                        fill: @Sendable (String) async throws -> Void) async throws -> Image {
+        try Self.validateName(name)
+        return try await serialised([(name, .exclusive)]) {
+            let current: Found? = try await Blocking.run { [discoveryContext] in Self.find(name, discoveryContext) }
+            if let current {
+                if !force { throw PoolError(.imageExists, "image '\(name)' already exists") }
+                try refuseReadOnlyImage(current, "replace")
+            }
+            let nameLock = try lockName(name)
+            defer { nameLock.release() }
+            try await ensurePoolFolder()
+            let pool = realPoolPath
+            let chosen: (any ImageBackend)? = switch type {
+            case .directory, .subvolume: registry.treeBackend(for: pool)
+            default: registry.backend(for: type, in: pool)
+            }
+            guard let backend = chosen else {
+                throw PoolError(.notSupported, "no backend makes \(type.rawValue) images in \(pool)")
+            }
+            let entry = backend.entryName(forImage: name)
+            let temp = joinPath(pool, Self.temporaryName(for: entry))
+            let finalPath = joinPath(pool, entry)
+            do {
+                try await Blocking.run { try backend.createEmpty(at: temp) }
+                try await fill(temp)
+                try Task.checkCancellation()
+                // The replaced image must not be in use; it keeps its lock until it is gone.
+                // The replaced image (if in the pool folder) must not be in use; it keeps its
+                // lock until it is gone.
+                let replaced = current.flatMap { joinPath(pool, Self.fileName(of: $0.path)) == $0.path ? $0 : nil }
+                let replacedLock = try replaced.map { try lockPath($0.path, .exclusive, name) }
+                defer { replacedLock?.release() }
+                try await Blocking.run {
+                    if readOnly { try backend.setReadOnly(true, at: temp) }
+                    guard let replaced, let oldBackend = replaced.backend else {
+                        try backend.rename(from: temp, to: finalPath)
+                        return
+                    }
+                    if replaced.path == finalPath {
+                        // Atomic swap, then the old image (now at the temp name) goes. An
+                        // immutable directory cannot move: both are made writable for the swap.
+                        let oldWasReadOnly = (try? oldBackend.image(named: name, at: replaced.path))?.readOnly ?? false
+                        if oldWasReadOnly { try oldBackend.setReadOnly(false, at: replaced.path) }
+                        do {
+                            try Self.exchange(temp, finalPath, newIsReadOnly: readOnly, backend)
+                        } catch {
+                            if oldWasReadOnly { try? oldBackend.setReadOnly(true, at: replaced.path) }
+                            throw error
+                        }
+                    } else {
+                        // Another type under another entry name (`x` replaced by `x.raw`): the
+                        // new one goes in first, then the old one is removed.
+                        try backend.rename(from: temp, to: finalPath)
+                    }
+                    let leftover = replaced.path == finalPath ? temp : replaced.path
+                    try? oldBackend.remove(at: leftover)
+                    if (try? fileStatus(leftover, followSymlinks: false)) != nil { try? TreeRemoval.remove(at: leftover) }
+                }
+            } catch {
+                await Self.discard(temp, backend)
+                if error is CancellationError { throw PoolError(.cancelled, "install of '\(name)' cancelled") }
+                throw Self.poolError(error, "cannot install image '\(name)'")
+            }
+            let context = discoveryContext
+            return try await Blocking.run {
+                guard let f = Self.find(name, context) else { throw PoolError(.noSuchImage, "image '\(name)' vanished") }
+                return try Self.describe(f, context)
+            }
+        }
+    }
+
+    // MARK: helpers
+
+    /// renameat2(RENAME_EXCHANGE) of the new entry with the old; an immutable new directory
+    /// cannot move either, so its flag is lifted around the swap.
+    private static func exchange(_ new: String, _ old: String, newIsReadOnly: Bool, _ backend: any ImageBackend) throws {
+        if newIsReadOnly { try backend.setReadOnly(false, at: new) }
+        try renameExchange(new, old)
+        if newIsReadOnly { try backend.setReadOnly(true, at: old) }
+    }
+
+    /// Makes `ROOT/var/lib/machines` on first use, of the parent's kind: the tree backend of
+    /// the parent folder creates it (a subvolume on btrfs, like systemd), else mkdir.
+    private func ensurePoolFolder() async throws {
+        let pool = realPoolPath, registry = self.registry
+        try await Blocking.run {
+            if (try? fileStatus(pool))?.isDirectory == true { return }
+            let parent = String(pool[..<(pool.lastIndex(of: "/") ?? pool.endIndex)])
+            do { try makeDirectories(parent) } catch { throw Self.poolError(error, "cannot create \(parent)") }
+            do {
+                if let tree = registry.treeBackend(for: parent) {
+                    try tree.createEmpty(at: pool)
+                } else {
+                    try makeDirectory(pool, mode: 0o700)
+                }
+            } catch {
+                if (try? fileStatus(pool))?.isDirectory == true { return }  // made meanwhile
+                throw Self.poolError(error, "cannot create the pool folder \(pool)")
+            }
+        }
+    }
+
+    /// Removes a temp entry after a failure: through its backend (a subvolume needs btrfs),
+    /// then fd-relative with flags lifted for whatever is still there.
+    private static func discard(_ temp: String, _ backend: (any ImageBackend)?) async {
+        _ = try? await Blocking.run {
+            guard (try? fileStatus(temp, followSymlinks: false)) != nil else { return }
+            try? backend?.remove(at: temp)
+            if (try? fileStatus(temp, followSymlinks: false)) != nil { try? TreeRemoval.remove(at: temp) }
+        }
+    }
+
+    static func fileName(of path: String) -> String {
+        guard let slash = path.lastIndex(of: "/") else { return path }
+        return String(path[path.index(after: slash)...])
+    }
+
+    /// `.#<entry><16 hex digits>`, systemd's temp-name shape: hidden from listings by `.#`.
+    static func temporaryName(for entry: String) -> String {
+        var rng = SystemRandomNumberGenerator()
+        let r = rng.next() as UInt64
+        let hex = String(r, radix: 16)
+        return ".#" + entry + String(repeating: "0", count: 16 - hex.count) + hex
+    }
+
+    static func poolError(_ error: any Error, _ message: String) -> PoolError {
+        if let e = error as? PoolError { return e }
+        if let e = error as? SystemCallError {
+            if e.errno == .ECANCELED { return PoolError(.cancelled, message, cause: e) }
+            return PoolError.from(e, message)
+        }
+        if error is CancellationError { return PoolError(.cancelled, message, cause: error) }
+        return PoolError(.system, message, cause: error)
+    }
+
+    /// realpath(3), nil if it does not exist.
+    static func realPath(_ path: String) -> String? {
+        guard let r = realpath(path, nil) else { return nil }
+        defer { free(r) }
+        return String(cString: r)
+    }
+}

@@ -1,0 +1,118 @@
+import BackendConformance
+import DirectoryBackend
+import FileTree
+import Foundation
+import Glibc
+import Linux
+import PoolAPI
+import TestSupport
+import Testing
+
+private func chattr(_ flags: String, _ path: String) throws {
+    try run(["chattr", flags, path], check: true)
+}
+
+@Suite(.serialized, .enabled(if: Privileges.canMakeLoopFilesystems,
+                             "needs root and loop devices for real ext4/btrfs filesystems (immutable flags, reflinks)"))
+struct DirectoryBackendTests {
+    @Test func treeCopyReflinksOnBtrfsCopiesSparselyOnExt4AndIsFaithfulOnBoth() throws {
+        for kind in LoopbackFilesystem.Kind.allCases {
+            let fs = try LoopbackFilesystem(kind)
+            defer { fs.remove() }
+            try makeDirectory(fs.appending("src"))
+            try Fixture.fillTree(at: fs.appending("src"))
+            let before = try TreeSnapshot(of: fs.appending("src"))
+            let stats = try TreeCopy.copy(from: fs.appending("src"), to: fs.appending("dst"))
+            let diff = try TreeSnapshot(of: fs.appending("dst")).differences(from: before)
+            #expect(diff.isEmpty, "\(kind): \(diff)")
+            #expect(stats.hardlinks == 1 && stats.specialFiles == 4 && stats.symlinks == 3)
+            if kind == .btrfs {
+                #expect(stats.reflinkedFiles == stats.files, "every file is reflinked on btrfs")
+            } else {
+                #expect(stats.reflinkedFiles == 0)
+                let sparse = try fileStatus(fs.appending("dst/sparse"))
+                #expect(sparse.allocatedBytes < 1 << 20, "ext4 copy of the sparse file allocated \(sparse.allocatedBytes)")
+            }
+        }
+    }
+
+    @Test func treeCopyAndRemovalHandleTreesDeeperThanPathMax() throws {
+        let fs = try LoopbackFilesystem(.ext4)
+        defer { fs.remove() }
+        try makeDirectory(fs.appending("deep"))
+        var dir = try FileDescriptor.openDirectory(fs.appending("deep"))
+        let name = String(repeating: "d", count: 200)
+        for _ in 0..<300 {  // 300 × 201 bytes: far beyond PATH_MAX (4096), and deeper than the open levels
+            try makeDirectory(name, relativeTo: dir)
+            dir = try FileDescriptor.openDirectory(name, relativeTo: dir, followSymlinks: false)
+        }
+        let leaf = try FileDescriptor.open("leaf", flags: O_WRONLY | O_CREAT, relativeTo: dir)
+        try Array("bottom".utf8).withUnsafeBytes { try leaf.writeAll($0) }
+        let stats = try TreeCopy.copy(from: fs.appending("deep"), to: fs.appending("copy"))
+        #expect(stats.directories == 300 && stats.files == 1)
+        let usage = try DiskUsage.allocatedBytes(of: fs.appending("copy"))
+        #expect(usage >= 300 * 4096, "every level's directory block is counted: \(usage)")
+        try TreeRemoval.remove(at: fs.appending("copy"))
+        try TreeRemoval.remove(at: fs.appending("deep"))
+        #expect(try directoryEntries(fs.mountPoint).filter { $0 != "lost+found" }.isEmpty)
+    }
+
+    @Test func treeCopyNeverFollowsSymlinksOfTheSource() throws {
+        let t = try TemporaryDirectory()
+        defer { t.remove() }
+        try FileManager.default.createDirectory(atPath: t.appending("src"), withIntermediateDirectories: true)
+        try FileManager.default.createSymbolicLink(atPath: t.appending("src/etc"), withDestinationPath: "/etc")
+        try TreeCopy.copy(from: t.appending("src"), to: t.appending("dst"))
+        #expect(try readLink(t.appending("dst/etc")) == "/etc")
+        #expect(try fileStatus(t.appending("dst/etc"), followSymlinks: false).isSymlink)
+    }
+
+    @Test func readOnlyIsTheImmutableFlagEnforcedAgainstRootAndSurvivesRename() async throws {
+        let fs = try LoopbackFilesystem(.ext4)
+        defer { fs.remove() }
+        let backend = DirectoryBackend()
+        try makeDirectories(fs.appending("pool"))
+        try backend.createEmpty(at: fs.appending("pool/img"))
+        try backend.setReadOnly(true, at: fs.appending("pool/img"))
+        #expect(try backend.image(named: "img", at: fs.appending("pool/img")).readOnly)
+        #expect(open(fs.appending("pool/img/new"), O_WRONLY | O_CREAT, 0o644) == -1 && errno == EPERM)
+        try backend.rename(from: fs.appending("pool/img"), to: fs.appending("pool/moved"))
+        #expect(try FileDescriptor.openDirectory(fs.appending("pool/moved")).isImmutable())
+        try backend.setReadOnly(false, at: fs.appending("pool/moved"))
+        #expect(try !backend.image(named: "moved", at: fs.appending("pool/moved")).readOnly)
+    }
+
+    @Test func removeLiftsImmutableAndAppendOnlyFlagsEverywhere() throws {
+        let fs = try LoopbackFilesystem(.ext4)
+        defer { fs.remove() }
+        let img = fs.appending("img")
+        try makeDirectories(img + "/a/b")
+        #expect(FileManager.default.createFile(atPath: img + "/a/b/locked", contents: Data("x".utf8)))
+        #expect(FileManager.default.createFile(atPath: img + "/a/appending", contents: Data("x".utf8)))
+        try chattr("+i", img + "/a/b/locked")
+        try chattr("+i", img + "/a/b")
+        try chattr("+a", img + "/a/appending")
+        try chattr("+i", img)
+        try DirectoryBackend().remove(at: img)
+        #expect((try? fileStatus(img)) == nil)
+    }
+
+    @Test func usageIsComputedInTheBackgroundCountingHardlinksOnce() async throws {
+        let fs = try LoopbackFilesystem(.ext4)
+        defer { fs.remove() }
+        let img = fs.appending("img")
+        try makeDirectories(img)
+        let data = Data(repeating: 0x61, count: 4 << 20)
+        try data.write(to: URL(fileURLWithPath: img + "/big"))
+        try FileManager.default.linkItem(atPath: img + "/big", toPath: img + "/big-again")
+        let backend = DirectoryBackend()
+        let first = try backend.image(named: "img", at: img)
+        #expect(first.usage == Image.unknown, "the first look never waits for a scan")
+        var usage = Image.unknown
+        for _ in 0..<400 where usage == Image.unknown {
+            try await Task.sleep(for: .milliseconds(50))
+            usage = try backend.image(named: "img", at: img).usage
+        }
+        #expect(usage >= 4 << 20 && usage < 6 << 20, "usage \(usage) must count the 4 MiB inode once")
+    }
+}

@@ -1,0 +1,87 @@
+import Foundation
+import Glibc
+
+/// One of systemd 252's own daemons (`systemd-machined`, `systemd-importd`, `systemd-portabled`)
+/// running on a private bus beside berthd, so a test can make the same call on both and compare.
+///
+/// systemd's daemons have no `--root`: the reference daemon runs in a private mount namespace
+/// (`unshare -m`) where the test's pool folder is bind-mounted over /var/lib/machines, so it sees
+/// the same images berthd sees under its root without touching the host's pool.
+public final class ReferenceDaemon: @unchecked Sendable {
+    public enum Daemon: String, Sendable {
+        case machined = "systemd-machined"
+        case importd = "systemd-importd"
+        case portabled = "systemd-portabled"
+        public var busName: String {
+            switch self {
+            case .machined: "org.freedesktop.machine1"
+            case .importd: "org.freedesktop.import1"
+            case .portabled: "org.freedesktop.portable1"
+            }
+        }
+    }
+
+    public static let libexec = "/lib/systemd"
+
+    /// Why the reference daemons cannot run here, or nil if they can.
+    public static var skipReason: String? {
+        if geteuid() != 0 { return "needs root for a private mount namespace" }
+        if !FileManager.default.isExecutableFile(atPath: "\(libexec)/systemd-machined") {
+            return "systemd-container is not installed (apt-get install systemd-container)"
+        }
+        if !commandExists("unshare") { return "unshare (util-linux) is not installed" }
+        return nil
+    }
+
+    public let daemon: Daemon
+    private let process: Process
+    private let script: String
+
+    /// Starts `daemon` on the bus at `busAddress` with `poolPath` as its /var/lib/machines, and
+    /// waits until it owns its bus name.
+    public init(_ daemon: Daemon, busAddress: String, poolPath: String, timeout: TimeInterval = 10) throws {
+        if let why = Self.skipReason { throw TestSupportError("cannot run \(daemon.rawValue): \(why)") }
+        self.daemon = daemon
+        // machinectl and portablectl refuse to run unless this exists.
+        try FileManager.default.createDirectory(atPath: "/run/systemd/system", withIntermediateDirectories: true)
+        script = NSTemporaryDirectory() + "berth-ref-\(UUID().uuidString).sh"
+        let body = """
+            #!/bin/sh
+            set -e
+            mkdir -p /var/lib/machines
+            mount --bind '\(poolPath)' /var/lib/machines
+            exec \(Self.libexec)/\(daemon.rawValue)
+            """
+        try body.write(toFile: script, atomically: true, encoding: .utf8)
+        chmod(script, 0o755)
+        process = Process()
+        process.executableURL = URL(fileURLWithPath: "/usr/bin/unshare")
+        process.arguments = ["-m", "--propagation", "private", script]
+        var env = ProcessInfo.processInfo.environment
+        env["DBUS_SYSTEM_BUS_ADDRESS"] = busAddress
+        process.environment = env
+        process.standardOutput = FileHandle.nullDevice
+        process.standardError = FileHandle.nullDevice
+        try process.run()
+        let deadline = Date().addingTimeInterval(timeout)
+        while Date() < deadline {
+            let r = try run(["busctl", "--address=\(busAddress)", "status", daemon.busName])
+            if r.succeeded { return }
+            if !process.isRunning { break }
+            usleep(50_000)
+        }
+        stop()
+        throw TestSupportError("\(daemon.rawValue) did not take \(daemon.busName) on \(busAddress)")
+    }
+
+    /// SIGTERM, then wait for it.
+    public func stop() {
+        if process.isRunning {
+            process.terminate()
+            process.waitUntilExit()
+        }
+        try? FileManager.default.removeItem(atPath: script)
+    }
+
+    deinit { stop() }
+}
