@@ -199,3 +199,32 @@ struct NotifyTests {
         #expect(notify.receive(seconds: 10).contains("STOPPING=1"))
     }
 }
+
+@Suite(.serialized, .enabled(if: endToEndToolsAvailable && Privileges.isRoot && commandExists("setpriv"),
+                              "needs dbus-daemon, busctl, setpriv and root"))
+struct AuthorizationTests {
+    func call(_ bus: PrivateDBusDaemon, asNobody: Bool, _ member: String, _ args: [String]) throws -> CommandResult {
+        let prefix = asNobody ? ["setpriv", "--reuid=65534", "--regid=65534", "--clear-groups"] : []
+        return try run(prefix + ["busctl", "--address=\(bus.address)", "call", "--", "org.freedesktop.machine1", "/org/freedesktop/machine1",
+                                 "org.freedesktop.machine1.Manager", member] + args)
+    }
+
+    @Test func mutationsNeedRootWithoutPolkitAndReadsAreOpen() throws {
+        let bus = try PrivateDBusDaemon()
+        defer { bus.stop() }
+        let berthd = try BerthdProcess(bus: bus, services: ["machine1"])
+        defer { berthd.stop() }
+        // A mutating method: the harness asks for root (no polkit on this bus) before anything else.
+        let denied = try call(bus, asNobody: true, "RemoveImage", ["s", "x"])
+        #expect(denied.stderr.contains("Access denied"), "\(denied.stderr)")
+        let root = try call(bus, asNobody: false, "RemoveImage", ["s", "x"])
+        #expect(root.stderr.contains("not implemented yet"), "\(root.stderr)")
+        // A root-only method: sd-bus itself refuses it, as it does for systemd-machined.
+        let privileged = try call(bus, asNobody: true, "RegisterMachine", ["sayssus", "m", "0", "svc", "container", "1", "/"])
+        #expect(privileged.stderr.contains("Access denied"), "\(privileged.stderr)")
+        // A reading method is open to everyone (and not written yet).
+        let read = try call(bus, asNobody: true, "GetImage", ["s", "x"])
+        #expect(read.stderr.contains("not implemented yet"), "\(read.stderr)")
+        #expect(berthd.terminate() == 0)
+    }
+}
