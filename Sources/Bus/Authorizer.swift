@@ -8,6 +8,7 @@ public struct Authorizer: Sendable {
     static let polkitPath: ObjectPath = "/org/freedesktop/PolicyKit1/Authority"
     static let polkitInterface = "org.freedesktop.PolicyKit1.Authority"
 
+    /// An authorizer; it holds no state, polkit is looked up per call.
     public init() {}
 
     /// Throws `org.freedesktop.DBus.Error.AccessDenied` unless the caller of `call` may perform

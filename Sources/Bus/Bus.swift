@@ -60,7 +60,9 @@ public protocol BusObjectHandler: Actor {
 }
 
 extension BusObjectHandler {
+    /// Every path the handler is exported at exists (plain objects).
     public func objectExists(_ path: ObjectPath) -> Bool { true }
+    /// No children to enumerate.
     public func childObjects(under prefix: ObjectPath) -> [ObjectPath] { [] }
 }
 
@@ -112,8 +114,11 @@ public struct MethodCall: Sendable {
 
 /// Who sent a call: `UnixUserID` and `ProcessID` from the bus daemon.
 public struct Credentials: Sendable, Equatable {
+    /// The caller's uid (`UnixUserID`).
     public var uid: UInt32
+    /// The caller's pid (`ProcessID`), when the bus knows it.
     public var pid: UInt32?
+    /// Credentials with these values.
     public init(uid: UInt32, pid: UInt32?) {
         self.uid = uid
         self.pid = pid
@@ -278,9 +283,9 @@ public actor Bus {
             }
             var reply: OpaquePointer? = nil
             var r = sd_bus_message_new_method_return(m, &reply)
-            if r >= 0 {
+            if r >= 0, let reply {
                 do {
-                    try Marshal.append(reply!, values)
+                    try Marshal.append(reply, values)
                     r = sd_bus_send(handle, reply, nil)
                 } catch {
                     replyError(m, error)
@@ -344,9 +349,9 @@ public actor Bus {
     public func emitSignal(path: ObjectPath, interface: String, member: String, _ values: [BusValue]) throws(BusError) {
         var m: OpaquePointer? = nil
         var r = sd_bus_message_new_signal(handle, &m, path.rawValue, interface, member)
-        if r < 0 { throw BusError(errno: Errno(-r), "cannot make signal \(member)") }
+        guard r >= 0, let m else { throw BusError(errno: Errno(-r), "cannot make signal \(member)") }
         defer { sd_bus_message_unref(m) }
-        try Marshal.append(m!, values)
+        try Marshal.append(m, values)
         r = sd_bus_send(handle, m, nil)
         if r < 0 { throw BusError(errno: Errno(-r), "cannot send signal \(member)") }
     }
@@ -379,9 +384,9 @@ public actor Bus {
         guard let handle else { throw BusError(errno: .ENOTCONN, "the bus connection is closed") }
         var m: OpaquePointer? = nil
         var r = sd_bus_message_new_method_call(handle, &m, destination, path.rawValue, interface, member)
-        if r < 0 { throw BusError(errno: Errno(-r), "cannot make call \(member)") }
+        guard r >= 0, let m else { throw BusError(errno: Errno(-r), "cannot make call \(member)") }
         defer { sd_bus_message_unref(m) }
-        try Marshal.append(m!, arguments)
+        try Marshal.append(m, arguments)
         let result: Result<[BusValue], BusError> = await withCheckedContinuation { continuation in
             let box = Unmanaged.passRetained(ReplyBox(continuation))
             r = sd_bus_call_async(handle, nil, m, replyThunk, box.toOpaque(), timeoutMicroseconds)

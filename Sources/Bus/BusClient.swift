@@ -8,7 +8,7 @@ import Linux
 /// `@unchecked Sendable`: the connection handle is only used under `lock`, one call at a time.
 public final class BusClient: @unchecked Sendable {
     private let handle: OpaquePointer
-    private let lock = NSLockLite()
+    private let lock = PthreadMutex()
 
     /// Connects to `address`, or when nil to the system bus (`DBUS_SYSTEM_BUS_ADDRESS` or the default socket).
     public init(address: String? = nil) throws(BusError) {
@@ -76,7 +76,7 @@ public final class BusClient: @unchecked Sendable {
 }
 
 /// A pthread mutex for `BusClient`'s one-call-at-a-time rule.
-final class NSLockLite: @unchecked Sendable {
+final class PthreadMutex: @unchecked Sendable {
     // @unchecked Sendable: a pthread mutex is made to be shared between threads; its storage
     // is allocated once so its address never moves.
     private let mutex: UnsafeMutablePointer<pthread_mutex_t>

@@ -29,6 +29,7 @@ public struct BusError: Error, Sendable, Equatable, CustomStringConvertible {
 
     /// Well-known error names of the D-Bus specification, defined once here.
     public enum Name {
+        // Each constant's value is the error name it stands for.
         public static let failed = "org.freedesktop.DBus.Error.Failed"
         public static let accessDenied = "org.freedesktop.DBus.Error.AccessDenied"
         public static let invalidArgs = "org.freedesktop.DBus.Error.InvalidArgs"

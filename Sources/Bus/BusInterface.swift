@@ -9,10 +9,14 @@ import Glibc
 public struct BusInterface: Sendable {
     /// The interface name, e.g. `org.freedesktop.machine1.Manager`.
     public var name: String
+    /// Its methods, in introspection order.
     public var methods: [Method]
+    /// Its (read-only) properties.
     public var properties: [Property]
+    /// Its signals.
     public var signals: [Signal]
 
+    /// An interface with these members.
     public init(name: String, methods: [Method] = [], properties: [Property] = [], signals: [Signal] = []) {
         self.name = name
         self.methods = methods
@@ -22,15 +26,20 @@ public struct BusInterface: Sendable {
 
     /// One argument: its type and, unless the member leaves all its arguments unnamed, its name.
     public struct Argument: Sendable, Equatable {
+        /// The argument's type, e.g. `a{sv}`.
         public var signature: String
+        /// Its name, or nil when the member's arguments are unnamed.
         public var name: String?
     }
 
     /// A method. sd-bus names either all arguments of a member or none, so the initialisers take
     /// either all named or all unnamed arguments.
     public struct Method: Sendable {
+        /// The member name.
         public var name: String
+        /// The in arguments.
         public var inputs: [Argument]
+        /// The out arguments.
         public var outputs: [Argument]
         /// Root-only, enforced by sd-bus itself (no `SD_BUS_VTABLE_UNPRIVILEGED`); introspected
         /// with `org.freedesktop.systemd1.Privileged`. Every other method is open on the wire and
@@ -75,10 +84,14 @@ public struct BusInterface: Sendable {
 
     /// A read-only property.
     public struct Property: Sendable {
+        /// The member name.
         public var name: String
+        /// Its type.
         public var signature: String
+        /// How it announces changes.
         public var emitsChange: EmitsChange
 
+        /// A property named by `member`'s raw value.
         public init<P: RawRepresentable>(_ member: P, _ signature: String, emitsChange: EmitsChange) where P.RawValue == String {
             self.name = member.rawValue
             self.signature = signature
@@ -88,9 +101,12 @@ public struct BusInterface: Sendable {
 
     /// A signal.
     public struct Signal: Sendable {
+        /// The member name.
         public var name: String
+        /// Its arguments, all named.
         public var arguments: [Argument]
 
+        /// A signal named by `member`'s raw value.
         public init<S: RawRepresentable>(_ member: S, _ arguments: [(String, String)]) where S.RawValue == String {
             self.name = member.rawValue
             self.arguments = arguments.map { Argument(signature: $0.0, name: $0.1) }

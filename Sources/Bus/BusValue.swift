@@ -10,6 +10,7 @@ import Linux
 /// of the message, and sent ones are duplicated by sd-bus when appended, so the sender keeps and
 /// closes its own.
 public indirect enum BusValue: Sendable, Equatable, CustomStringConvertible {
+    // The basic types, by D-Bus type code: y b n q i u x t d s o g h.
     case byte(UInt8)
     case boolean(Bool)
     case int16(Int16)
@@ -32,8 +33,11 @@ public indirect enum BusValue: Sendable, Equatable, CustomStringConvertible {
 
     /// One `{key, value}` pair of a dictionary.
     public struct DictEntry: Sendable, Equatable {
+        /// The key (a basic type).
         public var key: BusValue
+        /// The value.
         public var value: BusValue
+        /// The pair `{key, value}`.
         public init(_ key: BusValue, _ value: BusValue) {
             self.key = key
             self.value = value

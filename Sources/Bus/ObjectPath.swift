@@ -5,8 +5,11 @@ import Glibc
 public struct ObjectPath: RawRepresentable, Hashable, Sendable, Comparable, CustomStringConvertible,
     ExpressibleByStringLiteral
 {
+    /// The path as text.
     public var rawValue: String
+    /// The path `rawValue` (not checked: sd-bus rejects invalid paths when they are used).
     public init(rawValue: String) { self.rawValue = rawValue }
+    /// The path `rawValue`.
     public init(_ rawValue: String) { self.rawValue = rawValue }
     public init(stringLiteral value: String) { self.rawValue = value }
     public var description: String { rawValue }

@@ -11,6 +11,7 @@ import PoolAPI
 public enum ErrorMapping {
     /// systemd's own error names that are not errno-derived.
     public enum Name {
+        // Each constant's value is the error name it stands for.
         public static let noSuchImage = "org.freedesktop.machine1.NoSuchImage"
         public static let noSuchMachine = "org.freedesktop.machine1.NoSuchMachine"
         public static let noSuchTransfer = "org.freedesktop.import1.NoSuchTransfer"

@@ -16,6 +16,7 @@ public struct ServicePaths: Sendable {
     /// The folder all paths are resolved under (`/` in production).
     public let root: String
 
+    /// The paths under `root`.
     public init(root: String) { self.root = root }
 
     /// `<root>/var/lib/machines`: machine1's image pool.
@@ -32,6 +33,7 @@ public struct ServicePaths: Sendable {
 
 /// polkit action ids, as systemd's daemons use them.
 public enum PolkitAction {
+    // Each constant's value is the polkit action id it stands for.
     public static let manageImages = "org.freedesktop.machine1.manage-images"
     public static let manageMachines = "org.freedesktop.machine1.manage-machines"
     public static let machineLogin = "org.freedesktop.machine1.login"

@@ -54,8 +54,10 @@ extension Machine1Machine.Method {
 ///     return [.objectPath(Machine1Service.imagePath(image.name))]
 /// ```
 ///
-/// and answer image objects from a cache the actor refreshes after each pool change, since sd-bus
-/// asks `objectExists`, `childObjects` and `property` synchronously.
+/// sd-bus asks `objectExists`, `childObjects` and `property` synchronously, on the bus thread:
+/// answer them from `ImagePool`'s synchronous `imageNow(named:)` / `poolUsageNow()` or from a cache
+/// this actor refreshes after each pool change, never by awaiting the pool. The pool itself is made
+/// in berthd's composition (`Daemon.start`, marked there) and passed to `init` once it takes one.
 public actor Machine1Service: BusObjectHandler {
     public nonisolated let bus: Bus
     public nonisolated var unownedExecutor: UnownedSerialExecutor { bus.unownedExecutor }

@@ -237,6 +237,60 @@ struct BusTests {
         }
     }
 
+    @Test(.enabled(if: Privileges.isRoot && commandExists("setpriv"), "needs root to run a client as nobody"))
+    func polkitDecidesForOtherUsersWhenItIsOnTheBus() async throws {
+        try await withTestService { s in
+            let polkitBus = try await Bus.connect(address: s.daemon.address, loop: s.loop)
+            let polkit = FakePolkit(bus: polkitBus)
+            try await polkitBus.export([FakePolkit.interface], at: "/org/freedesktop/PolicyKit1/Authority", handler: polkit)
+            try await polkitBus.requestName(Authorizer.polkitName)
+            let script = """
+                try:
+                    iface.Mutate()
+                    print('allowed')
+                except dbus.exceptions.DBusException as e:
+                    print(e.get_dbus_name())
+                """
+            await polkit.setAllows(true)
+            let allowed = try s.python(script, asUser: 65534)
+            #expect(allowed.stdout.trimmingCharacters(in: .whitespacesAndNewlines) == "allowed", "\(allowed.stderr)")
+            await polkit.setAllows(false)
+            let denied = try s.python(script, asUser: 65534)
+            #expect(denied.stdout.trimmingCharacters(in: .whitespacesAndNewlines) == "org.freedesktop.DBus.Error.AccessDenied")
+            // Root is never asked about.
+            let root = try s.python(script)
+            #expect(root.stdout.trimmingCharacters(in: .whitespacesAndNewlines) == "allowed")
+            let asked = await polkit.asked
+            #expect(asked.count == 2)
+            #expect(asked.allSatisfy { $0.subjectKind == "system-bus-name" && $0.action == "io.berth.test.mutate" })
+            await polkitBus.shutdown()
+        }
+    }
+
+    @Test func shutdownCancelsCallsInFlightAndAnswersThem() async throws {
+        try await withTestService { s in
+            let sleeper = Process()
+            sleeper.executableURL = URL(fileURLWithPath: "/usr/bin/busctl")
+            sleeper.arguments = ["--address=\(s.daemon.address)", "call", TestInterface.busName, TestInterface.path.rawValue,
+                                 TestInterface.name, TestInterface.Method.sleep.rawValue]
+            let err = Pipe()
+            sleeper.standardError = err
+            try sleeper.run()
+            var waited = 0
+            while await !s.object.events.contains("sleeping") && waited < 1000 {
+                try await Task.sleep(for: .milliseconds(10))
+                waited += 1
+            }
+            #expect(await s.bus.callsInFlight == 1)
+            await s.bus.shutdown()
+            #expect(await s.bus.callsInFlight == 0)
+            sleeper.waitUntilExit()
+            let message = String(decoding: err.fileHandleForReading.readDataToEndOfFile(), as: UTF8.self)
+            #expect(sleeper.terminationStatus != 0)
+            #expect(message.contains("cancelled"), "\(message)")
+        }
+    }
+
     @Test func childObjectsAppearAndDisappear() async throws {
         try await withTestService { s in
             let added = try s.call(.addItem, ["s", ".host"])

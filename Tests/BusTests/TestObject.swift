@@ -13,7 +13,7 @@ enum TestInterface {
     enum Method: String, CaseIterable {
         case echo = "Echo", slow = "Slow", fast = "Fast", readFD = "ReadFD", makeFD = "MakeFD"
         case mutate = "Mutate", rootOnly = "RootOnly", whoAmI = "WhoAmI", emit = "Emit", setCounter = "SetCounter"
-        case addItem = "AddItem", removeItem = "RemoveItem", unnamed = "Unnamed", fail = "Fail"
+        case addItem = "AddItem", removeItem = "RemoveItem", unnamed = "Unnamed", fail = "Fail", sleep = "Sleep"
     }
     enum Property: String { case name = "Name", counter = "Counter", volatile = "Volatile", quiet = "Quiet" }
     enum Signal: String { case happened = "Happened" }
@@ -35,6 +35,7 @@ enum TestInterface {
             .init(Method.removeItem, in: [("s", "name")]),
             .init(Method.unnamed, unnamedIn: ["s", "b"], unnamedOut: ["a{ss}"]),
             .init(Method.fail, in: [("s", "name")]),
+            .init(Method.sleep),
         ],
         properties: [
             .init(Property.name, "s", emitsChange: .const),
@@ -119,6 +120,10 @@ actor TestObject: BusObjectHandler {
             return []
         case .unnamed:
             return [.stringDictionary(["name": try call.string(0), "flag": "\(try call.bool(1))"])]
+        case .sleep:
+            events.append("sleeping")
+            try await Task.sleep(for: .seconds(60))
+            return []
         case .fail:
             let name = try call.string(0)
             if name == "errno" { throw SystemCallError("unlinkat", .EROFS) }
@@ -149,5 +154,35 @@ actor TestObject: BusObjectHandler {
 
     func childObjects(under prefix: ObjectPath) -> [ObjectPath] {
         items.sorted().map { TestInterface.itemPrefix.appending(escaped: $0) }
+    }
+}
+
+/// A stand-in for polkit's `org.freedesktop.PolicyKit1.Authority` (only CheckAuthorization),
+/// answering yes or no as the test says, and remembering what it was asked.
+actor FakePolkit: BusObjectHandler {
+    static let interface = BusInterface(
+        name: "org.freedesktop.PolicyKit1.Authority",
+        methods: [.init(Method.checkAuthorization,
+                        in: [("(sa{sv})", "subject"), ("s", "action_id"), ("a{ss}", "details"), ("u", "flags"), ("s", "cancellation_id")],
+                        out: [("(bba{ss})", "result")])])
+    enum Method: String { case checkAuthorization = "CheckAuthorization" }
+
+    let bus: Bus
+    nonisolated var unownedExecutor: UnownedSerialExecutor { bus.unownedExecutor }
+    var allows = false
+    private(set) var asked: [(subjectKind: String, action: String)] = []
+
+    init(bus: Bus) { self.bus = bus }
+
+    func setAllows(_ value: Bool) { allows = value }
+
+    func handle(_ call: MethodCall) async throws -> [BusValue] {
+        let kind = call.arguments[0].structureValue?.first?.stringValue ?? ""
+        asked.append((kind, try call.string(1)))
+        return [.structure([.boolean(allows), .boolean(false), .stringDictionary([:])])]
+    }
+
+    func property(_ name: String, interface: String, path: ObjectPath) throws -> BusValue {
+        throw BusError(name: BusError.Name.unknownProperty, message: name)
     }
 }

@@ -76,7 +76,7 @@ struct BerthdTests {
         defer { berthd.stop() }
         // Generous timeout: this checks that it exits cleanly, not how fast.
         #expect(berthd.terminate(timeout: 10) == 0, "\(berthd.log)")
-        #expect(!berthd.process.isRunning)
+        #expect(!berthd.isRunning)
     }
 
     @Test func servesOnlyTheServicesAskedFor() throws {
@@ -147,5 +147,84 @@ struct DistributionFileTests {
         let bus = try PrivateDBusDaemon(allowOwningAnyName: false)
         defer { bus.stop() }
         #expect(throws: TestSupportError.self) { try BerthdProcess(bus: bus, services: ["machine1"]) }
+    }
+}
+
+@Suite(.enabled(if: endToEndToolsAvailable, "needs dbus-daemon and busctl"))
+struct NotifyTests {
+    /// A unix datagram socket standing in for systemd's `$NOTIFY_SOCKET`.
+    final class NotifySocket {
+        let path: String
+        let fd: Int32
+        init(path: String) throws {
+            self.path = path
+            fd = socket(AF_UNIX, Int32(SOCK_DGRAM.rawValue) | Int32(SOCK_CLOEXEC.rawValue), 0)
+            guard fd >= 0 else { throw TestSupportError("socket: \(errno)") }
+            var address = sockaddr_un()
+            address.sun_family = sa_family_t(AF_UNIX)
+            withUnsafeMutableBytes(of: &address.sun_path) { raw in
+                for (i, b) in path.utf8.prefix(raw.count - 1).enumerated() { raw[i] = b }
+            }
+            let r = withUnsafePointer(to: &address) {
+                $0.withMemoryRebound(to: sockaddr.self, capacity: 1) { bind(fd, $0, socklen_t(MemoryLayout<sockaddr_un>.size)) }
+            }
+            guard r == 0 else { throw TestSupportError("bind \(path): \(errno)") }
+        }
+        /// The messages received within `seconds`, joined.
+        func receive(seconds: Int) -> String {
+            var text = ""
+            var tv = timeval(tv_sec: seconds, tv_usec: 0)
+            setsockopt(fd, SOL_SOCKET, SO_RCVTIMEO, &tv, socklen_t(MemoryLayout<timeval>.size))
+            var buffer = [UInt8](repeating: 0, count: 4096)
+            let n = recv(fd, &buffer, buffer.count, 0)
+            if n > 0 { text += String(decoding: buffer[0..<n], as: UTF8.self) }
+            return text
+        }
+        deinit {
+            close(fd)
+            unlink(path)
+        }
+    }
+
+    @Test func sendsReadyOnceItsNamesAreOwned() throws {
+        let bus = try PrivateDBusDaemon()
+        defer { bus.stop() }
+        let folder = try TemporaryDirectory(prefix: "berth-notify")
+        defer { folder.remove() }
+        let notify = try NotifySocket(path: folder.appending("notify"))
+        let berthd = try BerthdProcess(bus: bus, environment: ["NOTIFY_SOCKET": notify.path])
+        defer { berthd.stop() }
+        #expect(notify.receive(seconds: 10).contains("READY=1"))
+        #expect(berthd.terminate() == 0)
+        #expect(notify.receive(seconds: 10).contains("STOPPING=1"))
+    }
+}
+
+@Suite(.serialized, .enabled(if: endToEndToolsAvailable && Privileges.isRoot && commandExists("setpriv"),
+                              "needs dbus-daemon, busctl, setpriv and root"))
+struct AuthorizationTests {
+    func call(_ bus: PrivateDBusDaemon, asNobody: Bool, _ member: String, _ args: [String]) throws -> CommandResult {
+        let prefix = asNobody ? ["setpriv", "--reuid=65534", "--regid=65534", "--clear-groups"] : []
+        return try run(prefix + ["busctl", "--address=\(bus.address)", "call", "--", "org.freedesktop.machine1", "/org/freedesktop/machine1",
+                                 "org.freedesktop.machine1.Manager", member] + args)
+    }
+
+    @Test func mutationsNeedRootWithoutPolkitAndReadsAreOpen() throws {
+        let bus = try PrivateDBusDaemon()
+        defer { bus.stop() }
+        let berthd = try BerthdProcess(bus: bus, services: ["machine1"])
+        defer { berthd.stop() }
+        // A mutating method: the harness asks for root (no polkit on this bus) before anything else.
+        let denied = try call(bus, asNobody: true, "RemoveImage", ["s", "x"])
+        #expect(denied.stderr.contains("Access denied"), "\(denied.stderr)")
+        let root = try call(bus, asNobody: false, "RemoveImage", ["s", "x"])
+        #expect(root.stderr.contains("not implemented yet"), "\(root.stderr)")
+        // A root-only method: sd-bus itself refuses it, as it does for systemd-machined.
+        let privileged = try call(bus, asNobody: true, "RegisterMachine", ["sayssus", "m", "0", "svc", "container", "1", "/"])
+        #expect(privileged.stderr.contains("Access denied"), "\(privileged.stderr)")
+        // A reading method is open to everyone (and not written yet).
+        let read = try call(bus, asNobody: true, "GetImage", ["s", "x"])
+        #expect(read.stderr.contains("not implemented yet"), "\(read.stderr)")
+        #expect(berthd.terminate() == 0)
     }
 }

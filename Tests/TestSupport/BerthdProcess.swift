@@ -3,7 +3,9 @@ import Glibc
 
 /// berthd running under `--root` on a private bus, for end-to-end tests.
 public final class BerthdProcess: @unchecked Sendable {
-    public let process: Process
+    /// berthd's pid.
+    public let pid: pid_t
+    private var exitStatus: Int32?  // wait status once reaped
     public let root: String
     private let stderrFile: String
     private let folder: TemporaryDirectory
@@ -30,23 +32,23 @@ public final class BerthdProcess: @unchecked Sendable {
 
     /// Starts berthd with `--root` in a fresh temp folder on `bus` and waits until it owns the bus
     /// names of `services` (default all three).
-    public init(bus: PrivateDBusDaemon, services: [String] = ["machine1", "import1", "portable1"], extraArguments: [String] = []) throws {
+    ///   `environment` is added to this process's environment for berthd (e.g. NOTIFY_SOCKET).
+    public init(bus: PrivateDBusDaemon, services: [String] = ["machine1", "import1", "portable1"], extraArguments: [String] = [],
+                environment: [String: String] = [:]) throws {
         folder = try TemporaryDirectory(prefix: "berth-root")
         root = folder.path
         stderrFile = folder.appending("berthd.log")
         FileManager.default.createFile(atPath: stderrFile, contents: nil)
-        process = Process()
-        process.executableURL = URL(fileURLWithPath: try BerthdProcess.binaryPath())
-        process.arguments = ["--root", root, "--bus-address", bus.address, "--services", services.joined(separator: ",")] + extraArguments
-        process.standardError = try FileHandle(forWritingTo: URL(fileURLWithPath: stderrFile))
-        process.standardOutput = FileHandle.nullDevice
-        process.standardInput = FileHandle.nullDevice
-        try process.run()
+        let arguments = ["--root", root, "--bus-address", bus.address, "--services", services.joined(separator: ",")] + extraArguments
+        // posix_spawn and waitpid rather than Foundation's Process, whose exit detection needs
+        // threads that blocked test threads may be holding.
+        pid = try spawn([try BerthdProcess.binaryPath()] + arguments, stdout: "/dev/null", stderr: stderrFile,
+                    environment: environment)
         let names = services.map { "org.freedesktop.\($0)" }
         for _ in 0..<500 {
             let listed = try run(["busctl", "--address=\(bus.address)", "list", "--acquired", "--no-legend"])
             if names.allSatisfy({ listed.stdout.contains($0) }) { return }
-            if !process.isRunning { throw TestSupportError("berthd exited \(process.terminationStatus): \(log)") }
+            if !isRunning { throw TestSupportError("berthd exited (wait status \(exitStatus ?? -1)): \(log)") }
             usleep(20_000)
         }
         stop()
@@ -56,21 +58,34 @@ public final class BerthdProcess: @unchecked Sendable {
     /// What berthd wrote to stderr.
     public var log: String { (try? String(contentsOfFile: stderrFile, encoding: .utf8)) ?? "" }
 
+    /// Whether berthd still runs (reaping it with waitpid(WNOHANG) once it has ended).
+    public var isRunning: Bool {
+        if exitStatus != nil { return false }
+        var status: Int32 = 0
+        let r = waitpid(pid, &status, WNOHANG)
+        if r == pid || (r < 0 && errno == ECHILD) {
+            exitStatus = r == pid ? status : -1
+            return false
+        }
+        return true
+    }
+
     /// Sends SIGTERM and waits up to `timeout` seconds; returns the exit status, or nil if berthd
-    /// had to be killed because it did not exit.
+    /// died of a signal or had to be killed because it did not exit.
     @discardableResult
     public func terminate(timeout: Double = 10) -> Int32? {
-        guard process.isRunning else { return process.terminationStatus }
-        kill(process.processIdentifier, SIGTERM)
-        let deadline = Date().addingTimeInterval(timeout)
-        while process.isRunning && Date() < deadline { usleep(10_000) }
-        if process.isRunning {
-            kill(process.processIdentifier, SIGKILL)
-            process.waitUntilExit()
-            return nil
+        if isRunning {
+            kill(pid, SIGTERM)
+            let deadline = Date().addingTimeInterval(timeout)
+            while isRunning && Date() < deadline { usleep(10_000) }
+            if isRunning {
+                kill(pid, SIGKILL)
+                while isRunning { usleep(10_000) }
+                return nil
+            }
         }
-        process.waitUntilExit()
-        return process.terminationReason == .exit ? process.terminationStatus : nil
+        guard let status = exitStatus, status & 0x7f == 0 else { return nil }  // WIFEXITED
+        return (status >> 8) & 0xff  // WEXITSTATUS
     }
 
     /// Stops berthd if it still runs and removes the root folder.

@@ -78,12 +78,22 @@ public final class PrivateDBusDaemon: @unchecked Sendable {
 /// posix_spawn(3)s `argv` with stdout written to `stdout` and stdin from /dev/null, and waits
 /// for it: for commands that leave daemons behind.
 public func spawnAndWait(_ argv: [String], stdout: String) throws {
+    let pid = try spawn(argv, stdout: stdout, stderr: nil)
+    var status: Int32 = 0
+    while waitpid(pid, &status, 0) < 0 && errno == EINTR {}
+    guard status == 0 else { throw TestSupportError("\(argv.joined(separator: " ")) exited with status \(status)") }
+}
+
+/// posix_spawn(3)s `argv` (a path, not looked up) with stdin from /dev/null, stdout and stderr to
+/// the files given (stderr inherited when nil) and no blocked signals; returns its pid.
+public func spawn(_ argv: [String], stdout: String, stderr: String?, environment: [String: String] = [:]) throws -> pid_t {
     var actions = posix_spawn_file_actions_t()
     posix_spawn_file_actions_init(&actions)
     defer { posix_spawn_file_actions_destroy(&actions) }
     posix_spawn_file_actions_addopen(&actions, 0, "/dev/null", O_RDONLY, 0)
     posix_spawn_file_actions_addopen(&actions, 1, stdout, O_WRONLY | O_CREAT | O_TRUNC, 0o644)
-    // Test threads block most signals; the daemon must not inherit that, or SIGTERM never reaches it.
+    if let stderr { posix_spawn_file_actions_addopen(&actions, 2, stderr, O_WRONLY | O_CREAT | O_APPEND, 0o644) }
+    // Test threads block most signals; the child must not inherit that, or SIGTERM never reaches it.
     var attributes = posix_spawnattr_t()
     posix_spawnattr_init(&attributes)
     defer { posix_spawnattr_destroy(&attributes) }
@@ -94,9 +104,11 @@ public func spawnAndWait(_ argv: [String], stdout: String) throws {
     var cargs = argv.map { strdup($0) } + [nil]
     defer { for a in cargs { free(a) } }
     var pid: pid_t = 0
-    let r = posix_spawn(&pid, argv[0], &actions, &attributes, &cargs, environ)
+    var env = ProcessInfo.processInfo.environment
+    for (k, v) in environment { env[k] = v }
+    var cenv = env.map { strdup("\($0.key)=\($0.value)") } + [nil]
+    defer { for e in cenv { free(e) } }
+    let r = posix_spawn(&pid, argv[0], &actions, &attributes, &cargs, &cenv)
     guard r == 0 else { throw TestSupportError("posix_spawn \(argv[0]): \(String(cString: strerror(r)))") }
-    var status: Int32 = 0
-    while waitpid(pid, &status, 0) < 0 && errno == EINTR {}
-    guard status == 0 else { throw TestSupportError("\(argv.joined(separator: " ")) exited with status \(status)") }
+    return pid
 }
