@@ -28,6 +28,9 @@ enum Machine1Errors {
         case .EEXIST: return BusError(name: BusError.Name.fileExists, message: message)
         case .EOPNOTSUPP, .ENOTTY, .ENOSYS: return BusError(name: BusError.Name.notSupported, message: message)
         case .EACCES, .EPERM: return BusError(name: BusError.Name.accessDenied, message: message)
+        // Linux's own errno names that Errno does not spell: systemd's `System.Error.<NAME>`.
+        case Errno(Glibc.ENOPKG): return BusError(name: BusError.systemErrorPrefix + "ENOPKG", message: message)
+        case Errno(Glibc.ENOTCONN): return BusError(name: BusError.systemErrorPrefix + "ENOTCONN", message: message)
         default: return BusError(errno: e, message)
         }
     }
