@@ -5,14 +5,19 @@ import Services
 
 /// One image as `ListImages` and the image object's properties describe it.
 public struct ImageRow: Codable, Sendable, Equatable {
+    /// `Name`.
     public var name: String
+    /// `Type`: directory, subvolume, raw or block.
     public var type: String
+    /// `ReadOnly`.
     public var readOnly: Bool
     /// µs since the epoch; 0 when unknown.
     public var creationTimestamp: UInt64
+    /// `ModificationTimestamp`, µs since the epoch; 0 when unknown.
     public var modificationTimestamp: UInt64
     /// Bytes; nil when unknown (UINT64_MAX on the bus).
     public var usage: UInt64?
+    /// `Path` (image-status only).
     public var path: String?
 }
 
@@ -158,9 +163,13 @@ public struct ImageStatus: ParsableCommand {
 
     /// Everything image-status shows of one image.
     public struct Status: Codable, Sendable, Equatable {
+        /// The image object's properties.
         public var image: ImageRow
+        /// GetImageHostname, nil when the image has none.
         public var hostname: String?
+        /// GetImageOSRelease, nil when it cannot be read.
         public var osRelease: [String: String]?
+        /// `Limit`, nil when there is none.
         public var limit: UInt64?
     }
 
@@ -292,7 +301,9 @@ public struct Clean: ParsableCommand {
 
     /// One removed image.
     public struct Removed: Codable, Sendable, Equatable {
+        /// The image name.
         public var name: String
+        /// What it used, nil when unknown.
         public var usage: UInt64?
     }
 
