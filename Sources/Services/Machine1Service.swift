@@ -89,6 +89,7 @@ public actor Machine1Service: BusObjectHandler {
         switch call.interface {
         case Machine1Manager.name:
             guard let method = Machine1Manager.Method(rawValue: call.member) else { throw Harness.unknownMethod(call) }
+            try precheck(method, call)
             return try await harness.serve(call, action: method.polkitAction) { try await self.manager(method, call) }
         case Machine1Image.name:
             guard let method = Machine1Image.Method(rawValue: call.member) else { throw Harness.unknownMethod(call) }
@@ -98,6 +99,21 @@ public actor Machine1Service: BusObjectHandler {
             return try await harness.serve(call, action: method.polkitAction) { try await self.machine(method, call) }
         default:
             throw Harness.unknownMethod(call)
+        }
+    }
+
+    /// machined checks the names and finds the image before it asks polkit, so an unprivileged
+    /// caller naming a missing image learns NoSuchImage, not AccessDenied: the same order here.
+    private func precheck(_ method: Machine1Manager.Method, _ call: MethodCall) throws(BusError) {
+        switch method {
+        case .removeImage, .renameImage, .cloneImage, .markImageReadOnly, .setImageLimit:
+            let name = try call.string(0)
+            try Machine1Errors.validate(name)
+            // A few stat calls on the bus thread, as sd-bus's find callback makes anyway.
+            guard (try? pool.imageNow(named: name)) != nil else { throw Machine1Errors.noSuchImage(name) }
+            if method == .renameImage || method == .cloneImage { try Machine1Errors.validate(try call.string(1)) }
+        default:
+            break
         }
     }
 

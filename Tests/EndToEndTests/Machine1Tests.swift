@@ -232,6 +232,9 @@ struct Machine1BehaviourTests {
             let r = try run(asNobody + call)
             #expect(!r.succeeded && r.stderr.contains("Access denied"), "\(call): \(r.stderr)")
         }
+        // As machined, the image is looked up before authorization.
+        let missing = try run(asNobody + ["RemoveImage", "s", "nope"])
+        #expect(!missing.succeeded && missing.stderr.contains("No image 'nope' known"), "\(missing.stderr)")
         let viaObject = try run(["setpriv", "--reuid", "nobody", "--regid", "nogroup", "--clear-groups", "gdbus", "call", "--address",
                                  pair.berthBus.address, "--dest", "org.freedesktop.machine1", "--object-path",
                                  "/org/freedesktop/machine1/image/dirimg", "--method", "org.freedesktop.machine1.Image.Remove"])
