@@ -65,7 +65,7 @@ struct BerthdTests {
                             "org.freedesktop.machine1.Manager", "PoolPath"], check: true)
         #expect(pool.stdout.trimmingCharacters(in: .whitespacesAndNewlines) == "s \"\(berthd.root)/var/lib/machines\"")
         let list = try run(["busctl", "--address=\(bus.address)", "call", "org.freedesktop.machine1", "/org/freedesktop/machine1",
-                            "org.freedesktop.machine1.Manager", "ListImages"])
+                            "org.freedesktop.machine1.Manager", "ListMachines"])
         #expect(!list.succeeded && list.stderr.contains("not implemented yet"), "\(list.stderr)")
     }
 
