@@ -1,7 +1,13 @@
+import BtrfsBackend
 import Bus
+import DirectoryBackend
+import Glibc
 import Logging
+import PoolAPI
+import RawLoopBackend
 import Services
 import Synchronization
+import Transfer
 
 /// berthd's composition: one bus connection, the service harnesses asked for, their bus names.
 /// Lives on the bus loop's executor, so the signal handlers and startup never race.
@@ -29,13 +35,21 @@ actor Daemon {
             if stopping { return await stop() }
             let paths = ServicePaths(root: options.root)
             let info = DaemonInfo(root: options.root, services: options.services)
-            // Composition point: the storage backends (btrfs, raw/qcow2-loop, directory) are
-            // registered and the ImagePool over paths.machinePool is made here, then handed to
-            // Machine1Service (and Import1Service, Portable1Service) once those take one.
+            // Composition point: the storage backends in claim priority order (a directory that
+            // is a subvolume is a subvolume), and the machine image pool over them.
+            let raw = RawLoopBackend(runtimeDirectory: paths.runtimeDirectory)
+            let registry = BackendRegistry([BtrfsBackend(), raw, DirectoryBackend()])
+            let pool = ImagePool(configuration: ImagePool.Configuration(root: options.root), registry: registry)
+            // What a previous run left: temp entries of transfers killed with berthd, stale locks.
+            await pool.removeStaleTemporaryEntries()
+            // import1's transfers run in berthd itself in worker mode (main.swift). Hostile input
+            // may crash a worker: that is a failed transfer, not a backtrace dump in the journal.
+            setenv("SWIFT_BACKTRACE", "enable=no", 1)
+            let engine = TransferEngine(pool: pool, workerExecutable: "/proc/self/exe", root: options.root)
             for kind in options.services {
                 switch kind {
                 case .machine1: try await Machine1Service(bus: bus, paths: paths, info: info).export()
-                case .import1: try await Import1Service(bus: bus, paths: paths, info: info).export()
+                case .import1: try await Import1Service(bus: bus, paths: paths, info: info, engine: engine, logger: logger).export()
                 case .portable1: try await Portable1Service(bus: bus, paths: paths, info: info).export()
                 }
             }
