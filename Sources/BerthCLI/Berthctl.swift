@@ -9,7 +9,7 @@ public struct Berthctl: ParsableCommand {
     public static let configuration = CommandConfiguration(
         commandName: "berthctl",
         abstract: "Talk to berthd.",
-        subcommands: [Status.self],
+        subcommands: [Status.self, ListTransfers.self, CancelTransfer.self],
         defaultSubcommand: Status.self)
 
     public init() {}

@@ -191,6 +191,27 @@ struct Import1Tests {
         #expect(try eventually(timeout: 10) { try site.poolEntries().isEmpty })
     }
 
+    @Test("berthctl list-transfers shows a running pull and cancel-transfer cancels it; unknown ids fail")
+    func berthctlListAndCancel() throws {
+        let site = try Import1Site()
+        defer { site.close() }
+        let server = try Import1HTTPServer(directory: site.content.www)
+        defer { server.stop() }
+        let berthctl = try BerthdProcess.binaryPath("berthctl")
+        let address = ["--bus-address", site.bus.address]
+        #expect(try run([berthctl, "list-transfers"] + address, check: true).stdout == "No transfers.\n")
+        let start = try site.callManager("PullTar", ["'\(server.url("slow/big.tar"))'", "'viactl'", "'no'", "false"])
+        #expect(start.succeeded, "\(start.stderr)")
+        let listed = try run([berthctl, "list-transfers"] + address, check: true).stdout
+        #expect(listed.contains("pull-tar") && listed.contains("viactl") && listed.contains(server.url("slow/big.tar")), "\(listed)")
+        let id = try #require(try site.transfers().first?.id)
+        let missing = try run([berthctl, "cancel-transfer", "9999"] + address)
+        #expect(!missing.succeeded && missing.stderr.contains("No transfer by id 9999"), "\(missing.stderr)")
+        _ = try run([berthctl, "cancel-transfer", String(id)] + address, check: true)
+        #expect(try eventually { try site.transfers().isEmpty })
+        #expect(try eventually(timeout: 10) { try site.poolEntries().isEmpty })
+    }
+
     @Test("errors: NoSuchTransfer, bad verify mode, invalid local name, bad URL, bad export format, unknown image; non-root callers are denied")
     func errors() throws {
         let site = try Import1Site()
