@@ -54,7 +54,7 @@ let package = Package(
         .target(name: "Bus", dependencies: ["CSystemd", "Linux", .product(name: "Logging", package: "swift-log")]),
         // One harness per bus API, logic in actors behind them.
         .target(name: "Services", dependencies: [
-            "Bus", "PoolAPI", "Linux", "CArchive", "CCurl", "CGpgme",
+            "Bus", "PoolAPI", "Linux", "CArchive", "CCurl", "CGpgme", "Transfer",
             .product(name: "Logging", package: "swift-log"),
         ]),
         // berthctl's commands, as a library tests can call.
@@ -62,7 +62,7 @@ let package = Package(
             "Bus", "Services", .product(name: "ArgumentParser", package: "swift-argument-parser"),
         ]),
         .executableTarget(name: "berthd", dependencies: [
-            "Services", "Bus", "PoolAPI", "BtrfsBackend", "RawLoopBackend", "DirectoryBackend",
+            "Services", "Bus", "PoolAPI", "BtrfsBackend", "RawLoopBackend", "DirectoryBackend", "Transfer",
             .product(name: "ArgumentParser", package: "swift-argument-parser"),
             .product(name: "Logging", package: "swift-log"),
         ]),
@@ -80,6 +80,6 @@ let package = Package(
             "DirectoryBackend", "TestSupport",
         ]),
         .testTarget(name: "BusTests", dependencies: ["Bus", "TestSupport"]),
-        .testTarget(name: "EndToEndTests", dependencies: ["TestSupport", "Bus", "Services"]),
+        .testTarget(name: "EndToEndTests", dependencies: ["TestSupport", "Bus", "Services", "Linux"]),
     ]
 )

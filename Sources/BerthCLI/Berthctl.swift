@@ -10,7 +10,7 @@ public struct Berthctl: ParsableCommand {
         commandName: "berthctl",
         abstract: "Talk to berthd.",
         subcommands: [Status.self, ListImages.self, ImageStatus.self, Clone.self, Rename.self, Remove.self, ReadOnly.self,
-                      SetLimit.self, Clean.self],
+                      SetLimit.self, Clean.self, ListTransfers.self, CancelTransfer.self],
         defaultSubcommand: Status.self)
 
     public init() {}

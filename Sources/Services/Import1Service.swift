@@ -1,4 +1,7 @@
 import Bus
+import Logging
+import PoolAPI
+import Transfer
 
 extension Import1Manager.Method {
     /// The polkit action a non-root caller needs; nil for reading methods.
@@ -23,15 +26,20 @@ extension Import1Transfer.Method {
 }
 
 /// The `org.freedesktop.import1` harness: the manager object and the transfer objects below
-/// `/org/freedesktop/import1/transfer` (`_<id>`). Same shape as `Machine1Service`: add a member's
-/// logic as a `case` in `manager(_:_:)` / `transfer(_:_:)`; announce transfers with
-/// `Import1Manager.Signal.transferNew` / `.transferRemoved` through `bus.emitSignal`.
+/// `/org/freedesktop/import1/transfer` (`_<id>`). It decodes the wire, authorizes the caller,
+/// and hands the work to `TransferEngine`; it announces each transfer with TransferNew, forwards
+/// its log lines as the transfer object's LogMessage signal, and ends it with TransferRemoved.
 public actor Import1Service: BusObjectHandler {
     public nonisolated let bus: Bus
     public nonisolated var unownedExecutor: UnownedSerialExecutor { bus.unownedExecutor }
     private let paths: ServicePaths
     private let info: DaemonInfo
     private let harness = Harness()
+    private let engine: TransferEngine?
+    private let logger: Logger
+    /// The running transfers, mirrored here so the synchronous property and find callbacks of
+    /// sd-bus can answer without awaiting the engine.
+    private var transfers: [UInt32: TransferHandle] = [:]
 
     /// Parent of the transfer objects.
     public static let transferPrefix: ObjectPath = "/org/freedesktop/import1/transfer"
@@ -39,10 +47,22 @@ public actor Import1Service: BusObjectHandler {
     /// The object path of transfer `id`: `/org/freedesktop/import1/transfer/_<id>`, as importd names them.
     public static func transferPath(_ id: UInt32) -> ObjectPath { ObjectPath("\(transferPrefix.rawValue)/_\(id)") }
 
-    public init(bus: Bus, paths: ServicePaths, info: DaemonInfo) {
+    /// The id of the transfer object at `path`, if `path` names one.
+    static func transferID(_ path: ObjectPath) -> UInt32? {
+        let prefix = transferPrefix.rawValue + "/_"
+        guard path.rawValue.hasPrefix(prefix) else { return nil }
+        return UInt32(path.rawValue.dropFirst(prefix.count))
+    }
+
+    /// A harness over `engine` (nil: every transfer method answers NotSupported, as before the
+    /// engine is composed in).
+    public init(bus: Bus, paths: ServicePaths, info: DaemonInfo, engine: TransferEngine? = nil,
+                logger: Logger = Logger(label: "berthd.import1")) {
         self.bus = bus
         self.paths = paths
         self.info = info
+        self.engine = engine
+        self.logger = logger
     }
 
     /// Exports the manager object (with `io.berth.Daemon`) and the transfer subtree.
@@ -65,24 +85,155 @@ public actor Import1Service: BusObjectHandler {
     }
 
     private func manager(_ method: Import1Manager.Method, _ call: MethodCall) async throws -> [BusValue] {
+        guard let engine else { throw Harness.notImplemented(call) }
         switch method {
-        default: throw Harness.notImplemented(call)
+        case .importTar, .importRaw, .importFileSystem:
+            // (h fd, s local_name, b force, b read_only)
+            let fd = try call.fileDescriptor(0)
+            let local = try Self.checkedLocalName(try call.string(1))
+            let force = try call.bool(2), readOnly = try call.bool(3)
+            let type: TransferType = switch method {
+            case .importTar: .importTar
+            case .importRaw: .importRaw
+            default: .importFileSystem
+            }
+            // Remote is "" for fd imports, as systemd-importd 252 reports it (measured).
+            let request = TransferRequest(type: type, local: local,
+                                          operation: .importing(fd: fd.rawValue, force: force, readOnly: readOnly), remote: "")
+            return try await start(request, engine: engine)
+        case .exportTar, .exportRaw:
+            // (s local_name, h fd, s format)
+            let local = try Self.checkedLocalName(try call.string(0))
+            let fd = try call.fileDescriptor(1)
+            let formatName = try call.string(2)
+            guard let format = ExportFormat(argument: formatName) else {
+                throw BusError.invalidArgs("Unknown format specified: \(formatName)")
+            }
+            let type: TransferType = method == .exportTar ? .exportTar : .exportRaw
+            let request = TransferRequest(type: type, local: local, operation: .exporting(fd: fd.rawValue, format: format), remote: "")
+            return try await start(request, engine: engine)
+        case .pullTar, .pullRaw:
+            // (s url, s local_name, s verify_mode, b force)
+            let url = try call.string(0)
+            guard Pull.isValidURL(url) else { throw BusError.invalidArgs("URL \(url) is invalid") }
+            let local = try Self.checkedLocalName(try call.string(1))
+            let verifyName = try call.string(2)
+            // importd treats "" as the default, signature.
+            guard let verify = verifyName.isEmpty ? .signature : VerifyMode(rawValue: verifyName) else {
+                throw BusError.invalidArgs("Unknown verification mode \(verifyName)")
+            }
+            let force = try call.bool(3)
+            let type: TransferType = method == .pullTar ? .pullTar : .pullRaw
+            let request = TransferRequest(type: type, local: local, operation: .pulling(url: url, verify: verify, force: force))
+            return try await start(request, engine: engine)
+        case .listTransfers:
+            let rows: [BusValue] = transfers.values.sorted { $0.id < $1.id }.map { t in
+                .structure([.uint32(t.id), .string(t.type.rawValue), .string(t.remote), .string(t.local),
+                            .double(t.systemdProgress), .objectPath(Self.transferPath(t.id))])
+            }
+            return [.array(element: "(usssdo)", rows)]
+        case .cancelTransfer:
+            let id = UInt32(truncatingIfNeeded: try call.uint64(0))
+            guard transfers[id] != nil, await engine.cancel(id: id) else { throw Self.noSuchTransfer(id) }
+            return []
         }
     }
 
     private func transfer(_ method: Import1Transfer.Method, _ call: MethodCall) async throws -> [BusValue] {
+        guard let id = Self.transferID(call.path), let handle = transfers[id] else { throw Harness.unknownObject(call.path) }
         switch method {
-        default: throw Harness.notImplemented(call)
+        case .cancel:
+            handle.cancel()
+            return []
         }
+    }
+
+    /// importd's check of `local_name`: a valid image name, else InvalidArgs.
+    private static func checkedLocalName(_ name: String) throws(BusError) -> String {
+        do { try ImagePool.validateName(name) } catch {
+            throw BusError.invalidArgs("Local name \(name) is invalid")
+        }
+        return name
+    }
+
+    /// `org.freedesktop.import1.NoSuchTransfer`, as importd words it.
+    private static func noSuchTransfer(_ id: UInt32) -> BusError {
+        BusError(name: ErrorMapping.Name.noSuchTransfer, message: "No transfer by id \(id)")
+    }
+
+    /// Starts `request`, publishes its object, announces it (TransferNew) and follows its events
+    /// until TransferRemoved. A busy name is importd's TransferInProgress.
+    private func start(_ request: TransferRequest, engine: TransferEngine) async throws -> [BusValue] {
+        // Unlike importd 252, which starts a second import into a name already being written
+        // (one of them then fails late), Berth refuses it up front.
+        let handle: TransferHandle
+        do {
+            handle = try await engine.start(request)
+        } catch let e as PoolError where e.code == .busy {
+            throw BusError(name: ErrorMapping.Name.transferInProgress, message: "Transfer for \(request.local) already in progress.")
+        } catch let e as TransferError {
+            throw BusError.invalidArgs(e.message)
+        }
+        let id = handle.id, path = Self.transferPath(id)
+        transfers[id] = handle
+        logger.info("transfer \(id) started: \(handle.type.rawValue) \(handle.remote) → \(handle.local)")
+        try? await bus.emitSignal(path: ServiceKind.import1.managerPath, interface: Import1Manager.name,
+                                  member: Import1Manager.Signal.transferNew.rawValue, [.uint32(id), .objectPath(path)])
+        Task { await self.follow(handle) }
+        return [.uint32(id), .objectPath(path)]
+    }
+
+    /// Forwards the log lines of `handle` as LogMessage and ends with TransferRemoved once the
+    /// transfer is over (its object disappears first, as importd does).
+    private func follow(_ handle: TransferHandle) async {
+        let id = handle.id, path = Self.transferPath(id)
+        var result = TransferResult.failed("the transfer ended without a result")
+        for await event in handle.events {
+            switch event {
+            case .log(let priority, let message):
+                try? await bus.emitSignal(path: path, interface: Import1Transfer.name, member: Import1Transfer.Signal.logMessage.rawValue,
+                                          [.uint32(UInt32(bitPattern: priority)), .string(message)])
+            case .progress:
+                // Progress does not emit PropertiesChanged (EmitsChangedSignal=false, as importd).
+                break
+            case .finished(let r):
+                result = r
+            }
+        }
+        transfers[id] = nil
+        switch result {
+        case .failed(let why): logger.warning("transfer \(id) failed: \(why)")
+        default: logger.info("transfer \(id) \(result.rawValue)")
+        }
+        try? await bus.emitSignal(path: ServiceKind.import1.managerPath, interface: Import1Manager.name,
+                                  member: Import1Manager.Signal.transferRemoved.rawValue,
+                                  [.uint32(id), .objectPath(path), .string(result.rawValue)])
     }
 
     public func property(_ name: String, interface: String, path: ObjectPath) throws -> BusValue {
         switch interface {
         case BerthDaemon.name: return try info.property(name)
+        case Import1Transfer.name:
+            guard let id = Self.transferID(path), let t = transfers[id] else { throw Harness.unknownObject(path) }
+            switch Import1Transfer.Property(rawValue: name) {
+            case .id: return .uint32(t.id)
+            case .local: return .string(t.local)
+            case .remote: return .string(t.remote)
+            case .type: return .string(t.type.rawValue)
+            case .verify: return .string(t.verify)
+            case .progress: return .double(t.systemdProgress)
+            case nil: throw Harness.unknownProperty(name, interface)
+            }
         default: throw Harness.unknownObject(path)
         }
     }
 
-    public func objectExists(_ path: ObjectPath) -> Bool { false }
-    public func childObjects(under prefix: ObjectPath) -> [ObjectPath] { [] }
+    public func objectExists(_ path: ObjectPath) -> Bool {
+        guard let id = Self.transferID(path) else { return false }
+        return transfers[id] != nil
+    }
+
+    public func childObjects(under prefix: ObjectPath) -> [ObjectPath] {
+        transfers.keys.sorted().map(Self.transferPath)
+    }
 }

@@ -1,11 +1,13 @@
 import BtrfsBackend
 import Bus
 import DirectoryBackend
+import Glibc
 import Logging
 import PoolAPI
 import RawLoopBackend
 import Services
 import Synchronization
+import Transfer
 
 /// berthd's composition: one bus connection, the service harnesses asked for, their bus names.
 /// Lives on the bus loop's executor, so the signal handlers and startup never race.
@@ -38,13 +40,18 @@ actor Daemon {
             let raw = RawLoopBackend(runtimeDirectory: paths.runtimeDirectory)
             let registry = BackendRegistry([BtrfsBackend(), raw, DirectoryBackend()])
             let pool = ImagePool(configuration: ImagePool.Configuration(root: options.root), registry: registry)
-            // What a previous run left: temp entries, stale locks, inspection mounts.
+            // What a previous run left: temp entries of transfers killed with berthd, stale locks,
+            // inspection mounts.
             raw.cleanUpStaleInspections()
             await pool.removeStaleTemporaryEntries()
+            // import1's transfers run in berthd itself in worker mode (main.swift). Hostile input
+            // may crash a worker: that is a failed transfer, not a backtrace dump in the journal.
+            setenv("SWIFT_BACKTRACE", "enable=no", 1)
+            let engine = TransferEngine(pool: pool, workerExecutable: "/proc/self/exe", root: options.root)
             for kind in options.services {
                 switch kind {
                 case .machine1: try await Machine1Service(bus: bus, paths: paths, info: info, pool: pool).export()
-                case .import1: try await Import1Service(bus: bus, paths: paths, info: info).export()
+                case .import1: try await Import1Service(bus: bus, paths: paths, info: info, engine: engine, logger: logger).export()
                 case .portable1: try await Portable1Service(bus: bus, paths: paths, info: info).export()
                 }
             }

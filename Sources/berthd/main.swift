@@ -3,6 +3,12 @@
 import Bus
 import Glibc
 import Logging
+import Transfer
+
+// Worker mode: berthd re-executes itself (/proc/self/exe) for each import1 transfer.
+if CommandLine.arguments.dropFirst().first == TransferWorker.flag {
+    TransferWorker.main(arguments: Array(CommandLine.arguments.dropFirst()))
+}
 
 EventLoop.blockSignals([SIGTERM, SIGINT])
 let options = BerthdOptions.parseOrExit()
