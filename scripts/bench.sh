@@ -49,10 +49,23 @@ results=$work/results.tsv
 : > "$results"
 pids=()
 mounts=()
+# SIGTERM, then SIGKILL after 2 s: a process started from a test runner inherits its blocked signal
+# mask, and a daemon that never sees SIGTERM must not hang the run.
+stop_pids() {
+    local p i
+    for p in "$@"; do kill "$p" 2>/dev/null || true; done
+    for p in "$@"; do
+        for ((i = 0; i < 40; i++)); do
+            [ -e "/proc/$p" ] && [ "$(cut -d' ' -f3 "/proc/$p/stat" 2>/dev/null)" != Z ] || break
+            sleep 0.05
+        done
+        kill -KILL "$p" 2>/dev/null || true
+        wait "$p" 2>/dev/null || true
+    done
+}
 cleanup() {
     set +e
-    for p in "${pids[@]}"; do kill "$p" 2>/dev/null; done
-    for p in "${pids[@]}"; do wait "$p" 2>/dev/null; done
+    stop_pids "${pids[@]}"
     for ((i = ${#mounts[@]} - 1; i >= 0; i--)); do umount "${mounts[i]}" 2>/dev/null; done
     [ -n "${BENCH_DIR:-}" ] || rm -rf "$work"
 }
@@ -84,7 +97,6 @@ start_bus() { # DIR
 </busconfig>
 CONF
     dbus-daemon --config-file="$1/bus.conf" --fork --print-pid=1 > "$1/pid"
-    pids+=("$(cat "$1/pid")")
     echo "unix:path=$1/socket"
 }
 
@@ -119,9 +131,15 @@ start_systemd() { # POOL ADDRESS
     done
 }
 
+# Stops daemons and forgets their pids, so cleanup never signals a reused pid.
 stop_daemons() {
-    local p
-    for p in "$@"; do kill "$p" 2>/dev/null || true; wait "$p" 2>/dev/null || true; done
+    stop_pids "$@"
+    local p q keep=()
+    for q in "${pids[@]}"; do
+        for p in "$@"; do [ "$p" = "$q" ] && continue 2; done
+        keep+=("$q")
+    done
+    pids=("${keep[@]}")
 }
 
 # 1,000 directory images and 100 subvolumes, made the same way in each pool.
@@ -197,6 +215,8 @@ for i in $(seq 100); do curl -sf -o /dev/null "http://127.0.0.1:$port/SHA256SUMS
 echo "== btrfs pools: $dir_images directory images + $subvolumes subvolumes each (fixtures took $(( $(date +%s) - t0 )) s)"
 berth_bus=$(start_bus "$work/bus-berth")
 systemd_bus=$(start_bus "$work/bus-systemd")
+# start_bus ran in a subshell: record the forked dbus-daemons here.
+pids+=("$(cat "$work/bus-berth/pid")" "$(cat "$work/bus-systemd/pid")")
 start_berthd "$work/berth" "$berth_bus"
 start_systemd "$work/systemd/var/lib/machines" "$systemd_bus"
 sleep 1
