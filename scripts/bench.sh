@@ -35,11 +35,22 @@ port=${BENCH_PORT:-18734}
 
 if [ -n "${BENCH_BIN:-}" ]; then
     bin=$BENCH_BIN
+    build="prebuilt, from $bin"
 else
     echo "== building berthd and berth-bench (release)"
-    swift build -c release --product berthd >/dev/null
-    swift build -c release --product berth-bench >/dev/null
-    bin=$(swift build -c release --show-bin-path)
+    if swift build -c release --product berthd > /tmp/berth-bench-build.log 2>&1 &&
+       swift build -c release --product berth-bench >> /tmp/berth-bench-build.log 2>&1; then
+        bin=$(swift build -c release --show-bin-path)
+        build="release build"
+    else
+        # Said loudly in the results: debug figures are not the ones the targets are about.
+        echo "bench.sh: the release build FAILED (/tmp/berth-bench-build.log); falling back to a DEBUG build" >&2
+        grep -m3 -E 'error:|While ' /tmp/berth-bench-build.log | cut -c1-200 >&2 || true
+        swift build --product berthd >/dev/null
+        swift build --product berth-bench >/dev/null
+        bin=$(swift build --show-bin-path)
+        build="DEBUG build (the release build failed)"
+    fi
 fi
 bench=$bin/berth-bench
 
@@ -169,7 +180,7 @@ machine() {
     echo "machine: $(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2 | sed 's/^ *//'), $(nproc) cores," \
          "$(free -g | awk '/^Mem:/ {print $2}') GiB RAM, kernel $(uname -r), $(. /etc/os-release; echo "$PRETTY_NAME")"
     echo "systemd: $(/lib/systemd/systemd-machined --version 2>/dev/null | head -1 || dpkg-query -W -f '${Version}' systemd-container)"
-    echo "berthd: $([ -n "${BENCH_BIN:-}" ] && echo "from $bin" || echo "swift build -c release"), $(git -C "$repo" rev-parse --short HEAD 2>/dev/null || echo '?')"
+    echo "berthd: $build, commit $(git -C "$repo" rev-parse --short HEAD 2>/dev/null || echo '?')"
 }
 
 t0=$(date +%s)
