@@ -37,13 +37,29 @@ done
 step() { printf '\n\033[1m$ %s\033[0m\n' "$*"; "$@" || true; }
 step "$bin/berthctl" status --bus-address "$address"
 step busctl --address="$address" tree org.freedesktop.machine1 org.freedesktop.import1 org.freedesktop.portable1
-step busctl --address="$address" introspect org.freedesktop.machine1 /org/freedesktop/machine1 org.freedesktop.machine1.Manager
 step busctl --address="$address" get-property org.freedesktop.machine1 /org/freedesktop/machine1 org.freedesktop.machine1.Manager PoolPath
-# Image methods arrive with the pool; until then berthd answers NotSupported rather than make up a list.
+
+# A small OS tree dropped into the pool behind berthd's back: it is an image at once.
+mkdir -p "$demo/var/lib/machines/demo/etc"
+printf 'ID=debian\nPRETTY_NAME="Demo OS 1"\n' > "$demo/var/lib/machines/demo/etc/os-release"
+echo demo-host > "$demo/var/lib/machines/demo/etc/hostname"
+b() { "$bin/berthctl" "$@" --bus-address "$address"; }
+step b list-images
+step b clone demo demo-copy
+step b read-only demo-copy
+step b image-status demo-copy
+printf '\n# read-only means read-only, for root too:\n'
+step touch "$demo/var/lib/machines/demo-copy/new-file"
+step b list-images --json
+# The real machinectl speaks to berthd unchanged; it refuses to run unless /run/systemd/system exists.
 if [ -d /run/systemd/system ]; then
-    step machinectl list-images
+    step machinectl list-images --all
+    step machinectl show-image demo
+    step machinectl remove demo-copy
 else
-    printf '\n(machinectl refuses to run without /run/systemd/system; not creating it here)\n'
+    printf '\n(machinectl refuses to run without /run/systemd/system; mkdir it to try machinectl too)\n'
+    step b remove demo-copy
 fi
+step b list-images
 printf '\nStopping berthd (SIGTERM)...\n'
 kill "$berthd_pid"; wait "$berthd_pid" && echo "berthd exited 0"

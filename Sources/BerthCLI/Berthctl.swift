@@ -9,7 +9,8 @@ public struct Berthctl: ParsableCommand {
     public static let configuration = CommandConfiguration(
         commandName: "berthctl",
         abstract: "Talk to berthd.",
-        subcommands: [Status.self],
+        subcommands: [Status.self, ListImages.self, ImageStatus.self, Clone.self, Rename.self, Remove.self, ReadOnly.self,
+                      SetLimit.self, Clean.self],
         defaultSubcommand: Status.self)
 
     public init() {}

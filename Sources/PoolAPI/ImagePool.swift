@@ -98,6 +98,12 @@ public actor ImagePool {
         return try Self.describe(found, context)
     }
 
+    /// The names of every image (as `images()` lists them), found on the calling thread without
+    /// describing each: for sd-bus's synchronous node enumerator (the image objects' children).
+    public nonisolated func imageNamesNow() -> [String] {
+        ((try? Self.discoverAll(discoveryContext)) ?? []).map(\.name)
+    }
+
     private struct DiscoveryContext: Sendable {
         var root: String
         var searchPaths: [String]

@@ -1,5 +1,6 @@
 import Bus
 import Linux
+import PoolAPI
 
 extension Machine1Manager.Method {
     /// The polkit action a non-root caller needs; nil for the reading methods open to everyone.
@@ -44,25 +45,19 @@ extension Machine1Machine.Method {
 /// The `org.freedesktop.machine1` harness: the manager object, the image objects below
 /// `/org/freedesktop/machine1/image` and the machine objects below `/org/freedesktop/machine1/machine`.
 ///
-/// It decodes the call, authorizes it (`polkitAction`), and maps errors (`ErrorMapping`) through
-/// `Harness.serve`; the logic belongs in the pool (`ImagePool`) and a machine registry behind it.
-/// To implement a member, add its `case` to `manager(_:_:)`, `image(_:_:)` or `machine(_:_:)`:
-///
-/// ```swift
-/// case .getImage:
-///     let image = try await pool.image(named: try call.string(0))      // throws PoolError.noSuchImage
-///     return [.objectPath(Machine1Service.imagePath(image.name))]
-/// ```
-///
-/// sd-bus asks `objectExists`, `childObjects` and `property` synchronously, on the bus thread:
-/// answer them from `ImagePool`'s synchronous `imageNow(named:)` / `poolUsageNow()` or from a cache
-/// this actor refreshes after each pool change, never by awaiting the pool. The pool itself is made
-/// in berthd's composition (`Daemon.start`, marked there) and passed to `init` once it takes one.
+/// It decodes the call, authorizes it (`polkitAction`), and answers with systemd-machined 252's
+/// replies and errors (`Machine1Errors`); the logic lives in the pool (`ImagePool`). Image objects
+/// follow the pool with no cache: the find callback is a synchronous lookup (`imageNow`), the
+/// node enumerator a listing (`imageNamesNow`), so images added or removed behind berthd's back
+/// appear and vanish at once. Long work (clone, remove) runs off the bus thread in the pool, so
+/// other calls are answered meanwhile. The machine members answer NotSupported until the
+/// machine registry exists.
 public actor Machine1Service: BusObjectHandler {
     public nonisolated let bus: Bus
     public nonisolated var unownedExecutor: UnownedSerialExecutor { bus.unownedExecutor }
     private let paths: ServicePaths
     private let info: DaemonInfo
+    private let pool: ImagePool
     private let harness = Harness()
 
     /// Parent of the image objects: `/org/freedesktop/machine1/image/<escaped name>`.
@@ -75,10 +70,12 @@ public actor Machine1Service: BusObjectHandler {
     /// The object path of machine `name`.
     public static func machinePath(_ name: String) -> ObjectPath { machinePrefix.appending(escaped: name) }
 
-    public init(bus: Bus, paths: ServicePaths, info: DaemonInfo) {
+    /// A harness serving `pool`'s images (its pool folder is `paths.machinePool`).
+    public init(bus: Bus, paths: ServicePaths, info: DaemonInfo, pool: ImagePool) {
         self.bus = bus
         self.paths = paths
         self.info = info
+        self.pool = pool
     }
 
     /// Exports the manager object (with `io.berth.Daemon`) and the image and machine subtrees.
@@ -92,6 +89,7 @@ public actor Machine1Service: BusObjectHandler {
         switch call.interface {
         case Machine1Manager.name:
             guard let method = Machine1Manager.Method(rawValue: call.member) else { throw Harness.unknownMethod(call) }
+            try precheck(method, call)
             return try await harness.serve(call, action: method.polkitAction) { try await self.manager(method, call) }
         case Machine1Image.name:
             guard let method = Machine1Image.Method(rawValue: call.member) else { throw Harness.unknownMethod(call) }
@@ -104,16 +102,145 @@ public actor Machine1Service: BusObjectHandler {
         }
     }
 
+    /// machined checks the names and finds the image before it asks polkit, so an unprivileged
+    /// caller naming a missing image learns NoSuchImage, not AccessDenied: the same order here.
+    private func precheck(_ method: Machine1Manager.Method, _ call: MethodCall) throws(BusError) {
+        switch method {
+        case .removeImage, .renameImage, .cloneImage, .markImageReadOnly, .setImageLimit:
+            let name = try call.string(0)
+            try Machine1Errors.validate(name)
+            // A few stat calls on the bus thread, as sd-bus's find callback makes anyway.
+            guard (try? pool.imageNow(named: name)) != nil else { throw Machine1Errors.noSuchImage(name) }
+            if method == .renameImage || method == .cloneImage { try Machine1Errors.validate(try call.string(1)) }
+        default:
+            break
+        }
+    }
+
     private func manager(_ method: Machine1Manager.Method, _ call: MethodCall) async throws -> [BusValue] {
         switch method {
-        default: throw Harness.notImplemented(call)
+        case .listImages:
+            let images = try await pool.images()
+            return [.array(element: "(ssbttto)", images.map(Self.listEntry))]
+        case .getImage:
+            // machined looks an invalid name up like any other and finds nothing: NoSuchImage.
+            let name = try call.string(0)
+            do {
+                let image = try await pool.image(named: name)
+                return [.objectPath(Self.imagePath(image.name))]
+            } catch let e as PoolError where e.code == .invalidName {
+                throw Machine1Errors.noSuchImage(name)
+            } catch {
+                throw Machine1Errors.translate(error, name: name)
+            }
+        case .removeImage: return try await remove(try call.string(0))
+        case .renameImage: return try await rename(try call.string(0), to: try call.string(1))
+        case .cloneImage: return try await clone(try call.string(0), to: try call.string(1), readOnly: try call.bool(2))
+        case .markImageReadOnly: return try await markReadOnly(try call.string(0), try call.bool(1))
+        case .setImageLimit: return try await setLimit(try call.string(0), try call.uint64(1))
+        case .getImageHostname: return try await metadata(try call.string(0)) { [.string($0.hostname)] }
+        case .getImageMachineID: return try await metadata(try call.string(0)) { [.bytes($0.machineID)] }
+        case .getImageMachineInfo: return try await metadata(try call.string(0)) { [.stringDictionary($0.machineInfo)] }
+        case .getImageOSRelease: return try await metadata(try call.string(0)) { [.stringDictionary($0.osRelease)] }
+        case .setPoolLimit:
+            let bytes = try call.uint64(0)
+            do { try await pool.setPoolLimit(bytes) } catch { throw Machine1Errors.translate(error, name: "") }
+            return []
+        case .cleanPool:
+            let mode = try call.string(0)
+            guard let cleanMode = ImagePool.CleanMode(rawValue: mode) else {
+                throw BusError.invalidArgs("Unknown mode '\(mode)'.")
+            }
+            let removed: [(name: String, usage: UInt64)]
+            do { removed = try await pool.clean(cleanMode) } catch { throw Machine1Errors.translate(error, name: "") }
+            return [.array(element: "(st)", removed.map { .structure([.string($0.name), .uint64($0.usage)]) })]
+        default:
+            // The machine members come with the machine registry.
+            throw Harness.notImplemented(call)
         }
     }
 
     private func image(_ method: Machine1Image.Method, _ call: MethodCall) async throws -> [BusValue] {
+        guard let name = call.path.unescapedName(under: Self.imagePrefix) else { throw Harness.unknownObject(call.path) }
         switch method {
-        default: throw Harness.notImplemented(call)
+        case .remove: return try await remove(name)
+        case .rename: return try await rename(name, to: try call.string(0))
+        case .clone: return try await clone(name, to: try call.string(0), readOnly: try call.bool(1))
+        case .markReadOnly: return try await markReadOnly(name, try call.bool(0))
+        case .setLimit: return try await setLimit(name, try call.uint64(0))
+        case .getHostname: return try await metadata(name) { [.string($0.hostname)] }
+        case .getMachineID: return try await metadata(name) { [.bytes($0.machineID)] }
+        case .getMachineInfo: return try await metadata(name) { [.stringDictionary($0.machineInfo)] }
+        case .getOSRelease: return try await metadata(name) { [.stringDictionary($0.osRelease)] }
         }
+    }
+
+    // MARK: image members, shared by the manager's by-name methods and the image objects
+
+    /// Runs `body` for image `name` after checking the name, translating the pool's errors to
+    /// machined's replies.
+    private func onImage(_ name: String, metadata: Bool = false,
+                         _ body: () async throws -> [BusValue]) async throws -> [BusValue] {
+        try Machine1Errors.validate(name)
+        do { return try await body() } catch { throw Machine1Errors.translate(error, name: name, metadata: metadata) }
+    }
+
+    /// RemoveImage / Image.Remove.
+    private func remove(_ name: String) async throws -> [BusValue] {
+        try await onImage(name) {
+            try await pool.remove(name)
+            return []
+        }
+    }
+
+    /// RenameImage / Image.Rename.
+    private func rename(_ name: String, to newName: String) async throws -> [BusValue] {
+        try Machine1Errors.validate(name)
+        try Machine1Errors.validate(newName)
+        return try await onImage(name) {
+            try await pool.rename(name, to: newName)
+            return []
+        }
+    }
+
+    /// CloneImage / Image.Clone: the copy runs in the pool, off the bus thread.
+    private func clone(_ name: String, to newName: String, readOnly: Bool) async throws -> [BusValue] {
+        try Machine1Errors.validate(name)
+        try Machine1Errors.validate(newName)
+        return try await onImage(name) {
+            _ = try await pool.clone(name, to: newName, readOnly: readOnly)
+            return []
+        }
+    }
+
+    /// MarkImageReadOnly / Image.MarkReadOnly.
+    private func markReadOnly(_ name: String, _ readOnly: Bool) async throws -> [BusValue] {
+        try await onImage(name) {
+            try await pool.setReadOnly(name, readOnly)
+            return []
+        }
+    }
+
+    /// SetImageLimit / Image.SetLimit.
+    private func setLimit(_ name: String, _ bytes: UInt64) async throws -> [BusValue] {
+        try await onImage(name) {
+            try await pool.setLimit(name, bytes)
+            return []
+        }
+    }
+
+    /// GetImageHostname/MachineID/MachineInfo/OSRelease and their Image object twins.
+    private func metadata(_ name: String, _ reply: @Sendable (ImageMetadata) -> [BusValue]) async throws -> [BusValue] {
+        try await onImage(name, metadata: true) { reply(try await pool.metadata(of: name)) }
+    }
+
+    /// One ListImages entry: name, type, read-only, crtime, mtime, usage, object path.
+    private static func listEntry(_ image: Image) -> BusValue {
+        .structure([
+            .string(image.name), .string(image.type.rawValue), .boolean(image.readOnly),
+            .uint64(image.creationTimestamp), .uint64(image.modificationTimestamp), .uint64(image.usage),
+            .objectPath(imagePath(image.name)),
+        ])
     }
 
     private func machine(_ method: Machine1Machine.Method, _ call: MethodCall) async throws -> [BusValue] {
@@ -127,19 +254,50 @@ public actor Machine1Service: BusObjectHandler {
         case Machine1Manager.name:
             switch Machine1Manager.Property(rawValue: name) {
             case .poolPath: return .string(paths.machinePool)
-            // UINT64_MAX is what machined reports when usage and limit are unknown.
-            case .poolUsage, .poolLimit: return .uint64(.max)
+            // UINT64_MAX (Image.unknown) where usage and limit are unknown, as machined reports.
+            case .poolUsage: return .uint64(pool.poolUsageNow().usage)
+            case .poolLimit: return .uint64(pool.poolUsageNow().limit)
             case nil: throw Harness.unknownProperty(name, interface)
             }
         case BerthDaemon.name:
             return try info.property(name)
+        case Machine1Image.name:
+            guard let imageName = path.unescapedName(under: Self.imagePrefix),
+                  let image = try? pool.imageNow(named: imageName) else { throw Harness.unknownObject(path) }
+            return try Self.imageProperty(name, of: image)
         default:
-            // No image or machine objects exist yet (objectExists says so), so sd-bus never asks.
+            // No machine objects exist yet (objectExists says so), so sd-bus never asks.
             throw Harness.unknownObject(path)
         }
     }
 
-    public func objectExists(_ path: ObjectPath) -> Bool { false }
+    /// The value of `org.freedesktop.machine1.Image` property `name`.
+    private static func imageProperty(_ name: String, of image: Image) throws(BusError) -> BusValue {
+        switch Machine1Image.Property(rawValue: name) {
+        case .name: .string(image.name)
+        case .path: .string(image.path)
+        case .type: .string(image.type.rawValue)
+        case .readOnly: .boolean(image.readOnly)
+        case .creationTimestamp: .uint64(image.creationTimestamp)
+        case .modificationTimestamp: .uint64(image.modificationTimestamp)
+        case .usage: .uint64(image.usage)
+        case .usageExclusive: .uint64(image.usageExclusive)
+        case .limit: .uint64(image.limit)
+        case .limitExclusive: .uint64(image.limitExclusive)
+        case nil: throw Harness.unknownProperty(name, Machine1Image.name)
+        }
+    }
 
-    public func childObjects(under prefix: ObjectPath) -> [ObjectPath] { [] }
+    /// sd-bus's find callback: an image object exists while the pool has the image (a few stat
+    /// calls, as machined does); machine objects come with the machine registry.
+    public func objectExists(_ path: ObjectPath) -> Bool {
+        guard let name = path.unescapedName(under: Self.imagePrefix) else { return false }
+        return (try? pool.imageNow(named: name)) != nil
+    }
+
+    /// sd-bus's node enumerator: one object per image the pool lists now.
+    public func childObjects(under prefix: ObjectPath) -> [ObjectPath] {
+        guard prefix == Self.imagePrefix else { return [] }
+        return pool.imageNamesNow().map(Self.imagePath)
+    }
 }

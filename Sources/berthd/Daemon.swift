@@ -1,5 +1,9 @@
+import BtrfsBackend
 import Bus
+import DirectoryBackend
 import Logging
+import PoolAPI
+import RawLoopBackend
 import Services
 import Synchronization
 
@@ -29,12 +33,17 @@ actor Daemon {
             if stopping { return await stop() }
             let paths = ServicePaths(root: options.root)
             let info = DaemonInfo(root: options.root, services: options.services)
-            // Composition point: the storage backends (btrfs, raw/qcow2-loop, directory) are
-            // registered and the ImagePool over paths.machinePool is made here, then handed to
-            // Machine1Service (and Import1Service, Portable1Service) once those take one.
+            // Composition point: the storage backends in claim priority order (a directory that
+            // is a subvolume is a subvolume), and the machine image pool over them.
+            let raw = RawLoopBackend(runtimeDirectory: paths.runtimeDirectory)
+            let registry = BackendRegistry([BtrfsBackend(), raw, DirectoryBackend()])
+            let pool = ImagePool(configuration: ImagePool.Configuration(root: options.root), registry: registry)
+            // What a previous run left: temp entries, stale locks, inspection mounts.
+            raw.cleanUpStaleInspections()
+            await pool.removeStaleTemporaryEntries()
             for kind in options.services {
                 switch kind {
-                case .machine1: try await Machine1Service(bus: bus, paths: paths, info: info).export()
+                case .machine1: try await Machine1Service(bus: bus, paths: paths, info: info, pool: pool).export()
                 case .import1: try await Import1Service(bus: bus, paths: paths, info: info).export()
                 case .portable1: try await Portable1Service(bus: bus, paths: paths, info: info).export()
                 }

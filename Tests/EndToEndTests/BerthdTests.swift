@@ -65,7 +65,7 @@ struct BerthdTests {
                             "org.freedesktop.machine1.Manager", "PoolPath"], check: true)
         #expect(pool.stdout.trimmingCharacters(in: .whitespacesAndNewlines) == "s \"\(berthd.root)/var/lib/machines\"")
         let list = try run(["busctl", "--address=\(bus.address)", "call", "org.freedesktop.machine1", "/org/freedesktop/machine1",
-                            "org.freedesktop.machine1.Manager", "ListImages"])
+                            "org.freedesktop.machine1.Manager", "ListMachines"])
         #expect(!list.succeeded && list.stderr.contains("not implemented yet"), "\(list.stderr)")
     }
 
@@ -214,17 +214,22 @@ struct AuthorizationTests {
         defer { bus.stop() }
         let berthd = try BerthdProcess(bus: bus, services: ["machine1"])
         defer { berthd.stop() }
-        // A mutating method: the harness asks for root (no polkit on this bus) before anything else.
+        // A mutating method on an image that exists: the harness asks for root (no polkit on
+        // this bus), and nobody is refused with the image untouched; root may remove it.
+        let image = berthd.root + "/var/lib/machines/x"
+        try FileManager.default.createDirectory(atPath: image, withIntermediateDirectories: true)
         let denied = try call(bus, asNobody: true, "RemoveImage", ["s", "x"])
         #expect(denied.stderr.contains("Access denied"), "\(denied.stderr)")
+        #expect(FileManager.default.fileExists(atPath: image))
         let root = try call(bus, asNobody: false, "RemoveImage", ["s", "x"])
-        #expect(root.stderr.contains("not implemented yet"), "\(root.stderr)")
+        #expect(root.succeeded, "\(root.stderr)")
+        #expect(!FileManager.default.fileExists(atPath: image))
         // A root-only method: sd-bus itself refuses it, as it does for systemd-machined.
         let privileged = try call(bus, asNobody: true, "RegisterMachine", ["sayssus", "m", "0", "svc", "container", "1", "/"])
         #expect(privileged.stderr.contains("Access denied"), "\(privileged.stderr)")
-        // A reading method is open to everyone (and not written yet).
-        let read = try call(bus, asNobody: true, "GetImage", ["s", "x"])
-        #expect(read.stderr.contains("not implemented yet"), "\(read.stderr)")
+        // A reading method is open to everyone.
+        let read = try call(bus, asNobody: true, "GetImage", ["s", ".host"])
+        #expect(read.stdout.contains("/org/freedesktop/machine1/image/_2ehost"), "\(read.stdout) \(read.stderr)")
         #expect(berthd.terminate() == 0)
     }
 }

@@ -1,3 +1,4 @@
+import CLinux
 import Foundation
 import Glibc
 
@@ -93,6 +94,9 @@ public func spawn(_ argv: [String], stdout: String, stderr: String?, environment
     posix_spawn_file_actions_addopen(&actions, 0, "/dev/null", O_RDONLY, 0)
     posix_spawn_file_actions_addopen(&actions, 1, stdout, O_WRONLY | O_CREAT | O_TRUNC, 0o644)
     if let stderr { posix_spawn_file_actions_addopen(&actions, 2, stderr, O_WRONLY | O_CREAT | O_APPEND, 0o644) }
+    // Nothing else of the test process may leak into a long-lived child: a pipe end inherited by
+    // a forked dbus-daemon keeps another test's child from ever seeing EOF (a full-suite hang).
+    posix_spawn_file_actions_addclosefrom_np(&actions, 3)
     // Test threads block most signals; the child must not inherit that, or SIGTERM never reaches it.
     var attributes = posix_spawnattr_t()
     posix_spawnattr_init(&attributes)

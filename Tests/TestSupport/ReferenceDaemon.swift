@@ -34,7 +34,7 @@ public final class ReferenceDaemon: @unchecked Sendable {
     }
 
     public let daemon: Daemon
-    private let process: Process
+    private var pid: pid_t = 0
     private let script: String
 
     /// Starts `daemon` on the bus at `busAddress` with `poolPath` as its /var/lib/machines, and
@@ -54,20 +54,16 @@ public final class ReferenceDaemon: @unchecked Sendable {
             """
         try body.write(toFile: script, atomically: true, encoding: .utf8)
         chmod(script, 0o755)
-        process = Process()
-        process.executableURL = URL(fileURLWithPath: "/usr/bin/unshare")
-        process.arguments = ["-m", "--propagation", "private", script]
-        var env = ProcessInfo.processInfo.environment
-        env["DBUS_SYSTEM_BUS_ADDRESS"] = busAddress
-        process.environment = env
-        process.standardOutput = FileHandle.nullDevice
-        process.standardError = FileHandle.nullDevice
-        try process.run()
+        // posix_spawn with every other fd closed: no pipe of the test process may leak into
+        // a long-lived daemon (see `spawn`).
+        pid = try spawn(["/usr/bin/unshare", "-m", "--propagation", "private", script],
+                        stdout: "/dev/null", stderr: "/dev/null",
+                        environment: ["DBUS_SYSTEM_BUS_ADDRESS": busAddress])
         let deadline = Date().addingTimeInterval(timeout)
         while Date() < deadline {
             let r = try run(["busctl", "--address=\(busAddress)", "status", daemon.busName])
             if r.succeeded { return }
-            if !process.isRunning { break }
+            if waitpid(pid, nil, WNOHANG) == pid { pid = 0; break }
             usleep(50_000)
         }
         stop()
@@ -76,9 +72,11 @@ public final class ReferenceDaemon: @unchecked Sendable {
 
     /// SIGTERM, then wait for it.
     public func stop() {
-        if process.isRunning {
-            process.terminate()
-            process.waitUntilExit()
+        if pid > 0 {
+            kill(pid, SIGTERM)
+            var status: Int32 = 0
+            while waitpid(pid, &status, 0) < 0 && errno == EINTR {}
+            pid = 0
         }
         try? FileManager.default.removeItem(atPath: script)
     }
