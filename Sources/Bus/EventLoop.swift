@@ -194,28 +194,11 @@ public final class EventLoop: SerialExecutor, @unchecked Sendable {
     @discardableResult
     public func joined() async -> Int32 {
         await withCheckedContinuation { (c: CheckedContinuation<Int32, Never>) in
-            let box = Unmanaged.passRetained(JoinBox { c.resume(returning: self.join()) })
-            var attributes = pthread_attr_t()
-            pthread_attr_init(&attributes)
-            defer { pthread_attr_destroy(&attributes) }
-            pthread_attr_setdetachstate(&attributes, Int32(PTHREAD_CREATE_DETACHED))
-            var thread = pthread_t()
-            let r = pthread_create(&thread, &attributes, { raw in
-                guard let raw else { return nil }
-                Unmanaged<JoinBox>.fromOpaque(raw).takeRetainedValue().body()
-                return nil
-            }, box.toOpaque())
-            if r != 0 { box.takeRetainedValue().body() }
+            detachThread { c.resume(returning: self.join()) }
         }
     }
 
     deinit { Glibc.close(wakeFD) }
-}
-
-/// The work of one `joined()` waiter thread.
-private final class JoinBox: Sendable {
-    let body: @Sendable () -> Void
-    init(_ body: @escaping @Sendable () -> Void) { self.body = body }
 }
 
 /// A handler for one signal, kept alive while the loop runs.

@@ -1,4 +1,5 @@
 import Glibc
+import Linux
 import Synchronization
 
 /// Runs blocking work (copies, removals, usage scans, ioctls) on a dedicated thread, never on
@@ -25,28 +26,9 @@ public enum Blocking {
         }
     }
 
-    /// Starts `body` on a new detached thread (pthread_create(3)) and returns at once.
+    /// Starts `body` on a new detached thread and returns at once (`Linux.detachThread`).
     public static func detach(_ body: @escaping @Sendable () -> Void) {
-        let box = Unmanaged.passRetained(Work(body)).toOpaque()
-        var attributes = pthread_attr_t()
-        pthread_attr_init(&attributes)
-        defer { pthread_attr_destroy(&attributes) }
-        pthread_attr_setdetachstate(&attributes, Int32(PTHREAD_CREATE_DETACHED))
-        var thread = pthread_t()
-        let r = pthread_create(&thread, &attributes, { raw in
-            guard let raw else { return nil }
-            Unmanaged<Work>.fromOpaque(raw).takeRetainedValue().body()
-            return nil
-        }, box)
-        if r != 0 {
-            // No thread to be had (resource limits): doing the work here beats losing it.
-            Unmanaged<Work>.fromOpaque(box).takeRetainedValue().body()
-        }
-    }
-
-    private final class Work: Sendable {
-        let body: @Sendable () -> Void
-        init(_ body: @escaping @Sendable () -> Void) { self.body = body }
+        detachThread(body)
     }
 }
 

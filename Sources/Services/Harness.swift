@@ -55,8 +55,10 @@ public struct Harness: Sendable {
     public init() {}
 
     /// Authorizes `call` for `action` (when not nil), then runs `body`, mapping its errors.
+    /// It throws only `BusError`s, but is declared untyped: with `throws(BusError)` here, Swift
+    /// 6.3's optimizer crashed (signal 11 while splitting the calling coroutine) in release builds.
     public nonisolated(nonsending) func serve(_ call: MethodCall, action: String?,
-                                              _ body: nonisolated(nonsending) () async throws -> [BusValue]) async throws(BusError) -> [BusValue] {
+                                              _ body: nonisolated(nonsending) () async throws -> [BusValue]) async throws -> [BusValue] {
         do {
             if let action { try await authorizer.authorize(call, action: action) }
             return try await body()

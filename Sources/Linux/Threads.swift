@@ -1,0 +1,27 @@
+import Glibc
+
+/// Runs `body` on a new detached thread (pthread_create(3)) and returns at once: for blocking
+/// work and waits that must stay off Swift's cooperative pool (one thread per core) and off the
+/// bus thread. If no thread can be had (resource limits), `body` runs on the caller's thread
+/// rather than being lost.
+public func detachThread(_ body: @escaping @Sendable () -> Void) {
+    let box = Unmanaged.passRetained(ThreadWork(body)).toOpaque()
+    var attributes = pthread_attr_t()
+    pthread_attr_init(&attributes)
+    defer { pthread_attr_destroy(&attributes) }
+    pthread_attr_setdetachstate(&attributes, Int32(PTHREAD_CREATE_DETACHED))
+    var thread = pthread_t()
+    let r = pthread_create(&thread, &attributes, { raw in
+        guard let raw else { return nil }
+        Unmanaged<ThreadWork>.fromOpaque(raw).takeRetainedValue().body()
+        return nil
+    }, box)
+    if r != 0 {
+        Unmanaged<ThreadWork>.fromOpaque(box).takeRetainedValue().body()
+    }
+}
+
+private final class ThreadWork: Sendable {
+    let body: @Sendable () -> Void
+    init(_ body: @escaping @Sendable () -> Void) { self.body = body }
+}
