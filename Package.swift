@@ -67,6 +67,8 @@ let package = Package(
             .product(name: "Logging", package: "swift-log"),
         ]),
         .executableTarget(name: "berthctl", dependencies: ["BerthCLI"]),
+        // Benchmarks against systemd 252's daemons (scripts/bench.sh, docs/benchmarks.md).
+        .executableTarget(name: "berth-bench", dependencies: ["Bus", "Linux"]),
 
         // Shared test helpers: private dbus-daemon, loopback filesystems, berthd under --root.
         .target(name: "TestSupport", dependencies: ["Linux"], path: "Tests/TestSupport"),

@@ -1,0 +1,449 @@
+// berth-bench: times the same machine1/import1 work against berthd and against systemd 252's
+// daemons, each on its own private bus, back-to-back, and records the figures. scripts/bench.sh
+// builds the pools and fixtures, starts the daemons and calls this tool once per item; the
+// `table` command then prints every figure for both with the ratio Berth/systemd.
+//
+// Calls go through Bus's blocking BusClient (one sd-bus connection per daemon, sd_bus_call per
+// call, no client-side introspection), so the client's cost is the same for both daemons.
+import Bus
+import Foundation
+import Glibc
+import Linux
+
+// MARK: - Results
+
+/// One measured figure, as written to the results file.
+enum Outcome: CustomStringConvertible {
+    case seconds(Double)
+    case kibibytes(Int)
+    case notImplemented
+    case failed(String)
+
+    var description: String {
+        switch self {
+        case .seconds(let s): String(format: "%.3f s", s)
+        case .kibibytes(let k): String(format: "%.1f MiB", Double(k) / 1024)
+        case .notImplemented: "n/a (not implemented)"
+        case .failed(let why): "failed: \(why)"
+        }
+    }
+
+    /// The machine form for the results file: `s:<seconds>`, `k:<KiB>`, `na`, `err:<text>`.
+    var field: String {
+        switch self {
+        case .seconds(let s): "s:\(s)"
+        case .kibibytes(let k): "k:\(k)"
+        case .notImplemented: "na"
+        case .failed(let why): "err:" + why.replacingOccurrences(of: "\t", with: " ").replacingOccurrences(of: "\n", with: " ")
+        }
+    }
+
+    init(field: String) {
+        if field.hasPrefix("s:"), let v = Double(field.dropFirst(2)) { self = .seconds(v) }
+        else if field.hasPrefix("k:"), let v = Int(field.dropFirst(2)) { self = .kibibytes(v) }
+        else if field == "na" { self = .notImplemented }
+        else { self = .failed(String(field.hasPrefix("err:") ? field.dropFirst(4) : Substring(field))) }
+    }
+
+    var value: Double? {
+        switch self {
+        case .seconds(let s): s
+        case .kibibytes(let k): Double(k)
+        default: nil
+        }
+    }
+}
+
+struct BenchError: Error, CustomStringConvertible {
+    var description: String
+    init(_ d: String) { description = d }
+}
+
+/// Appends `item \t who \t outcome` to the results file and echoes it.
+func record(_ file: String?, item: String, who: String, _ outcome: Outcome) {
+    func pad(_ s: String, _ n: Int) -> String { s.count >= n ? s : s + String(repeating: " ", count: n - s.count) }
+    print("  \(pad(item, 44)) \(pad(who, 12)) \(outcome)")
+    fflush(nil)
+    guard let file else { return }
+    let line = "\(item)\t\(who)\t\(outcome.field)\n"
+    if let h = FileHandle(forWritingAtPath: file) {
+        h.seekToEndOfFile()
+        h.write(Data(line.utf8))
+        try? h.close()
+    } else {
+        FileManager.default.createFile(atPath: file, contents: Data(line.utf8))
+    }
+}
+
+// MARK: - Clock, caches, processes
+
+/// CLOCK_MONOTONIC in seconds.
+func now() -> Double {
+    var ts = timespec()
+    clock_gettime(CLOCK_MONOTONIC, &ts)
+    return Double(ts.tv_sec) + Double(ts.tv_nsec) / 1e9
+}
+
+/// sync(2), then drops the page cache, dentries and inodes (/proc/sys/vm/drop_caches), so a
+/// timed copy reads its source from disk for either daemon alike.
+func dropCaches() {
+    sync()
+    if let h = FileHandle(forWritingAtPath: "/proc/sys/vm/drop_caches") {
+        h.write(Data("3\n".utf8))
+        try? h.close()
+    }
+}
+
+/// VmRSS of `pid` in KiB, from /proc/<pid>/status.
+func residentKiB(_ pid: Int32) -> Int? {
+    guard let text = try? String(contentsOfFile: "/proc/\(pid)/status", encoding: .utf8) else { return nil }
+    for line in text.split(separator: "\n") where line.hasPrefix("VmRSS:") {
+        return Int(line.split(separator: " ", omittingEmptySubsequences: true).dropFirst().first ?? "")
+    }
+    return nil
+}
+
+// MARK: - The two daemons
+
+let machine1 = "org.freedesktop.machine1"
+let machine1Path = ObjectPath("/org/freedesktop/machine1")
+let machine1Manager = "org.freedesktop.machine1.Manager"
+let import1 = "org.freedesktop.import1"
+let import1Path = ObjectPath("/org/freedesktop/import1")
+let import1Manager = "org.freedesktop.import1.Manager"
+/// Long calls (a 1 GiB clone) must not hit sd-bus's default 25 s reply timeout.
+let longCall: UInt64 = 600_000_000
+
+/// One daemon under test: its label and a connection to its bus.
+struct Daemon {
+    let who: String
+    let client: BusClient
+
+    func manager(_ member: String, _ args: [BusValue] = []) throws(BusError) -> [BusValue] {
+        try client.call(destination: machine1, path: machine1Path, interface: machine1Manager, member: member, args,
+                        timeoutMicroseconds: longCall)
+    }
+
+    func importer(_ member: String, _ args: [BusValue] = []) throws(BusError) -> [BusValue] {
+        try client.call(destination: import1, path: import1Path, interface: import1Manager, member: member, args,
+                        timeoutMicroseconds: longCall)
+    }
+
+    /// Waits until transfer `id` is no longer listed (import1.Manager.ListTransfers), polling.
+    func waitForTransfer(_ id: UInt32) throws {
+        while true {
+            let reply = try importer("ListTransfers")
+            let ids = (reply.first?.arrayValue ?? []).compactMap { v -> UInt32? in
+                if case .uint32(let u)? = v.structureValue?.first { return u }
+                return nil
+            }
+            if !ids.contains(id) { return }
+            usleep(5_000)
+        }
+    }
+
+    func imageExists(_ name: String) -> Bool {
+        (try? manager("GetImage", [.string(name)])) != nil
+    }
+
+    /// RemoveImage, ignoring a missing image: cleanup between runs, never timed.
+    func removeQuietly(_ name: String) {
+        _ = try? manager("RemoveImage", [.string(name)])
+    }
+}
+
+/// Whether `error` is berthd saying a member is not written yet (Harness.notImplemented), or a
+/// daemon not knowing the member at all.
+func isNotImplemented(_ error: Error) -> Bool {
+    guard let e = error as? BusError else { return false }
+    return (e.name == BusError.Name.notSupported && e.message.contains("not implemented"))
+        || e.name == BusError.Name.unknownMethod
+}
+
+/// Runs `body` for one daemon and records its wall-clock time; `body` gets a `start` closure to
+/// call once its untimed preparation is done (default: timing starts at once).
+@discardableResult
+func timed(_ file: String?, item: String, _ d: Daemon, _ body: (_ start: () -> Void) throws -> Void) -> Outcome {
+    var t0 = now()
+    let outcome: Outcome
+    do {
+        try body { t0 = now() }
+        outcome = .seconds(now() - t0)
+    } catch {
+        outcome = isNotImplemented(error) ? .notImplemented : .failed("\(error)")
+    }
+    record(file, item: item, who: d.who, outcome)
+    return outcome
+}
+
+// MARK: - Items
+
+func uint32Of(_ v: BusValue?) -> UInt32? {
+    if case .uint32(let u)? = v { return u }
+    return nil
+}
+
+/// ListImages `calls` times over one connection; the first reply must list at least `expect` images.
+func benchList(_ ds: [Daemon], file: String?, calls: Int, expect: Int) {
+    for d in ds {
+        timed(file, item: "ListImages ×\(calls) (\(expect) images)", d) { _ in
+            for i in 0..<calls {
+                let reply = try d.manager("ListImages")
+                if i == 0, let n = reply.first?.arrayValue?.count, n < expect {
+                    throw BenchError("listed \(n) images, expected \(expect)")
+                }
+            }
+        }
+    }
+}
+
+/// GetImage then Properties.GetAll of the image object for `count` images named by `pattern`.
+func benchGet(_ ds: [Daemon], file: String?, names: [String]) {
+    for d in ds {
+        timed(file, item: "GetImage + GetAll ×\(names.count)", d) { _ in
+            for name in names {
+                let reply = try d.manager("GetImage", [.string(name)])
+                guard case .objectPath(let path)? = reply.first else { throw BenchError("GetImage \(name): no path") }
+                let props = try d.client.call(destination: machine1, path: path, interface: "org.freedesktop.DBus.Properties",
+                                              member: "GetAll", [.string("org.freedesktop.machine1.Image")])
+                guard (props.first?.dictionaryValue?.count ?? 0) >= 5 else { throw BenchError("GetAll \(name): too few properties") }
+            }
+        }
+    }
+}
+
+/// CloneImage of each of `names` to `<name>-c`, then RemoveImage of every clone: two figures.
+func benchCloneRemove(_ ds: [Daemon], file: String?, names: [String], label: String) {
+    for d in ds {
+        for n in names { d.removeQuietly(n + "-c") }
+        let cloned = timed(file, item: "CloneImage ×\(names.count) \(label)", d) { _ in
+            for n in names { _ = try d.manager("CloneImage", [.string(n), .string(n + "-c"), .boolean(false)]) }
+        }
+        if case .notImplemented = cloned {
+            record(file, item: "RemoveImage ×\(names.count) \(label) clones", who: d.who, .notImplemented)
+            continue
+        }
+        timed(file, item: "RemoveImage ×\(names.count) \(label) clones", d) { _ in
+            for n in names {
+                guard d.imageExists(n + "-c") else { throw BenchError("clone \(n)-c is missing") }
+            }
+            for n in names { _ = try d.manager("RemoveImage", [.string(n + "-c")]) }
+        }
+    }
+}
+
+/// CloneImage of one big image with cold caches.
+func benchCloneOne(_ ds: [Daemon], file: String?, name: String, label: String) {
+    for d in ds {
+        d.removeQuietly(name + "-c")
+        timed(file, item: "CloneImage \(label)", d) { start in
+            dropCaches()
+            start()
+            _ = try d.manager("CloneImage", [.string(name), .string(name + "-c"), .boolean(false)])
+        }
+        d.removeQuietly(name + "-c")
+        dropCaches()
+    }
+}
+
+/// ImportTar of `archive` as `name`, until its transfer ends; the image must then exist.
+func benchImport(_ ds: [Daemon], file: String?, archive: String, name: String, label: String) {
+    for d in ds {
+        d.removeQuietly(name)
+        timed(file, item: "ImportTar \(label)", d) { start in
+            let fd = try FileDescriptor.open(archive, flags: O_RDONLY | O_CLOEXEC)
+            defer { fd.close() }
+            dropCaches()
+            start()
+            let reply = try d.importer("ImportTar", [.unixFD(fd), .string(name), .boolean(false), .boolean(false)])
+            guard let id = uint32Of(reply.first) else { throw BenchError("ImportTar: no transfer id") }
+            try d.waitForTransfer(id)
+            guard d.imageExists(name) else { throw BenchError("transfer ended without image \(name)") }
+        }
+    }
+}
+
+/// ExportTar of `name` into a fresh file in `outDir`, until its transfer ends.
+func benchExport(_ ds: [Daemon], file: String?, name: String, outDir: String, format: String) {
+    for d in ds {
+        let out = "\(outDir)/export-\(d.who).tar"
+        unlink(out)
+        timed(file, item: "ExportTar \(format.isEmpty ? "plain" : format)", d) { start in
+            let fd = try FileDescriptor.open(out, flags: O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, mode: 0o600)
+            defer { fd.close() }
+            dropCaches()
+            start()
+            let reply = try d.importer("ExportTar", [.string(name), .unixFD(fd), .string(format)])
+            guard let id = uint32Of(reply.first) else { throw BenchError("ExportTar: no transfer id") }
+            try d.waitForTransfer(id)
+            guard let size = try? fd.stat().size, size > 0 else { throw BenchError("export wrote nothing") }
+        }
+        unlink(out)
+    }
+}
+
+/// PullTar of `url` with checksum verification, until its transfer ends; the image must then exist.
+func benchPull(_ ds: [Daemon], file: String?, url: String, name: String) {
+    for d in ds {
+        d.removeQuietly(name)
+        timed(file, item: "PullTar (HTTP, verify=checksum)", d) { start in
+            dropCaches()
+            start()
+            let reply = try d.importer("PullTar", [.string(url), .string(name), .string("checksum"), .boolean(false)])
+            guard let id = uint32Of(reply.first) else { throw BenchError("PullTar: no transfer id") }
+            try d.waitForTransfer(id)
+            guard d.imageExists(name) else { throw BenchError("transfer ended without image \(name)") }
+        }
+    }
+}
+
+/// Times a command (a physical reference such as `tar -x` or `cp -a`) with cold caches.
+func benchCommand(file: String?, item: String, who: String, argv: [String]) {
+    dropCaches()
+    let p = Process()
+    p.executableURL = URL(fileURLWithPath: "/usr/bin/env")
+    p.arguments = argv
+    let t0 = now()
+    do {
+        try p.run()
+        p.waitUntilExit()
+        let t = now() - t0
+        record(file, item: item, who: who, p.terminationStatus == 0 ? .seconds(t) : .failed("\(argv[0]) exited \(p.terminationStatus)"))
+    } catch {
+        record(file, item: item, who: who, .failed("\(error)"))
+    }
+}
+
+// MARK: - Table
+
+/// Prints the results file as a Markdown table: each figure for both daemons, the ratio
+/// Berth/systemd, the physical reference where there is one, and whether the target is met.
+func printTable(_ file: String) throws {
+    let text = try String(contentsOfFile: file, encoding: .utf8)
+    var order: [String] = []
+    var rows: [String: [String: Outcome]] = [:]
+    var refs: [String: (String, Outcome)] = [:]
+    for line in text.split(separator: "\n") {
+        let f = line.split(separator: "\t", maxSplits: 2, omittingEmptySubsequences: false).map(String.init)
+        guard f.count == 3 else { continue }
+        if rows[f[0]] == nil { order.append(f[0]); rows[f[0]] = [:] }
+        if f[1].hasPrefix("ref:") { refs[f[0]] = (String(f[1].dropFirst(4)), Outcome(field: f[2])) }
+        else { rows[f[0]]?[f[1]] = Outcome(field: f[2]) }
+    }
+    print("| item | Berth | systemd 252 | Berth/systemd | reference | Berth/reference | target |")
+    print("|---|---|---|---|---|---|---|")
+    for item in order {
+        let b = rows[item]?["berth"], s = rows[item]?["systemd"]
+        var ratio = "–", refText = "–", refRatio = "–", target = "–"
+        if let bv = b?.value, let sv = s?.value, sv > 0 { ratio = String(format: "%.2f", bv / sv) }
+        if let (label, r) = refs[item] {
+            refText = "\(label): \(r)"
+            if let bv = b?.value, let rv = r.value, rv > 0 { refRatio = String(format: "%.2f", bv / rv) }
+        }
+        let isTime: Bool = if case .seconds? = s { true } else if case .seconds? = b { true } else { false }
+        if isTime {
+            var met: Bool? = nil
+            if let bv = b?.value, let sv = s?.value, sv > 0 { met = bv / sv <= 0.8 }
+            if item.hasPrefix("ImportTar"), let bv = b?.value, let rv = refs[item]?.1.value, rv > 0 {
+                met = (met ?? true) && bv / rv <= 1.2
+            }
+            target = met.map { $0 ? "met" : "**not met**" } ?? "not measured"
+        }
+        print("| \(item) | \(b?.description ?? "–") | \(s?.description ?? "–") | \(ratio) | \(refText) | \(refRatio) | \(target) |")
+    }
+}
+
+// MARK: - Command line
+
+let usage = """
+    usage: berth-bench ITEM --berth ADDR --systemd ADDR [--results FILE] [options]
+      list --calls N --expect N               ListImages N times over one connection
+      get --pattern img%04d --count N         GetImage + Properties.GetAll of N images
+      clone --pattern sub%03d --count N --label L    CloneImage then RemoveImage of N images
+      clone-one --name NAME --label L         CloneImage of one image, cold caches
+      import --archive F --name N --label L   ImportTar, until the transfer ends
+      export --name N --out-dir D [--format F]  ExportTar
+      pull --url U --name N                   PullTar with verify=checksum
+    berth-bench time --item ITEM --who ref:LABEL [--results FILE] -- COMMAND...
+    berth-bench rss --item ITEM --pid berth=PID [--pid systemd=PID,PID] [--results FILE]
+    berth-bench table FILE
+    """
+
+func parse(_ args: ArraySlice<String>) -> (options: [String: [String]], rest: [String]) {
+    var options: [String: [String]] = [:]
+    var i = args.startIndex
+    while i < args.endIndex {
+        let a = args[i]
+        if a == "--" { return (options, Array(args[(i + 1)...])) }
+        if a.hasPrefix("--"), i + 1 < args.endIndex {
+            options[String(a.dropFirst(2)), default: []].append(args[i + 1])
+            i += 2
+        } else {
+            i += 1
+        }
+    }
+    return (options, [])
+}
+
+func main() throws {
+    let argv = CommandLine.arguments
+    guard argv.count >= 2 else { print(usage); exit(2) }
+    let command = argv[1]
+    if command == "table" {
+        guard argv.count >= 3 else { print(usage); exit(2) }
+        try printTable(argv[2])
+        return
+    }
+    let (o, rest) = parse(argv[2...])
+    func one(_ k: String) throws -> String {
+        guard let v = o[k]?.last else { throw BenchError("missing --\(k)\n\(usage)") }
+        return v
+    }
+    func int(_ k: String) throws -> Int {
+        guard let v = Int(try one(k)) else { throw BenchError("--\(k) must be a number") }
+        return v
+    }
+    let file = o["results"]?.last
+    switch command {
+    case "time":
+        benchCommand(file: file, item: try one("item"), who: try one("who"), argv: rest)
+        return
+    case "rss":
+        // --pid WHO=PID[,PID...]: the sum over a daemon's processes (machined + importd for systemd).
+        for spec in o["pid"] ?? [] {
+            let parts = spec.split(separator: "=", maxSplits: 1).map(String.init)
+            guard parts.count == 2 else { throw BenchError("--pid WHO=PID[,PID...]") }
+            var total = 0
+            var missing: String? = nil
+            for p in parts[1].split(separator: ",") {
+                if let pid = Int32(p), let k = residentKiB(pid) { total += k } else { missing = String(p) }
+            }
+            record(file, item: try one("item"), who: parts[0], missing.map { .failed("no process \($0)") } ?? .kibibytes(total))
+        }
+        return
+    default: break
+    }
+    let daemons = [Daemon(who: "berth", client: try BusClient(address: try one("berth"))),
+                   Daemon(who: "systemd", client: try BusClient(address: try one("systemd")))]
+    func names() throws -> [String] {
+        let pattern = try one("pattern")
+        return (0..<(try int("count"))).map { String(format: pattern, $0) }
+    }
+    switch command {
+    case "list": benchList(daemons, file: file, calls: try int("calls"), expect: try int("expect"))
+    case "get": benchGet(daemons, file: file, names: try names())
+    case "clone": benchCloneRemove(daemons, file: file, names: try names(), label: try one("label"))
+    case "clone-one": benchCloneOne(daemons, file: file, name: try one("name"), label: try one("label"))
+    case "import": benchImport(daemons, file: file, archive: try one("archive"), name: try one("name"), label: try one("label"))
+    case "export": benchExport(daemons, file: file, name: try one("name"), outDir: try one("out-dir"), format: o["format"]?.last ?? "")
+    case "pull": benchPull(daemons, file: file, url: try one("url"), name: try one("name"))
+    default: throw BenchError("unknown item \(command)\n\(usage)")
+    }
+}
+
+do {
+    try main()
+} catch {
+    FileHandle.standardError.write(Data("berth-bench: \(error)\n".utf8))
+    exit(1)
+}

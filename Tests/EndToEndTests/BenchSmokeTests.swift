@@ -1,0 +1,41 @@
+import Foundation
+import Glibc
+import Testing
+import TestSupport
+
+/// scripts/bench.sh still runs end to end (tiny inputs: BENCH_TINY=1) against berthd and systemd
+/// 252's daemons. It checks that every item produced a figure or an honest "n/a (not
+/// implemented)" for both — never how fast anything was.
+@Suite(.serialized, .enabled(if: Privileges.canMakeLoopFilesystems && ReferenceDaemon.skipReason == nil
+                              && commandExists("dbus-daemon") && commandExists("mkfs.btrfs") && commandExists("mkfs.ext4"),
+                              "needs root, loop devices, btrfs-progs, e2fsprogs, dbus and systemd-container"))
+struct BenchSmokeTests {
+    @Test func benchScriptRunsOnTinyInputs() throws {
+        let berthd = try BerthdProcess.binaryPath()
+        let bin = (berthd as NSString).deletingLastPathComponent
+        try #require(FileManager.default.isExecutableFile(atPath: bin + "/berth-bench"), "berth-bench is not built in \(bin)")
+        let repo = URL(fileURLWithPath: #filePath).deletingLastPathComponent().deletingLastPathComponent().deletingLastPathComponent()
+        let r = try run([repo.path + "/scripts/bench.sh"],
+                        environment: ["BENCH_TINY": "1", "BENCH_BIN": bin, "BENCH_PORT": "18735"])
+        #expect(r.succeeded, "bench.sh exited \(r.status): \(r.stderr)\n\(r.stdout)")
+        let rows = r.stdout.split(separator: "\n").filter { $0.hasPrefix("| ") && !$0.hasPrefix("| item") }
+        let items = ["resident memory, idle", "ListImages", "GetImage + GetAll", "CloneImage ×", "RemoveImage ×",
+                     "ImportTar plain", "ImportTar gzip", "ExportTar", "PullTar", "resident memory, at the end",
+                     "CloneImage directory"]
+        for item in items {
+            let row = rows.first { $0.hasPrefix("| \(item)") }
+            #expect(row != nil, "no row for \(item) in\n\(r.stdout)")
+            guard let row else { continue }
+            let cells = row.split(separator: "|").map { $0.trimmingCharacters(in: .whitespaces) }
+            // cells: item, Berth, systemd, ratio, reference, ratio, target
+            #expect(cells.count == 7, "\(row)")
+            guard cells.count == 7 else { continue }
+            // systemd's daemons do every item; berthd does it or says it cannot yet.
+            #expect(cells[2].hasSuffix(" s") || cells[2].hasSuffix(" MiB"), "systemd: \(row)")
+            #expect(cells[1].hasSuffix(" s") || cells[1].hasSuffix(" MiB") || cells[1] == "n/a (not implemented)", "berthd: \(row)")
+        }
+        // Physical references beside import and the ext4 clone.
+        #expect(rows.contains { $0.hasPrefix("| ImportTar plain") && $0.contains("tar -x: ") })
+        #expect(rows.contains { $0.hasPrefix("| CloneImage directory") && $0.contains("cp -a: ") })
+    }
+}
