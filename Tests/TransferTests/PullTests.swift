@@ -21,7 +21,7 @@ final class HTTPFixture: @unchecked Sendable {
         class H(http.server.SimpleHTTPRequestHandler):
             def log_message(self, *a): pass
             def do_GET(self):
-                for prefix in ('/slow/', '/truncated/'):
+                for prefix in ('/slow/', '/truncated/', '/stall/'):
                     if self.path.startswith(prefix):
                         path = os.path.join(os.getcwd(), self.path[len(prefix):])
                         if not os.path.exists(path): return self.send_error(404)
@@ -33,6 +33,11 @@ final class HTTPFixture: @unchecked Sendable {
                             if prefix == '/slow/':
                                 for i in range(0, len(data), 4096):
                                     self.wfile.write(data[i:i+4096]); self.wfile.flush(); time.sleep(0.05)
+                            elif prefix == '/stall/':
+                                # A third, then nothing until the client gives up (at most 60 s):
+                                # a cancel can never lose the race against the download's end.
+                                self.wfile.write(data[:len(data)//3]); self.wfile.flush()
+                                time.sleep(60)
                             else:
                                 self.wfile.write(data[:len(data)//2]); self.wfile.flush()
                         except Exception: pass
@@ -250,7 +255,7 @@ struct PullTests {
     func cancelSlowDownload() async throws {
         let site = try Site()
         defer { site.close() }
-        let handle = try await site.setup.engine.start(.pullTar(url: site.server.url("slow/good/image.tar.xz"), local: "slow", verify: .no))
+        let handle = try await site.setup.engine.start(.pullTar(url: site.server.url("stall/good/image.tar.xz"), local: "slow", verify: .no))
         var sawProgress = false
         for await event in handle.events {
             if case .progress(let p) = event, p > 0.05, !sawProgress {
