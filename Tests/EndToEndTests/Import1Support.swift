@@ -57,11 +57,13 @@ struct Import1Content: Sendable {
             tar -C tree -cJf www/image.tar.xz .
             cp disk.raw.xz www/
             mkdir -p big && head -c 3000000 /dev/urandom > big/blob && tar -C big -cf www/big.tar .
+            # Changes a line's first hex digit whatever it was (0→1, else→0).
+            flip='s/^0/X/; s/^[^X]/0/; s/^X/1/'
             cd www
             sha256sum image.tar.xz disk.raw.xz big.tar > SHA256SUMS
             cp image.tar.xz disk.raw.xz SHA256SUMS good/
             cp image.tar.xz disk.raw.xz tampered/ && cp SHA256SUMS tampered/
-            cp image.tar.xz disk.raw.xz mismatch/ && sha256sum image.tar.xz disk.raw.xz | sed 's/^./0/' > mismatch/SHA256SUMS
+            cp image.tar.xz disk.raw.xz mismatch/ && sha256sum image.tar.xz disk.raw.xz | sed "$flip" > mismatch/SHA256SUMS
             cd ..
             mkdir -m 700 gnupg
             export GNUPGHOME='\(d)/gnupg'
@@ -71,7 +73,7 @@ struct Import1Content: Sendable {
             gpg --batch --quiet --yes -o www/tampered/SHA256SUMS.gpg --detach-sign www/tampered/SHA256SUMS
             gpg --batch --quiet --yes -o www/SHA256SUMS.gpg --detach-sign www/SHA256SUMS
             gpgconf --kill gpg-agent
-            sed -i 's/^./f/' www/tampered/SHA256SUMS
+            sed -i "$flip" www/tampered/SHA256SUMS
             """)
             // Hostile archives, written with Python's tarfile (GNU tar refuses to write some).
             _ = try run(["/usr/bin/python3", "-c", """
