@@ -37,9 +37,18 @@ struct BerthctlTransferTests {
         #expect(r.succeeded, "\(r.stderr)")
         #expect(try shell("diff -r '\(c.tree)' '\(site.poolPath)/ctlfs' && echo same") == "same\n")
 
+        // Raw: the name from disk.raw.xz is "disk"; exported back it is the same disk.
+        r = try berthctl(site, ["import-raw", c.raw + ".xz"])
+        #expect(r.succeeded, "\(r.stderr)")
+        #expect(try shell("cmp '\(c.raw)' '\(site.poolPath)/disk.raw' && echo same") == "same\n")
+        let rawOut = site.folder.appending("out.raw")
+        r = try berthctl(site, ["export-raw", "disk", rawOut])
+        #expect(r.succeeded, "\(r.stderr)")
+        #expect(try shell("cmp '\(c.raw)' '\(rawOut)' && echo same") == "same\n")
+
         let listed = try berthctl(site, ["list-images"])
         #expect(listed.succeeded, "\(listed.stderr)")
-        for name in ["ctltar", "image", "fromstdin", "ctlfs"] {
+        for name in ["ctltar", "image", "fromstdin", "ctlfs", "disk"] {
             #expect(listed.stdout.contains(name), "\(name) missing from \(listed.stdout)")
         }
 
