@@ -197,7 +197,7 @@ public enum TransferVerb {
         if let path {
             let flags = O_RDONLY | O_CLOEXEC | O_NOCTTY | (method == .importFileSystem ? O_DIRECTORY : 0)
             let raw = open(path, flags)
-            guard raw >= 0 else { throw ValidationError("cannot open \(path): \(String(cString: strerror(errno)))") }
+            guard raw >= 0 else { throw failure("Cannot open \(path): \(String(cString: strerror(errno)))") }
             fd = FileDescriptor(owning: raw)
         } else {
             guard method != .importFileSystem else { throw ValidationError("import-fs needs a directory.") }
@@ -217,7 +217,7 @@ public enum TransferVerb {
         let fd: FileDescriptor
         if let path {
             let raw = open(path, O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC | O_NOCTTY, 0o666)
-            guard raw >= 0 else { throw ValidationError("cannot create \(path): \(String(cString: strerror(errno)))") }
+            guard raw >= 0 else { throw failure("Cannot create \(path): \(String(cString: strerror(errno)))") }
             fd = FileDescriptor(owning: raw)
         } else {
             // As machinectl: an archive written to a terminal is of no use to anyone.
@@ -237,9 +237,15 @@ public enum TransferVerb {
         try follow(method, [.string(url), .string(local), .string(verify), .boolean(force)], local: local, global: global, transfer: transfer)
     }
 
+    /// Prints `message` to stderr; the exit code 1 to throw.
+    private static func failure(_ message: String) -> ExitCode {
+        FileHandle.standardError.write(Data((message + "\n").utf8))
+        return ExitCode(1)
+    }
+
     private static func dupStandard(_ fd: Int32) throws -> FileDescriptor {
         let raw = fcntl(fd, F_DUPFD_CLOEXEC, 3)
-        guard raw >= 0 else { throw ValidationError("cannot use fd \(fd): \(String(cString: strerror(errno)))") }
+        guard raw >= 0 else { throw failure("Cannot use fd \(fd): \(String(cString: strerror(errno)))") }
         return FileDescriptor(owning: raw)
     }
 
@@ -248,7 +254,7 @@ public enum TransferVerb {
     static func follow(_ method: Import1Manager.Method, _ arguments: [BusValue], local: String,
                        global: GlobalOptions, transfer: TransferOptions) throws {
         let client: BusClient
-        do { client = try BusClient(address: global.busAddress) } catch { throw ValidationError("cannot reach the bus: \(error)") }
+        do { client = try BusClient(address: global.busAddress) } catch { throw failure("Cannot reach the bus: \(error)") }
         let service = ServiceKind.import1
         // Subscribed before the call so that neither a quick TransferRemoved nor early log lines are missed.
         if !transfer.noBlock {
@@ -256,6 +262,9 @@ public enum TransferVerb {
                                    member: Import1Manager.Signal.transferRemoved.rawValue)
             try client.matchSignal(sender: service.busName, path: nil, interface: Import1Transfer.name,
                                    member: Import1Transfer.Signal.logMessage.rawValue)
+            // If berthd goes away mid-transfer no TransferRemoved will come: its name losing its owner ends the wait.
+            try client.matchSignal(sender: "org.freedesktop.DBus", path: ObjectPath("/org/freedesktop/DBus"),
+                                   interface: "org.freedesktop.DBus", member: "NameOwnerChanged")
             Interrupt.install()
         }
         let reply: [BusValue]
@@ -263,11 +272,10 @@ public enum TransferVerb {
             reply = try client.call(destination: service.busName, path: service.managerPath, interface: Import1Manager.name,
                                     member: method.rawValue, arguments)
         } catch {
-            FileHandle.standardError.write(Data("Failed to start transfer: \(error.message)\n".utf8))
-            throw ExitCode(1)
+            throw failure("Failed to start transfer: \(error.message)")
         }
         guard reply.count == 2, let id64 = reply[0].uint64Value, case .objectPath(let path) = reply[1] else {
-            throw ValidationError("\(method.rawValue) returned \(reply)")
+            throw failure("\(method.rawValue) returned \(reply)")
         }
         let id = UInt32(truncatingIfNeeded: id64)
         if transfer.noBlock {
@@ -298,6 +306,11 @@ public enum TransferVerb {
                 } else if signal.member == Import1Manager.Signal.transferRemoved.rawValue, signal.arguments.count == 3,
                           signal.arguments[0].uint64Value == UInt64(id) {
                     result = signal.arguments[2].stringValue ?? "failed"
+                } else if signal.member == "NameOwnerChanged", signal.arguments.count == 3,
+                          signal.arguments[0].stringValue == service.busName, signal.arguments[2].stringValue == "" {
+                    display.clear()
+                    FileHandle.standardError.write(Data("\(service.busName) went away during the transfer.\n".utf8))
+                    result = "failed"
                 }
             }
             if result == nil, let progress = try? client.property(destination: service.busName, path: path, interface: Import1Transfer.name,

@@ -125,4 +125,20 @@ struct BerthctlTransferTests {
         #expect(try eventually { try site.transfers().isEmpty })
         #expect(try eventually(timeout: 10) { try site.poolEntries().isEmpty })
     }
+
+    @Test("a followed transfer whose berthd dies ends with exit 1 instead of waiting forever")
+    func daemonGoesAway() throws {
+        let site = try Import1Site()
+        defer { site.close() }
+        let server = try Import1HTTPServer(directory: site.content.www)
+        defer { server.stop() }
+        let binary = try BerthdProcess.binaryPath("berthctl")
+        let follower = try Background([binary, "pull-tar", "--verify=no", server.url("slow/big.tar"), "orphan",
+                                       "--bus-address", site.bus.address],
+                                      environment: [:], output: site.folder.appending("follower.out"))
+        #expect(try eventually { try site.transfers().contains { $0.line.contains("orphan") } })
+        site.killBerthd()
+        #expect(follower.wait() == 1, "\(follower.output)")
+        #expect(follower.output.contains("org.freedesktop.import1 went away"), "\(follower.output)")
+    }
 }
