@@ -10,7 +10,8 @@ public struct Berthctl: ParsableCommand {
         commandName: "berthctl",
         abstract: "Talk to berthd.",
         subcommands: [Status.self, ListImages.self, ImageStatus.self, Clone.self, Rename.self, Remove.self, ReadOnly.self,
-                      SetLimit.self, Clean.self, ListTransfers.self, CancelTransfer.self],
+                      SetLimit.self, Clean.self, ListTransfers.self, CancelTransfer.self, ImportTar.self, ImportRaw.self,
+                      ImportFileSystem.self, ExportTar.self, ExportRaw.self, PullTar.self, PullRaw.self],
         defaultSubcommand: Status.self)
 
     public init() {}

@@ -53,6 +53,56 @@ public final class BusClient: @unchecked Sendable {
         return try Marshal.readAll(reply)
     }
 
+    /// Asks the bus to route signals matching the given fields to this connection
+    /// (sd_bus_match_signal); they are then returned by `waitForSignals`. Call it before the
+    /// method whose signals you need, so none can be missed.
+    public func matchSignal(sender: String?, path: ObjectPath?, interface: String?, member: String?) throws(BusError) {
+        lock.lock()
+        defer { lock.unlock() }
+        // The callback only keeps sd-bus from dropping the match; the signals themselves are
+        // taken from sd_bus_process's returned message in waitForSignals.
+        let r = sd_bus_match_signal(handle, nil, sender, path?.rawValue, interface, member, { _, _, _ in 0 }, nil)
+        guard r >= 0 else { throw BusError(errno: Errno(-r), "cannot subscribe to signal \(member ?? "*")") }
+    }
+
+    /// Processes what has arrived (sd_bus_process) and, if no signal was among it, waits up to
+    /// `timeoutMicroseconds` for more (sd_bus_wait). The signals received, possibly none; an
+    /// interrupted wait (EINTR) returns early with none.
+    public func waitForSignals(timeoutMicroseconds: UInt64) throws(BusError) -> [BusSignal] {
+        lock.lock()
+        defer { lock.unlock() }
+        var signals = try processPending()
+        if !signals.isEmpty { return signals }
+        let r = sd_bus_wait(handle, timeoutMicroseconds)
+        if r < 0 && -r != EINTR { throw BusError(errno: Errno(-r), "cannot wait on the bus") }
+        signals = try processPending()
+        return signals
+    }
+
+    /// sd_bus_process until nothing is left; the signals among the processed messages.
+    private func processPending() throws(BusError) -> [BusSignal] {
+        var signals: [BusSignal] = []
+        while true {
+            var m: OpaquePointer? = nil
+            let r = sd_bus_process(handle, &m)
+            if r < 0 {
+                sd_bus_message_unref(m)
+                throw BusError(errno: Errno(-r), "cannot process bus messages")
+            }
+            if let m {
+                defer { sd_bus_message_unref(m) }
+                if sd_bus_message_is_signal(m, nil, nil) > 0,
+                   let interface = sd_bus_message_get_interface(m), let member = sd_bus_message_get_member(m),
+                   let path = sd_bus_message_get_path(m) {
+                    let arguments = (try? Marshal.readAll(m)) ?? []
+                    signals.append(BusSignal(path: ObjectPath(String(cString: path)), interface: String(cString: interface),
+                                             member: String(cString: member), arguments: arguments))
+                }
+            }
+            if r == 0 { return signals }
+        }
+    }
+
     /// Reads property `name` of `interface` (org.freedesktop.DBus.Properties.Get), unwrapped from its variant.
     public func property(destination: String, path: ObjectPath, interface: String, name: String) throws(BusError) -> BusValue {
         let reply = try call(destination: destination, path: path, interface: "org.freedesktop.DBus.Properties", member: "Get",
@@ -90,4 +140,16 @@ final class PthreadMutex: @unchecked Sendable {
         pthread_mutex_destroy(mutex)
         mutex.deallocate()
     }
+}
+
+/// One D-Bus signal received by `BusClient.waitForSignals`.
+public struct BusSignal: Sendable {
+    /// The object that emitted it.
+    public var path: ObjectPath
+    /// Its interface.
+    public var interface: String
+    /// Its member name.
+    public var member: String
+    /// Its arguments.
+    public var arguments: [BusValue]
 }
