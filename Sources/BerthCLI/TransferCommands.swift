@@ -18,21 +18,28 @@ public struct TransferOptions: ParsableArguments {
     public init() {}
 }
 
+/// What every import verb takes besides the file and the name.
+public struct ImportOptions: ParsableArguments {
+    @Flag(help: "Replace an existing image of that name.") public var force = false
+    @Flag(help: "Make the imported image read-only.") public var readOnly = false
+
+    public init() {}
+}
+
 /// `berthctl import-tar FILE [NAME]`: Manager.ImportTar.
 public struct ImportTar: ParsableCommand {
     public static let configuration = CommandConfiguration(commandName: "import-tar", abstract: "Import a tar archive as an image.")
 
     @OptionGroup public var global: GlobalOptions
     @OptionGroup public var transfer: TransferOptions
-    @Flag(help: "Replace an existing image of that name.") public var force = false
-    @Flag(help: "Make the imported image read-only.") public var readOnly = false
+    @OptionGroup public var importing: ImportOptions
     @Argument(help: "The archive; \"-\" or absent for stdin.") public var file: String?
     @Argument(help: "The image name (default: the file name without .tar and compression suffixes).") public var name: String?
 
     public init() {}
 
     public func run() throws {
-        try TransferVerb.importFile(.importTar, file: file, name: name, force: force, readOnly: readOnly, global: global, transfer: transfer)
+        try TransferVerb.importFile(.importTar, file: file, name: name, force: importing.force, readOnly: importing.readOnly, global: global, transfer: transfer)
     }
 }
 
@@ -42,15 +49,14 @@ public struct ImportRaw: ParsableCommand {
 
     @OptionGroup public var global: GlobalOptions
     @OptionGroup public var transfer: TransferOptions
-    @Flag(help: "Replace an existing image of that name.") public var force = false
-    @Flag(help: "Make the imported image read-only.") public var readOnly = false
+    @OptionGroup public var importing: ImportOptions
     @Argument(help: "The disk image; \"-\" or absent for stdin.") public var file: String?
     @Argument(help: "The image name (default: the file name without .raw/.qcow2 and compression suffixes).") public var name: String?
 
     public init() {}
 
     public func run() throws {
-        try TransferVerb.importFile(.importRaw, file: file, name: name, force: force, readOnly: readOnly, global: global, transfer: transfer)
+        try TransferVerb.importFile(.importRaw, file: file, name: name, force: importing.force, readOnly: importing.readOnly, global: global, transfer: transfer)
     }
 }
 
@@ -60,15 +66,14 @@ public struct ImportFileSystem: ParsableCommand {
 
     @OptionGroup public var global: GlobalOptions
     @OptionGroup public var transfer: TransferOptions
-    @Flag(help: "Replace an existing image of that name.") public var force = false
-    @Flag(help: "Make the imported image read-only.") public var readOnly = false
+    @OptionGroup public var importing: ImportOptions
     @Argument(help: "The directory to import.") public var directory: String
     @Argument(help: "The image name (default: the directory's name).") public var name: String?
 
     public init() {}
 
     public func run() throws {
-        try TransferVerb.importFile(.importFileSystem, file: directory, name: name, force: force, readOnly: readOnly,
+        try TransferVerb.importFile(.importFileSystem, file: directory, name: name, force: importing.force, readOnly: importing.readOnly,
                                     global: global, transfer: transfer)
     }
 }

@@ -80,7 +80,7 @@ struct BerthctlTransferTests {
     func pulls() throws {
         let site = try Import1Site()
         defer { site.close() }
-        let server = try Import1HTTPServer(directory: site.content.www)
+        let server = try LoopbackHTTPServer(directory: site.content.www)
         defer { server.stop() }
 
         var r = try berthctl(site, ["pull-tar", "--verify=no", server.url("image.tar.xz")])
@@ -97,7 +97,7 @@ struct BerthctlTransferTests {
     func noBlockAndCancel() throws {
         let site = try Import1Site()
         defer { site.close() }
-        let server = try Import1HTTPServer(directory: site.content.www)
+        let server = try LoopbackHTTPServer(directory: site.content.www)
         defer { server.stop() }
 
         let r = try berthctl(site, ["pull-tar", "--verify=no", "--no-block", server.url("slow/big.tar"), "slowctl"])
@@ -130,7 +130,7 @@ struct BerthctlTransferTests {
     func daemonGoesAway() throws {
         let site = try Import1Site()
         defer { site.close() }
-        let server = try Import1HTTPServer(directory: site.content.www)
+        let server = try LoopbackHTTPServer(directory: site.content.www)
         defer { server.stop() }
         let binary = try BerthdProcess.binaryPath("berthctl")
         let follower = try Background([binary, "pull-tar", "--verify=no", server.url("slow/big.tar"), "orphan",

@@ -108,69 +108,6 @@ struct Import1Content: Sendable {
     var escapeTargets: [String] { ["escaped-traversal", "escaped-absolute", "escaped-symlink"].map { dir + "/" + $0 } }
 }
 
-/// A python3 HTTP server on 127.0.0.1 (free port) serving `directory`; `/slow/X` sends X in
-/// small pieces with pauses, for cancel and kill tests.
-final class Import1HTTPServer: @unchecked Sendable {
-    let process = Process()
-    let port: Int
-    private let scriptDirectory: TemporaryDirectory
-
-    init(directory: String) throws {
-        let script = """
-        import http.server, os, sys, time, socketserver
-        class H(http.server.SimpleHTTPRequestHandler):
-            def log_message(self, *a): pass
-            def do_GET(self):
-                if self.path.startswith('/slow/'):
-                    path = os.path.join(os.getcwd(), self.path[len('/slow/'):])
-                    if not os.path.exists(path): return self.send_error(404)
-                    data = open(path, 'rb').read()
-                    self.send_response(200)
-                    self.send_header('Content-Length', str(len(data)))
-                    self.end_headers()
-                    try:
-                        for i in range(0, len(data), 4096):
-                            self.wfile.write(data[i:i+4096]); self.wfile.flush(); time.sleep(0.05)
-                    except Exception: pass
-                    self.close_connection = True
-                    return
-                return super().do_GET()
-        class S(socketserver.ThreadingMixIn, http.server.HTTPServer):
-            daemon_threads = True
-        os.chdir(sys.argv[1])
-        s = S(('127.0.0.1', 0), H)
-        print(s.server_address[1], flush=True)
-        s.serve_forever()
-        """
-        scriptDirectory = try TemporaryDirectory(prefix: "berth-http")
-        let scriptPath = scriptDirectory.appending("server.py")
-        try script.write(toFile: scriptPath, atomically: true, encoding: .utf8)
-        process.executableURL = URL(fileURLWithPath: "/usr/bin/python3")
-        process.arguments = [scriptPath, directory]
-        let out = Pipe()
-        process.standardOutput = out
-        try process.run()
-        var line = ""
-        while !line.hasSuffix("\n") {
-            let byte = out.fileHandleForReading.readData(ofLength: 1)
-            if byte.isEmpty { break }
-            line += String(decoding: byte, as: UTF8.self)
-        }
-        guard let p = Int(line.trimmingCharacters(in: .whitespacesAndNewlines)) else {
-            throw TestSupportError("the HTTP server did not start")
-        }
-        port = p
-    }
-
-    func url(_ path: String) -> String { "http://127.0.0.1:\(port)/\(path)" }
-
-    /// SIGKILL: children of Foundation's Process inherit the test runner's blocked SIGTERM.
-    func stop() {
-        kill(process.processIdentifier, SIGKILL)
-        process.waitUntilExit()
-        scriptDirectory.remove()
-    }
-}
 
 /// berthd on its own private bus under a root this test owns, with the signing keyring
 /// installed, driven by the real machinectl.

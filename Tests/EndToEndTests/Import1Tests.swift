@@ -59,7 +59,7 @@ struct Import1Tests {
     func pullsWithVerification() throws {
         let site = try Import1Site()
         defer { site.close() }
-        let server = try Import1HTTPServer(directory: site.content.www)
+        let server = try LoopbackHTTPServer(directory: site.content.www)
         defer { server.stop() }
         for (n, verify) in ["no", "checksum", "signature"].enumerated() {
             var r = try site.machinectl(["pull-tar", "--verify=\(verify)", server.url("good/image.tar.xz"), "tar\(n)"])
@@ -76,7 +76,7 @@ struct Import1Tests {
     func failedPullsLeaveNothing() throws {
         let site = try Import1Site()
         defer { site.close() }
-        let server = try Import1HTTPServer(directory: site.content.www)
+        let server = try LoopbackHTTPServer(directory: site.content.www)
         defer { server.stop() }
         let cases: [(String, String, String)] = [
             ("pull-tar", "signature", "tampered/image.tar.xz"),
@@ -116,7 +116,7 @@ struct Import1Tests {
     func listAndCancel() throws {
         let site = try Import1Site()
         defer { site.close() }
-        let server = try Import1HTTPServer(directory: site.content.www)
+        let server = try LoopbackHTTPServer(directory: site.content.www)
         defer { server.stop() }
         let url = server.url("slow/big.tar")
         let pull = try Background(["machinectl", "pull-tar", "--verify=no", url, "slow"],
@@ -176,7 +176,7 @@ struct Import1Tests {
     func cancelOnTheTransferObject() throws {
         let site = try Import1Site()
         defer { site.close() }
-        let server = try Import1HTTPServer(directory: site.content.www)
+        let server = try LoopbackHTTPServer(directory: site.content.www)
         defer { server.stop() }
         let monitor = try Background(["busctl", "--address=\(site.bus.address)", "monitor", "--match",
                                       "type='signal',interface='org.freedesktop.import1.Manager',member='TransferRemoved'"],
@@ -195,7 +195,7 @@ struct Import1Tests {
     func berthctlListAndCancel() throws {
         let site = try Import1Site()
         defer { site.close() }
-        let server = try Import1HTTPServer(directory: site.content.www)
+        let server = try LoopbackHTTPServer(directory: site.content.www)
         defer { server.stop() }
         let berthctl = try BerthdProcess.binaryPath("berthctl")
         let address = ["--bus-address", site.bus.address]
@@ -247,7 +247,7 @@ struct Import1Tests {
     func killedDaemonLeavesNothingAfterRestart() throws {
         let site = try Import1Site()
         defer { site.close() }
-        let server = try Import1HTTPServer(directory: site.content.www)
+        let server = try LoopbackHTTPServer(directory: site.content.www)
         defer { server.stop() }
         let pull = try Background(["machinectl", "pull-tar", "--verify=no", server.url("slow/big.tar"), "crash"],
                                   environment: site.bus.environment, output: site.folder.appending("pull.out"))

@@ -7,79 +7,6 @@ import TestSupport
 import Testing
 @testable import Transfer
 
-/// A python3 HTTP server on 127.0.0.1 (free port) serving `directory`; `/slow/X` sends X
-/// with its Content-Length in small pieces with pauses, `/truncated/X` announces X's full
-/// length and sends half.
-final class HTTPFixture: @unchecked Sendable {
-    let process = Process()
-    let port: Int
-    let scriptDirectory: TemporaryDirectory
-
-    init(directory: String) throws {
-        let script = """
-        import http.server, os, sys, time, socketserver
-        class H(http.server.SimpleHTTPRequestHandler):
-            def log_message(self, *a): pass
-            def do_GET(self):
-                for prefix in ('/slow/', '/truncated/', '/stall/'):
-                    if self.path.startswith(prefix):
-                        path = os.path.join(os.getcwd(), self.path[len(prefix):])
-                        if not os.path.exists(path): return self.send_error(404)
-                        data = open(path, 'rb').read()
-                        self.send_response(200)
-                        self.send_header('Content-Length', str(len(data)))
-                        self.end_headers()
-                        try:
-                            if prefix == '/slow/':
-                                for i in range(0, len(data), 4096):
-                                    self.wfile.write(data[i:i+4096]); self.wfile.flush(); time.sleep(0.05)
-                            elif prefix == '/stall/':
-                                # A third, then nothing until the client gives up (at most 60 s):
-                                # a cancel can never lose the race against the download's end.
-                                self.wfile.write(data[:len(data)//3]); self.wfile.flush()
-                                time.sleep(60)
-                            else:
-                                self.wfile.write(data[:len(data)//2]); self.wfile.flush()
-                        except Exception: pass
-                        self.close_connection = True
-                        return
-                return super().do_GET()
-        class S(socketserver.ThreadingMixIn, http.server.HTTPServer):
-            daemon_threads = True
-        os.chdir(sys.argv[1])
-        s = S(('127.0.0.1', 0), H)
-        print(s.server_address[1], flush=True)
-        s.serve_forever()
-        """
-        scriptDirectory = try TemporaryDirectory(prefix: "berth-http")
-        let scriptPath = scriptDirectory.appending("server.py")
-        try script.write(toFile: scriptPath, atomically: true, encoding: .utf8)
-        process.executableURL = URL(fileURLWithPath: "/usr/bin/python3")
-        process.arguments = [scriptPath, directory]
-        let out = Pipe()
-        process.standardOutput = out
-        try process.run()
-        var line = ""
-        while !line.hasSuffix("\n") {
-            let byte = out.fileHandleForReading.readData(ofLength: 1)
-            if byte.isEmpty { break }
-            line += String(decoding: byte, as: UTF8.self)
-        }
-        guard let p = Int(line.trimmingCharacters(in: .whitespacesAndNewlines)) else {
-            throw TestSupportError("the HTTP server did not start")
-        }
-        port = p
-    }
-
-    func url(_ path: String) -> String { "http://127.0.0.1:\(port)/\(path)" }
-
-    /// SIGKILL: children of Foundation's Process inherit the test runner's blocked SIGTERM.
-    func stop() {
-        kill(process.processIdentifier, SIGKILL)
-        process.waitUntilExit()
-        scriptDirectory.remove()
-    }
-}
 
 /// Folders made once per test run, removed when the test process exits (Swift Testing has
 /// no run-wide teardown).
@@ -177,7 +104,7 @@ struct PullTests {
     /// A server over the shared content and a fresh pool with the keyring installed.
     struct Site {
         let tmp: TemporaryDirectory
-        let server: HTTPFixture
+        let server: LoopbackHTTPServer
         let setup: Setup
         let source: String
         let raw: String
@@ -187,7 +114,7 @@ struct PullTests {
             tmp = try TemporaryDirectory()
             source = content.source
             raw = content.raw
-            server = try HTTPFixture(directory: content.www)
+            server = try LoopbackHTTPServer(directory: content.www)
             setup = try Setup(root: tmp.appending("root"))
             _ = try sh("mkdir -p '\(setup.root)/etc/systemd' && cp '\(content.keyring)' '\(setup.root)/etc/systemd/import-pubring.gpg'")
         }
