@@ -318,6 +318,18 @@ public actor Bus {
         }
     }
 
+    /// The incoming message sd-bus is dispatching right now, as "sender/cookie" (unique per
+    /// message on a bus): handlers answering several synchronous callbacks for one message (a find
+    /// callback, then each property of a GetAll) may reuse one lookup for all of them.
+    /// nil outside a dispatch.
+    public var currentRequestID: String? {
+        guard let m = sd_bus_get_current_message(handle) else { return nil }
+        var cookie: UInt64 = 0
+        guard sd_bus_message_get_cookie(m, &cookie) >= 0 else { return nil }
+        let sender = sd_bus_message_get_sender(m).map { String(cString: $0) } ?? ""
+        return "\(sender)/\(cookie)"
+    }
+
     fileprivate func readProperty(_ box: ExportBox, path: ObjectPath, name: String, reply: OpaquePointer,
                                   error: UnsafeMutablePointer<sd_bus_error>?) -> Int32 {
         do {

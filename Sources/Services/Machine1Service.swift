@@ -59,6 +59,8 @@ public actor Machine1Service: BusObjectHandler {
     private let info: DaemonInfo
     private let pool: ImagePool
     private let harness = Harness()
+    /// The last image lookup and the message it was made for (`imageForCurrentMessage`).
+    private var lookupMemo: (request: String, name: String, image: Image?)?
 
     /// Parent of the image objects: `/org/freedesktop/machine1/image/<escaped name>`.
     public static let imagePrefix: ObjectPath = "/org/freedesktop/machine1/image"
@@ -263,7 +265,7 @@ public actor Machine1Service: BusObjectHandler {
             return try info.property(name)
         case Machine1Image.name:
             guard let imageName = path.unescapedName(under: Self.imagePrefix),
-                  let image = try? pool.imageNow(named: imageName) else { throw Harness.unknownObject(path) }
+                  let image = imageForCurrentMessage(imageName) else { throw Harness.unknownObject(path) }
             return try Self.imageProperty(name, of: image)
         default:
             // No machine objects exist yet (objectExists says so), so sd-bus never asks.
@@ -292,7 +294,18 @@ public actor Machine1Service: BusObjectHandler {
     /// calls, as machined does); machine objects come with the machine registry.
     public func objectExists(_ path: ObjectPath) -> Bool {
         guard let name = path.unescapedName(under: Self.imagePrefix) else { return false }
-        return (try? pool.imageNow(named: name)) != nil
+        return imageForCurrentMessage(name) != nil
+    }
+
+    /// The pool's answer for image `name`, looked up once per incoming message: sd-bus asks the
+    /// find callback and then each property getter of a GetAll separately, all for the same
+    /// message; a new message always looks again, so nothing can go stale.
+    private func imageForCurrentMessage(_ name: String) -> Image? {
+        let request = bus.assumeIsolated { $0.currentRequestID }
+        if let request, let memo = lookupMemo, memo.request == request, memo.name == name { return memo.image }
+        let image = try? pool.imageNow(named: name)
+        lookupMemo = request.map { (request: $0, name: name, image: image) }
+        return image
     }
 
     /// sd-bus's node enumerator: one object per image the pool lists now.
