@@ -101,23 +101,8 @@ loopfs() { # TYPE MIB DIR
 }
 
 # A private dbus-daemon (system-bus type, everything allowed); prints its address.
-start_bus() { # DIR
-    mkdir -p "$1"
-    cat > "$1/bus.conf" <<CONF
-<busconfig>
-  <type>system</type>
-  <listen>unix:path=$1/socket</listen>
-  <auth>EXTERNAL</auth>
-  <policy context="default">
-    <allow user="*"/><allow own="*"/><allow send_destination="*"/>
-    <allow send_type="method_call"/><allow send_type="signal"/><allow send_type="method_return"/><allow send_type="error"/>
-    <allow receive_type="method_call"/><allow receive_type="signal"/><allow receive_type="method_return"/><allow receive_type="error"/>
-  </policy>
-</busconfig>
-CONF
-    dbus-daemon --config-file="$1/bus.conf" --fork --print-pid=1 > "$1/pid"
-    echo "unix:path=$1/socket"
-}
+. scripts/private-bus.sh  # bench.sh runs from the repository root (cd above)
+start_bus() { start_private_bus "$1"; }
 
 wait_name() { # ADDRESS NAME
     local i=0

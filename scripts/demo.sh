@@ -7,23 +7,10 @@ scripts/install-packages.sh
 swift build
 bin=$(swift build --show-bin-path)
 demo=$(pwd)/demo-root
-mkdir -p "$demo/var/lib/machines" "$demo/run/dbus"
-cat > "$demo/run/dbus/bus.conf" <<CONF
-<busconfig>
-  <type>system</type>
-  <listen>unix:path=$demo/run/dbus/system_bus_socket</listen>
-  <auth>EXTERNAL</auth>
-  <policy context="default">
-    <allow user="*"/><allow own="*"/><allow send_destination="*"/>
-    <allow send_type="method_call"/><allow send_type="signal"/><allow send_type="method_return"/><allow send_type="error"/>
-    <allow receive_type="method_call"/><allow receive_type="signal"/><allow receive_type="method_return"/><allow receive_type="error"/>
-  </policy>
-</busconfig>
-CONF
-# The forked daemon keeps its stdout open: print the pid to a file, not into $(...).
-dbus-daemon --config-file="$demo/run/dbus/bus.conf" --fork --print-pid=1 > "$demo/run/dbus/pid"
+mkdir -p "$demo/var/lib/machines"
+. scripts/private-bus.sh
+address=$(start_private_bus "$demo/run/dbus")
 bus_pid=$(cat "$demo/run/dbus/pid")
-address="unix:path=$demo/run/dbus/system_bus_socket"
 export DBUS_SYSTEM_BUS_ADDRESS="$address"
 "$bin/berthd" --root "$demo" --bus-address "$address" &
 berthd_pid=$!
