@@ -14,17 +14,6 @@ private let hasQemu = commandExists("qemu-img") && commandExists("qemu-io")
 
 private let virtualSize: UInt64 = (24 << 20) + 5 * 512  // not a multiple of any cluster size
 
-/// Incompressible bytes from /dev/urandom.
-private func randomBytes(_ count: Int) -> [UInt8] {
-    let urandom = FileHandle(forReadingAtPath: "/dev/urandom")
-    defer { try? urandom?.close() }
-    var bytes = [UInt8](urandom?.readData(ofLength: count) ?? Data())
-    precondition(bytes.count == count, "short read from /dev/urandom")
-    // Callers count on no zero block by chance: make every byte non-zero.
-    for i in bytes.indices where bytes[i] == 0 { bytes[i] = 1 }
-    return bytes
-}
-
 private func write(_ bytes: [UInt8], to path: String, at offset: UInt64) throws {
     let fd = try FileDescriptor.open(path, flags: O_WRONLY | O_CREAT, mode: 0o644)
     try bytes.withUnsafeBytes { try fd.writeAll($0, at: Int64(offset)) }

@@ -37,17 +37,6 @@ private func write(_ bytes: [UInt8], to path: String, at offset: UInt64) throws 
     try bytes.withUnsafeBytes { try fd.writeAll($0, at: Int64(offset)) }
 }
 
-/// Incompressible bytes from /dev/urandom.
-private func randomBytes(_ count: Int) -> [UInt8] {
-    let urandom = FileHandle(forReadingAtPath: "/dev/urandom")
-    defer { try? urandom?.close() }
-    var bytes = [UInt8](urandom?.readData(ofLength: count) ?? Data())
-    precondition(bytes.count == count, "short read from /dev/urandom")
-    // Callers count on no zero block by chance: make every byte non-zero.
-    for i in bytes.indices where bytes[i] == 0 { bytes[i] = 1 }
-    return bytes
-}
-
 private func allocated(_ path: String) throws -> UInt64 { try fileStatus(path).allocatedBytes }
 
 /// What the kernel holds for one image: mounts under the runtime folder and loop devices bound
