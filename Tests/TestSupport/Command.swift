@@ -63,3 +63,15 @@ public func commandExists(_ name: String) -> Bool {
     let path = ProcessInfo.processInfo.environment["PATH"] ?? "/usr/sbin:/usr/bin:/sbin:/bin"
     return path.split(separator: ":").contains { FileManager.default.isExecutableFile(atPath: "\($0)/\(name)") }
 }
+
+/// Reads one line (up to and including "\n", or to end of file) from `handle`, byte by byte so
+/// nothing past the line is consumed: for a child that prints one line (a port, a pid) and lives on.
+public func readLine(from handle: FileHandle) -> String {
+    var line = ""
+    while !line.hasSuffix("\n") {
+        let byte = handle.readData(ofLength: 1)
+        if byte.isEmpty { break }
+        line += String(decoding: byte, as: UTF8.self)
+    }
+    return line
+}

@@ -57,12 +57,7 @@ public final class LoopbackHTTPServer: @unchecked Sendable {
         let out = Pipe()
         process.standardOutput = out
         try process.run()
-        var line = ""
-        while !line.hasSuffix("\n") {
-            let byte = out.fileHandleForReading.readData(ofLength: 1)
-            if byte.isEmpty { break }
-            line += String(decoding: byte, as: UTF8.self)
-        }
+        let line = readLine(from: out.fileHandleForReading)
         guard let p = Int(line.trimmingCharacters(in: .whitespacesAndNewlines)) else {
             throw TestSupportError("the HTTP server did not start")
         }

@@ -151,12 +151,7 @@ struct EngineTests {
         let out = Pipe()
         parent.standardOutput = out
         try parent.run()
-        var line = ""
-        while !line.hasSuffix("\n") {
-            let byte = out.fileHandleForReading.readData(ofLength: 1)
-            if byte.isEmpty { break }
-            line += String(decoding: byte, as: UTF8.self)
-        }
+        let line = readLine(from: out.fileHandleForReading)
         let workerPID = try #require(pid_t(line.trimmingCharacters(in: .whitespacesAndNewlines)))
         #expect(kill(workerPID, 0) == 0, "the worker runs")
         kill(parent.processIdentifier, SIGKILL)
