@@ -12,6 +12,8 @@
 #   BENCH_DIR      scratch folder (default: a fresh one in /var/tmp, removed at the end)
 #   BENCH_OUT      also write the Markdown results here
 #   BENCH_PORT     loopback HTTP port for PullTar (default 18734)
+#   BENCH_ONLY     run only these items, e.g. "import pull" (of: list get clone import export pull
+#                  ext4; default all). For profiling one area; the documented run is all of them.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 repo=$(pwd)
@@ -32,6 +34,8 @@ else
     btrfs_mib=4096 ext4_mib=3072
 fi
 port=${BENCH_PORT:-18734}
+only=" ${BENCH_ONLY:-list get clone import export pull ext4} "
+want() { [[ "$only" == *" $1 "* ]]; }
 
 if [ -n "${BENCH_BIN:-}" ]; then
     bin=$BENCH_BIN
@@ -178,6 +182,7 @@ machine() {
 
 t0=$(date +%s)
 echo "== fixtures in $work"
+if want import || want export || want pull; then
 # The source tree and its archives live on tmpfs: reading them costs the same for every importer.
 mkdir -p "$work/src"
 mount -t tmpfs -o size=$(( (tree_files * file_kib * 3) / 1024 + 256 ))M tmpfs "$work/src"
@@ -204,12 +209,15 @@ gzip -1 -c "$work/src/tree.tar" > "$work/src/tree.tar.gz"
 rm -rf "$work/src/tree"
 (cd "$work/src" && sha256sum tree.tar.gz > SHA256SUMS)
 echo "   tree.tar $(du -m "$work/src/tree.tar" | cut -f1) MB ($tree_files files), tree.tar.gz $(du -m "$work/src/tree.tar.gz" | cut -f1) MB"
+fi
 
 loopfs btrfs "$btrfs_mib" "$work/berth/var/lib/machines"
 loopfs btrfs "$btrfs_mib" "$work/systemd/var/lib/machines"
 loopfs btrfs "$btrfs_mib" "$work/ref"
-populate_btrfs "$work/berth/var/lib/machines"
-populate_btrfs "$work/systemd/var/lib/machines"
+if want list || want get || want clone; then
+    populate_btrfs "$work/berth/var/lib/machines"
+    populate_btrfs "$work/systemd/var/lib/machines"
+fi
 sync
 
 python3 -m http.server --bind 127.0.0.1 --directory "$work/src" "$port" >/dev/null 2>&1 &
@@ -228,23 +236,28 @@ run() { "$bench" "$@" --berth "$berth_bus" --systemd "$systemd_bus" --results "$
 "$bench" rss --item "resident memory, idle (systemd: machined+importd)" --pid "berth=$berthd_pid" --pid "systemd=$machined_pid,$importd_pid" --results "$results"
 
 total=$((dir_images + subvolumes))
-run list --calls "$list_calls" --expect "$total"
-run get --pattern 'img%04d' --count "$get_count"
-run clone --pattern 'sub%03d' --count "$subvolumes" --label subvolumes
+! want list || run list --calls "$list_calls" --expect "$total"
+! want get || run get --pattern 'img%04d' --count "$get_count"
+! want clone || run clone --pattern 'sub%03d' --count "$subvolumes" --label subvolumes
 
+if want import || want export; then
 run import --archive "$work/src/tree.tar" --name tree --label "plain ($tree_files files)"
 btrfs subvolume create "$work/ref/x" >/dev/null
 "$bench" time --item "ImportTar plain ($tree_files files)" --who "ref:tar -x" --results "$results" -- \
     tar --numeric-owner -xpf "$work/src/tree.tar" -C "$work/ref/x"
+fi
+if want import; then
 run import --archive "$work/src/tree.tar.gz" --name treegz --label "gzip ($tree_files files)"
 btrfs subvolume create "$work/ref/y" >/dev/null
 "$bench" time --item "ImportTar gzip ($tree_files files)" --who "ref:tar -xz" --results "$results" -- \
     tar --numeric-owner -xzpf "$work/src/tree.tar.gz" -C "$work/ref/y"
-run export --name tree --out-dir "$work/src"
-run pull --url "http://127.0.0.1:$port/tree.tar.gz" --name treepull
+fi
+! want export || run export --name tree --out-dir "$work/src"
+! want pull || run pull --url "http://127.0.0.1:$port/tree.tar.gz" --name treepull
 "$bench" rss --item "resident memory, at the end (systemd: machined+importd)" --pid "berth=$berthd_pid" --pid "systemd=$machined_pid,$importd_pid" --results "$results"
 stop_daemons "$berthd_pid" "$machined_pid" "$importd_pid"
 
+if want ext4; then
 echo "== ext4 pools: one $((big_files * big_file_mib)) MiB directory image each"
 loopfs ext4 "$ext4_mib" "$work/berth4/var/lib/machines"
 loopfs ext4 "$ext4_mib" "$work/systemd4/var/lib/machines"
@@ -256,6 +269,7 @@ run clone-one --name big --label "directory $((big_files * big_file_mib)) MiB on
 "$bench" time --item "CloneImage directory $((big_files * big_file_mib)) MiB on ext4" --who "ref:cp -a" --results "$results" -- \
     cp -a "$work/berth4/var/lib/machines/big" "$work/berth4/var/lib/machines/.cp-reference"
 stop_daemons "$berthd_pid" "$machined_pid" "$importd_pid"
+fi
 
 echo
 echo "== results (wall-clock, CLOCK_MONOTONIC; caches dropped before each clone/import/export/pull and reference)"
