@@ -256,7 +256,10 @@ public actor Bus {
                               bus: self)
         let handler = box.handler
         let expected = box.interface.method(member)?.outputSignature ?? ""
-        inFlight[id] = Task {
+        // Started at once on this thread (the handlers share the loop's executor): a call whose
+        // handler does not suspend (GetImage, a property read) is answered before this callback
+        // returns, with no trip through the executor's queue.
+        let task = Task.immediate {
             let result: Result<[BusValue], any Error>
             do {
                 result = .success(try await handler.handle(call))
@@ -265,6 +268,8 @@ public actor Bus {
             }
             self.finish(id, result, expected: expected)
         }
+        // Still pending: the handler suspended, so the task lives on until it answers.
+        if pending[id] != nil { inFlight[id] = task }
         return 1
     }
 

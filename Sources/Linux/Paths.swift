@@ -42,6 +42,27 @@ public func directoryEntries(_ path: String) throws(SystemCallError) -> [String]
     return names
 }
 
+/// The names in the directory open at `dir`, without `.` and `..` (fdopendir(3) on a dup(2),
+/// so `dir` stays open for `*at` calls on the entries).
+public func directoryEntries(of dir: FileDescriptor) throws(SystemCallError) -> [String] {
+    let copy = try sys("fcntl") { fcntl(dir.rawValue, F_DUPFD_CLOEXEC, 0) }
+    guard let stream = fdopendir(copy) else {
+        let e = Errno.current
+        close(copy)
+        throw SystemCallError("fdopendir", e)
+    }
+    defer { closedir(stream) }
+    rewinddir(stream)
+    var names: [String] = []
+    while let ent = readdir(stream) {
+        let name = withUnsafeBytes(of: ent.pointee.d_name) { raw in
+            String(cString: raw.bindMemory(to: CChar.self).baseAddress!)
+        }
+        if name != "." && name != ".." { names.append(name) }
+    }
+    return names
+}
+
 /// readlinkat(2).
 public func readLink(_ path: String, relativeTo dir: FileDescriptor? = nil) throws(SystemCallError) -> String {
     var buf = [CChar](repeating: 0, count: Int(PATH_MAX) + 1)

@@ -1,3 +1,5 @@
+import Linux
+
 /// What a backend can do beyond the basics every backend has.
 public struct BackendCapabilities: OptionSet, Sendable, Hashable {
     public let rawValue: UInt32
@@ -13,17 +15,51 @@ public struct BackendCapabilities: OptionSet, Sendable, Hashable {
     public static let tree = BackendCapabilities(rawValue: 1 << 3)
 }
 
-/// One entry of a pool folder that a backend may claim.
+/// One entry of a pool folder that a backend may claim, with what one look at it found: the pool
+/// lists a folder and takes one `statx` per entry (relative to the folder) and one `statfs` per
+/// filesystem, and hands them to every backend, so `claim` and `image(named:entry:)` can answer
+/// from memory instead of walking the path again for each question.
 public struct PoolEntry: Sendable, Hashable {
     /// The folder the entry is in (absolute, real path).
     public var directory: String
     /// The entry's file name in that folder.
     public var fileName: String
+    /// statx of the entry itself (a symlink is not followed); nil if there is no such entry.
+    public var status: EntryStatus?
+    /// statx of what the entry leads to: the same as `status`, or a symlink's target (nil if
+    /// it dangles).
+    public var target: EntryStatus?
+    /// The filesystem holding `target`; nil if unknown.
+    public var filesystem: FilesystemStatus?
+
     public var path: String { directory == "/" ? "/" + fileName : directory + "/" + fileName }
 
+    /// The entry `fileName` of `directory`, looked at now (statx, statfs); `status` is nil if
+    /// it does not exist.
     public init(directory: String, fileName: String) {
         self.directory = directory
         self.fileName = fileName
+        let path = directory == "/" ? "/" + fileName : directory + "/" + fileName
+        status = try? entryStatus(path)
+        target = status?.isSymlink == true ? try? entryStatus(path, followSymlinks: true) : status
+        filesystem = target == nil ? nil : try? filesystemStatus(path)
+    }
+
+    /// The entry at the absolute `path`, looked at now.
+    public init(path: String) {
+        let slash = path.lastIndex(of: "/") ?? path.startIndex
+        let directory = slash == path.startIndex ? "/" : String(path[..<slash])
+        self.init(directory: directory, fileName: String(path[path.index(after: slash)...]))
+    }
+
+    /// An entry whose status the caller already took (the pool's listing).
+    public init(directory: String, fileName: String, status: EntryStatus?, target: EntryStatus?,
+                filesystem: FilesystemStatus?) {
+        self.directory = directory
+        self.fileName = fileName
+        self.status = status
+        self.target = target
+        self.filesystem = filesystem
     }
 }
 
@@ -50,7 +86,8 @@ public protocol ImageBackend: Sendable {
     var capabilities: BackendCapabilities { get }
 
     /// The image name if this backend owns `entry`, else nil. Called for every entry of every
-    /// pool folder on ListImages: one `statx`/`statfs` at most, no reading of contents.
+    /// pool folder on ListImages: answer from `entry.status`, `.target` and `.filesystem`
+    /// (nil status: no such entry), with no system call if at all possible.
     func claim(_ entry: PoolEntry) -> String?
 
     /// The file name an image called `name` has in a pool folder (`name`, or `name.raw`).
@@ -59,9 +96,11 @@ public protocol ImageBackend: Sendable {
     /// Whether new images of this backend can be made in `directory` (btrfs only on btrfs).
     func canCreate(in directory: String) -> Bool
 
-    /// Metadata of the image at `path`. Must be quick: anything slow (directory usage) is
-    /// computed in the background and reported as `Image.unknown` until known.
-    func image(named name: String, at path: String) throws -> Image
+    /// Metadata of the image at `entry` (one this backend claimed). Called for every image on
+    /// ListImages, so it must be quick: use what `entry` already holds rather than asking
+    /// again, and compute anything slow (directory usage) in the background, reporting
+    /// `Image.unknown` until known. No such entry (nil status) is `.noSuchImage`.
+    func image(named name: String, entry: PoolEntry) throws -> Image
 
     /// Makes a new, empty image at `path` (which does not exist): an empty tree for tree
     /// backends, an empty file for file backends. Used to fill an image by import or by copy.
@@ -95,6 +134,11 @@ public protocol ImageBackend: Sendable {
 
 extension ImageBackend {
     public func entryName(forImage name: String) -> String { name }
+
+    /// Metadata of the image at `path`, looked at now (`image(named:entry:)`).
+    public func image(named name: String, at path: String) throws -> Image {
+        try image(named: name, entry: PoolEntry(path: path))
+    }
 
     public func setLimit(_ bytes: UInt64, at path: String) throws {
         throw PoolError(.notSupported, "\(identifier) images have no size limits")

@@ -64,33 +64,45 @@ public actor ImagePool {
     /// One image found in the search paths.
     struct Found: Sendable {
         var name: String
-        var path: String
+        /// What the pool saw of the image's entry; nil for `.host`.
+        var entry: PoolEntry?
         /// nil for `.host`.
         var backend: (any ImageBackend)?
         var isVendor: Bool
+        var path: String
         var isHost: Bool { backend == nil }
         var type: ImageType { backend?.imageType ?? .directory }
+
+        init(name: String, entry: PoolEntry?, backend: (any ImageBackend)?, isVendor: Bool, root: String) {
+            self.name = name
+            self.entry = entry
+            self.backend = backend
+            self.isVendor = isVendor
+            path = entry?.path ?? root
+        }
     }
 
     /// Every image (ListImages): hidden ones and `.host` included, temp entries (`.#…`) never.
-    public func images() async throws -> [Image] {
+    /// Runs on a worker thread: a pool of thousands of images takes a few milliseconds to list.
+    public nonisolated func images() async throws -> [Image] {
         let context = discoveryContext
         return try await Blocking.run {
             // An entry that vanished or cannot be read between listing and stat is left out
             // rather than failing the whole listing.
-            try Self.discoverAll(context).compactMap { try? Self.describe($0, context) }
+            Self.discoverAll(context).compactMap { try? Self.describe($0, context) }
         }
     }
 
     /// The image `name` (GetImage); `PoolError(.noSuchImage)` if there is none.
-    public func image(named name: String) async throws -> Image {
+    public nonisolated func image(named name: String) async throws -> Image {
         try Self.validateName(name)
         return try await Blocking.run { [self] in try imageNow(named: name) }
     }
 
     /// The image `name`, looked up on the calling thread: for sd-bus's synchronous callbacks
-    /// (an object's find callback, property getters), which systemd answers the same way, with a
-    /// few stat calls. Never slow: backends report what is expensive (directory usage) from caches.
+    /// (GetImage, an object's find callback, property getters), which systemd answers the same
+    /// way, with a few stat calls. Never slow: backends report what is expensive (directory
+    /// usage) from caches.
     public nonisolated func imageNow(named name: String) throws -> Image {
         try Self.validateName(name)
         let context = discoveryContext
@@ -101,7 +113,7 @@ public actor ImagePool {
     /// The names of every image (as `images()` lists them), found on the calling thread without
     /// describing each: for sd-bus's synchronous node enumerator (the image objects' children).
     public nonisolated func imageNamesNow() -> [String] {
-        ((try? Self.discoverAll(discoveryContext)) ?? []).map(\.name)
+        Self.discoverAll(discoveryContext).map(\.name)
     }
 
     private struct DiscoveryContext: Sendable {
@@ -114,33 +126,72 @@ public actor ImagePool {
         DiscoveryContext(root: realRoot, searchPaths: configuration.searchPaths, registry: registry)
     }
 
-    private static func discoverAll(_ c: DiscoveryContext) throws -> [Found] {
+    /// Lists the search paths: per folder one open, one readdir, one statfs; per entry one
+    /// statx relative to the folder (two for a symlink), and a statfs only for an entry on
+    /// another filesystem or mount. The backends claim and describe from that.
+    private static func discoverAll(_ c: DiscoveryContext) -> [Found] {
         var seen: Set<String> = [".host"]
-        var result = [Found(name: ".host", path: c.root, backend: nil, isVendor: false)]
+        var result = [Found(name: ".host", entry: nil, backend: nil, isVendor: false, root: c.root)]
         for dir in c.searchPaths {
-            guard let real = realPath(dir), let names = try? directoryEntries(real) else { continue }
+            guard let real = realPath(dir), let folder = try? FileDescriptor.openDirectory(real) else { continue }
+            defer { folder.close() }
+            guard let names = try? directoryEntries(of: folder) else { continue }
+            let folderStatus = try? entryStatus(".", relativeTo: folder)
+            let folderFilesystem = try? folder.filesystemStatus()
+            let vendor = isVendor(real, root: c.root)
             for file in names.sorted() where !file.hasPrefix(".#") {
-                guard let (backend, name) = c.registry.claim(PoolEntry(directory: real, fileName: file)),
+                let status = try? entryStatus(file, relativeTo: folder)
+                guard let status else { continue }
+                let entry = poolEntry(file, in: real, folder, status: status,
+                                      folderDevice: folderStatus?.device, folderFilesystem: folderFilesystem)
+                guard let (backend, name) = c.registry.claim(entry),
                       (try? validateName(name)) != nil, !seen.contains(name) else { continue }
                 seen.insert(name)
-                result.append(Found(name: name, path: joinPath(real, file), backend: backend,
-                                    isVendor: isVendor(real, root: c.root)))
+                result.append(Found(name: name, entry: entry, backend: backend, isVendor: vendor, root: c.root))
             }
         }
         return result
     }
 
-    /// The first image called `name` in search-path order, backends in priority order.
+    /// The entry `file` of the folder `real` (open as `folder`) whose own statx is `status`:
+    /// a symlink's target is looked at too, and the folder's statfs is reused unless the entry
+    /// leads to another filesystem or is a mount point of its own.
+    private static func poolEntry(_ file: String, in real: String, _ folder: FileDescriptor, status: EntryStatus,
+                                  folderDevice: UInt64?, folderFilesystem: FilesystemStatus?) -> PoolEntry {
+        let target = status.isSymlink ? try? entryStatus(file, relativeTo: folder, followSymlinks: true) : status
+        var filesystem: FilesystemStatus? = nil
+        if let target {
+            if !status.isSymlink, target.device == folderDevice, target.isMountRoot == false, let folderFilesystem {
+                filesystem = folderFilesystem
+            } else {
+                filesystem = try? filesystemStatus(joinPath(real, file))
+            }
+        }
+        return PoolEntry(directory: real, fileName: file, status: status, target: target, filesystem: filesystem)
+    }
+
+    /// The first image called `name` in search-path order, backends in priority order: per
+    /// folder one statx for each file name an image of that name can have (`name`, `name.raw`),
+    /// and a realpath only where one exists.
     private static func find(_ name: String, _ c: DiscoveryContext) -> Found? {
-        if name == ".host" { return Found(name: name, path: c.root, backend: nil, isVendor: false) }
+        if name == ".host" { return Found(name: name, entry: nil, backend: nil, isVendor: false, root: c.root) }
+        var fileNames: [String] = []
+        for backend in c.registry.backends {
+            let file = backend.entryName(forImage: name)
+            if !fileNames.contains(file) { fileNames.append(file) }
+        }
         for dir in c.searchPaths {
-            guard let real = realPath(dir) else { continue }
-            for backend in c.registry.backends {
-                let file = backend.entryName(forImage: name)
-                let entry = PoolEntry(directory: real, fileName: file)
-                guard (try? fileStatus(entry.path, followSymlinks: false)) != nil else { continue }
+            var real: String?
+            for file in fileNames {
+                let path = joinPath(dir, file)
+                guard let status = try? entryStatus(path) else { continue }
+                if real == nil { real = realPath(dir) }
+                guard let real else { break }
+                let target = status.isSymlink ? try? entryStatus(path, followSymlinks: true) : status
+                let entry = PoolEntry(directory: real, fileName: file, status: status, target: target,
+                                      filesystem: target == nil ? nil : try? filesystemStatus(path))
                 if let (owner, claimed) = c.registry.claim(entry), claimed == name {
-                    return Found(name: name, path: entry.path, backend: owner, isVendor: isVendor(real, root: c.root))
+                    return Found(name: name, entry: entry, backend: owner, isVendor: isVendor(real, root: c.root), root: c.root)
                 }
             }
         }
@@ -148,12 +199,12 @@ public actor ImagePool {
     }
 
     private static func describe(_ f: Found, _ c: DiscoveryContext) throws -> Image {
-        guard let backend = f.backend else {
+        guard let backend = f.backend, let entry = f.entry else {
             // As systemd-machined 252 reports `.host`: a writable directory with no times or
             // usage. Berth still refuses to change it (EROFS), as machined does.
             return Image(name: f.name, path: f.path, type: .directory, readOnly: false)
         }
-        var image = try backend.image(named: f.name, at: f.path)
+        var image = try backend.image(named: f.name, entry: entry)
         image.name = f.name
         if f.isVendor { image.readOnly = true }
         return image

@@ -126,9 +126,11 @@ public actor Machine1Service: BusObjectHandler {
             return [.array(element: "(ssbttto)", images.map(Self.listEntry))]
         case .getImage:
             // machined looks an invalid name up like any other and finds nothing: NoSuchImage.
+            // Answered on the bus thread, as machined does: a lookup is a few statx calls, and a
+            // hop to a worker thread and back would cost more than the lookup.
             let name = try call.string(0)
             do {
-                let image = try await pool.image(named: name)
+                let image = try pool.imageNow(named: name)
                 return [.objectPath(Self.imagePath(image.name))]
             } catch let e as PoolError where e.code == .invalidName {
                 throw Machine1Errors.noSuchImage(name)

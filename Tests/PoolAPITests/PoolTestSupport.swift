@@ -67,7 +67,7 @@ struct GatedDirectoryBackend: ImageBackend {
 
     func claim(_ entry: PoolEntry) -> String? { inner.claim(entry) }
     func canCreate(in directory: String) -> Bool { inner.canCreate(in: directory) }
-    func image(named name: String, at path: String) throws -> Image { try inner.image(named: name, at: path) }
+    func image(named name: String, entry: PoolEntry) throws -> Image { try inner.image(named: name, entry: entry) }
     func createEmpty(at path: String) throws { try inner.createEmpty(at: path) }
     func clone(from source: String, to destination: String) throws {
         started.signal()
@@ -93,7 +93,7 @@ final class OtherTreeBackend: ImageBackend {
 
     func claim(_ entry: PoolEntry) -> String? { nil }
     func canCreate(in directory: String) -> Bool { true }
-    func image(named name: String, at path: String) throws -> Image { try inner.image(named: name, at: path) }
+    func image(named name: String, entry: PoolEntry) throws -> Image { try inner.image(named: name, entry: entry) }
     func createEmpty(at path: String) throws {
         made.withLock { $0.append(path) }
         try inner.createEmpty(at: path)

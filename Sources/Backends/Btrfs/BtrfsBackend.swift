@@ -20,12 +20,11 @@ public struct BtrfsBackend: ImageBackend {
     /// Snapshots are O(1) and share extents; limits are qgroups; images are trees.
     public var capabilities: BackendCapabilities { [.constantTimeClone, .quota, .reflink, .tree] }
 
-    /// Claims a directory that is a subvolume: inode 256 (fstatat), then btrfs (statfs) only for
-    /// those, so plain entries cost one stat.
+    /// Claims a directory (not a symlink) that is a subvolume: inode 256 on btrfs, from the
+    /// status the pool took.
     public func claim(_ entry: PoolEntry) -> String? {
-        guard let status = try? fileStatus(entry.path, followSymlinks: false),
-              status.isDirectory, status.inode == BtrfsIoctl.subvolumeRootInode,
-              (try? filesystemType(of: entry.path)) == FilesystemMagic.btrfs
+        guard let status = entry.status, status.isDirectory, status.inode == BtrfsIoctl.subvolumeRootInode,
+              entry.filesystem?.type == FilesystemMagic.btrfs
         else { return nil }
         return entry.fileName
     }
@@ -35,21 +34,33 @@ public struct BtrfsBackend: ImageBackend {
         (try? filesystemType(of: directory)) == FilesystemMagic.btrfs
     }
 
-    /// machine1 `Image` properties from the subvolume: ReadOnly is the subvolume property
-    /// (BTRFS_IOC_SUBVOL_GETFLAGS), CreationTimestamp its otime and ModificationTimestamp its
-    /// ctime (last change of any inode in it), both from btrfs_util_subvolume_info. Usage and
-    /// Limit come from the level-0 qgroup (BTRFS_IOC_TREE_SEARCH on the quota tree) and stay
-    /// unknown while quotas are off or being rescanned.
-    public func image(named name: String, at path: String) throws -> Image {
-        let fd = try openSubvolume(path)
+    /// machine1 `Image` properties from the subvolume: ReadOnly is the subvolume property (the
+    /// root item's BTRFS_ROOT_SUBVOL_RDONLY), CreationTimestamp its otime and
+    /// ModificationTimestamp its ctime (last change of any inode in it), both from
+    /// btrfs_util_subvolume_info. Usage and Limit come from the level-0 qgroup
+    /// (BTRFS_IOC_TREE_SEARCH on the quota tree) and stay unknown while quotas are off or being
+    /// rescanned.
+    public func image(named name: String, entry: PoolEntry) throws -> Image {
+        let path = entry.path
+        guard let status = entry.status else { throw PoolError(.noSuchImage, "no image at \(path)") }
+        guard status.isDirectory, status.inode == BtrfsIoctl.subvolumeRootInode,
+              entry.filesystem?.type == FilesystemMagic.btrfs else {
+            throw PoolError(.notSupported, "\(path) is not a btrfs subvolume")
+        }
+        let fd: FileDescriptor
+        do { fd = try FileDescriptor.openDirectory(path, followSymlinks: false) } catch {
+            if error.errno == .ENOENT { throw PoolError(.noSuchImage, "no image at \(path)", cause: error) }
+            throw PoolError.from(error, "cannot open \(path)")
+        }
+        defer { fd.close() }
         let info = try wrap("cannot read subvolume \(path)") { () throws(SystemCallError) in
             try BtrfsUtil.info(fd, subject: path)
         }
         // Read-only is the subvolume property; an immutable top directory (as the directory
         // backend uses) or a read-only mount makes it read-only just as much.
-        let readOnly = try wrap("cannot read the read-only property of \(path)") { () throws(SystemCallError) in
-            try BtrfsUtil.isReadOnly(fd, subject: path)
-        } || (try? fd.isImmutable()) == true || Self.isReadOnlyMount(fd)
+        let readOnly = info.flags & Self.rootSubvolumeReadOnly != 0
+            || (status.isImmutable ?? ((try? fd.isImmutable()) == true))
+            || (entry.filesystem?.isReadOnly ?? Self.isReadOnlyMount(fd))
         var image = Image(
             name: name, path: path, type: .subvolume, readOnly: readOnly,
             creationTimestamp: microseconds(info.otime), modificationTimestamp: microseconds(info.ctime))
@@ -61,6 +72,10 @@ public struct BtrfsBackend: ImageBackend {
         }
         return image
     }
+
+    /// BTRFS_ROOT_SUBVOL_RDONLY, the on-disk root item flag behind BTRFS_IOC_SUBVOL_GETFLAGS's
+    /// BTRFS_SUBVOL_RDONLY (libbtrfsutil reports the root item's flags as they are on disk).
+    static let rootSubvolumeReadOnly: UInt64 = 1 << 0
 
     /// A new, empty subvolume (btrfs_util_create_subvolume). Where the folder's subvolume has a
     /// pool qgroup (set by `setPoolLimit`), the new subvolume joins it.

@@ -30,10 +30,10 @@ public struct DirectoryBackend: ImageBackend {
     /// A backend whose cached usages are rescanned after 5 seconds.
     public init() { self.init(usageLifetime: 5) }
 
-    /// Claims directories (following a symlink, as /etc/machines holds links to images).
+    /// Claims directories (following a symlink, as /etc/machines holds links to images), from
+    /// the status the pool took.
     public func claim(_ entry: PoolEntry) -> String? {
-        guard let st = try? fileStatus(entry.path), st.isDirectory else { return nil }
-        return entry.fileName
+        entry.target?.isDirectory == true ? entry.fileName : nil
     }
 
     /// Any directory can hold directory images.
@@ -41,13 +41,16 @@ public struct DirectoryBackend: ImageBackend {
         (try? fileStatus(directory))?.isDirectory ?? false
     }
 
-    /// One stat, one FS_IOC_GETFLAGS, one statx, and the cached usage.
-    public func image(named name: String, at path: String) throws -> Image {
-        let st: FileStatus
-        do { st = try fileStatus(path) } catch { throw PoolError.from(error, "cannot stat \(path)") }
-        let used = usage.lookup(path: path, status: st)
-        return Image(name: name, path: path, type: .directory, readOnly: isReadOnly(path),
-                     creationTimestamp: birthTimeMicroseconds(path),
+    /// From the entry's statx (times, STATX_ATTR_IMMUTABLE) and statfs (read-only mount) and the
+    /// cached usage: no system call where the filesystem reports the immutable attribute.
+    public func image(named name: String, entry: PoolEntry) throws -> Image {
+        let path = entry.path
+        guard let st = entry.target else { throw PoolError(.noSuchImage, "no image at \(path)") }
+        guard st.isDirectory else { throw PoolError(.invalidImage, "\(path) is not a directory") }
+        let readOnly = (st.isImmutable ?? isImmutable(path)) || (entry.filesystem?.isReadOnly ?? isReadOnlyMount(path))
+        let used = usage.lookup(path: path, inode: st.inode, modification: st.modificationMicroseconds)
+        return Image(name: name, path: path, type: .directory, readOnly: readOnly,
+                     creationTimestamp: st.birthMicroseconds,
                      modificationTimestamp: st.modificationMicroseconds,
                      usage: used, usageExclusive: used)
     }
@@ -102,9 +105,8 @@ public struct DirectoryBackend: ImageBackend {
 
     // MARK: helpers
 
-    /// Immutable top directory, or a directory on a read-only mount (statvfs ST_RDONLY).
-    private func isReadOnly(_ path: String) -> Bool {
-        if isImmutable(path) { return true }
+    /// A directory on a read-only mount (statvfs ST_RDONLY).
+    private func isReadOnlyMount(_ path: String) -> Bool {
         var s = statvfs()
         return statvfs(path, &s) == 0 && (s.f_flag & UInt(ST_RDONLY)) != 0
     }

@@ -20,9 +20,18 @@ final class UsageCache: Sendable {
         var computedAt: Double
     }
 
+    private struct Scan {
+        var path: String
+        var inode: UInt64
+        var mtime: UInt64
+    }
+
     private struct State {
         var entries: [String: Entry] = [:]
+        /// Paths queued or being scanned.
         var scanning: Set<String> = []
+        var queue: [Scan] = []
+        var workerRunning = false
     }
 
     private let state = Mutex(State())
@@ -31,21 +40,21 @@ final class UsageCache: Sendable {
     init(lifetime: Double) { self.lifetime = lifetime }
 
     /// The cached usage of `path` (or `Image.unknown`), starting a scan if it is stale.
-    func lookup(path: String, status: FileStatus) -> UInt64 {
+    func lookup(path: String, inode: UInt64, modification: UInt64) -> UInt64 {
         let now = Self.now()
         let lifetime = self.lifetime
         let (value, scan): (UInt64, Bool) = state.withLock { s in
             var result = Image.unknown
             var stale = true
-            if let entry = s.entries[path], entry.inode == status.inode {
+            if let entry = s.entries[path], entry.inode == inode {
                 result = entry.bytes
-                stale = entry.mtime != status.modificationMicroseconds || now - entry.computedAt > lifetime
+                stale = entry.mtime != modification || now - entry.computedAt > lifetime
             }
             guard stale, !s.scanning.contains(path) else { return (result, false) }
             s.scanning.insert(path)
             return (result, true)
         }
-        if scan { start(path: path, status: status) }
+        if scan { start(path: path, inode: inode, modification: modification) }
         return value
     }
 
@@ -54,14 +63,32 @@ final class UsageCache: Sendable {
         state.withLock { _ = $0.entries.removeValue(forKey: path) }
     }
 
-    private func start(path: String, status: FileStatus) {
-        Blocking.detach { [self] in
-            let bytes = try? DiskUsage.allocatedBytes(of: path)
+    /// Queues a scan of `path`. Scans run one at a time on a single background thread, started
+    /// when the first is queued and ended when none is left: listing a pool of a thousand new
+    /// images queues a thousand scans, not a thousand threads competing with the daemon.
+    private func start(path: String, inode: UInt64, modification: UInt64) {
+        let startWorker = state.withLock { s -> Bool in
+            s.queue.append(Scan(path: path, inode: inode, mtime: modification))
+            if s.workerRunning { return false }
+            s.workerRunning = true
+            return true
+        }
+        if startWorker { Blocking.detach { [self] in work() } }
+    }
+
+    private func work() {
+        while let scan = state.withLock({ s -> Scan? in
+            if s.queue.isEmpty {
+                s.workerRunning = false
+                return nil
+            }
+            return s.queue.popLast()
+        }) {
+            let bytes = try? DiskUsage.allocatedBytes(of: scan.path)
             state.withLock { s in
-                s.scanning.remove(path)
+                s.scanning.remove(scan.path)
                 if let bytes {
-                    s.entries[path] = Entry(inode: status.inode, mtime: status.modificationMicroseconds,
-                                            bytes: bytes, computedAt: Self.now())
+                    s.entries[scan.path] = Entry(inode: scan.inode, mtime: scan.mtime, bytes: bytes, computedAt: Self.now())
                 }
             }
         }

@@ -33,7 +33,7 @@ public struct RawLoopBackend: ImageBackend {
     public func claim(_ entry: PoolEntry) -> String? {
         let name = entry.fileName
         guard name.hasSuffix(Self.fileSuffix), name.utf8.count > Self.fileSuffix.utf8.count else { return nil }
-        guard let status = try? fileStatus(entry.path, followSymlinks: false), status.isRegular else { return nil }
+        guard entry.status?.isRegular == true else { return nil }
         return String(name.dropLast(Self.fileSuffix.count))
     }
 
@@ -48,23 +48,25 @@ public struct RawLoopBackend: ImageBackend {
     /// Metadata as systemd reports it for raw images: usage and exclusive usage are the bytes
     /// allocated (st_blocks × 512), limit and exclusive limit the file's size; read-only if the
     /// immutable flag is set or no write bit is (systemd's own way of marking it).
-    public func image(named name: String, at path: String) throws -> Image {
-        let status = try systemCall("cannot stat \(path)") { () throws(SystemCallError) in
-            try fileStatus(path, followSymlinks: false)
-        }
+    public func image(named name: String, entry: PoolEntry) throws -> Image {
+        let path = entry.path
+        guard let status = entry.status else { throw PoolError(.noSuchImage, "no image at \(path)") }
         guard status.isRegular else { throw PoolError(.invalidImage, "\(path) is not a regular file") }
         var readOnly = status.mode & 0o222 == 0
-        if !readOnly, let fd = try? FileDescriptor.open(path, flags: O_RDONLY | O_NOFOLLOW | O_NONBLOCK | O_NOCTTY),
-           let immutable = try? fd.isImmutable() {
-            readOnly = immutable
+        if !readOnly {
+            if let immutable = status.isImmutable {
+                readOnly = immutable
+            } else if let fd = try? FileDescriptor.open(path, flags: O_RDONLY | O_NOFOLLOW | O_NONBLOCK | O_NOCTTY),
+                      let immutable = try? fd.isImmutable() {
+                readOnly = immutable
+            }
         }
-        let size = UInt64(max(status.size, 0))
         return Image(
             name: name, path: path, type: .raw, readOnly: readOnly,
-            creationTimestamp: birthTimeMicroseconds(path),
+            creationTimestamp: status.birthMicroseconds,
             modificationTimestamp: status.modificationMicroseconds,
             usage: status.allocatedBytes, usageExclusive: status.allocatedBytes,
-            limit: size, limitExclusive: size)
+            limit: status.size, limitExclusive: status.size)
     }
 
     /// An empty raw image: a new file of mode 0644 (O_CREAT|O_EXCL, so nothing is replaced).
