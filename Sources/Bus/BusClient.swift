@@ -19,6 +19,11 @@ public final class BusClient: @unchecked Sendable {
         if r >= 0 { r = sd_bus_set_bus_client(b, 1) }
         if r >= 0 { r = sd_bus_negotiate_fds(b, 1) }
         if r >= 0 { r = sd_bus_start(b) }
+        // Finish the handshake now (authentication, Hello): sd_bus_start only begins it, and a
+        // bus daemon drops a connection still unauthenticated after its auth_timeout, which a
+        // client holding its connection idle before the first call would otherwise run into.
+        var unique: UnsafePointer<CChar>? = nil
+        if r >= 0 { r = sd_bus_get_unique_name(b, &unique) }
         guard r >= 0, let b else {
             sd_bus_unref(b)
             throw BusError(errno: Errno(-r), "cannot connect to the bus at \(address)")

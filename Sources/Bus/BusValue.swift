@@ -366,53 +366,59 @@ enum Marshal {
 
     /// Appends one value.
     static func append(_ m: OpaquePointer, _ value: BusValue) throws(BusError) {
+        try append(m, value, structContents: nil)
+    }
+
+    /// Appends one value; `structContents` is a struct's member signature where the caller
+    /// knows it (from an array's element type), so a struct in a long array does not work its
+    /// signature out again for every element. sd-bus checks every value against the
+    /// container's declared signature itself and fails the append (-ENXIO) on a mismatch.
+    private static func append(_ m: OpaquePointer, _ value: BusValue, structContents: String?) throws(BusError) {
         func check(_ r: Int32) throws(BusError) {
             if r < 0 { throw BusError(errno: Errno(-r), "cannot append \(value.signature)") }
         }
-        func basic<T>(_ type: Character, _ v: T) throws(BusError) {
+        func basic<T>(_ type: UInt8, _ v: T) throws(BusError) {
             var v = v
-            try check(sd_bus_message_append_basic(m, CChar(type.asciiValue ?? 0), &v))
+            try check(sd_bus_message_append_basic(m, CChar(type), &v))
         }
-        func text(_ type: Character, _ s: String) throws(BusError) {
-            try check(s.withCString { sd_bus_message_append_basic(m, CChar(type.asciiValue ?? 0), $0) })
+        func text(_ type: UInt8, _ s: String) throws(BusError) {
+            try check(s.withCString { sd_bus_message_append_basic(m, CChar(type), $0) })
         }
         switch value {
-        case .byte(let v): try basic("y", v)
-        case .boolean(let v): try basic("b", Int32(v ? 1 : 0))
-        case .int16(let v): try basic("n", v)
-        case .uint16(let v): try basic("q", v)
-        case .int32(let v): try basic("i", v)
-        case .uint32(let v): try basic("u", v)
-        case .int64(let v): try basic("x", v)
-        case .uint64(let v): try basic("t", v)
-        case .double(let v): try basic("d", v)
-        case .string(let s): try text("s", s)
-        case .objectPath(let p): try text("o", p.rawValue)
-        case .signature(let s): try text("g", s)
-        case .unixFD(let fd): try basic("h", fd.rawValue)  // sd-bus duplicates it
+        case .byte(let v): try basic(UInt8(ascii: "y"), v)
+        case .boolean(let v): try basic(UInt8(ascii: "b"), Int32(v ? 1 : 0))
+        case .int16(let v): try basic(UInt8(ascii: "n"), v)
+        case .uint16(let v): try basic(UInt8(ascii: "q"), v)
+        case .int32(let v): try basic(UInt8(ascii: "i"), v)
+        case .uint32(let v): try basic(UInt8(ascii: "u"), v)
+        case .int64(let v): try basic(UInt8(ascii: "x"), v)
+        case .uint64(let v): try basic(UInt8(ascii: "t"), v)
+        case .double(let v): try basic(UInt8(ascii: "d"), v)
+        case .string(let s): try text(UInt8(ascii: "s"), s)
+        case .objectPath(let p): try text(UInt8(ascii: "o"), p.rawValue)
+        case .signature(let s): try text(UInt8(ascii: "g"), s)
+        case .unixFD(let fd): try basic(UInt8(ascii: "h"), fd.rawValue)  // sd-bus duplicates it
         case .variant(let inner):
             try check(sd_bus_message_open_container(m, CChar(UInt8(ascii: "v")), inner.signature))
-            try append(m, inner)
+            try append(m, inner, structContents: nil)
             try check(sd_bus_message_close_container(m))
         case .structure(let members):
-            try check(sd_bus_message_open_container(m, CChar(UInt8(ascii: "r")), members.map(\.signature).joined()))
-            try append(m, members)
+            // The contents' signature: "(…)" without its parentheses.
+            let contents = structContents ?? members.map(\.signature).joined()
+            try check(sd_bus_message_open_container(m, CChar(UInt8(ascii: "r")), contents))
+            for member in members { try append(m, member, structContents: nil) }
             try check(sd_bus_message_close_container(m))
         case .array(let element, let items):
             try check(sd_bus_message_open_container(m, CChar(UInt8(ascii: "a")), element))
-            for item in items {
-                guard item.signature == element else {
-                    throw BusError.invalidArgs("array of \(element) holds a \(item.signature)")
-                }
-                try append(m, item)
-            }
+            let contents = element.hasPrefix("(") ? String(element.dropFirst().dropLast()) : nil
+            for item in items { try append(m, item, structContents: contents) }
             try check(sd_bus_message_close_container(m))
         case .dictionary(let key, let valueType, let entries):
             try check(sd_bus_message_open_container(m, CChar(UInt8(ascii: "a")), "{" + key + valueType + "}"))
             for e in entries {
                 try check(sd_bus_message_open_container(m, CChar(UInt8(ascii: "e")), key + valueType))
-                try append(m, e.key)
-                try append(m, e.value)
+                try append(m, e.key, structContents: nil)
+                try append(m, e.value, structContents: nil)
                 try check(sd_bus_message_close_container(m))
             }
             try check(sd_bus_message_close_container(m))

@@ -112,6 +112,9 @@ static const int BERTH_F_OFD_SETLK = 37;
 static const int BERTH_F_OFD_SETLKW = 38;
 static inline int berth_fcntl_lock(int fd, int cmd, struct flock *lock) { return fcntl(fd, cmd, lock); }
 /* prctl(2) is variadic: one fixed-arity wrapper (transfer workers: PR_SET_PDEATHSIG). */
+/* ioprio_set(2) of the calling thread (IOPRIO_WHO_PROCESS with id 0) to IOPRIO_CLASS_IDLE;
+   glibc has no wrapper. */
+static inline int berth_ioprio_set_idle(void) { return (int)syscall(SYS_ioprio_set, 1, 0, 3 << 13); }
 static inline int berth_prctl_int(int option, unsigned long arg) { return prctl(option, arg, 0UL, 0UL, 0UL); }
 /* posix_spawn_file_actions_addclosefrom_np is declared only under _GNU_SOURCE (glibc 2.34+). */
 #include <spawn.h>

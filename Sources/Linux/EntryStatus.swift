@@ -5,7 +5,7 @@ import Glibc
 /// times, birth time, the immutable attribute, whether it is a mount point), so a pool entry is
 /// looked at once, not once per question.
 public struct EntryStatus: Sendable, Hashable {
-    /// `st_dev`, as `makedev(stx_dev_major, stx_dev_minor)`.
+    /// `st_dev`: `makedev(stx_dev_major, stx_dev_minor)`, comparable with `FileStatus.device`.
     public var device: UInt64
     public var inode: UInt64
     public var mode: UInt32
@@ -30,7 +30,7 @@ public struct EntryStatus: Sendable, Hashable {
     public var allocatedBytes: UInt64 { blocks * 512 }
 
     init(_ stx: CLinux.statx) {
-        device = (UInt64(stx.stx_dev_major) << 32) | UInt64(stx.stx_dev_minor)
+        device = UInt64(berth_makedev(stx.stx_dev_major, stx.stx_dev_minor))
         inode = stx.stx_ino
         mode = UInt32(stx.stx_mode)
         size = stx.stx_size

@@ -1,3 +1,4 @@
+import CLinux
 import Glibc
 
 /// Runs `body` on a new detached thread (pthread_create(3)) and returns at once: for blocking
@@ -24,4 +25,14 @@ public func detachThread(_ body: @escaping @Sendable () -> Void) {
 private final class ThreadWork: Sendable {
     let body: @Sendable () -> Void
     init(_ body: @escaping @Sendable () -> Void) { self.body = body }
+}
+
+/// Makes the calling thread a background one: CPU only when nothing else wants it (SCHED_IDLE)
+/// and disk only when idle (IOPRIO_CLASS_IDLE), for bookkeeping such as usage scans that must
+/// never slow down the calls the daemon answers. Best effort: a failure leaves the thread as it was.
+public func lowerCurrentThreadToIdle() {
+    var param = sched_param()
+    param.sched_priority = 0
+    _ = pthread_setschedparam(pthread_self(), 5 /* SCHED_IDLE, hidden by glibc without _GNU_SOURCE */, &param)
+    _ = berth_ioprio_set_idle()
 }

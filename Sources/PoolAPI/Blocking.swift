@@ -11,10 +11,12 @@ import Synchronization
 /// never delays a listing. Up to `WorkerThreads.maxIdle` finished threads wait for the next job
 /// rather than exit, so the short jobs of a busy bus (ListImages) pay a wake-up, not a thread start.
 public enum Blocking {
-    /// Runs `body` on a worker thread and resumes with its result. The thread is not interrupted
+    /// Runs `body` on a worker thread and resumes with its result, on the caller's executor
+    /// (`nonisolated(nonsending)`: a call from the bus thread goes to the worker and straight
+    /// back, with no stop on the cooperative pool in between). The thread is not interrupted
     /// if the awaiting task is cancelled (blocking syscalls cannot be): use
     /// `run(cancellable:)` for work that can stop between steps.
-    public static func run<T: Sendable>(_ body: @escaping @Sendable () throws -> T) async throws -> T {
+    public nonisolated(nonsending) static func run<T: Sendable>(_ body: @escaping @Sendable () throws -> T) async throws -> T {
         try await withCheckedThrowingContinuation { (continuation: CheckedContinuation<T, any Error>) in
             detach { continuation.resume(with: Result(catching: body)) }
         }
@@ -22,7 +24,7 @@ public enum Blocking {
 
     /// Like `run`, with a flag that turns true when the awaiting task is cancelled, for `body`
     /// to poll between units of work (TreeCopy checks it between entries).
-    public static func run<T: Sendable>(cancellable body: @escaping @Sendable (CancellationFlag) throws -> T) async throws -> T {
+    public nonisolated(nonsending) static func run<T: Sendable>(cancellable body: @escaping @Sendable (CancellationFlag) throws -> T) async throws -> T {
         let flag = CancellationFlag()
         return try await withTaskCancellationHandler {
             try await run { try body(flag) }

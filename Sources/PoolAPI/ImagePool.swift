@@ -1,6 +1,7 @@
 import FileTree
 import Glibc
 import Linux
+import Synchronization
 
 /// The machine image pool behind org.freedesktop.machine1's image methods (ListImages,
 /// GetImage, CloneImage, RenameImage, RemoveImage, MarkImageReadOnly, SetImageLimit,
@@ -44,6 +45,8 @@ public actor ImagePool {
     private let realPoolPath: String
     private let locks: ImageLocks
     private var nameLocks = NameLocks()
+    private let searchPaths: [String]
+    private let realPaths = RealPathCache()
 
     /// A pool over `configuration.root`'s search paths. Nothing is touched until first use;
     /// call `removeStaleTemporaryEntries()` at daemon start.
@@ -53,6 +56,7 @@ public actor ImagePool {
         let root = Self.realPath(configuration.root) ?? configuration.root
         realRoot = root
         realPoolPath = joinPath(root, "var/lib/machines")
+        searchPaths = configuration.searchPaths
         locks = ImageLocks(directory: joinPath(root, "run/systemd/nspawn/locks"), root: root)
     }
 
@@ -69,22 +73,17 @@ public actor ImagePool {
         /// nil for `.host`.
         var backend: (any ImageBackend)?
         var isVendor: Bool
-        var path: String
+        /// The host's root, the path of `.host`.
+        var root: String
+        /// The image's path (worked out when asked: listings never need it).
+        var path: String { entry?.path ?? root }
         var isHost: Bool { backend == nil }
         var type: ImageType { backend?.imageType ?? .directory }
-
-        init(name: String, entry: PoolEntry?, backend: (any ImageBackend)?, isVendor: Bool, root: String) {
-            self.name = name
-            self.entry = entry
-            self.backend = backend
-            self.isVendor = isVendor
-            path = entry?.path ?? root
-        }
     }
 
     /// Every image (ListImages): hidden ones and `.host` included, temp entries (`.#…`) never.
     /// Runs on a worker thread: a pool of thousands of images takes a few milliseconds to list.
-    public nonisolated func images() async throws -> [Image] {
+    public nonisolated(nonsending) func images() async throws -> [Image] {
         let context = discoveryContext
         return try await Blocking.run {
             // An entry that vanished or cannot be read between listing and stat is left out
@@ -94,7 +93,7 @@ public actor ImagePool {
     }
 
     /// The image `name` (GetImage); `PoolError(.noSuchImage)` if there is none.
-    public nonisolated func image(named name: String) async throws -> Image {
+    public nonisolated(nonsending) func image(named name: String) async throws -> Image {
         try Self.validateName(name)
         return try await Blocking.run { [self] in try imageNow(named: name) }
     }
@@ -120,10 +119,11 @@ public actor ImagePool {
         var root: String
         var searchPaths: [String]
         var registry: BackendRegistry
+        var realPaths: RealPathCache
     }
 
     private nonisolated var discoveryContext: DiscoveryContext {
-        DiscoveryContext(root: realRoot, searchPaths: configuration.searchPaths, registry: registry)
+        DiscoveryContext(root: realRoot, searchPaths: searchPaths, registry: registry, realPaths: realPaths)
     }
 
     /// Lists the search paths: per folder one open, one readdir, one statfs; per entry one
@@ -133,7 +133,7 @@ public actor ImagePool {
         var seen: Set<String> = [".host"]
         var result = [Found(name: ".host", entry: nil, backend: nil, isVendor: false, root: c.root)]
         for dir in c.searchPaths {
-            guard let real = realPath(dir), let folder = try? FileDescriptor.openDirectory(real) else { continue }
+            guard let real = c.realPaths.resolve(dir), let folder = try? FileDescriptor.openDirectory(real) else { continue }
             defer { folder.close() }
             guard let names = try? directoryEntries(of: folder) else { continue }
             let folderStatus = try? entryStatus(".", relativeTo: folder)
@@ -185,7 +185,7 @@ public actor ImagePool {
             for file in fileNames {
                 let path = joinPath(dir, file)
                 guard let status = try? entryStatus(path) else { continue }
-                if real == nil { real = realPath(dir) }
+                if real == nil { real = c.realPaths.resolve(dir) }
                 guard let real else { break }
                 let target = status.isSymlink ? try? entryStatus(path, followSymlinks: true) : status
                 let entry = PoolEntry(directory: real, fileName: file, status: status, target: target,
@@ -668,5 +668,28 @@ public actor ImagePool {
         guard let r = realpath(path, nil) else { return nil }
         defer { free(r) }
         return String(cString: r)
+    }
+}
+
+/// realpath(3) of the search folders, remembered with the identity (device, inode) of the folder
+/// it led to: a lookup costs one statx instead of a readlink per path component, and a folder
+/// replaced or re-pointed (another inode) is resolved afresh.
+final class RealPathCache: Sendable {
+    private struct Resolved {
+        var real: String
+        var device: UInt64
+        var inode: UInt64
+    }
+    private let resolved = Mutex<[String: Resolved]>([:])
+
+    /// The real path of `path`, nil if it does not exist.
+    func resolve(_ path: String) -> String? {
+        guard let status = try? entryStatus(path, followSymlinks: true) else { return nil }
+        if let known = resolved.withLock({ $0[path] }), known.device == status.device, known.inode == status.inode {
+            return known.real
+        }
+        guard let real = ImagePool.realPath(path) else { return nil }
+        resolved.withLock { $0[path] = Resolved(real: real, device: status.device, inode: status.inode) }
+        return real
     }
 }

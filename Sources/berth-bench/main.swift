@@ -84,9 +84,26 @@ func now() -> Double {
     return Double(ts.tv_sec) + Double(ts.tv_nsec) / 1e9
 }
 
-/// sync(2), then drops the page cache, dentries and inodes (/proc/sys/vm/drop_caches), so a
-/// timed copy reads its source from disk for either daemon alike.
+/// btrfs filesystems (`--settle PATH`) whose deleted subvolumes must be cleaned up before a
+/// timed run: btrfs frees a removed image in the background, which would otherwise compete with
+/// the next import for the disk.
+nonisolated(unsafe) var settlePaths: [String] = []
+
+/// Waits for btrfs's cleaner on the `settlePaths` (`btrfs subvolume sync`), then sync(2), then
+/// drops the page cache, dentries and inodes (/proc/sys/vm/drop_caches), so a timed copy reads
+/// its source from disk for either daemon alike.
 func dropCaches() {
+    for path in settlePaths {
+        // A commit wakes the cleaner at once; without it, `subvolume sync` waits for the
+        // next periodic commit (30 s).
+        for argv in [["btrfs", "filesystem", "sync", path], ["btrfs", "subvolume", "sync", path]] {
+            let p = Process()
+            p.executableURL = URL(fileURLWithPath: "/usr/bin/env")
+            p.arguments = argv
+            p.standardOutput = FileHandle.nullDevice
+            if (try? p.run()) != nil { p.waitUntilExit() }
+        }
+    }
     sync()
     if let h = FileHandle(forWritingAtPath: "/proc/sys/vm/drop_caches") {
         h.write(Data("3\n".utf8))
@@ -286,6 +303,9 @@ func benchExport(_ ds: [Daemon], file: String?, name: String, outDir: String, fo
 func benchPull(_ ds: [Daemon], file: String?, url: String, name: String) {
     for d in ds {
         d.removeQuietly(name)
+        // systemd-pull keeps the download as a hidden image (`.tar-<url>`) and fails the next pull
+        // of the same URL when the server sends no ETag; hidden images go between runs (untimed).
+        _ = try? d.manager("CleanPool", [.string("hidden")])
         timed(file, item: "PullTar (HTTP, verify=checksum)", d) { start in
             dropCaches()
             start()
@@ -316,47 +336,84 @@ func benchCommand(file: String?, item: String, who: String, argv: [String]) {
 
 // MARK: - Table
 
-/// Prints the results file as a Markdown table: each figure for both daemons, the ratio
-/// Berth/systemd, the physical reference where there is one, and whether the target is met.
+/// The median of `samples` (the mean of the middle two for an even count).
+func median(_ samples: [Double]) -> Double? {
+    guard !samples.isEmpty else { return nil }
+    let sorted = samples.sorted()
+    let mid = sorted.count / 2
+    return sorted.count % 2 == 1 ? sorted[mid] : (sorted[mid - 1] + sorted[mid]) / 2
+}
+
+/// Every outcome recorded for one item and one daemon (or reference): one per run.
+struct Samples {
+    var outcomes: [Outcome] = []
+
+    /// The median of the measured runs; a failure or n/a if any run had one (never hidden).
+    var summary: Outcome? {
+        if let bad = outcomes.first(where: { $0.value == nil }) { return bad }
+        guard let m = median(outcomes.compactMap(\.value)), let first = outcomes.first else { return nil }
+        if case .kibibytes = first { return .kibibytes(Int(m)) }
+        return .seconds(m)
+    }
+
+    /// The median, with the spread of the runs where there were several: "0.658 s (3 runs: 0.61–0.70)".
+    var text: String {
+        guard let summary else { return "–" }
+        let values = outcomes.compactMap(\.value)
+        guard values.count > 1, case .seconds = summary, let lo = values.min(), let hi = values.max() else {
+            return summary.description
+        }
+        return "\(summary) (\(values.count) runs: " + String(format: "%.3f–%.3f", lo, hi) + ")"
+    }
+}
+
+/// Prints the results file as a Markdown table: each figure for both daemons (the median of its
+/// runs, with their spread), the ratio Berth/systemd of the medians, the physical reference
+/// where there is one, and whether the target is met.
 func printTable(_ file: String) throws {
     let text = try String(contentsOfFile: file, encoding: .utf8)
     var order: [String] = []
-    var rows: [String: [String: Outcome]] = [:]
-    var refs: [String: (String, Outcome)] = [:]
+    var rows: [String: [String: Samples]] = [:]
+    var refs: [String: (label: String, samples: Samples)] = [:]
     for line in text.split(separator: "\n") {
         let f = line.split(separator: "\t", maxSplits: 2, omittingEmptySubsequences: false).map(String.init)
         guard f.count == 3 else { continue }
         if rows[f[0]] == nil { order.append(f[0]); rows[f[0]] = [:] }
-        if f[1].hasPrefix("ref:") { refs[f[0]] = (String(f[1].dropFirst(4)), Outcome(field: f[2])) }
-        else { rows[f[0]]?[f[1]] = Outcome(field: f[2]) }
+        if f[1].hasPrefix("ref:") {
+            refs[f[0], default: (String(f[1].dropFirst(4)), Samples())].samples.outcomes.append(Outcome(field: f[2]))
+        } else {
+            rows[f[0], default: [:]][f[1], default: Samples()].outcomes.append(Outcome(field: f[2]))
+        }
     }
     print("| item | Berth | systemd 252 | Berth/systemd | reference | Berth/reference | target |")
     print("|---|---|---|---|---|---|---|")
     for item in order {
         let b = rows[item]?["berth"], s = rows[item]?["systemd"]
+        let bv = b?.summary?.value, sv = s?.summary?.value
         var ratio = "–", refText = "–", refRatio = "–", target = "–"
-        if let bv = b?.value, let sv = s?.value, sv > 0 { ratio = String(format: "%.2f", bv / sv) }
-        if let (label, r) = refs[item] {
-            refText = "\(label): \(r)"
-            if let bv = b?.value, let rv = r.value, rv > 0 { refRatio = String(format: "%.2f", bv / rv) }
+        if let bv, let sv, sv > 0 { ratio = String(format: "%.2f", bv / sv) }
+        let rv = refs[item]?.samples.summary?.value
+        if let ref = refs[item] {
+            refText = "\(ref.label): \(ref.samples.text)"
+            if let bv, let rv, rv > 0 { refRatio = String(format: "%.2f", bv / rv) }
         }
-        let isTime: Bool = if case .seconds? = s { true } else if case .seconds? = b { true } else { false }
+        let isTime: Bool = if case .seconds? = s?.summary { true } else if case .seconds? = b?.summary { true } else { false }
         if isTime {
             var met: Bool? = nil
-            if let bv = b?.value, let sv = s?.value, sv > 0 { met = bv / sv <= 0.8 }
-            if item.hasPrefix("ImportTar"), let bv = b?.value, let rv = refs[item]?.1.value, rv > 0 {
+            if let bv, let sv, sv > 0 { met = bv / sv <= 0.8 }
+            if item.hasPrefix("ImportTar"), let bv, let rv, rv > 0 {
                 met = (met ?? true) && bv / rv <= 1.2
             }
             target = met.map { $0 ? "met" : "**not met**" } ?? "not measured"
         }
-        print("| \(item) | \(b?.description ?? "–") | \(s?.description ?? "–") | \(ratio) | \(refText) | \(refRatio) | \(target) |")
+        print("| \(item) | \(b?.text ?? "–") | \(s?.text ?? "–") | \(ratio) | \(refText) | \(refRatio) | \(target) |")
     }
 }
 
 // MARK: - Command line
 
 let usage = """
-    usage: berth-bench ITEM --berth ADDR --systemd ADDR [--results FILE] [options]
+    usage: berth-bench ITEM --berth ADDR --systemd ADDR [--results FILE] [--repeat N] [options]
       list --calls N --expect N               ListImages N times over one connection
       get --pattern img%04d --count N         GetImage + Properties.GetAll of N images
       clone --pattern sub%03d --count N --label L    CloneImage then RemoveImage of N images
@@ -364,6 +421,8 @@ let usage = """
       import --archive F --name N --label L   ImportTar, until the transfer ends
       export --name N --out-dir D [--format F]  ExportTar
       pull --url U --name N                   PullTar with verify=checksum
+    --settle PATH (repeatable): a btrfs filesystem to let settle (btrfs subvolume sync) before each
+      timed run that starts with cold caches
     berth-bench time --item ITEM --who ref:LABEL [--results FILE] -- COMMAND...
     berth-bench rss --item ITEM --pid berth=PID [--pid systemd=PID,PID] [--results FILE]
     berth-bench table FILE
@@ -404,6 +463,7 @@ func main() throws {
         return v
     }
     let file = o["results"]?.last
+    settlePaths = o["settle"] ?? []
     switch command {
     case "time":
         benchCommand(file: file, item: try one("item"), who: try one("who"), argv: rest)
@@ -423,8 +483,12 @@ func main() throws {
         return
     default: break
     }
-    let daemons = [Daemon(who: "berth", client: try BusClient(address: try one("berth"))),
-                   Daemon(who: "systemd", client: try BusClient(address: try one("systemd")))]
+    let pair = [Daemon(who: "berth", client: try BusClient(address: try one("berth"))),
+                Daemon(who: "systemd", client: try BusClient(address: try one("systemd")))]
+    // --repeat N: N rounds, the daemons' order alternating (berth first, then systemd first…),
+    // so neither always runs on the caches or the disk state the other left.
+    let rounds = o["repeat"]?.last.flatMap { Int($0) } ?? 1
+    let daemons = (0..<max(rounds, 1)).flatMap { r in r % 2 == 0 ? pair : pair.reversed() }
     func names() throws -> [String] {
         let pattern = try one("pattern")
         return (0..<(try int("count"))).map { String(format: pattern, $0) }

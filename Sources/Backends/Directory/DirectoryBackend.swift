@@ -27,8 +27,10 @@ public struct DirectoryBackend: ImageBackend {
         usage = UsageCache(lifetime: usageLifetime)
     }
 
-    /// A backend whose cached usages are rescanned after 5 seconds.
-    public init() { self.init(usageLifetime: 5) }
+    /// A backend whose cached usages are rescanned after 30 seconds (at once when the top
+    /// directory changes): a scan walks the whole tree, so a client polling ListImages must not
+    /// set off one per image every few seconds.
+    public init() { self.init(usageLifetime: 30) }
 
     /// Claims directories (following a symlink, as /etc/machines holds links to images), from
     /// the status the pool took.

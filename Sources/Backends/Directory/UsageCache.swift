@@ -63,7 +63,7 @@ final class UsageCache: Sendable {
         state.withLock { _ = $0.entries.removeValue(forKey: path) }
     }
 
-    /// Queues a scan of `path`. Scans run one at a time on a single background thread, started
+    /// Queues a scan of `path`. Scans run one at a time on a single idle-priority thread, started
     /// when the first is queued and ended when none is left: listing a pool of a thousand new
     /// images queues a thousand scans, not a thousand threads competing with the daemon.
     private func start(path: String, inode: UInt64, modification: UInt64) {
@@ -73,10 +73,13 @@ final class UsageCache: Sendable {
             s.workerRunning = true
             return true
         }
-        if startWorker { Blocking.detach { [self] in work() } }
+        if startWorker { detachThread { [self] in work() } }
     }
 
     private func work() {
+        // Its own thread, at idle CPU and I/O priority: usage is bookkeeping, and on a busy
+        // host it must never take time from the calls berthd answers.
+        lowerCurrentThreadToIdle()
         while let scan = state.withLock({ s -> Scan? in
             if s.queue.isEmpty {
                 s.workerRunning = false
