@@ -51,6 +51,9 @@ import Logging
 public protocol BusObjectHandler: Actor {
     /// Answers one method call with the method's out arguments, in order, or throws the error to reply.
     func handle(_ call: MethodCall) async throws -> [BusValue]
+    /// Answers `call` at once, on the bus thread, if it can be answered without waiting (a
+    /// lookup of a few system calls, as GetImage); nil sends it on to `handle`. Default: nil.
+    func handleNow(_ call: MethodCall) throws -> [BusValue]?
     /// The current value of property `name` of `interface` on the object at `path`.
     func property(_ name: String, interface: String, path: ObjectPath) throws -> BusValue
     /// For subtrees: whether an object exists at `path` (sd-bus's find callback). Default: true.
@@ -60,10 +63,19 @@ public protocol BusObjectHandler: Actor {
 }
 
 extension BusObjectHandler {
+    /// Every call goes to `handle`.
+    public func handleNow(_ call: MethodCall) throws -> [BusValue]? { nil }
     /// Every path the handler is exported at exists (plain objects).
     public func objectExists(_ path: ObjectPath) -> Bool { true }
     /// No children to enumerate.
     public func childObjects(under prefix: ObjectPath) -> [ObjectPath] { [] }
+}
+
+/// One incoming message while sd-bus dispatches it (`Bus.currentRequestID`): its sender's
+/// unique name and its cookie. Cheap to take for every property read.
+public struct RequestID: Hashable, Sendable {
+    let sender: String
+    let cookie: UInt64
 }
 
 /// A method call as received, decoded, with the means to ask who sent it.
@@ -256,6 +268,16 @@ public actor Bus {
                               bus: self)
         let handler = box.handler
         let expected = box.interface.method(member)?.outputSignature ?? ""
+        // The synchronous answer, where the handler has one: no task, no suspension.
+        do {
+            if let values = try handler.assumeIsolated({ h in try h.handleNow(call) }) {
+                finish(id, .success(values), expected: expected)
+                return 1
+            }
+        } catch {
+            finish(id, .failure(error), expected: expected)
+            return 1
+        }
         // Started at once on this thread (the handlers share the loop's executor): a call whose
         // handler does not suspend (GetImage, a property read) is answered before this callback
         // returns, with no trip through the executor's queue.
@@ -323,16 +345,17 @@ public actor Bus {
         }
     }
 
-    /// The incoming message sd-bus is dispatching right now, as "sender/cookie" (unique per
-    /// message on a bus): handlers answering several synchronous callbacks for one message (a find
-    /// callback, then each property of a GetAll) may reuse one lookup for all of them.
-    /// nil outside a dispatch.
-    public var currentRequestID: String? {
+    /// The incoming message sd-bus is dispatching right now: handlers answering several
+    /// synchronous callbacks for one message (a find callback, then each property of a GetAll)
+    /// may reuse one lookup for all of them. nil outside a dispatch.
+    public var currentRequestID: RequestID? {
         guard let m = sd_bus_get_current_message(handle) else { return nil }
         var cookie: UInt64 = 0
         guard sd_bus_message_get_cookie(m, &cookie) >= 0 else { return nil }
+        // The sender's unique name (":1.42", never reused on a bus) with the cookie identifies the
+        // message; a short name fits Swift's inline string, so no allocation.
         let sender = sd_bus_message_get_sender(m).map { String(cString: $0) } ?? ""
-        return "\(sender)/\(cookie)"
+        return RequestID(sender: sender, cookie: cookie)
     }
 
     fileprivate func readProperty(_ box: ExportBox, path: ObjectPath, name: String, reply: OpaquePointer,

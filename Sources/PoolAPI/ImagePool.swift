@@ -171,8 +171,8 @@ public actor ImagePool {
     }
 
     /// The first image called `name` in search-path order, backends in priority order: per
-    /// folder one statx for each file name an image of that name can have (`name`, `name.raw`),
-    /// and a realpath only where one exists.
+    /// folder one statx of the folder (its real path is remembered), then one for each file
+    /// name an image of that name can have (`name`, `name.raw`) where the folder exists.
     private static func find(_ name: String, _ c: DiscoveryContext) -> Found? {
         if name == ".host" { return Found(name: name, entry: nil, backend: nil, isVendor: false, root: c.root) }
         var fileNames: [String] = []
@@ -181,12 +181,11 @@ public actor ImagePool {
             if !fileNames.contains(file) { fileNames.append(file) }
         }
         for dir in c.searchPaths {
-            var real: String?
+            // A folder that is not there costs one statx, whatever the number of file names.
+            guard let real = c.realPaths.resolve(dir) else { continue }
             for file in fileNames {
-                let path = joinPath(dir, file)
+                let path = joinPath(real, file)
                 guard let status = try? entryStatus(path) else { continue }
-                if real == nil { real = c.realPaths.resolve(dir) }
-                guard let real else { break }
                 let target = status.isSymlink ? try? entryStatus(path, followSymlinks: true) : status
                 let entry = PoolEntry(directory: real, fileName: file, status: status, target: target,
                                       filesystem: target == nil ? nil : try? filesystemStatus(path))
@@ -251,17 +250,16 @@ public actor ImagePool {
         return try await body()
     }
 
-    private func existing(_ name: String) async throws -> Found {
-        let context = discoveryContext
-        return try await Blocking.run {
-            guard let f = Self.find(name, context) else { throw PoolError(.noSuchImage, "no image '\(name)'") }
-            return f
-        }
+    // Lookups by name run right here: a few statx calls, cheaper than a trip to a worker
+    // thread and back (sd-bus's callbacks make the same calls on the bus thread).
+
+    private func existing(_ name: String) throws -> Found {
+        guard let f = Self.find(name, discoveryContext) else { throw PoolError(.noSuchImage, "no image '\(name)'") }
+        return f
     }
 
-    private func isTaken(_ name: String) async throws -> Bool {
-        let context = discoveryContext
-        return try await Blocking.run { Self.find(name, context) != nil }
+    private func isTaken(_ name: String) -> Bool {
+        Self.find(name, discoveryContext) != nil
     }
 
     private func refuseReadOnlyImage(_ f: Found, _ what: String) throws {
@@ -292,8 +290,8 @@ public actor ImagePool {
         try Self.validateName(name)
         try Self.validateName(newName)
         return try await serialised([(name, .shared), (newName, .exclusive)]) {
-            let source = try await existing(name)
-            if try await isTaken(newName) { throw PoolError(.imageExists, "image '\(newName)' already exists") }
+            let source = try existing(name)
+            if isTaken(newName) { throw PoolError(.imageExists, "image '\(newName)' already exists") }
             let nameLock = try lockName(newName)
             defer { nameLock.release() }
             // Shared: keeps nspawn from starting on the source while we read it. A running
@@ -340,7 +338,7 @@ public actor ImagePool {
                 await Self.discard(temp, creator)
                 throw Self.poolError(error, "cannot clone image '\(name)' to '\(newName)'")
             }
-            return try await Blocking.run { try creator.image(named: newName, at: finalPath) }
+            return try creator.image(named: newName, at: finalPath)
         }
     }
 
@@ -349,10 +347,10 @@ public actor ImagePool {
         try Self.validateName(name)
         try Self.validateName(newName)
         try await serialised([(name, .exclusive), (newName, .exclusive)]) {
-            let source = try await existing(name)
+            let source = try existing(name)
             try refuseReadOnlyImage(source, "rename")
             guard let backend = source.backend else { throw PoolError(.readOnly, "cannot rename the host image") }
-            if try await isTaken(newName) { throw PoolError(.imageExists, "image '\(newName)' already exists") }
+            if isTaken(newName) { throw PoolError(.imageExists, "image '\(newName)' already exists") }
             let pathLock = try lockPath(source.path, .exclusive, name)
             defer { pathLock.release() }
             let oldNameLock = try lockName(name)
@@ -373,7 +371,7 @@ public actor ImagePool {
     public func remove(_ name: String) async throws {
         try Self.validateName(name)
         try await serialised([(name, .exclusive)]) {
-            let found = try await existing(name)
+            let found = try existing(name)
             try await removeLocked(found)
         }
     }
@@ -396,7 +394,7 @@ public actor ImagePool {
     public func setReadOnly(_ name: String, _ readOnly: Bool) async throws {
         try Self.validateName(name)
         try await serialised([(name, .exclusive)]) {
-            let found = try await existing(name)
+            let found = try existing(name)
             try refuseReadOnlyImage(found, "change read-only state of")
             guard let backend = found.backend else { return }
             let pathLock = try lockPath(found.path, .exclusive, name)
@@ -413,7 +411,7 @@ public actor ImagePool {
     public func setLimit(_ name: String, _ bytes: UInt64) async throws {
         try Self.validateName(name)
         try await serialised([(name, .exclusive)]) {
-            let found = try await existing(name)
+            let found = try existing(name)
             try refuseReadOnlyImage(found, "set a limit on")
             guard let backend = found.backend else { return }
             let path = found.path
@@ -461,7 +459,7 @@ public actor ImagePool {
     public func metadata(of name: String) async throws -> ImageMetadata {
         try Self.validateName(name)
         return try await serialised([(name, .shared)]) {
-            let found = try await existing(name)
+            let found = try existing(name)
             // Shared, best effort: a running container holds its image exclusively, and its
             // os-release is still worth reading.
             let lock = found.isHost ? nil : try? locks.lockPath(found.path, .shared)
@@ -485,7 +483,7 @@ public actor ImagePool {
         var removed: [(name: String, usage: UInt64)] = []
         for image in try await images() {
             if image.name == ".host" || (mode == .hidden && !image.isHidden) { continue }
-            let found = try? await existing(image.name)
+            let found = try? existing(image.name)
             guard let found, !found.isVendor, !found.isHost else { continue }
             do {
                 try await serialised([(image.name, .exclusive)]) { try await removeLocked(found) }
@@ -531,7 +529,7 @@ public actor ImagePool {
                         fill: @Sendable (String) async throws -> Void) async throws -> Image {
         try Self.validateName(name)
         return try await serialised([(name, .exclusive)]) {
-            let current: Found? = try await Blocking.run { [discoveryContext] in Self.find(name, discoveryContext) }
+            let current = Self.find(name, discoveryContext)
             if let current {
                 if !force { throw PoolError(.imageExists, "image '\(name)' already exists") }
                 try refuseReadOnlyImage(current, "replace")
@@ -591,11 +589,8 @@ public actor ImagePool {
                 if error is CancellationError { throw PoolError(.cancelled, "install of '\(name)' cancelled") }
                 throw Self.poolError(error, "cannot install image '\(name)'")
             }
-            let context = discoveryContext
-            return try await Blocking.run {
-                guard let f = Self.find(name, context) else { throw PoolError(.noSuchImage, "image '\(name)' vanished") }
-                return try Self.describe(f, context)
-            }
+            guard let f = Self.find(name, discoveryContext) else { throw PoolError(.noSuchImage, "image '\(name)' vanished") }
+            return try Self.describe(f, discoveryContext)
         }
     }
 
@@ -613,6 +608,7 @@ public actor ImagePool {
     /// the parent folder creates it (a subvolume on btrfs, like systemd), else mkdir.
     private func ensurePoolFolder() async throws {
         let pool = realPoolPath, registry = self.registry
+        if (try? entryStatus(pool, followSymlinks: true))?.isDirectory == true { return }
         try await Blocking.run {
             if (try? fileStatus(pool))?.isDirectory == true { return }
             let parent = String(pool[..<(pool.lastIndex(of: "/") ?? pool.endIndex)])

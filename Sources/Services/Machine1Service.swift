@@ -60,7 +60,7 @@ public actor Machine1Service: BusObjectHandler {
     private let pool: ImagePool
     private let harness = Harness()
     /// The last image lookup and the message it was made for (`imageForCurrentMessage`).
-    private var lookupMemo: (request: String, name: String, image: Image?)?
+    private var lookupMemo: (request: RequestID, name: String, image: Image?)?
 
     /// Parent of the image objects: `/org/freedesktop/machine1/image/<escaped name>`.
     public static let imagePrefix: ObjectPath = "/org/freedesktop/machine1/image"
@@ -85,6 +85,17 @@ public actor Machine1Service: BusObjectHandler {
         try await bus.export([Machine1Manager.interface, BerthDaemon.interface], at: ServiceKind.machine1.managerPath, handler: self)
         try await bus.exportSubtree([Machine1Image.interface], under: Machine1Service.imagePrefix, handler: self)
         try await bus.exportSubtree([Machine1Machine.interface], under: Machine1Service.machinePrefix, handler: self)
+    }
+
+    /// GetImage, answered on the bus thread as machined does: a lookup is a few statx calls,
+    /// cheaper than any trip through a task; everything else goes to `handle`.
+    public func handleNow(_ call: MethodCall) throws -> [BusValue]? {
+        guard call.interface == Machine1Manager.name, call.member == Machine1Manager.Method.getImage.rawValue else { return nil }
+        do {
+            return try getImage(try call.string(0))
+        } catch {
+            throw ErrorMapping.busError(error)
+        }
     }
 
     public func handle(_ call: MethodCall) async throws -> [BusValue] {
@@ -125,18 +136,7 @@ public actor Machine1Service: BusObjectHandler {
             let images = try await pool.images()
             return [.array(element: "(ssbttto)", images.map(Self.listEntry))]
         case .getImage:
-            // machined looks an invalid name up like any other and finds nothing: NoSuchImage.
-            // Answered on the bus thread, as machined does: a lookup is a few statx calls, and a
-            // hop to a worker thread and back would cost more than the lookup.
-            let name = try call.string(0)
-            do {
-                let image = try pool.imageNow(named: name)
-                return [.objectPath(Self.imagePath(image.name))]
-            } catch let e as PoolError where e.code == .invalidName {
-                throw Machine1Errors.noSuchImage(name)
-            } catch {
-                throw Machine1Errors.translate(error, name: name)
-            }
+            return try getImage(try call.string(0))
         case .removeImage: return try await remove(try call.string(0))
         case .renameImage: return try await rename(try call.string(0), to: try call.string(1))
         case .cloneImage: return try await clone(try call.string(0), to: try call.string(1), readOnly: try call.bool(2))
@@ -176,6 +176,19 @@ public actor Machine1Service: BusObjectHandler {
         case .getMachineID: return try await metadata(name) { [.bytes($0.machineID)] }
         case .getMachineInfo: return try await metadata(name) { [.stringDictionary($0.machineInfo)] }
         case .getOSRelease: return try await metadata(name) { [.stringDictionary($0.osRelease)] }
+        }
+    }
+
+    /// GetImage: the object path of image `name`. machined looks an invalid name up like any
+    /// other and finds nothing: NoSuchImage.
+    private func getImage(_ name: String) throws -> [BusValue] {
+        do {
+            let image = try pool.imageNow(named: name)
+            return [.objectPath(Self.imagePath(image.name))]
+        } catch let e as PoolError where e.code == .invalidName {
+            throw Machine1Errors.noSuchImage(name)
+        } catch {
+            throw Machine1Errors.translate(error, name: name)
         }
     }
 
