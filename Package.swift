@@ -68,7 +68,7 @@ let package = Package(
         ]),
         .executableTarget(name: "berthctl", dependencies: ["BerthCLI"]),
         // Benchmarks against systemd 252's daemons (scripts/bench.sh, docs/benchmarks.md).
-        .executableTarget(name: "berth-bench", dependencies: ["Bus", "Linux"]),
+        .executableTarget(name: "berth-bench", dependencies: ["Bus", "CSystemd", "Linux"]),
 
         // Shared test helpers: private dbus-daemon, loopback filesystems, berthd under --root.
         .target(name: "TestSupport", dependencies: ["Linux"], path: "Tests/TestSupport"),

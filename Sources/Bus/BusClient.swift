@@ -36,6 +36,17 @@ public final class BusClient: @unchecked Sendable {
     /// Calls `member` and waits for the reply (sd_bus_call); an error reply is thrown as `BusError`.
     public func call(destination: String, path: ObjectPath, interface: String, member: String, _ arguments: [BusValue] = [],
                      timeoutMicroseconds: UInt64 = 0) throws(BusError) -> [BusValue] {
+        try call(destination: destination, path: path, interface: interface, member: member, arguments,
+                 timeoutMicroseconds: timeoutMicroseconds) { reply throws(BusError) in try Marshal.readAll(reply) }
+    }
+
+    /// Calls `member`, waits for the reply and hands the reply message to `read` (on this
+    /// thread, before the message is released), for clients that parse a large reply with
+    /// sd-bus's own readers (sd_bus_message_skip, sd_bus_message_read_basic) as a C client
+    /// would, rather than into `BusValue`s.
+    public func call<T>(destination: String, path: ObjectPath, interface: String, member: String, _ arguments: [BusValue] = [],
+                        timeoutMicroseconds: UInt64 = 0,
+                        read: (OpaquePointer) throws(BusError) -> T) throws(BusError) -> T {
         lock.lock()
         defer { lock.unlock() }
         var m: OpaquePointer? = nil
@@ -54,8 +65,8 @@ public final class BusClient: @unchecked Sendable {
             }
             throw BusError(errno: Errno(-r), "call \(member) failed")
         }
-        guard let reply else { return [] }
-        return try Marshal.readAll(reply)
+        guard let reply else { throw BusError.failed("call \(member): no reply") }
+        return try read(reply)
     }
 
     /// Asks the bus to route signals matching the given fields to this connection

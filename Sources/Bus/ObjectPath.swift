@@ -17,6 +17,10 @@ public struct ObjectPath: RawRepresentable, Hashable, Sendable, Comparable, Cust
 
     /// `self/<escaped name>` as sd_bus_path_encode(3) builds it: `.host` → `_2ehost`, `""` → `_`.
     public func appending(escaped name: String) -> ObjectPath {
+        // Letters and digits stay as they are: the common case needs no C call.
+        if !name.isEmpty, name.utf8.allSatisfy({ ($0 >= 0x30 && $0 <= 0x39) || ($0 | 0x20 >= 0x61 && $0 | 0x20 <= 0x7a) }) {
+            return ObjectPath(rawValue == "/" ? "/" + name : rawValue + "/" + name)
+        }
         var out: UnsafeMutablePointer<CChar>? = nil
         guard sd_bus_path_encode(rawValue, name, &out) >= 0, let out else {
             // Only fails on out-of-memory or an invalid prefix, both programming errors here.

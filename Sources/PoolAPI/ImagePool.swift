@@ -222,9 +222,10 @@ public actor ImagePool {
     /// `a b`, `..x` and long names are fine; a leading dot makes a hidden image.
     public static func validateName(_ name: String) throws {
         let bytes = name.utf8
+        // Control characters and '/' are single bytes in UTF-8 (no multi-byte sequence holds a
+        // byte below 0x80), so one pass over the bytes checks them all.
         guard !bytes.isEmpty, bytes.count <= 255, name != ".", name != "..", !name.hasPrefix(".#"),
-              !bytes.contains(UInt8(ascii: "/")),
-              !name.unicodeScalars.contains(where: { $0.value < 0x20 || $0.value == 0x7f }) else {
+              !bytes.contains(where: { $0 < 0x20 || $0 == 0x7f || $0 == UInt8(ascii: "/") }) else {
             throw PoolError(.invalidName, "invalid image name '\(name)'")
         }
     }

@@ -311,6 +311,8 @@ struct BusTests {
         #expect(prefix.appending(escaped: ".host").rawValue == "/org/freedesktop/machine1/image/_2ehost")
         #expect(prefix.appending(escaped: "a b").rawValue == "/org/freedesktop/machine1/image/a_20b")
         #expect(prefix.appending(escaped: "").rawValue == "/org/freedesktop/machine1/image/_")
+        #expect(prefix.appending(escaped: "Img0042").rawValue == "/org/freedesktop/machine1/image/Img0042")
+        #expect(prefix.appending(escaped: "img_1").rawValue == "/org/freedesktop/machine1/image/img_5f1")
         #expect(ObjectPath("/org/freedesktop/machine1/image/_2ehost").unescapedName(under: prefix) == ".host")
         #expect(ObjectPath("/org/freedesktop/machine1").unescapedName(under: prefix) == nil)
     }
