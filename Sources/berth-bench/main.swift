@@ -249,7 +249,8 @@ func benchList(_ ds: [Daemon], file: String?, calls: Int, expect: Int) {
 /// GetImage then Properties.GetAll of the image object for `count` images named by `pattern`
 /// (the properties parsed by sd-bus, as for ListImages).
 func benchGet(_ ds: [Daemon], file: String?, names: [String]) {
-    for d in ds {
+    for (i, d) in ds.enumerated() {
+        if i % 2 == 0 { benchRoundTrips(d, file: file, item: "GetImage + GetAll ×\(names.count)", count: names.count) }
         timed(file, item: "GetImage + GetAll ×\(names.count)", d) { _ in
             for name in names {
                 let reply = try d.manager("GetImage", [.string(name)])
@@ -260,6 +261,21 @@ func benchGet(_ ds: [Daemon], file: String?, names: [String]) {
                 guard count >= 5 else { throw BenchError("GetAll \(name): too few properties") }
             }
         }
+    }
+}
+
+/// The floor under GetImage + GetAll: as many round trips (two per image) of
+/// org.freedesktop.DBus.Peer.Ping, which sd-bus answers inside either daemon without calling
+/// it, so what is left is the bus's own cost. Recorded as the item's reference, once per run.
+func benchRoundTrips(_ d: Daemon, file: String?, item: String, count: Int) {
+    let t0 = now()
+    do {
+        for _ in 0..<(2 * count) {
+            _ = try d.client.call(destination: machine1, path: machine1Path, interface: "org.freedesktop.DBus.Peer", member: "Ping")
+        }
+        record(file, item: item, who: "ref:\(2 * count) Peer.Ping", .seconds(now() - t0))
+    } catch {
+        record(file, item: item, who: "ref:\(2 * count) Peer.Ping", .failed("\(error)"))
     }
 }
 
