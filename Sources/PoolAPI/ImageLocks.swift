@@ -81,6 +81,8 @@ struct ImageLocks: Sendable {
     }
 
     private func prepareDirectory() {
+        // One statx in the usual case where the folder exists; mkdir -p walks every component.
+        if (try? entryStatus(directory, followSymlinks: true))?.isDirectory == true { return }
         let parent = String(directory[..<(directory.lastIndex(of: "/") ?? directory.endIndex)])
         try? makeDirectories(parent, mode: 0o755)
         _ = mkdir(directory, 0o700)
