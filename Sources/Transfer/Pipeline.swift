@@ -178,6 +178,19 @@ final class BlockPipe: @unchecked Sendable {
     /// The producer's error, if it finished with one.
     var producerError: (any Error)? { locked { failure } }
 
+    /// Opens `writer` with this pipe as its output (the producer side), in big blocks and
+    /// with the last block unpadded, as archive_write_open_fd does for a file or pipe.
+    func openForWriting(_ writer: ArchiveHandle) throws {
+        try writer.check(archive_write_set_bytes_per_block(writer.pointer, Int32(blockSize)), "block size")
+        try writer.check(archive_write_set_bytes_in_last_block(writer.pointer, 1), "block size")
+        let me = Unmanaged.passUnretained(self).toOpaque()
+        try writer.check(archive_write_open(writer.pointer, me, nil, { _, client, buffer, length in
+            guard let client else { return -1 }
+            let pipe = Unmanaged<BlockPipe>.fromOpaque(client).takeUnretainedValue()
+            return pipe.write(UnsafeRawBufferPointer(start: buffer, count: length)) ? length : -1
+        }, nil), "cannot open the output")
+    }
+
     /// Opens `reader` on this pipe's stream (the consumer side) through libarchive's
     /// read callback. The pipe must outlive the reader's use of it.
     func open(_ reader: ArchiveHandle) throws {
@@ -346,5 +359,13 @@ final class CancellableInput: @unchecked Sendable {
             error = SystemCallError("read", .current)
             return nil
         }
+    }
+}
+
+extension Result {
+    /// The error, if this is a failure.
+    var failure: Failure? {
+        if case .failure(let error) = self { return error }
+        return nil
     }
 }

@@ -404,11 +404,3 @@ enum GPGVerification {
         }
     }
 }
-
-extension Result {
-    /// The error, if this is a failure.
-    fileprivate var failure: Failure? {
-        if case .failure(let error) = self { return error }
-        return nil
-    }
-}
