@@ -161,7 +161,8 @@ enum Compressor {
                 switch pipe.next() {
                 case .data(let bytes):
                     if archive_write_data(writer.pointer, bytes.baseAddress, bytes.count) < 0 {
-                        throw TransferError("cannot write the archive: \(writer.errorString)")
+                        let code = archive_errno(writer.pointer)
+                        throw TransferError("cannot write the archive: \(writer.errorString)" + (code > 0 ? " (\(Errno(code)))" : ""))
                     }
                 case .end:
                     break loop

@@ -168,3 +168,46 @@ struct PipelineTests {
         #expect(written < 1000)
     }
 }
+
+@Suite("export pipeline: compression on its own thread")
+struct ExportPipelineTests {
+    @Test("export-tar compressed to a pipe whose reader went away fails with the write error, and ends",
+          arguments: ["gzip", "zstd"])
+    func compressedExportToClosedPipe(_ format: String) async throws {
+        let tmp = try TemporaryDirectory()
+        defer { tmp.remove() }
+        _ = try sh("mkdir -p '\(tmp.path)/image/etc' && head -c 3000000 /dev/urandom > '\(tmp.path)/image/etc/data'")
+        var fds: [Int32] = [0, 0]
+        #expect(pipe(&fds) == 0)
+        close(fds[0])  // nobody reads
+        defer { close(fds[1]) }
+        let outcome = await WorkerProcess(executable: workerExecutable).run(
+            arguments: [TransferWorker.flag, "export-tar", "--source", tmp.appending("image"), "--format", format],
+            data: fds[1]) { _ in }
+        #expect(outcome.exit == .exited(1))
+        #expect(outcome.failureMessage.contains("Broken pipe"), "\(outcome.failureMessage)")
+    }
+
+    @Test("export-tar in each compression from a tree bigger than the pipe's blocks re-imports identically",
+          arguments: ["gzip", "zstd", "xz", "bzip2"])
+    func compressedRoundTrip(_ format: String) throws {
+        let tmp = try TemporaryDirectory()
+        defer { tmp.remove() }
+        let src = tmp.appending("src")
+        _ = try sh("""
+            mkdir -p '\(src)/etc' '\(src)/usr/d' '\(tmp.path)/back' && echo ID=x > '\(src)/etc/os-release'
+            for i in $(seq 1 200); do head -c $((i * 301)) /dev/urandom > '\(src)/usr/d/f'$i; done
+            head -c 3000000 /dev/urandom > '\(src)/usr/big'
+            """)
+        let out = tmp.appending("out")
+        let fd = open(out, O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0o600)
+        #expect(fd >= 0)
+        try TarExport.run(directory: src, to: fd, format: try #require(ExportFormat(argument: format)))
+        close(fd)
+        let input = try openRead(out)
+        defer { close(input) }
+        try TarImport.extract(from: input, into: tmp.appending("back"), reporter: .silent, confine: false)
+        let (got, want) = (try treeSnapshot(tmp.appending("back")), try treeSnapshot(src))
+        #expect(got == want, "\(difference(got, want))")
+    }
+}
