@@ -20,6 +20,8 @@ final class TreePrefetcher: @unchecked Sendable {
     private let root: Int32
     private let window: Int64
     private var thread: WorkerThread<Void>?
+    /// At most this much of one file is read ahead.
+    static let perFileLimit: Int64 = 4 << 20
 
     /// Starts walking the tree at `directory` (duplicated: the caller keeps its descriptor).
     init(directory: FileDescriptor, window: Int64 = 64 << 20) {
@@ -92,7 +94,9 @@ final class TreePrefetcher: @unchecked Sendable {
         defer { close(fd) }
         var st = stat()
         guard fstat(fd, &st) == 0, (st.st_mode & S_IFMT) == S_IFREG else { return 0 }
-        _ = posix_fadvise(fd, 0, 0, POSIX_FADV_WILLNEED)
+        // The start of a big file is enough: the writer's sequential reads get the kernel's
+        // own readahead for the rest; and a huge sparse file is not read ahead as zeros.
+        _ = posix_fadvise(fd, 0, off_t(min(Int64(st.st_size), Self.perFileLimit)), POSIX_FADV_WILLNEED)
         return Int64(st.st_size)
     }
 }
