@@ -139,6 +139,9 @@ public enum Pull {
             }
             do {
                 try TarImport.extract(from: pipe, into: target, reporter: .silent)
+                // Whatever trailing bytes the importer did not need still count for the hash
+                // (the decompressing thread, its consumer so far, has ended).
+                while case .data = pipe.next() {}
             } catch {
                 importError = error
             }
