@@ -252,12 +252,16 @@ private class AnyThreadJob {
 
 /// `result` is written by the thread before it ends and read only after pthread_join.
 private final class ThreadJob<T>: AnyThreadJob {
-    let body: () throws -> T
+    var body: (() throws -> T)?
     var result: Result<T, any Error>?
 
     init(body: @escaping () throws -> T) { self.body = body }
 
-    override func run() { result = Result { try body() } }
+    override func run() {
+        guard let body else { return }
+        result = Result { try body() }
+        self.body = nil  // what it captured goes now, not when the WorkerThread goes
+    }
 }
 
 /// Decompression on a thread of its own: libarchive's "raw" format with every import filter
