@@ -178,6 +178,9 @@ final class BlockPipe: @unchecked Sendable {
     /// The producer's error, if it finished with one.
     var producerError: (any Error)? { locked { failure } }
 
+    /// Has the consumer given up? (A producer's failure after that is only the consequence.)
+    var isCanceled: Bool { locked { canceled } }
+
     /// Opens `writer` with this pipe as its output (the producer side), in big blocks and
     /// with the last block unpadded, as archive_write_open_fd does for a file or pipe.
     func openForWriting(_ writer: ArchiveHandle) throws {
@@ -266,8 +269,9 @@ private final class ThreadJob<T>: AnyThreadJob {
 
 /// Decompression on a thread of its own: libarchive's "raw" format with every import filter
 /// turns the compressed stream (gzip, bzip2, xz, zstd, or none) into plain bytes for the tar
-/// reader, which then runs on another core. The whole input is read to its end, so the
-/// decompressor checks all of it (a corrupt or truncated tail fails the import).
+/// reader, which then runs on another core. The compressed stream is read to its end, so
+/// everything libarchive checks is checked (a corrupt or truncated tail fails the import);
+/// bytes after its end are left unread.
 enum Decompressor {
     /// Reads the file, pipe or socket `input` to its end, decompressed, into `pipe`.
     static func pump(from input: Int32, into pipe: BlockPipe) {
@@ -306,6 +310,8 @@ enum Decompressor {
             try reader.check(archive_read_close(reader.pointer), "cannot finish reading the archive")
             pipe.finish(nil)
         } catch {
+            // Stopped because the consumer gave up: its error is the one that counts.
+            if pipe.isCanceled { return }
             pipe.finish(readError() ?? error)
         }
     }
