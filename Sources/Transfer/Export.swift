@@ -11,19 +11,57 @@ public enum TarExport {
                            reporter: StatusReporter = .silent) throws {
         let dir = try FileDescriptor.openDirectory(directory)
         defer { dir.close() }
+        // The tree's data is read ahead on another thread: on a cold cache the export is
+        // otherwise a wait for one small file after another.
+        let prefetcher = TreePrefetcher(directory: dir)
+        defer { prefetcher.stop() }
         // Confined to the image so names are "./…" relative to it; not chroot'ed, as nothing
         // is written there.
-        try runConfined(in: dir, confine: false) {
-            try writeHere(output: output, format: format, reporter: reporter)
+        if format == .uncompressed {
+            try runConfined(in: dir, confine: false) {
+                try writeHere(prefetcher: prefetcher, reporter: reporter) { writer in
+                    try openOutput(writer, output)
+                }
+            }
+        } else {
+            // Compression on a thread of its own, fed the plain tar stream through a block
+            // pipe: the tree walk and the compressor use both cores.
+            let pipe = BlockPipe(blockSize: transferBlockSize, blocks: 4)
+            let compressor = try WorkerThread { try Compressor.run(from: pipe, to: output, format: format) }
+            let written = Result {
+                try runConfined(in: dir, confine: false) {
+                    try writeHere(prefetcher: prefetcher, reporter: reporter, open: pipe.openForWriting)
+                }
+            }
+            pipe.finish(written.failure)
+            // The compressor's own error (the output went away…) says more than the tar
+            // writer's failed write; a compressor stopped by a failed tar writer says less.
+            if case .failure(let error) = compressor.join(), !(error is Compressor.InputFailed) { throw error }
+            try written.get()
         }
         reporter.progress(1)
     }
 
-    private static func writeHere(output: Int32, format: ExportFormat, reporter: StatusReporter) throws {
+    /// Opens `writer` on the output descriptor.
+    static func openOutput(_ writer: ArchiveHandle, _ output: Int32) throws {
+        // Write in big blocks rather than libarchive's 10 KiB: far fewer write(2)s. Only to a
+        // file, pipe or socket, where archive_write_open_fd leaves the last block unpadded
+        // anyway (to a device it pads the last block to a whole one, so keep those small).
+        var outputStatus = stat()
+        if fstat(output, &outputStatus) == 0,
+           [S_IFREG, S_IFIFO, S_IFSOCK].contains(outputStatus.st_mode & S_IFMT) {
+            try writer.check(archive_write_set_bytes_per_block(writer.pointer, Int32(transferBlockSize)), "block size")
+            try writer.check(archive_write_set_bytes_in_last_block(writer.pointer, 1), "block size")
+        }
+        try writer.check(archive_write_open_fd(writer.pointer, output), "cannot open the output")
+    }
+
+    /// The plain pax stream of the tree at the cwd, into the writer `open` opens.
+    private static func writeHere(prefetcher: TreePrefetcher, reporter: StatusReporter,
+                                  open: (ArchiveHandle) throws -> Void) throws {
         let writer = try ArchiveHandle.writer()
         try writer.check(archive_write_set_format_pax_restricted(writer.pointer), "pax format")
-        try writer.addFilter(format)
-        try writer.check(archive_write_open_fd(writer.pointer, output), "cannot open the output")
+        try open(writer)
 
         let disk = try ArchiveHandle.diskReader()
         try disk.check(archive_read_disk_set_symlink_physical(disk.pointer), "disk reader")
@@ -46,6 +84,9 @@ public enum TarExport {
             if r == ARCHIVE_WARN { reporter.log(LogPriority.warning, "\(name): \(disk.errorString)") }
             try disk.check(r, "cannot read the image at '\(name)'")
             try disk.check(archive_read_disk_descend(disk.pointer), "cannot descend into '\(name)'")
+            // Counted as the disk has it (before linkify may zero a hardlink's size), as the
+            // prefetcher counts it.
+            if archive_entry_filetype(entry.pointer) == BERTH_AE_IFREG { prefetcher.consumed(archive_entry_size(entry.pointer)) }
 
             var current: OpaquePointer? = entry.pointer
             var spare: OpaquePointer?
@@ -93,6 +134,47 @@ public enum TarExport {
             }
         }
         try writeZeros(upTo: size)
+    }
+}
+
+/// ExportTar's compression, on a thread of its own: the plain tar stream from a block pipe,
+/// compressed by libarchive's write filter (its "raw" format: the bytes as they are) to the
+/// output.
+enum Compressor {
+    /// The tar writer failed: the stream ended with its error, which is the one to report.
+    struct InputFailed: Error {}
+
+    /// Compresses what comes through `pipe` to `output` in `format`. On any failure it
+    /// cancels the pipe, so the tar writer stops too.
+    static func run(from pipe: BlockPipe, to output: Int32, format: ExportFormat) throws {
+        do {
+            let writer = try ArchiveHandle.writer()
+            try writer.check(archive_write_set_format_raw(writer.pointer), "raw format")
+            try writer.addFilter(format)
+            try TarExport.openOutput(writer, output)
+            let entry = try ArchiveEntry()
+            archive_entry_set_pathname(entry.pointer, "image.tar")
+            archive_entry_set_filetype(entry.pointer, BERTH_AE_IFREG)
+            archive_entry_set_perm(entry.pointer, 0o644)
+            try writer.check(archive_write_header(writer.pointer, entry.pointer), "cannot start the output")
+            loop: while true {
+                switch pipe.next() {
+                case .data(let bytes):
+                    if archive_write_data(writer.pointer, bytes.baseAddress, bytes.count) < 0 {
+                        let code = archive_errno(writer.pointer)
+                        throw TransferError("cannot write the archive: \(writer.errorString)" + (code > 0 ? " (\(Errno(code)))" : ""))
+                    }
+                case .end:
+                    break loop
+                case .failed:
+                    throw InputFailed()
+                }
+            }
+            try writer.check(archive_write_close(writer.pointer), "cannot finish the archive")
+        } catch {
+            pipe.cancel()
+            throw error
+        }
     }
 }
 

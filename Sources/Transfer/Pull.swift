@@ -63,6 +63,8 @@ final class CurlHandle: @unchecked Sendable {
 private final class DownloadContext: @unchecked Sendable {
     // `@unchecked Sendable`: written only by the curl thread until it is joined.
     let output: Int32?
+    /// In-process sink for PullTar: blocks for the decompressing thread.
+    let pipe: BlockPipe?
     let hash: SHA256?
     let reporter: StatusReporter
     let limit: Int
@@ -70,8 +72,9 @@ private final class DownloadContext: @unchecked Sendable {
     var writeFailed = false
     var tooLarge = false
 
-    init(output: Int32?, hash: SHA256?, reporter: StatusReporter, limit: Int) {
+    init(output: Int32?, pipe: BlockPipe? = nil, hash: SHA256?, reporter: StatusReporter, limit: Int) {
         self.output = output
+        self.pipe = pipe
         self.hash = hash
         self.reporter = reporter
         self.limit = limit
@@ -117,45 +120,68 @@ public enum Pull {
             expected = try checksum(for: file, in: sums)
         }
 
-        // Download → pipe → decompress/extract, hashing on the way.
-        var fds: [Int32] = [0, 0]
-        guard pipe2(&fds, O_CLOEXEC) == 0 else { throw SystemCallError("pipe2", .current) }
-        let readEnd = FileDescriptor(owning: fds[0])
-        let writeEnd = fds[1]
         let hash = try SHA256()
-        let context = DownloadContext(output: writeEnd, hash: hash, reporter: reporter, limit: .max)
-        let job = DownloadJob(url: url, context: context, writeEnd: writeEnd)
-        var thread = pthread_t()
-        let box = Unmanaged.passRetained(job).toOpaque()
-        guard pthread_create(&thread, nil, { raw in
-            guard let raw else { return nil }
-            Unmanaged<DownloadJob>.fromOpaque(raw).takeRetainedValue().run()
-            return nil
-        }, box) == 0 else {
-            Unmanaged<DownloadJob>.fromOpaque(box).release()
-            _ = close(writeEnd)
-            throw TransferError("cannot start the download thread")
-        }
-
+        let downloadResult: Result<Void, TransferError>
         var importError: (any Error)?
-        do {
-            if kind == .pullTar {
-                try TarImport.extract(from: readEnd.rawValue, into: target, reporter: .silent)
-            } else {
-                try RawImport.run(from: readEnd.rawValue, to: target, reporter: .silent)
+        var stoppedByImport = false
+        if kind == .pullTar {
+            // Download (and hash) → decompress → extract, each on a thread of its own, handing
+            // big blocks on in-process: three stages on two cores, none waiting on a small
+            // pipe buffer.
+            let pipe = BlockPipe()
+            let context = DownloadContext(output: nil, pipe: pipe, hash: hash, reporter: reporter, limit: .max)
+            let download = try WorkerThread { () -> Result<Void, TransferError> in
+                let result = Pull.perform(url: url, context: context).mapError { TransferError($0.message) }
+                // The end of the stream for the importer: a failed download is a failed read
+                // there, never a clean (truncated) end.
+                pipe.finish(result.failure)
+                return result
             }
-            // Whatever trailing bytes the importer did not need still count for the hash.
-            try drain(readEnd.rawValue)
-        } catch {
-            importError = error
+            do {
+                try TarImport.extract(from: pipe, into: target, reporter: .silent)
+                // Whatever trailing bytes the importer did not need still count for the hash
+                // (the decompressing thread, its consumer so far, has ended).
+                while case .data = pipe.next() {}
+            } catch {
+                importError = error
+            }
+            pipe.cancel()  // a download still running stops at its next block
+            downloadResult = (try? download.join().get()) ?? .failure(TransferError("download did not finish"))
+            stoppedByImport = context.writeFailed
+        } else {
+            // Download → pipe → RawImport, hashing on the way.
+            var fds: [Int32] = [0, 0]
+            guard pipe2(&fds, O_CLOEXEC) == 0 else { throw SystemCallError("pipe2", .current) }
+            let readEnd = FileDescriptor(owning: fds[0])
+            let writeEnd = fds[1]
+            let context = DownloadContext(output: writeEnd, hash: hash, reporter: reporter, limit: .max)
+            let download: WorkerThread<Result<Void, TransferError>>
+            do {
+                download = try WorkerThread {
+                    let result = Pull.perform(url: url, context: context).mapError { TransferError($0.message) }
+                    _ = close(writeEnd)  // EOF for the importer: the stream is over (complete or not)
+                    return result
+                }
+            } catch {
+                _ = close(writeEnd)
+                throw error
+            }
+            do {
+                try RawImport.run(from: readEnd.rawValue, to: target, reporter: .silent)
+                // Whatever trailing bytes the importer did not need still count for the hash.
+                try drain(readEnd.rawValue)
+            } catch {
+                importError = error
+            }
+            readEnd.close()  // a download still running now fails on EPIPE and stops
+            downloadResult = (try? download.join().get()) ?? .failure(TransferError("download did not finish"))
+            stoppedByImport = context.writeFailed
         }
-        readEnd.close()  // a download still running now fails on EPIPE and stops
-        pthread_join(thread, nil)
 
-        // A download error explains a failed import better than "truncated archive".
-        if case .failure(let e) = job.result ?? .failure(TransferError("download did not finish")) {
-            throw e
-        }
+        // A download error explains a failed import better than "truncated archive" (unless
+        // the download failed only because the import had already given up).
+        if let importError, stoppedByImport { throw importError }
+        if case .failure(let e) = downloadResult { throw e }
         if let importError { throw importError }
         let actual = hash.finalHex()
         if let expected {
@@ -165,26 +191,6 @@ public enum Pull {
             reporter.log(LogPriority.info, "SHA-256 checksum of \(file) verified")
         }
         reporter.progress(1)
-    }
-
-    /// The download thread's work; `result` is read only after pthread_join.
-    private final class DownloadJob {
-        let url: String
-        let context: DownloadContext
-        let writeEnd: Int32
-        var result: Result<Void, TransferError>?
-
-        init(url: String, context: DownloadContext, writeEnd: Int32) {
-            self.url = url
-            self.context = context
-            self.writeEnd = writeEnd
-        }
-
-        func run() {
-            result = Pull.perform(url: url, context: context).mapError { TransferError($0.message) }
-            // EOF for the importer: the stream is over (complete or not).
-            _ = close(writeEnd)
-        }
     }
 
     private static func drain(_ fd: Int32) throws {
@@ -273,6 +279,8 @@ public enum Pull {
         curl.set(CURLOPT_LOW_SPEED_TIME, 300)
         curl.set(CURLOPT_USERAGENT, "berth-import")
         curl.set(CURLOPT_NOPROGRESS, 0)
+        // Bigger reads: fewer calls into the hash and the pipe (curl caps it at 10 MiB).
+        curl.set(CURLOPT_BUFFERSIZE, 512 << 10)
         let unmanaged = Unmanaged.passUnretained(context).toOpaque()
         _ = berth_curl_setopt_ptr(curl.pointer, CURLOPT_WRITEDATA, unmanaged)
         _ = berth_curl_setopt_ptr(curl.pointer, CURLOPT_XFERINFODATA, unmanaged)
@@ -281,7 +289,12 @@ public enum Pull {
             let c = Unmanaged<DownloadContext>.fromOpaque(user).takeUnretainedValue()
             let bytes = UnsafeRawBufferPointer(start: data, count: size * count)
             c.hash?.update(bytes)
-            if let fd = c.output {
+            if let pipe = c.pipe {
+                if !pipe.write(bytes) {
+                    c.writeFailed = true
+                    return 0
+                }
+            } else if let fd = c.output {
                 var done = 0
                 while done < bytes.count {
                     let n = write(fd, bytes.baseAddress.map { $0 + done }, bytes.count - done)

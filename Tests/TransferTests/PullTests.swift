@@ -80,6 +80,10 @@ struct PullTests {
                 sha256sum image.tar.xz disk.raw.xz > SHA256SUMS
                 for d in good armored unsigned tampered mismatch single; do mkdir $d; cp image.tar.xz disk.raw.xz SHA256SUMS $d/; done
                 sha256sum image.tar.xz | cut -d' ' -f1 > single/image.tar.xz.sha256
+                # Bytes after the compressed stream: the decompressor stops before them, yet
+                # they are part of the file the checksum is for.
+                mkdir trailing && tar -C '\(source)' -czf trailing/image.tar.gz . && head -c 20000000 /dev/zero >> trailing/image.tar.gz
+                (cd trailing && sha256sum image.tar.gz > SHA256SUMS)
                 echo '0000000000000000000000000000000000000000000000000000000000000000 *image.tar.xz' > single/SHA256SUMS
                 """)
                 try key.sign(www + "/good/SHA256SUMS")
@@ -134,6 +138,17 @@ struct PullTests {
         defer { site.close() }
         let (result, events) = try await runTransfer(site.setup.engine,
             .pullTar(url: site.server.url("\(folder)/image.tar.xz"), local: "pulled", verify: verify))
+        #expect(result == .done, "\(events)")
+        #expect(try sh("cmp '\(site.source)/etc/blob' '\(site.setup.poolPath)/pulled/etc/blob' && echo same") == "same\n")
+        #expect(try site.leftovers() == ["pulled"])
+    }
+
+    @Test("pull-tar of a .tar.gz with bytes after the gzip stream, verified by checksum, succeeds")
+    func pullTarTrailingBytes() async throws {
+        let site = try Site()
+        defer { site.close() }
+        let (result, events) = try await runTransfer(site.setup.engine,
+            .pullTar(url: site.server.url("trailing/image.tar.gz"), local: "pulled", verify: .checksum))
         #expect(result == .done, "\(events)")
         #expect(try sh("cmp '\(site.source)/etc/blob' '\(site.setup.poolPath)/pulled/etc/blob' && echo same") == "same\n")
         #expect(try site.leftovers() == ["pulled"])
