@@ -48,13 +48,19 @@ public enum TreeCopy {
         public init() {}
     }
 
+    /// Opens the directory `path` (a symlink to it is followed) as the source of a copy, with
+    /// O_NOATIME where allowed: reading the source leaves its access times alone.
+    public static func openSource(_ path: String) throws -> FileDescriptor {
+        try TreeSupport.openDirectoryForReading(path, in: nil, followSymlinks: true)
+    }
+
     /// Copies the directory `source` to `destination`, which must not exist yet (mkdirat(2)).
     /// `source` itself may be a symlink to the tree (images in /etc/machines usually are);
     /// nothing inside it is followed. On failure the caller removes `destination` (the pool
     /// does, with `TreeRemoval`).
     @discardableResult
     public static func copy(from source: String, to destination: String, options: Options = Options()) throws -> Statistics {
-        let src = try FileDescriptor.openDirectory(source)
+        let src = try TreeSupport.openDirectoryForReading(source, in: nil, followSymlinks: true)
         try makeDirectory(destination, mode: 0o700)
         let dst = try FileDescriptor.openDirectory(destination, followSymlinks: false)
         return try copyContents(of: src, into: dst, options: options)
@@ -172,7 +178,7 @@ public enum TreeCopy {
             switch type {
             case UInt32(Glibc.S_IFDIR):
                 try Linux.makeDirectory(name, mode: 0o700, relativeTo: parent.destination)
-                let src = try FileDescriptor.openDirectory(name, relativeTo: parent.source, followSymlinks: false)
+                let src = try TreeSupport.openDirectoryForReading(name, in: parent.source)
                 let dst = try FileDescriptor.openDirectory(name, relativeTo: parent.destination, followSymlinks: false)
                 statistics.directories += 1
                 let sameMount = rootMount == nil || TreeSupport.mountID("", in: src) == rootMount

@@ -101,12 +101,13 @@ public enum TreeRemoval {
 /// Space a tree occupies: allocated blocks of every inode, hardlinked inodes counted once
 /// (what `du` reports), staying on the tree's mount.
 public enum DiskUsage {
-    /// Walks `path` fd-relative and sums st_blocks × 512, one open directory per level.
+    /// Walks `path` fd-relative and sums st_blocks × 512, one open directory per level, with
+    /// O_NOATIME: a scan changes nothing in the tree, not even access times.
     /// `path` itself may be a symlink to the tree; nothing inside it is followed.
     public static func allocatedBytes(of path: String) throws -> UInt64 {
         let st = try fileStatus(path)
         guard st.isDirectory else { return st.allocatedBytes }
-        let top = try FileDescriptor.openDirectory(path)
+        let top = try TreeSupport.openDirectoryForReading(path, in: nil, followSymlinks: true)
         let rootMount = TreeSupport.mountID("", in: top)
         var seen = Set<[UInt64]>()
         var total = st.allocatedBytes
@@ -127,7 +128,7 @@ public enum DiskUsage {
                 guard seen.insert([cst.device, cst.inode]).inserted else { continue }
             }
             total += cst.allocatedBytes
-            guard cst.isDirectory, let fd = try? FileDescriptor.openDirectory(name, relativeTo: dir, followSymlinks: false) else {
+            guard cst.isDirectory, let fd = try? TreeSupport.openDirectoryForReading(name, in: dir) else {
                 continue
             }
             if let rootMount, let m = TreeSupport.mountID("", in: fd), m != rootMount { continue }

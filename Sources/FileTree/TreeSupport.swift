@@ -43,6 +43,19 @@ enum TreeSupport {
         }
     }
 
+    /// Opens a directory for listing with O_NOATIME (no symlink followed), so walking a tree
+    /// (a usage scan, the source of a copy) leaves its access times alone: listing a directory
+    /// is a read that would otherwise dirty its inode. EPERM retries without, as for files.
+    static func openDirectoryForReading(_ name: String, in dir: FileDescriptor?, followSymlinks: Bool = false) throws -> FileDescriptor {
+        let flags = O_RDONLY | O_DIRECTORY | (followSymlinks ? 0 : O_NOFOLLOW)
+        do {
+            return try FileDescriptor.open(name, flags: flags | noAccessTime, relativeTo: dir)
+        } catch {
+            guard error.errno == .EPERM else { throw error }
+            return try FileDescriptor.open(name, flags: flags, relativeTo: dir)
+        }
+    }
+
     /// The names in the directory `dir` (without `.` and `..`), read through a duplicate so
     /// `dir` stays usable: fdopendir(3) takes ownership of the descriptor it is given.
     static func names(in dir: FileDescriptor) throws -> [String] {

@@ -324,7 +324,7 @@ public actor ImagePool {
                 try await Blocking.run(cancellable: { flag in
                     if copyIntoEmpty {
                         try creator.createEmpty(at: temp)
-                        let from = try FileDescriptor.openDirectory(sourcePath)
+                        let from = try TreeCopy.openSource(sourcePath)
                         let into = try FileDescriptor.openDirectory(temp, followSymlinks: false)
                         try TreeCopy.copyContents(of: from, into: into,
                                                   options: TreeCopy.Options(isCancelled: { flag.isCancelled }))

@@ -90,10 +90,21 @@ func now() -> Double {
 /// the next import for the disk.
 nonisolated(unsafe) var settlePaths: [String] = []
 
-/// Waits for btrfs's cleaner on the `settlePaths` (`btrfs subvolume sync`), then sync(2), then
-/// drops the page cache, dentries and inodes (/proc/sys/vm/drop_caches), so a timed copy reads
-/// its source from disk for either daemon alike.
+/// Lets the btrfs filesystems settle (`settle()`), then sync(2), then drops the page cache,
+/// dentries and inodes (/proc/sys/vm/drop_caches), so a timed copy reads its source from disk
+/// for either daemon alike.
 func dropCaches() {
+    settle()
+    sync()
+    if let h = FileHandle(forWritingAtPath: "/proc/sys/vm/drop_caches") {
+        h.write(Data("3\n".utf8))
+        try? h.close()
+    }
+}
+
+/// Lets the btrfs filesystems named by `--settle` finish what earlier runs left them to do in the
+/// background (deleted subvolumes), so it does not land in the next timed run of either daemon.
+func settle() {
     for path in settlePaths {
         // A commit wakes the cleaner at once; without it, `subvolume sync` waits for the
         // next periodic commit (30 s).
@@ -104,11 +115,6 @@ func dropCaches() {
             p.standardOutput = FileHandle.nullDevice
             if (try? p.run()) != nil { p.waitUntilExit() }
         }
-    }
-    sync()
-    if let h = FileHandle(forWritingAtPath: "/proc/sys/vm/drop_caches") {
-        h.write(Data("3\n".utf8))
-        try? h.close()
     }
 }
 
@@ -283,6 +289,7 @@ func benchRoundTrips(_ d: Daemon, file: String?, item: String, count: Int) {
 func benchCloneRemove(_ ds: [Daemon], file: String?, names: [String], label: String) {
     for d in ds {
         for n in names { d.removeQuietly(n + "-c") }
+        settle()
         let cloned = timed(file, item: "CloneImage ×\(names.count) \(label)", d) { _ in
             for n in names { _ = try d.manager("CloneImage", [.string(n), .string(n + "-c"), .boolean(false)]) }
         }
@@ -290,10 +297,12 @@ func benchCloneRemove(_ ds: [Daemon], file: String?, names: [String], label: Str
             record(file, item: "RemoveImage ×\(names.count) \(label) clones", who: d.who, .notImplemented)
             continue
         }
-        timed(file, item: "RemoveImage ×\(names.count) \(label) clones", d) { _ in
+        timed(file, item: "RemoveImage ×\(names.count) \(label) clones", d) { start in
             for n in names {
                 guard d.imageExists(n + "-c") else { throw BenchError("clone \(n)-c is missing") }
             }
+            settle()
+            start()
             for n in names { _ = try d.manager("RemoveImage", [.string(n + "-c")]) }
         }
     }

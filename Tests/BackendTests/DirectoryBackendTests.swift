@@ -57,6 +57,26 @@ struct DirectoryBackendTests {
         #expect(try directoryEntries(fs.mountPoint).filter { $0 != "lost+found" }.isEmpty)
     }
 
+    /// A usage scan and a copy read the tree without touching it: directory access times stay
+    /// as they were (relatime would move an access time two days old on the first listing).
+    @Test func usageScansAndCopiesLeaveAccessTimesAlone() throws {
+        let fs = try LoopbackFilesystem(.ext4)
+        defer { fs.remove() }
+        let top = fs.appending("img")
+        try makeDirectories(top + "/etc/sub")
+        try Data("x".utf8).write(to: URL(fileURLWithPath: top + "/etc/hostname"))
+        let old = timespec(tv_sec: time(nil) - 2 * 86_400, tv_nsec: 0)
+        for dir in [top, top + "/etc", top + "/etc/sub"] {
+            var times = [old, old]
+            #expect(utimensat(AT_FDCWD, dir, &times, 0) == 0)
+        }
+        _ = try DiskUsage.allocatedBytes(of: top)
+        try TreeCopy.copy(from: top, to: fs.appending("copy"))
+        for dir in [top, top + "/etc", top + "/etc/sub"] {
+            #expect(try fileStatus(dir).accessTime.tv_sec == old.tv_sec, "\(dir) was read with its access time moved")
+        }
+    }
+
     @Test func treeCopyNeverFollowsSymlinksOfTheSource() throws {
         let t = try TemporaryDirectory()
         defer { t.remove() }
