@@ -236,9 +236,17 @@ if want list || want get || want clone; then
 fi
 sync
 
-python3 -m http.server --bind 127.0.0.1 --directory "$work/src" "$port" >/dev/null 2>&1 &
-pids+=("$!")
-for i in $(seq 100); do curl -sf -o /dev/null "http://127.0.0.1:$port/SHA256SUMS" && break; sleep 0.05; done
+if want pull; then
+    python3 -m http.server --bind 127.0.0.1 --directory "$work/src" "$port" >/dev/null 2>&1 &
+    http_pid=$!
+    pids+=("$http_pid")
+    for i in $(seq 100); do curl -sf -o /dev/null "http://127.0.0.1:$port/SHA256SUMS" && break; sleep 0.05; done
+    # Another server on the port (another run) would serve its own files: ours must be the one.
+    if ! kill -0 "$http_pid" 2>/dev/null || ! curl -sf "http://127.0.0.1:$port/SHA256SUMS" | cmp -s - "$work/src/SHA256SUMS"; then
+        echo "bench.sh: port $port is taken by another server; set BENCH_PORT" >&2
+        exit 1
+    fi
+fi
 
 echo "== btrfs pools: $dir_images directory images + $subvolumes subvolumes each (fixtures took $(( $(date +%s) - t0 )) s)"
 berth_bus=$(start_bus "$work/bus-berth")
