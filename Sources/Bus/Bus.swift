@@ -151,6 +151,9 @@ public actor Bus {
     private var inFlight: [UInt64: Task<Void, Never>] = [:]
     private var nextCall: UInt64 = 1
     private let logger: Logger
+    /// `credentials(of:)`'s answers for unique names, at most `knownCredentialsLimit` of them.
+    private var knownCredentials: [String: Credentials] = [:]
+    private static let knownCredentialsLimit = 256
 
     /// Connects to `address` (a D-Bus address such as `unix:path=/run/x/sock`), or when nil to the
     /// system bus (`DBUS_SYSTEM_BUS_ADDRESS`, else `/run/dbus/system_bus_socket`), and attaches the
@@ -438,14 +441,25 @@ public actor Bus {
         return try result.get()
     }
 
-    /// The uid and pid of the connection `name` (GetConnectionCredentials).
+    /// The uid and pid of the connection `name` (GetConnectionCredentials). A unique name's
+    /// answer is remembered: the bus takes a connection's credentials when it connects and never
+    /// gives its unique name to another connection, so a caller's next privileged call costs no
+    /// extra round trip. A well-known name is asked every time (its owner can change).
     public func credentials(of name: String) async throws(BusError) -> Credentials {
+        if let known = knownCredentials[name] { return known }
         let reply = try await call(destination: Bus.driverName, path: Bus.driverPath, interface: Bus.driverName,
                                    member: "GetConnectionCredentials", [.string(name)])
         guard let d = reply.first?.dictionaryValue, let uid = d["UnixUserID"]?.uint64Value else {
             throw BusError.accessDenied("the bus does not know the caller's uid")
         }
-        return Credentials(uid: UInt32(truncatingIfNeeded: uid), pid: d["ProcessID"]?.uint64Value.map { UInt32(truncatingIfNeeded: $0) })
+        let credentials = Credentials(uid: UInt32(truncatingIfNeeded: uid),
+                                      pid: d["ProcessID"]?.uint64Value.map { UInt32(truncatingIfNeeded: $0) })
+        if name.hasPrefix(":") {
+            // Bounded: callers come and go, and a forgotten one is only asked again.
+            if knownCredentials.count >= Bus.knownCredentialsLimit { knownCredentials.removeAll(keepingCapacity: true) }
+            knownCredentials[name] = credentials
+        }
+        return credentials
     }
 
     /// Whether some connection owns `name` (NameHasOwner).
