@@ -62,13 +62,13 @@ let package = Package(
             "Bus", "Services", .product(name: "ArgumentParser", package: "swift-argument-parser"),
         ]),
         .executableTarget(name: "berthd", dependencies: [
-            "Services", "Bus", "PoolAPI", "BtrfsBackend", "RawLoopBackend", "DirectoryBackend", "Transfer",
+            "Services", "Bus", "Linux", "PoolAPI", "BtrfsBackend", "RawLoopBackend", "DirectoryBackend", "Transfer",
             .product(name: "ArgumentParser", package: "swift-argument-parser"),
             .product(name: "Logging", package: "swift-log"),
         ]),
         .executableTarget(name: "berthctl", dependencies: ["BerthCLI"]),
         // Benchmarks against systemd 252's daemons (scripts/bench.sh, docs/benchmarks.md).
-        .executableTarget(name: "berth-bench", dependencies: ["Bus", "CSystemd", "Linux"]),
+        .executableTarget(name: "berth-bench", dependencies: ["Bus", "CBtrfsUtil", "CSystemd", "Linux"]),
 
         // Shared test helpers: private dbus-daemon, loopback filesystems, berthd under --root.
         .target(name: "TestSupport", dependencies: ["Linux"], path: "Tests/TestSupport"),

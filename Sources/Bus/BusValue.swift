@@ -267,7 +267,7 @@ enum Marshal {
     static func read(_ m: OpaquePointer, _ type: String) throws(BusError) -> BusValue {
         let u = Array(type.utf8)
         guard let first = u.first else { throw BusError.invalidArgs("empty type") }
-        func basic<T>(_ initial: T) throws(BusError) -> T {
+        func basic<T: BitwiseCopyable>(_ initial: T) throws(BusError) -> T {
             var v = initial
             let r = sd_bus_message_read_basic(m, CChar(bitPattern: first), &v)
             if r <= 0 { throw BusError.invalidArgs("cannot read '\(type)': \(r < 0 ? Errno(-r).description : "missing")") }
@@ -377,7 +377,7 @@ enum Marshal {
         func check(_ r: Int32) throws(BusError) {
             if r < 0 { throw BusError(errno: Errno(-r), "cannot append \(value.signature)") }
         }
-        func basic<T>(_ type: UInt8, _ v: T) throws(BusError) {
+        func basic<T: BitwiseCopyable>(_ type: UInt8, _ v: T) throws(BusError) {
             var v = v
             try check(sd_bus_message_append_basic(m, CChar(type), &v))
         }

@@ -67,8 +67,9 @@ public func directoryEntries(of dir: FileDescriptor) throws(SystemCallError) -> 
 public func readLink(_ path: String, relativeTo dir: FileDescriptor? = nil) throws(SystemCallError) -> String {
     var buf = [CChar](repeating: 0, count: Int(PATH_MAX) + 1)
     let n = try sys("readlinkat", path) { readlinkat(dir?.rawValue ?? AT_FDCWD, path, &buf, buf.count - 1) }
-    buf[n] = 0
-    return String(cString: buf)
+    return buf.withUnsafeBufferPointer { raw in
+        raw.withMemoryRebound(to: UInt8.self) { String(decoding: $0[0..<n], as: UTF8.self) }
+    }
 }
 
 /// Joins path components with single slashes.

@@ -6,6 +6,7 @@
 // Calls go through Bus's blocking BusClient (one sd-bus connection per daemon, sd_bus_call per
 // call, no client-side introspection), so the client's cost is the same for both daemons.
 import Bus
+import CBtrfsUtil
 import CSystemd
 import Foundation
 import Glibc
@@ -72,7 +73,7 @@ func record(_ file: String?, item: String, who: String, _ outcome: Outcome) {
         h.write(Data(line.utf8))
         try? h.close()
     } else {
-        FileManager.default.createFile(atPath: file, contents: Data(line.utf8))
+        _ = FileManager.default.createFile(atPath: file, contents: Data(line.utf8))
     }
 }
 
@@ -118,10 +119,10 @@ func settle() {
     }
 }
 
-/// VmRSS of `pid` in KiB, from /proc/<pid>/status.
-func residentKiB(_ pid: Int32) -> Int? {
+/// VmRSS (or another `field` in kB) of `pid` in KiB, from /proc/<pid>/status.
+func residentKiB(_ pid: Int32, field: String = "VmRSS") -> Int? {
     guard let text = try? String(contentsOfFile: "/proc/\(pid)/status", encoding: .utf8) else { return nil }
-    for line in text.split(separator: "\n") where line.hasPrefix("VmRSS:") {
+    for line in text.split(separator: "\n") where line.hasPrefix(field + ":") {
         return Int(line.split(separator: " ", omittingEmptySubsequences: true).dropFirst().first ?? "")
     }
     return nil
@@ -308,6 +309,48 @@ func benchCloneRemove(_ ds: [Daemon], file: String?, names: [String], label: Str
     }
 }
 
+/// The floor under the subvolume clones: the same snapshots made straight with libbtrfsutil
+/// (BTRFS_UTIL_CREATE_SNAPSHOT_RECURSIVE, as berthd asks for) in `pool`, then deleted, with no
+/// daemon and no bus. Each snapshot ioctl commits a btrfs transaction, which no daemon can
+/// skip. Recorded as the references of both clone items, `rounds` times.
+func benchSnapshotReference(file: String?, pool: String, names: [String], label: String, rounds: Int) {
+    let cloneItem = "CloneImage ×\(names.count) \(label)", removeItem = "RemoveImage ×\(names.count) \(label) clones"
+    func attempt(_ item: String, _ who: String, _ body: () throws -> Void) {
+        settle()
+        let t0 = now()
+        do {
+            try body()
+            record(file, item: item, who: who, .seconds(now() - t0))
+        } catch {
+            record(file, item: item, who: who, .failed("\(error)"))
+        }
+    }
+    func check(_ what: String, _ name: String, _ e: btrfs_util_error) throws {
+        guard e == BTRFS_UTIL_OK else { throw BenchError("\(what) \(name): \(String(cString: btrfs_util_strerror(e)))") }
+    }
+    do {
+        let poolFD = try FileDescriptor.openDirectory(pool)
+        defer { poolFD.close() }
+        let sources = try names.map { n throws(SystemCallError) in try FileDescriptor.openDirectory(n, relativeTo: poolFD) }
+        defer { sources.forEach { $0.close() } }
+        for _ in 0..<max(rounds, 1) {
+            attempt(cloneItem, "ref:snapshot ioctl") {
+                for (n, fd) in zip(names, sources) {
+                    try check("snapshot", n, btrfs_util_create_snapshot_fd2(fd.rawValue, poolFD.rawValue, n + "-r",
+                                                                           Int32(BTRFS_UTIL_CREATE_SNAPSHOT_RECURSIVE), nil, nil))
+                }
+            }
+            attempt(removeItem, "ref:delete ioctl") {
+                for n in names {
+                    try check("delete", n + "-r", btrfs_util_delete_subvolume_fd(poolFD.rawValue, n + "-r", 0))
+                }
+            }
+        }
+    } catch {
+        record(file, item: cloneItem, who: "ref:snapshot ioctl", .failed("\(error)"))
+    }
+}
+
 /// CloneImage of one big image with cold caches.
 func benchCloneOne(_ ds: [Daemon], file: String?, name: String, label: String) {
     for d in ds {
@@ -477,13 +520,16 @@ let usage = """
       get --pattern img%04d --count N         GetImage + Properties.GetAll of N images
       clone --pattern sub%03d --count N --label L    CloneImage then RemoveImage of N images
       clone-one --name NAME --label L         CloneImage of one image, cold caches
+      snapshot-ref --pool DIR --pattern sub%03d --count N --label L   the clone items' reference:
+                                              the snapshot and delete ioctls alone, in DIR
       import --archive F --name N --label L   ImportTar, until the transfer ends
       export --name N --out-dir D [--format F]  ExportTar
       pull --url U --name N                   PullTar with verify=checksum
     --settle PATH (repeatable): a btrfs filesystem to let settle (btrfs subvolume sync) before each
       timed run that starts with cold caches
     berth-bench time --item ITEM --who ref:LABEL [--results FILE] -- COMMAND...
-    berth-bench rss --item ITEM --pid berth=PID [--pid systemd=PID,PID] [--results FILE]
+    berth-bench rss --item ITEM --pid berth=PID [--pid systemd=PID,PID] [--field RssAnon] [--results FILE]
+      (--field: the /proc/PID/status line to sum, default VmRSS)
     berth-bench table FILE
     """
 
@@ -535,12 +581,21 @@ func main() throws {
             var total = 0
             var missing: String? = nil
             for p in parts[1].split(separator: ",") {
-                if let pid = Int32(p), let k = residentKiB(pid) { total += k } else { missing = String(p) }
+                if let pid = Int32(p), let k = residentKiB(pid, field: o["field"]?.last ?? "VmRSS") { total += k } else { missing = String(p) }
             }
             record(file, item: try one("item"), who: parts[0], missing.map { .failed("no process \($0)") } ?? .kibibytes(total))
         }
         return
     default: break
+    }
+    func names() throws -> [String] {
+        let pattern = try one("pattern")
+        return (0..<(try int("count"))).map { String(format: pattern, $0) }
+    }
+    if command == "snapshot-ref" {
+        benchSnapshotReference(file: file, pool: try one("pool"), names: try names(), label: try one("label"),
+                               rounds: o["repeat"]?.last.flatMap { Int($0) } ?? 1)
+        return
     }
     let pair = [Daemon(who: "berth", client: try BusClient(address: try one("berth"))),
                 Daemon(who: "systemd", client: try BusClient(address: try one("systemd")))]
@@ -548,10 +603,6 @@ func main() throws {
     // so neither always runs on the caches or the disk state the other left.
     let rounds = o["repeat"]?.last.flatMap { Int($0) } ?? 1
     let daemons = (0..<max(rounds, 1)).flatMap { r in r % 2 == 0 ? pair : pair.reversed() }
-    func names() throws -> [String] {
-        let pattern = try one("pattern")
-        return (0..<(try int("count"))).map { String(format: pattern, $0) }
-    }
     switch command {
     case "list": benchList(daemons, file: file, calls: try int("calls"), expect: try int("expect"))
     case "get": benchGet(daemons, file: file, names: try names())

@@ -142,7 +142,7 @@ final class Import1Site: @unchecked Sendable {
         let p = Process()
         p.executableURL = URL(fileURLWithPath: try BerthdProcess.binaryPath())
         p.arguments = ["--root", root, "--bus-address", bus.address]
-        if !FileManager.default.fileExists(atPath: logFile) { FileManager.default.createFile(atPath: logFile, contents: nil) }
+        if !FileManager.default.fileExists(atPath: logFile) { _ = FileManager.default.createFile(atPath: logFile, contents: nil) }
         let log = try FileHandle(forWritingTo: URL(fileURLWithPath: logFile))
         log.seekToEndOfFile()
         p.standardError = log
@@ -219,7 +219,7 @@ final class Background: @unchecked Sendable {
 
     init(_ argv: [String], environment: [String: String], output: String) throws {
         out = output
-        FileManager.default.createFile(atPath: output, contents: nil)
+        _ = FileManager.default.createFile(atPath: output, contents: nil)
         process.executableURL = URL(fileURLWithPath: "/usr/bin/env")
         process.arguments = argv
         var env = ProcessInfo.processInfo.environment
