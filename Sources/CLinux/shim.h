@@ -15,6 +15,7 @@
 #include <sys/prctl.h>
 #include <sys/wait.h>
 #include <sys/eventfd.h>
+#include <malloc.h>
 #include <linux/fs.h>
 #include <linux/loop.h>
 #include <linux/btrfs.h>

@@ -36,3 +36,10 @@ public func lowerCurrentThreadToIdle() {
     _ = pthread_setschedparam(pthread_self(), 5 /* SCHED_IDLE, hidden by glibc without _GNU_SOURCE */, &param)
     _ = berth_ioprio_set_idle()
 }
+
+/// Caps glibc's malloc arenas at `count` for the whole process (mallopt M_ARENA_MAX). By default
+/// glibc gives threads up to 8 arenas per core, and each keeps the pages freed into it resident;
+/// a daemon whose threads mostly wait is better served by a few. Call before threads start.
+public func limitMallocArenas(to count: Int32) {
+    _ = mallopt(M_ARENA_MAX, count)
+}

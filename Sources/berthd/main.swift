@@ -2,6 +2,7 @@
 // unblocked, so SIGTERM would kill the process instead of reaching sd-event (notes/sd-bus-from-swift.md).
 import Bus
 import Glibc
+import Linux
 import Logging
 import Transfer
 
@@ -10,6 +11,8 @@ if CommandLine.arguments.dropFirst().first == TransferWorker.flag {
     TransferWorker.main(arguments: Array(CommandLine.arguments.dropFirst()))
 }
 
+// A few malloc arenas, not one per thread that ever allocated: berthd's threads mostly wait.
+limitMallocArenas(to: 2)
 EventLoop.blockSignals([SIGTERM, SIGINT])
 let options = BerthdOptions.parseOrExit()
 let logLevel: Logger.Level = options.verbose ? .debug : .info
