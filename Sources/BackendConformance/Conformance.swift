@@ -42,7 +42,8 @@ public enum Check: String, CaseIterable, Sendable, CustomStringConvertible {
     /// listed and cleaned by CleanPool("hidden"); `.host` is there.
     case createAndList
     /// A clone equals its source in every respect `TreeSnapshot` records (or byte for byte and
-    /// as sparse, for file images); a read-only clone is read-only; no temp entry remains.
+    /// as sparse, for file images); a read-only clone is read-only; no temp entry remains; a
+    /// backend cloning in one step refuses an existing destination and leaves it alone.
     case cloneFidelity
     /// Rename moves the image, refuses existing and invalid names, keeps read-only.
     case rename
@@ -235,6 +236,14 @@ struct Context {
         let roDiff = try snapshot(ro).differences(from: before)
         try require(roDiff.isEmpty, "read-only clone differs:\n" + roDiff.joined(separator: "\n"))
         try requireNoTemporaryEntries("after cloning")
+        // A backend cloning in one step (the pool used it above) never replaces what is there.
+        if backend.clonesInOneStep(from: source.path) {
+            let existing = try snapshot(copy)
+            try await expect(.imageExists, "cloneInOneStep onto an existing image") {
+                try backend.cloneInOneStep(from: source.path, to: copy.path, readOnly: false)
+            }
+            try require(try snapshot(copy).differences(from: existing).isEmpty, "cloneInOneStep changed the image it was refused onto")
+        }
     }
 
     func rename() async throws {

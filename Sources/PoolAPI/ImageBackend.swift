@@ -110,6 +110,17 @@ public protocol ImageBackend: Sendable {
     /// cheaply as the storage allows. On failure nothing may be left at `destination`.
     func clone(from source: String, to destination: String) throws
 
+    /// Whether `cloneInOneStep` can clone `source` now: the storage makes the whole clone in one
+    /// atomic step (a btrfs snapshot of a subvolume with none nested in it). The pool then clones
+    /// straight to the final name, with no temp entry, no rename and no lock on the source,
+    /// whose reading takes no time. Default: false, and `clone(from:to:)` is used.
+    func clonesInOneStep(from source: String) -> Bool
+
+    /// Clones `source` to `destination` in one atomic step: afterwards the whole image, read-only
+    /// if `readOnly`, is at `destination`, or nothing is. An existing `destination` is refused
+    /// (EEXIST, `.imageExists`), never replaced. Called only where `clonesInOneStep(from:)` said yes.
+    func cloneInOneStep(from source: String, to destination: String, readOnly: Bool) throws
+
     /// Renames within one folder, refusing to replace (renameat2 RENAME_NOREPLACE).
     func rename(from source: String, to destination: String) throws
 
@@ -138,6 +149,12 @@ extension ImageBackend {
     /// Metadata of the image at `path`, looked at now (`image(named:entry:)`).
     public func image(named name: String, at path: String) throws -> Image {
         try image(named: name, entry: PoolEntry(path: path))
+    }
+
+    public func clonesInOneStep(from source: String) -> Bool { false }
+
+    public func cloneInOneStep(from source: String, to destination: String, readOnly: Bool) throws {
+        throw PoolError(.notSupported, "\(identifier) images are not cloned in one step")
     }
 
     public func setLimit(_ bytes: UInt64, at path: String) throws {

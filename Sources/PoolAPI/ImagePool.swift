@@ -295,10 +295,6 @@ public actor ImagePool {
             if isTaken(newName) { throw PoolError(.imageExists, "image '\(newName)' already exists") }
             let nameLock = try lockName(newName)
             defer { nameLock.release() }
-            // Shared: keeps nspawn from starting on the source while we read it. A running
-            // nspawn holds it exclusively; systemd clones running containers, so we go on.
-            let sourceLock = try? locks.lockPath(source.path, .shared)
-            defer { sourceLock?.release() }
             try await ensurePoolFolder()
 
             let pool = realPoolPath
@@ -318,8 +314,21 @@ public actor ImagePool {
                 throw PoolError(.notSupported, "cannot clone \(source.type.rawValue) image '\(name)' into \(pool)")
             }
             let finalPath = joinPath(pool, creator.entryName(forImage: newName))
-            let temp = joinPath(pool, Self.temporaryName(for: creator.entryName(forImage: newName)))
             let sourcePath = source.path
+            if !copyIntoEmpty && creator.clonesInOneStep(from: sourcePath) {
+                // Atomic (a snapshot): straight to the final name, nothing half-made to hide.
+                do {
+                    try await Blocking.run { try creator.cloneInOneStep(from: sourcePath, to: finalPath, readOnly: readOnly) }
+                } catch {
+                    throw Self.poolError(error, "cannot clone image '\(name)' to '\(newName)'")
+                }
+                return try creator.image(named: newName, at: finalPath)
+            }
+            // Shared: keeps nspawn from starting on the source while we read it. A running
+            // nspawn holds it exclusively; systemd clones running containers, so we go on.
+            let sourceLock = try? locks.lockPath(sourcePath, .shared)
+            defer { sourceLock?.release() }
+            let temp = joinPath(pool, Self.temporaryName(for: creator.entryName(forImage: newName)))
             do {
                 try await Blocking.run(cancellable: { flag in
                     if copyIntoEmpty {

@@ -177,6 +177,34 @@ struct BtrfsBackendTests {
         #expect(taken?.code == .imageExists)
     }
 
+    @Test func aSubvolumeWithNoneNestedIsClonedInOneSnapshot() throws {
+        let fs = try LoopbackFilesystem(.btrfs)
+        let source = fs.appending("src"), parent = fs.appending("parent")
+        try backend.createEmpty(at: source)
+        try Self.writeFile(joinPath(source, "data"), bytes: 1 << 20)
+        try backend.createEmpty(at: parent)
+        try backend.createEmpty(at: joinPath(parent, "nested"))
+        // Nested subvolumes take one snapshot each, which is not atomic: the pool's temp-entry path.
+        #expect(!backend.clonesInOneStep(from: parent))
+        #expect(!backend.clonesInOneStep(from: fs.appending("missing")))
+        #expect(backend.clonesInOneStep(from: source))
+
+        // Read-only from its creation, with the source's contents; the source stays writable.
+        let ro = fs.appending("ro")
+        try backend.cloneInOneStep(from: source, to: ro, readOnly: true)
+        #expect(Self.isSubvolume(ro))
+        #expect(try backend.image(named: "ro", at: ro).readOnly)
+        #expect(try fileStatus(joinPath(ro, "data")).size == 1 << 20)
+        #expect(try !backend.image(named: "src", at: source).readOnly)
+        let refused = #expect(throws: SystemCallError.self) { try Self.writeFile(joinPath(ro, "new"), bytes: 1) }
+        #expect(refused?.errno == .EROFS)
+
+        // An existing destination is refused and left as it was.
+        let taken = #expect(throws: PoolError.self) { try backend.cloneInOneStep(from: source, to: parent, readOnly: false) }
+        #expect(taken?.code == .imageExists)
+        #expect(Self.isSubvolume(joinPath(parent, "nested")) && !Self.exists(joinPath(parent, "data")))
+    }
+
     @Test func cloneToAnotherFilesystemFailsCleanlyWithEXDEV() throws {
         let a = try LoopbackFilesystem(.btrfs), b = try LoopbackFilesystem(.btrfs)
         let ext4 = try LoopbackFilesystem(.ext4, size: 64 << 20)
@@ -380,10 +408,12 @@ struct BtrfsBackendTests {
         // Images made after the limit join the pool's qgroup, by creation and by clone.
         try backend.createEmpty(at: joinPath(pool, "b"))
         try backend.clone(from: joinPath(pool, "a"), to: joinPath(pool, "c"))
+        #expect(backend.clonesInOneStep(from: joinPath(pool, "b")))
+        try backend.cloneInOneStep(from: joinPath(pool, "b"), to: joinPath(pool, "d"), readOnly: false)
         let poolID = try Self.subvolumeID(pool)
         #expect(Self.isSubvolume(joinPath(pool, "c", "nested")))
         #expect(try fileStatus(joinPath(pool, "c", "nested", "f")).size == 4096)
-        for name in ["a", "b", "c", "a/nested", "c/nested"] {
+        for name in ["a", "b", "c", "d", "a/nested", "c/nested"] {
             let fd = try FileDescriptor.openDirectory(joinPath(pool, name))
             let id = try Self.subvolumeID(joinPath(pool, name))
             #expect(try BtrfsIoctl.parentQgroups(fd, of: BtrfsIoctl.qgroupID(level: 0, id))

@@ -96,7 +96,9 @@ public struct BtrfsBackend: ImageBackend {
     /// BTRFS_UTIL_CREATE_SNAPSHOT_RECURSIVE): constant time and space whatever the size.
     /// A source on another filesystem fails with `.notSupported` (EXDEV); a partial snapshot
     /// is deleted again, so nothing is left at `destination` on failure.
-    public func clone(from source: String, to destination: String) throws {
+    /// The source subvolume and the destination's folder, checked to be one btrfs filesystem.
+    private func snapshotEnds(_ source: String, _ destination: String) throws
+        -> (source: FileDescriptor, parent: FileDescriptor, name: String) {
         if (try? fileStatus(destination, followSymlinks: false)) != nil {
             throw PoolError(.imageExists, "\(destination) exists already")
         }
@@ -112,6 +114,33 @@ public struct BtrfsBackend: ImageBackend {
             throw PoolError(.notSupported, "cannot snapshot \(source) to \(destination): not on the same btrfs filesystem",
                             cause: SystemCallError("btrfs_util_create_snapshot", .EXDEV, subject: destination))
         }
+        return (sourceFD, parentFD, name)
+    }
+
+    /// A subvolume with no subvolume nested in it is one snapshot ioctl: atomic.
+    public func clonesInOneStep(from source: String) -> Bool {
+        guard let fd = try? openSubvolume(source) else { return false }
+        return (try? BtrfsUtil.nestedSubvolumes(fd, subject: source).isEmpty) ?? false
+    }
+
+    /// One snapshot ioctl, read-only from its creation when asked, joining the pool's qgroup.
+    public func cloneInOneStep(from source: String, to destination: String, readOnly: Bool) throws {
+        let (sourceFD, parentFD, name) = try snapshotEnds(source, destination)
+        let groups = Self.poolQgroups(containing: parentFD)
+        let flags = readOnly ? Int32(BTRFS_UTIL_CREATE_SNAPSHOT_READ_ONLY) : 0
+        do {
+            try BtrfsUtil.withInherit(groups, subject: destination) { inherit throws(SystemCallError) in
+                try BtrfsUtil.call("btrfs_util_create_snapshot", "\(source) → \(destination)") {
+                    btrfs_util_create_snapshot_fd2(sourceFD.rawValue, parentFD.rawValue, name, flags, nil, inherit)
+                }
+            }
+        } catch {
+            throw PoolError.from(error, "cannot snapshot \(source) to \(destination)")  // EEXIST: .imageExists
+        }
+    }
+
+    public func clone(from source: String, to destination: String) throws {
+        let (sourceFD, parentFD, name) = try snapshotEnds(source, destination)
         let groups = Self.poolQgroups(containing: parentFD)
         do {
             if groups.isEmpty {
