@@ -9,6 +9,7 @@ let package = Package(
     products: [
         .executable(name: "berthd", targets: ["berthd"]),
         .executable(name: "berthctl", targets: ["berthctl"]),
+        .executable(name: "berth-transfer", targets: ["berth-transfer"]),
         .library(name: "PoolAPI", targets: ["PoolAPI"]),
         .library(name: "BackendConformance", targets: ["BackendConformance"]),
     ],
@@ -42,19 +43,24 @@ let package = Package(
         // The backend conformance suite, as a library vendors call from their own tests.
         .target(name: "BackendConformance", dependencies: ["PoolAPI", "Linux"]),
 
-        // import1's transfer engine: worker processes that import, export and pull images.
-        .target(name: "Transfer", dependencies: [
-            "PoolAPI", "FileTree", "Linux", "CLinux", "RawLoopBackend", "CArchive", "CCurl", "CGpgme", "CCrypto",
+        // import1's transfer engine, berthd's side: transfers, worker processes, their status pipe.
+        // No archive, HTTP or crypto library here: berthd never loads them.
+        .target(name: "Transfer", dependencies: ["PoolAPI", "Linux", "CLinux"]),
+        // What a transfer worker does (import, export, pull), with libarchive, libcurl, gpgme and
+        // OpenSSL; run as the berth-transfer executable beside berthd.
+        .target(name: "TransferJobs", dependencies: [
+            "Transfer", "FileTree", "Linux", "CLinux", "RawLoopBackend", "CArchive", "CCurl", "CGpgme", "CCrypto",
         ]),
-        // TEST FIXTURE ONLY: a stand-in for berthd's worker mode, so TransferTests can spawn
-        // workers before berthd dispatches to TransferWorker. Not shipped.
-        .executableTarget(name: "TransferWorkerFixture", dependencies: ["Transfer"]),
+        .executableTarget(name: "berth-transfer", dependencies: ["TransferJobs"]),
+        // TEST FIXTURE ONLY: a worker executable with an extra mode, a stand-in berthd for
+        // TransferTests' parent-death test. Not shipped.
+        .executableTarget(name: "TransferWorkerFixture", dependencies: ["Transfer", "TransferJobs"]),
 
         // Swift layer on sd-bus.
         .target(name: "Bus", dependencies: ["CSystemd", "Linux", .product(name: "Logging", package: "swift-log")]),
         // One harness per bus API, logic in actors behind them.
         .target(name: "Services", dependencies: [
-            "Bus", "PoolAPI", "Linux", "CArchive", "CCurl", "CGpgme", "Transfer",
+            "Bus", "PoolAPI", "Linux", "Transfer",
             .product(name: "Logging", package: "swift-log"),
         ]),
         // berthctl's commands, as a library tests can call.
@@ -78,7 +84,7 @@ let package = Package(
             "PoolAPI", "BtrfsBackend", "RawLoopBackend", "DirectoryBackend", "BackendConformance", "TestSupport",
         ]),
         .testTarget(name: "TransferTests", dependencies: [
-            "Transfer", "TransferWorkerFixture", "PoolAPI", "Linux", "BtrfsBackend", "RawLoopBackend",
+            "Transfer", "TransferJobs", "TransferWorkerFixture", "PoolAPI", "Linux", "BtrfsBackend", "RawLoopBackend",
             "DirectoryBackend", "TestSupport",
         ]),
         .testTarget(name: "BusTests", dependencies: ["Bus", "TestSupport"]),

@@ -8,7 +8,7 @@
 # input, not the product. Timing is done by berth-bench with CLOCK_MONOTONIC.
 #
 # Environment (defaults are the documented run; BENCH_TINY=1 is the smoke test's small run):
-#   BENCH_BIN      folder holding berthd and berth-bench (default: build them with -c release)
+#   BENCH_BIN      folder holding berthd, berth-transfer and berth-bench (default: build them -c release)
 #   BENCH_DIR      scratch folder (default: a fresh one in /var/tmp, removed at the end)
 #   BENCH_OUT      also write the Markdown results here
 #   BENCH_PORT     loopback HTTP port for PullTar (default 18734)
@@ -44,15 +44,17 @@ if [ -n "${BENCH_BIN:-}" ]; then
     bin=$BENCH_BIN
     build="prebuilt, from $bin"
 else
-    echo "== building berthd and berth-bench (release)"
+    echo "== building berthd, berth-transfer and berth-bench (release)"
     # Its own scratch path, so the two configurations do not rebuild each other's modules.
     nowmo=(--scratch-path .build-bench-nowmo -Xswiftc -no-whole-module-optimization)
     if swift build -c release --product berthd > /tmp/berth-bench-build.log 2>&1 &&
+       swift build -c release --product berth-transfer >> /tmp/berth-bench-build.log 2>&1 &&
        swift build -c release --product berth-bench >> /tmp/berth-bench-build.log 2>&1; then
         bin=$(swift build -c release --show-bin-path)
         build="release build"
     elif echo "== release build failed (/tmp/berth-bench-build.log); again without whole-module optimization" &&
        swift build -c release "${nowmo[@]}" --product berthd >> /tmp/berth-bench-build.log 2>&1 &&
+       swift build -c release "${nowmo[@]}" --product berth-transfer >> /tmp/berth-bench-build.log 2>&1 &&
        swift build -c release "${nowmo[@]}" --product berth-bench >> /tmp/berth-bench-build.log 2>&1; then
         # swiftc 6.3 crashed in whole-module -O at main 1c77f84 (docs/benchmarks.md); per-file -O is close.
         bin=$(swift build -c release "${nowmo[@]}" --show-bin-path)
@@ -62,6 +64,7 @@ else
         echo "bench.sh: the release build FAILED (/tmp/berth-bench-build.log); falling back to a DEBUG build" >&2
         grep -m3 -E 'error:|While ' /tmp/berth-bench-build.log | cut -c1-200 >&2 || true
         swift build --product berthd >/dev/null
+        swift build --product berth-transfer >/dev/null
         swift build --product berth-bench >/dev/null
         bin=$(swift build --show-bin-path)
         build="DEBUG build (the release build failed)"

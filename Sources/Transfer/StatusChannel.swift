@@ -50,10 +50,10 @@ public final class StatusReporter: Sendable {
     private let lastProgress = Mutex<Double>(-1)
 
     /// Reports through `sink`, one encoded line per call.
-    init(sink: @escaping @Sendable (String) -> Void) { self.sink = sink }
+    package init(sink: @escaping @Sendable (String) -> Void) { self.sink = sink }
 
     /// Reports on `fd` (the worker's status pipe); write errors are ignored (berthd gone).
-    convenience init(fd: Int32) {
+    package convenience init(fd: Int32) {
         self.init { line in
             var line = line
             line.withUTF8 { buffer in _ = Glibc.write(fd, buffer.baseAddress, buffer.count) }
@@ -76,7 +76,7 @@ public final class StatusReporter: Sendable {
     }
 
     /// Progress `fraction` (0…1); sent only when it moved by at least 0.5 % or reached 1.
-    func progress(_ fraction: Double) {
+    package func progress(_ fraction: Double) {
         guard fraction.isFinite else { return }
         let p = min(max(fraction, 0), 1)
         let send = lastProgress.withLock { last -> Bool in
@@ -87,10 +87,10 @@ public final class StatusReporter: Sendable {
     }
 
     /// A log line at syslog `priority`.
-    func log(_ priority: Int32, _ text: String) { sink(StatusLine.log(priority, text).encoded) }
+    package func log(_ priority: Int32, _ text: String) { sink(StatusLine.log(priority, text).encoded) }
 
     /// The reason the worker fails, sent last.
-    func fail(_ text: String) { sink(StatusLine.error(text).encoded) }
+    package func fail(_ text: String) { sink(StatusLine.error(text).encoded) }
 }
 
 /// Why a worker operation failed, with a message meant for the transfer's log.

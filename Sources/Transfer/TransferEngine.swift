@@ -88,7 +88,7 @@ public final class TransferHandle: Sendable {
 public actor TransferEngine {
     /// The pool images are imported into and exported from.
     public let pool: ImagePool
-    /// The worker binary: berthd (`/proc/self/exe`) in production.
+    /// The worker binary: berth-transfer beside berthd (`TransferWorker.executableBesideSelf()`) in production.
     public let workerExecutable: String
     /// berthd's `--root`: keyrings are read under it.
     public let root: String

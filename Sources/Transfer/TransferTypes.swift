@@ -165,3 +165,13 @@ public enum LogPriority {
     /// LOG_DEBUG.
     public static let debug: Int32 = 7
 }
+
+/// PullTar/PullRaw: what the daemon checks before starting a worker (the worker's download is
+/// in TransferJobs).
+public enum Pull {
+    /// Is this an http(s) URL import1 accepts?
+    public static func isValidURL(_ url: String) -> Bool {
+        (url.hasPrefix("http://") || url.hasPrefix("https://")) && !url.contains(where: { $0 == " " || $0 == "\n" })
+            && url.split(separator: "/", omittingEmptySubsequences: false).count >= 4
+    }
+}

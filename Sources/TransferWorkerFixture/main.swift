@@ -1,7 +1,8 @@
-// TEST FIXTURE ONLY (see Package.swift): stands in for berthd's worker mode in TransferTests
-// until berthd dispatches `--berth-transfer-worker` to TransferWorker.main itself.
+// TEST FIXTURE ONLY (see Package.swift): berth-transfer with one more mode, a stand-in berthd
+// for TransferTests' parent-death test.
 import Glibc
 import Transfer
+import TransferJobs
 
 let arguments = Array(CommandLine.arguments.dropFirst())
 if arguments.first == TransferWorker.flag {

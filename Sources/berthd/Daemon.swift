@@ -6,6 +6,7 @@ import Logging
 import PoolAPI
 import RawLoopBackend
 import Services
+import Linux
 import Synchronization
 import Transfer
 
@@ -44,10 +45,14 @@ actor Daemon {
             // inspection mounts.
             raw.cleanUpStaleInspections()
             await pool.removeStaleTemporaryEntries()
-            // import1's transfers run in berthd itself in worker mode (main.swift). Hostile input
-            // may crash a worker: that is a failed transfer, not a backtrace dump in the journal.
+            // import1's transfers run in berth-transfer, beside berthd. Hostile input may crash a
+            // worker: that is a failed transfer, not a backtrace dump in the journal.
             setenv("SWIFT_BACKTRACE", "enable=no", 1)
-            let engine = TransferEngine(pool: pool, workerExecutable: "/proc/self/exe", root: options.root)
+            let worker = TransferWorker.executableBesideSelf()
+            if options.services.contains(.import1) && access(worker, X_OK) != 0 {
+                throw DaemonError("import1 needs the transfer worker \(worker), which is \(Errno.current): install it beside berthd")
+            }
+            let engine = TransferEngine(pool: pool, workerExecutable: worker, root: options.root)
             for kind in options.services {
                 switch kind {
                 case .machine1: try await Machine1Service(bus: bus, paths: paths, info: info, pool: pool).export()
@@ -93,4 +98,10 @@ enum SignalTarget {
     static let forward: @Sendable (Int32) -> Void = { signal in
         daemon.withLock { $0 }?.signalled(signal)
     }
+}
+
+/// A reason berthd cannot start, logged as it is.
+struct DaemonError: Error, CustomStringConvertible {
+    let description: String
+    init(_ description: String) { self.description = description }
 }

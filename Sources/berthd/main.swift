@@ -4,12 +4,6 @@ import Bus
 import Glibc
 import Linux
 import Logging
-import Transfer
-
-// Worker mode: berthd re-executes itself (/proc/self/exe) for each import1 transfer.
-if CommandLine.arguments.dropFirst().first == TransferWorker.flag {
-    TransferWorker.main(arguments: Array(CommandLine.arguments.dropFirst()))
-}
 
 // A few malloc arenas, not one per thread that ever allocated: berthd's threads mostly wait.
 limitMallocArenas(to: 2)

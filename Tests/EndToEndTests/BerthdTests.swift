@@ -69,6 +69,26 @@ struct BerthdTests {
         #expect(!list.succeeded && list.stderr.contains("not implemented yet"), "\(list.stderr)")
     }
 
+    @Test func refusesToStartImport1WithoutItsTransferWorkerBesideIt() throws {
+        let bus = try PrivateDBusDaemon()
+        defer { bus.stop() }
+        // berthd alone in a folder: no berth-transfer beside it.
+        let folder = try TemporaryDirectory()
+        defer { folder.remove() }
+        let lonely = folder.appending("berthd")
+        try FileManager.default.copyItem(atPath: try BerthdProcess.binaryPath(), toPath: lonely)
+        try FileManager.default.createDirectory(atPath: folder.appending("root"), withIntermediateDirectories: true)
+        let r = try run(["timeout", "20", lonely, "--root", folder.appending("root"), "--bus-address", bus.address,
+                         "--services", "machine1,import1"])
+        #expect(r.status == 1, "\(r)")
+        #expect(r.stderr.contains("\(folder.path)/berth-transfer"), "\(r.stderr)")
+        // It failed before owning any name: no client sees a half-started daemon.
+        for name in ["org.freedesktop.machine1", "org.freedesktop.import1"] {
+            let owner = try run(["busctl", "--address=\(bus.address)", "status", name])
+            #expect(!owner.succeeded, "\(name) was taken")
+        }
+    }
+
     @Test func exitsZeroOnSIGTERM() throws {
         let bus = try PrivateDBusDaemon()
         defer { bus.stop() }

@@ -5,6 +5,7 @@ import PoolAPI
 import TestSupport
 import Testing
 @testable import Transfer
+@testable import TransferJobs
 
 /// A pipe whose write end the test holds: the worker blocks reading it.
 final class StalledPipe {

@@ -5,6 +5,7 @@ import PoolAPI
 import TestSupport
 import Testing
 @testable import Transfer
+@testable import TransferJobs
 
 @Suite("export-tar and export-raw")
 struct ExportTests {

@@ -5,6 +5,7 @@ import PoolAPI
 import TestSupport
 import Testing
 @testable import Transfer
+@testable import TransferJobs
 
 @Suite("import-tar, import-raw, import-fs through worker processes")
 struct ImportTests {

@@ -5,6 +5,7 @@ import Synchronization
 import TestSupport
 import Testing
 @testable import Transfer
+@testable import TransferJobs
 
 /// Runs `body` on a thread of its own and waits at most `seconds` for it; nil if it did not
 /// finish by then (a hang is a failure, not a timing: the limit is far above any real run).

@@ -6,6 +6,7 @@ import PoolAPI
 import TestSupport
 import Testing
 @testable import Transfer
+@testable import TransferJobs
 
 
 /// Folders made once per test run, removed when the test process exits (Swift Testing has

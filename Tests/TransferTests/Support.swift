@@ -8,8 +8,9 @@ import RawLoopBackend
 import TestSupport
 import Testing
 @testable import Transfer
+@testable import TransferJobs
 
-/// The test fixture standing in for berthd's worker mode, built beside the test bundle.
+/// The worker test fixture (berth-transfer plus a stand-in berthd mode), built beside the test bundle.
 let workerExecutable: String = {
     let exe = (try? readLink("/proc/self/exe")) ?? CommandLine.arguments[0]
     var dir = (exe as NSString).deletingLastPathComponent

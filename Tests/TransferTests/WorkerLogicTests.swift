@@ -4,6 +4,7 @@ import Linux
 import TestSupport
 import Testing
 @testable import Transfer
+@testable import TransferJobs
 
 @Suite("worker logic in-process: extraction, status lines, checksum files, arguments")
 struct WorkerLogicTests {

@@ -1,6 +1,7 @@
 import CArchive
 import CLinux
 import Glibc
+import Transfer
 import Linux
 
 /// ExportTar's work: an image tree as a pax tar stream (numeric owners, modes, times, xattrs,

@@ -1,6 +1,7 @@
 import CArchive
 import FileTree
 import Glibc
+import Transfer
 import Linux
 import Synchronization
 

@@ -1,6 +1,7 @@
 import CArchive
 import CLinux
 import Glibc
+import Transfer
 import Linux
 import Synchronization
 

@@ -1,72 +1,10 @@
 import FileTree
 import Glibc
 import Linux
+import Transfer
 
-/// The worker mode of berthd: one transfer in a child process, so hostile input can crash a
-/// worker but never the daemon. berthd dispatches to it first thing in main:
-/// `if CommandLine.arguments.dropFirst().first == TransferWorker.flag { TransferWorker.main(…) }`.
-///
-/// Command line: `<exe> --berth-transfer-worker <type> --parent PID [--target PATH]
-/// [--source PATH] [--format F] [--url URL] [--verify MODE] [--root DIR]`.
-/// fd 3 is the status pipe (StatusLine protocol), fd 4 the data fd (input for imports,
-/// output for exports; none for pulls). Exit status 0 is success; anything else is failure,
-/// with an `E` line saying why.
-public enum TransferWorker {
-    /// argv[1] that selects the worker mode.
-    public static let flag = "--berth-transfer-worker"
-    static let statusDescriptor: Int32 = 3
-    static let dataDescriptor: Int32 = 4
-
-    /// The worker's parsed command line.
-    struct Arguments: Equatable {
-        var type: TransferType
-        var parent: pid_t = 0
-        var target: String?
-        var source: String?
-        var format: ExportFormat = .uncompressed
-        var url: String?
-        var verify: VerifyMode = .no
-        var root: String = "/"
-
-        init(type: TransferType) { self.type = type }
-
-        /// `[flag, type, --option value…]`.
-        init(parsing arguments: [String]) throws {
-            var rest = arguments[...]
-            if rest.first == TransferWorker.flag { rest = rest.dropFirst() }
-            guard let typeName = rest.popFirst(), let type = TransferType(rawValue: typeName) else {
-                throw TransferError("worker: missing or unknown transfer type")
-            }
-            self.init(type: type)
-            while let option = rest.popFirst() {
-                guard let value = rest.popFirst() else { throw TransferError("worker: \(option) needs a value") }
-                switch option {
-                case "--parent": parent = pid_t(value) ?? 0
-                case "--target": target = value
-                case "--source": source = value
-                case "--format":
-                    guard let f = ExportFormat(argument: value) else { throw TransferError("worker: bad format \(value)") }
-                    format = f
-                case "--url": url = value
-                case "--verify":
-                    guard let v = VerifyMode(rawValue: value) else { throw TransferError("worker: bad verify mode \(value)") }
-                    verify = v
-                case "--root": root = value
-                default: throw TransferError("worker: unknown option \(option)")
-                }
-            }
-        }
-
-        var commandLine: [String] {
-            var a = [TransferWorker.flag, type.rawValue, "--parent", String(parent), "--root", root,
-                     "--format", format.rawValue, "--verify", verify.rawValue]
-            if let target { a += ["--target", target] }
-            if let source { a += ["--source", source] }
-            if let url { a += ["--url", url] }
-            return a
-        }
-    }
-
+/// The worker's side of `TransferWorker`: what `berth-transfer` runs.
+extension TransferWorker {
     /// The worker's entry: runs one transfer and exits (0 on success).
     public static func main(arguments: [String]) -> Never {
         // Die with berthd: PR_SET_PDEATHSIG, then make sure berthd did not die before that.

@@ -1,6 +1,7 @@
 import CArchive
 import CLinux
 import Glibc
+import Transfer
 import Linux
 
 /// A libarchive handle (reader, writer or disk writer/reader), freed on deinit.

@@ -1,4 +1,5 @@
 import Glibc
+import Transfer
 import Linux
 import Synchronization
 

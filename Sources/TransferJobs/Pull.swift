@@ -6,6 +6,7 @@ import FileTree
 import Glibc
 import Linux
 import Synchronization
+import Transfer
 
 /// SHA-256 through libcrypto's EVP API.
 /// `@unchecked Sendable`: the context is used by one thread at a time (the download thread,
@@ -82,12 +83,7 @@ private final class DownloadContext: @unchecked Sendable {
 }
 
 /// PullTar/PullRaw's work in the worker: download, verify, import.
-public enum Pull {
-    /// Is this an http(s) URL import1 accepts?
-    public static func isValidURL(_ url: String) -> Bool {
-        (url.hasPrefix("http://") || url.hasPrefix("https://")) && !url.contains(where: { $0 == " " || $0 == "\n" })
-            && url.split(separator: "/", omittingEmptySubsequences: false).count >= 4
-    }
+extension Pull {
 
     /// Downloads `url` and imports it (tar into `target` directory, raw into `target` file),
     /// verified as `verify` asks with keyrings under `root`. The checksum file and its
