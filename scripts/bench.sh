@@ -12,8 +12,9 @@
 #   BENCH_DIR      scratch folder (default: a fresh one in /var/tmp, removed at the end)
 #   BENCH_OUT      also write the Markdown results here
 #   BENCH_PORT     loopback HTTP port for PullTar (default 18734)
-#   BENCH_REPEAT   runs of each item per daemon (default 3, 5 for the ext4 clone; 1 with BENCH_TINY):
-#                  the table shows the median and the spread, the daemons' order alternating
+#   BENCH_REPEAT   runs of each item per daemon (default 3 for transfers, 5 for the others; 1 with
+#                  BENCH_TINY): the table shows the median and the spread, the daemons' order
+#                  alternating between runs
 #   BENCH_ONLY     run only these items, e.g. "import pull" (of: list get clone import export pull
 #                  ext4; default all). For profiling one area; the documented run is all of them.
 set -euo pipefail
@@ -29,12 +30,14 @@ done
 
 if [ "${BENCH_TINY:-0}" = 1 ]; then
     dir_images=20 subvolumes=5 list_calls=3 get_count=10 tree_files=200 file_kib=4 big_files=2 big_file_mib=2
-    btrfs_mib=1024 ext4_mib=256 repeat=${BENCH_REPEAT:-1} ext4_repeat=${BENCH_REPEAT:-1}
+    btrfs_mib=1024 ext4_mib=256 repeat=${BENCH_REPEAT:-1} quick_repeat=${BENCH_REPEAT:-1} ext4_repeat=${BENCH_REPEAT:-1}
 else
     # 1,000 directory images + 100 subvolumes; a ~400 MB tree of 40,000 small files; a 1 GiB image.
     dir_images=1000 subvolumes=100 list_calls=50 get_count=500 tree_files=40000 file_kib=10 big_files=32 big_file_mib=32
-    # The ext4 clone reads 1 GiB from the disk, whose speed varies run to run: 5 runs, not 3.
-    btrfs_mib=4096 ext4_mib=3072 repeat=${BENCH_REPEAT:-3} ext4_repeat=${BENCH_REPEAT:-5}
+    # 5 runs, not 3, where a run's figure moves most: the bus items (a fraction of a second of
+    # wake-ups between four processes on two cores) and the ext4 clone (1 GiB read from a disk
+    # whose speed varies from run to run).
+    btrfs_mib=4096 ext4_mib=3072 repeat=${BENCH_REPEAT:-3} quick_repeat=${BENCH_REPEAT:-5} ext4_repeat=${BENCH_REPEAT:-5}
 fi
 port=${BENCH_PORT:-18734}
 only=" ${BENCH_ONLY:-list get clone import export pull ext4} "
@@ -262,7 +265,10 @@ start_systemd "$work/systemd/var/lib/machines" "$systemd_bus"
 keep_alive "$berth_bus" "$systemd_bus"
 sleep 1
 settle=(--settle "$work/berth/var/lib/machines" --settle "$work/systemd/var/lib/machines" --settle "$work/ref")
-run() { "$bench" "$@" --berth "$berth_bus" --systemd "$systemd_bus" --results "$results" --repeat "$repeat" "${settle[@]}"; }
+run() {
+    "$bench" "$@" --berth "$berth_bus" --systemd "$systemd_bus" --berth-pid "$berthd_pid" --systemd-pid "$machined_pid" \
+        --results "$results" --repeat "$repeat" "${settle[@]}"
+}
 # berthd's memory against machined's and importd's together: all resident pages (VmRSS, mostly
 # shared libraries' clean pages), and the anonymous part of them (RssAnon: heap and stacks).
 memory() { # WHEN
@@ -285,6 +291,7 @@ reference() { # ITEM LABEL COMMAND... (the command's last argument is the destin
 memory "idle"
 
 total=$((dir_images + subvolumes))
+transfer_repeat=$repeat repeat=$quick_repeat
 ! want list || run list --calls "$list_calls" --expect "$total"
 ! want get || run get --pattern 'img%04d' --count "$get_count"
 if want clone; then
@@ -294,6 +301,7 @@ if want clone; then
         --label subvolumes --results "$results" --repeat "$repeat" "${settle[@]}"
 fi
 
+repeat=$transfer_repeat
 if want import || want export; then
 run import --archive "$work/src/tree.tar" --name tree --label "plain ($tree_files files)"
 reference "ImportTar plain ($tree_files files)" "tar -x" tar --numeric-owner -xpf "$work/src/tree.tar" -C "$work/ref/x"
