@@ -19,9 +19,9 @@ struct BenchSmokeTests {
                         environment: ["BENCH_TINY": "1", "BENCH_BIN": bin, "BENCH_PORT": "18735"])
         #expect(r.succeeded, "bench.sh exited \(r.status): \(r.stderr)\n\(r.stdout)")
         let rows = r.stdout.split(separator: "\n").filter { $0.hasPrefix("| ") && !$0.hasPrefix("| item") }
-        let items = ["resident memory, idle", "ListImages", "GetImage + GetAll", "CloneImage ×", "RemoveImage ×",
-                     "ImportTar plain", "ImportTar gzip", "ExportTar", "PullTar", "resident memory, at the end",
-                     "CloneImage directory"]
+        let items = ["resident memory, idle", "anonymous memory (RssAnon), idle", "ListImages", "GetImage + GetAll",
+                     "CloneImage ×", "RemoveImage ×", "ImportTar plain", "ImportTar gzip", "ExportTar", "PullTar",
+                     "resident memory, at the end", "anonymous memory (RssAnon), at the end", "CloneImage directory"]
         for item in items {
             let row = rows.first { $0.hasPrefix("| \(item)") }
             #expect(row != nil, "no row for \(item) in\n\(r.stdout)")
@@ -34,8 +34,15 @@ struct BenchSmokeTests {
             #expect(cells[2].hasSuffix(" s") || cells[2].hasSuffix(" MiB"), "systemd: \(row)")
             #expect(cells[1].hasSuffix(" s") || cells[1].hasSuffix(" MiB") || cells[1] == "n/a (not implemented)", "berthd: \(row)")
         }
-        // Physical references beside import and the ext4 clone.
+        // Physical references beside import, the subvolume clones and the ext4 clone.
         #expect(rows.contains { $0.hasPrefix("| ImportTar plain") && $0.contains("tar -x: ") })
         #expect(rows.contains { $0.hasPrefix("| CloneImage directory") && $0.contains("cp -a: ") })
+        #expect(rows.contains { $0.hasPrefix("| CloneImage ×") && $0.contains("snapshot ioctl: ") })
+        #expect(rows.contains { $0.hasPrefix("| RemoveImage ×") && $0.contains("delete ioctl: ") })
+        // The daemons' own CPU time beside the bus items, without a target of its own.
+        for item in ["ListImages", "GetImage + GetAll"] {
+            let row = rows.first { $0.hasPrefix("| \(item)") && $0.contains(", daemon CPU") }
+            #expect(row?.hasSuffix("| – |") == true, "no CPU row for \(item) in\n\(r.stdout)")
+        }
     }
 }
