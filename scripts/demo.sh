@@ -7,6 +7,8 @@ scripts/install-packages.sh
 swift build
 bin=$(swift build --show-bin-path)
 demo=$(pwd)/demo-root
+# A fresh pool each time (an interrupted run may have left an immutable read-only image).
+if [ -d "$demo" ]; then chattr -R -i "$demo" 2>/dev/null || true; rm -rf "$demo"; fi
 mkdir -p "$demo/var/lib/machines"
 . scripts/private-bus.sh
 address=$(start_private_bus "$demo/run/dbus")
@@ -47,6 +49,14 @@ else
     printf '\n(machinectl refuses to run without /run/systemd/system; mkdir it to try machinectl too)\n'
     step b remove demo-copy
 fi
+# import1: each transfer runs in a berth-transfer worker process; the image appears whole or not at all.
+printf '\n# import1: export an image as a tar.gz, import it back under another name\n'
+step b export-tar demo "$demo/demo.tar.gz"
+step b import-tar "$demo/demo.tar.gz" demo-imported
+step cat "$demo/var/lib/machines/demo-imported/etc/os-release"
+printf '\n# a truncated archive is refused and leaves nothing behind:\n'
+head -c 100 "$demo/demo.tar.gz" > "$demo/broken.tar.gz"
+step b import-tar "$demo/broken.tar.gz" broken
 step b list-images
 printf '\nStopping berthd (SIGTERM)...\n'
 kill "$berthd_pid"; wait "$berthd_pid" && echo "berthd exited 0"

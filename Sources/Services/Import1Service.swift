@@ -176,7 +176,9 @@ public actor Import1Service: BusObjectHandler {
         }
         let id = handle.id, path = Self.transferPath(id)
         transfers[id] = handle
-        logger.info("transfer \(id) started: \(handle.type.rawValue) \(handle.remote) → \(handle.local)")
+        // remote: the URL of a pull, empty for imports and exports (they read or write an fd).
+        let from = handle.remote.isEmpty ? "" : "\(handle.remote) → "
+        logger.info("transfer \(id) started: \(handle.type.rawValue) \(from)\(handle.local)")
         try? await bus.emitSignal(path: ServiceKind.import1.managerPath, interface: Import1Manager.name,
                                   member: Import1Manager.Signal.transferNew.rawValue, [.uint32(id), .objectPath(path)])
         Task { await self.follow(handle) }

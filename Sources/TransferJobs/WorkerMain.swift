@@ -37,7 +37,8 @@ extension TransferWorker {
         }
         switch a.type {
         case .importTar, .importRaw, .importFileSystem:
-            reporter.log(LogPriority.info, "Importing \(a.type.rawValue) image.")
+            let what = switch a.type { case .importTar: "tar archive"; case .importRaw: "raw disk image"; default: "directory tree" }
+            reporter.log(LogPriority.info, "Importing \(what).")
         case .exportTar, .exportRaw:
             reporter.log(LogPriority.info, "Exporting image as \(a.format.rawValue) \(a.type == .exportTar ? "tar" : "raw").")
         case .pullTar, .pullRaw:
