@@ -50,7 +50,7 @@ let package = Package(
         // OpenSSL; run as the berth-transfer executable beside berthd.
         .target(name: "TransferJobs", dependencies: [
             "Transfer", "FileTree", "Linux", "CLinux", "RawLoopBackend", "CArchive", "CCurl", "CGpgme", "CCrypto",
-        ]),
+        ], linkerSettings: [.linkedLibrary("z")]),  // zlib: gzip inflated and checked (ArchiveInput)
         .executableTarget(name: "berth-transfer", dependencies: ["TransferJobs"]),
         // TEST FIXTURE ONLY: a worker executable with an extra mode, a stand-in berthd for
         // TransferTests' parent-death test. Not shipped.

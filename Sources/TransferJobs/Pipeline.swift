@@ -277,19 +277,23 @@ enum Decompressor {
     /// Reads the file, pipe or socket `input` to its end, decompressed, into `pipe`.
     static func pump(from input: Int32, into pipe: BlockPipe) {
         let source = CancellableInput(fd: input, cancelEvent: pipe.cancelEvent)
-        pump(into: pipe, open: source.open, readError: { source.error })
+        pump(from: ArchiveInput(source: source.next), into: pipe, readError: { source.error })
     }
 
-    /// Reads the stream opened on the reader by `open` to its end, decompressed, into `pipe`;
-    /// finishes the pipe (with the error, if any; `readError` is the input's own, which says
-    /// more than libarchive's). Returns quietly if the consumer cancelled.
-    static func pump(into pipe: BlockPipe, open: (ArchiveHandle) throws -> Void,
-                     readError: () -> (any Error)? = { nil }) {
+    /// Reads the stream of `source` (a download's pipe) to its end, decompressed, into `pipe`.
+    static func pump(from source: BlockPipe, into pipe: BlockPipe) {
+        pump(from: ArchiveInput(source: source.next), into: pipe)
+    }
+
+    /// Reads `input` to its end, decompressed, into `pipe`; finishes the pipe (with the error,
+    /// if any: `input`'s own (corrupt gzip data) or `readError`, the source's, say more than
+    /// libarchive's). Returns quietly if the consumer cancelled.
+    private static func pump(from input: ArchiveInput, into pipe: BlockPipe, readError: () -> (any Error)? = { nil }) {
         do {
             let reader = try ArchiveHandle.reader()
             try reader.supportImportCompressions()
             try reader.check(archive_read_support_format_raw(reader.pointer), "raw support")
-            try open(reader)
+            try input.open(reader)
             var entry: OpaquePointer?
             let r = archive_read_next_header(reader.pointer, &entry)
             if r == ARCHIVE_EOF {
@@ -304,7 +308,7 @@ enum Decompressor {
                 let r = archive_read_data_block(reader.pointer, &block, &size, &offset)
                 if r == ARCHIVE_EOF { break }
                 try reader.check(r, "cannot read the archive")
-                pipe.sourceBytes.store(archive_filter_bytes(reader.pointer, -1), ordering: .relaxed)
+                pipe.sourceBytes.store(input.sourceBytes, ordering: .relaxed)
                 // The raw format's blocks are whatever the filters had ready: no waiting for more.
                 guard pipe.write(UnsafeRawBufferPointer(start: block, count: size)) else { return }
             }
@@ -313,7 +317,7 @@ enum Decompressor {
         } catch {
             // Stopped because the consumer gave up: its error is the one that counts.
             if pipe.isCanceled { return }
-            pipe.finish(readError() ?? error)
+            pipe.finish(input.error ?? readError() ?? error)
         }
     }
 }
@@ -335,16 +339,10 @@ final class CancellableInput: @unchecked Sendable {
 
     deinit { buffer.deallocate() }
 
-    /// Opens `reader` on the descriptor; this object must outlive the reader's use of it.
-    func open(_ reader: ArchiveHandle) throws {
-        let me = Unmanaged.passUnretained(self).toOpaque()
-        try reader.check(archive_read_open(reader.pointer, me, nil, { _, client, out in
-            guard let client, let out else { return -1 }
-            let input = Unmanaged<CancellableInput>.fromOpaque(client).takeUnretainedValue()
-            guard let n = input.read() else { return -1 }
-            out.pointee = UnsafeRawPointer(input.buffer.baseAddress)
-            return n
-        }, nil), "cannot read the archive")
+    /// The next block read (valid until the next call), the end, or a failure (`error` says why).
+    func next() -> BlockPipe.Next {
+        guard let n = read() else { return .failed }
+        return n == 0 ? .end : .data(UnsafeRawBufferPointer(start: buffer.baseAddress, count: n))
     }
 
     /// One read(2) of up to a block (0 at the end); nil on error or cancel.

@@ -85,13 +85,25 @@ public enum RawImport {
         let reader = try ArchiveHandle.reader()
         try reader.supportImportCompressions()
         try reader.check(archive_read_support_format_raw(reader.pointer), "raw support")
-        try reader.check(archive_read_open_fd(reader.pointer, input, transferBlockSize), "cannot read the image")
+        let source = CancellableInput(fd: input, cancelEvent: -1)
+        let stream = ArchiveInput(source: source.next)  // gzip inflated and checked there
+        do {
+            try run(reader, stream, input: input, total: total, output: output, outputPath: outputPath, reporter: reporter)
+        } catch {
+            // Corrupt gzip data, or the input's read error, says more than libarchive's message.
+            throw stream.error ?? source.error ?? error
+        }
+    }
+
+    private static func run(_ reader: ArchiveHandle, _ stream: ArchiveInput, input: Int32, total: Int64?,
+                            output: FileDescriptor, outputPath: String, reporter: StatusReporter) throws {
+        try stream.open(reader)
         var entry: OpaquePointer?
         let h = archive_read_next_header(reader.pointer, &entry)
         if h == ARCHIVE_EOF { throw TransferError("the image is empty") }
         try reader.check(h, "cannot read the image")
         // archive_filter_count is 1 when only the pass-through "none" filter runs.
-        let compressed = archive_filter_count(reader.pointer) > 1
+        let compressed = archive_filter_count(reader.pointer) > 1 || stream.isGzip
 
         let buffer = UnsafeMutableRawBufferPointer.allocate(byteCount: transferBlockSize, alignment: 4096)
         defer { buffer.deallocate() }
@@ -116,7 +128,7 @@ public enum RawImport {
         let writer = SparseWriter(fd: target.rawValue)
         while first > 0 {
             try writer.write(UnsafeRawBufferPointer(rebasing: buffer[0..<first]))
-            if let total, total > 0 { reporter.progress(Double(archive_filter_bytes(reader.pointer, -1)) / Double(total) * (isQcow2 ? 0.5 : 1)) }
+            if let total, total > 0 { reporter.progress(Double(stream.sourceBytes) / Double(total) * (isQcow2 ? 0.5 : 1)) }
             first = try readFull(reader, buffer)
         }
         try writer.finish()

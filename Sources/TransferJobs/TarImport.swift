@@ -68,7 +68,7 @@ public enum TarImport {
     /// stops too.
     static func extract(from source: BlockPipe, into directory: String, reporter: StatusReporter) throws {
         try extract(into: directory, total: nil, source: source, reporter: reporter, confine: true) { pipe in
-            Decompressor.pump(into: pipe, open: source.open)
+            Decompressor.pump(from: source, into: pipe)
         }
     }
 

@@ -51,6 +51,57 @@ struct ImportTests {
         #expect(try setup.poolEntries() == ["piped"])
     }
 
+    @Test("a gzip stream of several members imports whole, from a file and from a pipe; bytes after it are ignored",
+          arguments: [false, true])
+    func gzipMembers(_ piped: Bool) async throws {
+        let tmp = try TemporaryDirectory()
+        defer { tmp.remove() }
+        let src = tmp.appending("src"), tar = tmp.appending("image.tar"), gz = tmp.appending("image.tar.gz")
+        // The tar split at an odd offset, each part its own member; zeros after the last.
+        _ = try sh("""
+        mkdir -p '\(src)/etc' && seq 1 50000 > '\(src)/numbers' && echo ID=x > '\(src)/etc/os-release'
+        tar -C '\(src)' -cf '\(tar)' .
+        head -c 100001 '\(tar)' | gzip -1 > '\(gz)'
+        tail -c +100002 '\(tar)' | gzip -9 >> '\(gz)'
+        head -c 4096 /dev/zero >> '\(gz)'
+        """)
+        let setup = try Setup(root: tmp.appending("root"))
+        let fd: Int32
+        var cat: Process? = nil
+        if piped {
+            let p = try pipeFrom(gz)
+            fd = p.fd
+            cat = p.process
+        } else {
+            fd = try openRead(gz)
+        }
+        defer { close(fd); cat?.waitUntilExit() }
+        let (result, events) = try await runTransfer(setup.engine, .importTar(fd: fd, local: "members"))
+        #expect(result == .done, "\(events)")
+        #expect(try sh("cmp '\(src)/numbers' '\(setup.poolPath)/members/numbers' && echo same") == "same\n")
+    }
+
+    @Test("import-raw of a .raw.gz that inflates to the wrong bytes fails and leaves nothing")
+    func importRawBadCRC() async throws {
+        let tmp = try TemporaryDirectory()
+        defer { tmp.remove() }
+        let gz = tmp.appending("disk.raw.gz")
+        _ = try sh("""
+        head -c 3000000 /dev/urandom | gzip -1 > '\(gz)'
+        python3 -c 'import sys; b = bytearray(open(sys.argv[1], "rb").read()); b[-8] ^= 0xff; open(sys.argv[1], "wb").write(b)' '\(gz)'
+        """)
+        let setup = try Setup(root: tmp.appending("root"))
+        let fd = try openRead(gz)
+        defer { close(fd) }
+        let (result, events) = try await runTransfer(setup.engine, .importRaw(fd: fd, local: "disk"))
+        guard case .failed(let message) = result else {
+            Issue.record("a raw.gz with a wrong CRC imported: \(events)")
+            return
+        }
+        #expect(message.contains("gzip data is corrupt"), "\(message)")
+        #expect(try setup.poolEntries().filter { !$0.hasSuffix(".lck") } == [])
+    }
+
     @Test("an archive of one OS-tree directory imports that tree as the root")
     func singleTopDirectoryStripped() async throws {
         let tmp = try TemporaryDirectory()
@@ -95,6 +146,7 @@ struct ImportTests {
             return
         }
         #expect(!message.isEmpty)
+        if kind.hasPrefix("gzip-") { #expect(message.contains("gzip data is"), "\(kind): \(message)") }
         #expect(try directoryEntries(outside).sorted() == ["victim"])
         #expect(try String(contentsOfFile: outside + "/victim", encoding: .utf8) == "secret\n")
         #expect(try setup.poolEntries().filter { !$0.hasSuffix(".lck") } == [])

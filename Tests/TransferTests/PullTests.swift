@@ -85,6 +85,9 @@ struct PullTests {
                 # they are part of the file the checksum is for.
                 mkdir trailing && tar -C '\(source)' -czf trailing/image.tar.gz . && head -c 20000000 /dev/zero >> trailing/image.tar.gz
                 (cd trailing && sha256sum image.tar.gz > SHA256SUMS)
+                # A gzip stream whose CRC-32 does not match what it inflates to.
+                mkdir badcrc && tar -C '\(source)' -czf badcrc/image.tar.gz .
+                python3 -c 'import sys; b = bytearray(open(sys.argv[1], "rb").read()); b[-8] ^= 0xff; open(sys.argv[1], "wb").write(b)' badcrc/image.tar.gz
                 echo '0000000000000000000000000000000000000000000000000000000000000000 *image.tar.xz' > single/SHA256SUMS
                 """)
                 try key.sign(www + "/good/SHA256SUMS")
@@ -159,7 +162,7 @@ struct PullTests {
           arguments: [("mismatch/image.tar.xz", VerifyMode.checksum), ("mismatch/disk.raw.xz", .checksum),
                       ("tampered/image.tar.xz", .signature), ("unsigned/image.tar.xz", .signature),
                       ("good/missing.tar.xz", .no), ("truncated/good/image.tar.xz", .no), ("truncated/good/disk.raw.xz", .no),
-                      ("nowhere/image.tar.xz", .checksum)])
+                      ("nowhere/image.tar.xz", .checksum), ("badcrc/image.tar.gz", .no)])
     func pullFails(_ path: String, _ verify: VerifyMode) async throws {
         let site = try Site()
         defer { site.close() }

@@ -123,17 +123,19 @@ func difference(_ a: String, _ b: String) -> String {
 
 /// The hostile archives the import must refuse.
 let hostileKinds = ["dotdot", "absolute", "symlink-escape", "hardlink-outside", "hardlink-dotdot",
-                    "hardlink-through-symlink", "truncated", "corrupt-gzip", "huge-size"]
+                    "hardlink-through-symlink", "truncated", "corrupt-gzip", "huge-size",
+                    "gzip-crc", "gzip-length", "gzip-stored-flip", "gzip-truncated-member"]
 
 /// Writes a hostile tar of `kind` (made with python3's tarfile) aimed at `outside`.
 func makeHostileArchive(_ kind: String, at archive: String, outside: String) throws {
     let script = """
-    import tarfile, io, sys, gzip
+    import tarfile, io, os, sys, gzip
     kind, path, outside = sys.argv[1], sys.argv[2], sys.argv[3]
     def add(t, name, data=b'pwned', type=tarfile.REGTYPE, link=''):
         i = tarfile.TarInfo(name); i.type = type; i.linkname = link
         if type == tarfile.REGTYPE: i.size = len(data); t.addfile(i, io.BytesIO(data))
         else: t.addfile(i)
+    rnd = os.urandom(100000)
     buf = io.BytesIO()
     with tarfile.open(fileobj=buf, mode='w', format=tarfile.GNU_FORMAT) as t:
         add(t, 'etc', type=tarfile.DIRTYPE)
@@ -148,6 +150,7 @@ func makeHostileArchive(_ kind: String, at archive: String, outside: String) thr
             add(t, 'evil', type=tarfile.SYMTYPE, link=outside)
             add(t, 'etc/link', type=tarfile.LNKTYPE, link='evil/victim')
         if kind in ('truncated', 'corrupt-gzip', 'huge-size'): add(t, 'etc/big', data=b'x' * 100000)
+        if kind == 'gzip-stored-flip': add(t, 'etc/random', data=rnd)
     data = buf.getvalue()
     if kind == 'truncated': data = data[:60000]
     if kind == 'huge-size':
@@ -156,6 +159,18 @@ func makeHostileArchive(_ kind: String, at archive: String, outside: String) thr
         data = data[:-1024] + i.tobuf(format=tarfile.GNU_FORMAT) + b'y' * 4096
     if kind == 'corrupt-gzip':
         z = bytearray(gzip.compress(data)); z[60:100] = b'\\x55' * 40; data = bytes(z)
+    # Gzip that inflates cleanly to the wrong bytes or length: only the trailer tells.
+    if kind == 'gzip-crc':
+        z = bytearray(gzip.compress(data)); z[-8] ^= 0xff; data = bytes(z)
+    if kind == 'gzip-length':
+        z = bytearray(gzip.compress(data)); z[-1] ^= 0x01; data = bytes(z)
+    if kind == 'gzip-stored-flip':
+        # Random bytes deflate to stored blocks, where a flipped bit is a flipped bit of etc/random.
+        z = bytearray(gzip.compress(data)); z[z.find(rnd[50000:50064]) + 10] ^= 0x01; data = bytes(z)
+    if kind == 'gzip-truncated-member':
+        # A whole first member, then a second one cut short.
+        second = gzip.compress(b'\\0' * 1024)
+        data = gzip.compress(data) + second[:len(second) // 2]
     open(path, 'wb').write(data)
     """
     let scriptPath = archive + ".py"
