@@ -93,6 +93,30 @@ struct BerthctlTransferTests {
         #expect(try site.poolEntries() == ["image"])
     }
 
+    @Test("pull-raw --verify=checksum makes NAME.raw identical, with a progress bar on a terminal; a checksum mismatch exits 1 and leaves nothing",
+          .enabled(if: commandExists("script"), "needs script(1) for a terminal"))
+    func pullRawWithProgressBar() throws {
+        let site = try Import1Site()
+        defer { site.close() }
+        let server = try LoopbackHTTPServer(directory: site.content.www)
+        defer { server.stop() }
+        let binary = try BerthdProcess.binaryPath("berthctl")
+
+        // script(1) gives berthctl a terminal; the download trickles (slow/), so the bar is drawn.
+        let command = [binary, "pull-raw", "--verify=checksum", server.url("slow/disk.raw.xz"), "disk",
+                       "--bus-address", site.bus.address].map { "'\($0)'" }.joined(separator: " ")
+        let r = try run(["timeout", "120", "script", "-qefc", command, "/dev/null"])
+        #expect(r.succeeded, "\(r.stdout)\n\(r.stderr)\n\(site.log)")
+        #expect(r.stdout.contains("\r\u{1B}[Kdisk ["), "no bar redrawn in place: \(r.stdout.debugDescription)")
+        #expect(r.stdout.contains("] 100%") || r.stdout.contains("#] "), "the bar never filled: \(r.stdout.debugDescription)")
+        #expect(try run(["cmp", site.content.raw, site.poolPath + "/disk.raw"]).succeeded)
+
+        let bad = try berthctl(site, ["pull-raw", "--verify=checksum", server.url("mismatch/disk.raw.xz"), "bad"])
+        #expect(bad.status == 1, "\(bad)")
+        #expect(bad.stderr.contains("Transfer failed."), "\(bad.stderr)")
+        #expect(try site.poolEntries() == ["disk.raw"])
+    }
+
     @Test("--no-block returns the id while a slow pull runs and cancel-transfer cancels it; SIGINT cancels a followed pull")
     func noBlockAndCancel() throws {
         let site = try Import1Site()
