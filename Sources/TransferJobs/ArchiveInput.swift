@@ -1,4 +1,3 @@
-import CArchive
 import CLinux
 import Glibc
 import Transfer
@@ -14,7 +13,7 @@ import Transfer
 /// bytes after the last member that do not start another are ignored, as gzip(1) and libarchive
 /// do. A stream that ends inside a member fails.
 /// `@unchecked Sendable`: used by one thread, the reader's.
-final class ArchiveInput: @unchecked Sendable {
+final class ArchiveInput: ArchiveBlockSource, @unchecked Sendable {
     /// One block of the source, valid until the next call; `.end` at its end; `.failed` with
     /// the source's own error kept by the source.
     typealias Source = () -> BlockPipe.Next
@@ -45,25 +44,6 @@ final class ArchiveInput: @unchecked Sendable {
             output.deallocate()
         }
         headStorage?.deallocate()
-    }
-
-    /// Opens `reader` on this input; this object must outlive the reader's use of it.
-    func open(_ reader: ArchiveHandle) throws {
-        let me = Unmanaged.passUnretained(self).toOpaque()
-        try reader.check(archive_read_open(reader.pointer, me, nil, { _, client, out in
-            guard let client, let out else { return -1 }
-            let input = Unmanaged<ArchiveInput>.fromOpaque(client).takeUnretainedValue()
-            switch input.next() {
-            case .data(let bytes):
-                out.pointee = bytes.baseAddress
-                return bytes.count
-            case .end:
-                out.pointee = nil
-                return 0
-            case .failed:
-                return -1
-            }
-        }, nil), "cannot read the archive")
     }
 
     /// The next block for libarchive: decompressed for gzip, the source's own otherwise.

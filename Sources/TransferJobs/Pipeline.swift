@@ -195,14 +195,25 @@ final class BlockPipe: @unchecked Sendable {
         }, nil), "cannot open the output")
     }
 
-    /// Opens `reader` on this pipe's stream (the consumer side) through libarchive's
-    /// read callback. The pipe must outlive the reader's use of it.
+}
+
+/// Where a libarchive reader gets its bytes: a block at a time, each valid until the next.
+protocol ArchiveBlockSource: AnyObject {
+    func next() -> BlockPipe.Next
+}
+
+extension BlockPipe: ArchiveBlockSource {}
+
+extension ArchiveBlockSource {
+    /// Opens `reader` on this source through libarchive's read callback (for a pipe, its
+    /// consumer side). The source must outlive the reader's use of it.
     func open(_ reader: ArchiveHandle) throws {
-        let me = Unmanaged.passUnretained(self).toOpaque()
+        let me = Unmanaged.passUnretained(self as AnyObject).toOpaque()
         try reader.check(archive_read_open(reader.pointer, me, nil, { _, client, out in
-            guard let client, let out else { return -1 }
-            let pipe = Unmanaged<BlockPipe>.fromOpaque(client).takeUnretainedValue()
-            switch pipe.next() {
+            guard let client, let out,
+                  let source = Unmanaged<AnyObject>.fromOpaque(client).takeUnretainedValue() as? any ArchiveBlockSource
+            else { return -1 }
+            switch source.next() {
             case .data(let bytes):
                 out.pointee = bytes.baseAddress
                 return bytes.count
