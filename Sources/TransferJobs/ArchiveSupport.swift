@@ -1,8 +1,8 @@
 import CArchive
 import CLinux
 import Glibc
-import Transfer
 import Linux
+import Transfer
 
 /// A libarchive handle (reader, writer or disk writer/reader), freed on deinit.
 /// `@unchecked Sendable`: never shared; it only crosses into the one thread that uses it.
@@ -86,51 +86,18 @@ let transferBlockSize = 1 << 20
 /// the process's other threads and in-process tests keep theirs. Paths in an archive then
 /// resolve inside the image even if libarchive's own checks had a gap.
 func runConfined<T>(in directory: FileDescriptor, confine: Bool, _ body: () throws -> T) throws -> T {
-    try withoutActuallyEscaping(body) { body in
-        let job = ConfinedJob<T>(directory: directory.rawValue, confine: confine, body: body)
-        let box = Unmanaged.passRetained(job).toOpaque()
-        var thread = pthread_t()
-        let r = pthread_create(&thread, nil, { raw in
-            guard let raw else { return nil }
-            Unmanaged<AnyConfinedJob>.fromOpaque(raw).takeRetainedValue().run()
-            return nil
-        }, box)
-        if r != 0 {
-            Unmanaged<AnyConfinedJob>.fromOpaque(box).release()
-            throw TransferError("cannot start a thread: \(Errno(r))")
-        }
-        pthread_join(thread, nil)
-        guard let result = job.result else { throw TransferError("confined thread produced no result") }
-        return try result.get()
-    }
-}
-
-private class AnyConfinedJob {
-    func run() {}
-}
-
-private final class ConfinedJob<T>: AnyConfinedJob {
-    let directory: Int32
-    let confine: Bool
-    let body: () throws -> T
-    var result: Result<T, any Error>?
-
-    init(directory: Int32, confine: Bool, body: @escaping () throws -> T) {
-        self.directory = directory
-        self.confine = confine
-        self.body = body
-    }
-
-    override func run() {
-        result = Result {
+    let fd = directory.rawValue
+    return try withoutActuallyEscaping(body) { body in
+        // Joined before returning, so `body` does not outlive this call.
+        try WorkerThread {
             if unshare(BERTH_CLONE_FS) != 0 { throw SystemCallError("unshare(CLONE_FS)", .current) }
-            if fchdir(directory) != 0 { throw SystemCallError("fchdir", .current) }
+            if fchdir(fd) != 0 { throw SystemCallError("fchdir", .current) }
             if confine && geteuid() == 0 {
                 if chroot(".") != 0 { throw SystemCallError("chroot", .current) }
                 if chdir("/") != 0 { throw SystemCallError("chdir", .current) }
             }
             return try body()
-        }
+        }.join().get()
     }
 }
 
