@@ -15,16 +15,16 @@ public enum TransferWorker {
     public static let flag = "--berth-transfer-worker"
     /// The worker executable, installed beside berthd.
     public static let executableName = "berth-transfer"
+    package static let statusDescriptor: Int32 = 3
+    package static let dataDescriptor: Int32 = 4
 
     /// `berth-transfer` in the folder of the running executable (/proc/self/exe, resolved now,
     /// so a berthd replaced on disk while running still finds the worker of its installation).
     public static func executableBesideSelf() -> String {
         let exe = (try? readLink("/proc/self/exe")) ?? ""
         let folder = exe.lastIndex(of: "/").map { String(exe[..<$0]) } ?? "."
-        return (folder.isEmpty ? "" : folder) + "/" + executableName
+        return folder + "/" + executableName
     }
-    package static let statusDescriptor: Int32 = 3
-    package static let dataDescriptor: Int32 = 4
 
     /// The worker's parsed command line.
     package struct Arguments: Equatable {

@@ -24,7 +24,7 @@ final class ArchiveInput: ArchiveBlockSource, @unchecked Sendable {
     /// Why the stream failed here (corrupt or truncated gzip data), if it did.
     private(set) var error: TransferError?
     /// Whether the stream is gzip, inflated here (known after the first read).
-    private(set) var isGzip = false
+    var isGzip: Bool { output != nil }
 
     private enum State { case start, plain, gzip, done }
     private var state = State.start
@@ -111,7 +111,6 @@ final class ArchiveInput: ArchiveBlockSource, @unchecked Sendable {
         }
         output = UnsafeMutableRawBufferPointer.allocate(byteCount: pipelineBlockSize, alignment: 4096)
         state = .gzip
-        isGzip = true
         inMember = true
         return true
     }
@@ -130,10 +129,6 @@ final class ArchiveInput: ArchiveBlockSource, @unchecked Sendable {
     /// Inflates until some output is ready, the stream ends, or it fails.
     private func inflateNext() -> BlockPipe.Next {
         guard let output else { return .failed }
-        return inflateLoop(output)
-    }
-
-    private func inflateLoop(_ output: UnsafeMutableRawBufferPointer) -> BlockPipe.Next {
         while true {
             if stream.avail_in == 0 {
                 switch fetch() {

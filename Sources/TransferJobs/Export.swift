@@ -1,8 +1,8 @@
 import CArchive
 import CLinux
 import Glibc
-import Transfer
 import Linux
+import Transfer
 
 /// ExportTar's work: an image tree as a pax tar stream (numeric owners, modes, times, xattrs,
 /// ACLs, hardlinks, devices, symlinks, sparse files), compressed as asked.

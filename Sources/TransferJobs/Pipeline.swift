@@ -1,9 +1,9 @@
 import CArchive
 import CLinux
 import Glibc
-import Transfer
 import Linux
 import Synchronization
+import Transfer
 
 /// Size of the blocks the stages of an import hand on: big enough that the hand-over costs
 /// nothing next to the work, small enough that progress (counted in blocks) moves smoothly.
@@ -194,7 +194,6 @@ final class BlockPipe: @unchecked Sendable {
             return pipe.write(UnsafeRawBufferPointer(start: buffer, count: length)) ? length : -1
         }, nil), "cannot open the output")
     }
-
 }
 
 /// Where a libarchive reader gets its bytes: a block at a time, each valid until the next.
@@ -279,9 +278,9 @@ private final class ThreadJob<T>: AnyThreadJob {
     }
 }
 
-/// Decompression on a thread of its own: libarchive's "raw" format with every import filter
-/// turns the compressed stream (gzip, bzip2, xz, zstd, or none) into plain bytes for the tar
-/// reader, which then runs on another core. The compressed stream is read to its end, so
+/// Decompression on a thread of its own: `ArchiveInput` (gzip) and libarchive's "raw" format
+/// with every other import filter turn the compressed stream (gzip, bzip2, xz, zstd, or none)
+/// into plain bytes for the tar reader, which then runs on another core. The compressed stream is read to its end, so
 /// everything libarchive checks is checked (a corrupt or truncated tail fails the import);
 /// bytes after its end are left unread.
 enum Decompressor {

@@ -1,7 +1,7 @@
 import CCrypto
 import CCurl
-import CLinux
 import CGpgme
+import CLinux
 import FileTree
 import Glibc
 import Linux

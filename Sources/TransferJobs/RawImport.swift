@@ -1,9 +1,9 @@
 import CArchive
 import CLinux
 import Glibc
-import Transfer
 import Linux
 import RawLoopBackend
+import Transfer
 
 /// Writes a stream to a file leaving holes where whole 4 KiB blocks are zero; `finish` sets
 /// the size (ftruncate), so trailing zeros are holes too.

@@ -1,9 +1,9 @@
 import CArchive
 import FileTree
 import Glibc
-import Transfer
 import Linux
 import Synchronization
+import Transfer
 
 /// ImportTar's work (and PullTar's after the download): a tar stream, compressed or not, into
 /// an empty image directory.

@@ -1,5 +1,4 @@
 import Glibc
-import Transfer
 import Linux
 import Synchronization
 

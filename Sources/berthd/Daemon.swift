@@ -2,11 +2,11 @@ import BtrfsBackend
 import Bus
 import DirectoryBackend
 import Glibc
+import Linux
 import Logging
 import PoolAPI
 import RawLoopBackend
 import Services
-import Linux
 import Synchronization
 import Transfer
 
