@@ -30,14 +30,14 @@ done
 
 if [ "${BENCH_TINY:-0}" = 1 ]; then
     dir_images=20 subvolumes=5 list_calls=3 get_count=10 tree_files=200 file_kib=4 big_files=2 big_file_mib=2
-    btrfs_mib=1024 ext4_mib=256 repeat=${BENCH_REPEAT:-1} quick_repeat=${BENCH_REPEAT:-1} ext4_repeat=${BENCH_REPEAT:-1}
+    btrfs_mib=1024 ext4_mib=256 transfer_repeat=${BENCH_REPEAT:-1} quick_repeat=${BENCH_REPEAT:-1} ext4_repeat=${BENCH_REPEAT:-1}
 else
     # 1,000 directory images + 100 subvolumes; a ~400 MB tree of 40,000 small files; a 1 GiB image.
     dir_images=1000 subvolumes=100 list_calls=50 get_count=500 tree_files=40000 file_kib=10 big_files=32 big_file_mib=32
     # 5 runs, not 3, where a run's figure moves most: the bus items (a fraction of a second of
     # wake-ups between four processes on two cores) and the ext4 clone (1 GiB read from a disk
     # whose speed varies from run to run).
-    btrfs_mib=4096 ext4_mib=3072 repeat=${BENCH_REPEAT:-3} quick_repeat=${BENCH_REPEAT:-5} ext4_repeat=${BENCH_REPEAT:-5}
+    btrfs_mib=4096 ext4_mib=3072 transfer_repeat=${BENCH_REPEAT:-3} quick_repeat=${BENCH_REPEAT:-5} ext4_repeat=${BENCH_REPEAT:-5}
 fi
 port=${BENCH_PORT:-18734}
 only=" ${BENCH_ONLY:-list get clone import export pull ext4} "
@@ -48,17 +48,21 @@ if [ -n "${BENCH_BIN:-}" ]; then
     build="prebuilt, from $bin"
 else
     echo "== building berthd, berth-transfer and berth-bench (release)"
+    # The three products with `swift build ARGS...`, output to the build log.
+    build_products() {
+        local p
+        for p in berthd berth-transfer berth-bench; do
+            swift build "$@" --product "$p" >> /tmp/berth-bench-build.log 2>&1 || return 1
+        done
+    }
+    : > /tmp/berth-bench-build.log
     # Its own scratch path, so the two configurations do not rebuild each other's modules.
     nowmo=(--scratch-path .build-bench-nowmo -Xswiftc -no-whole-module-optimization)
-    if swift build -c release --product berthd > /tmp/berth-bench-build.log 2>&1 &&
-       swift build -c release --product berth-transfer >> /tmp/berth-bench-build.log 2>&1 &&
-       swift build -c release --product berth-bench >> /tmp/berth-bench-build.log 2>&1; then
+    if build_products -c release; then
         bin=$(swift build -c release --show-bin-path)
         build="release build"
     elif echo "== release build failed (/tmp/berth-bench-build.log); again without whole-module optimization" &&
-       swift build -c release "${nowmo[@]}" --product berthd >> /tmp/berth-bench-build.log 2>&1 &&
-       swift build -c release "${nowmo[@]}" --product berth-transfer >> /tmp/berth-bench-build.log 2>&1 &&
-       swift build -c release "${nowmo[@]}" --product berth-bench >> /tmp/berth-bench-build.log 2>&1; then
+       build_products -c release "${nowmo[@]}"; then
         # swiftc 6.3 crashed in whole-module -O at main 1c77f84 (docs/benchmarks.md); per-file -O is close.
         bin=$(swift build -c release "${nowmo[@]}" --show-bin-path)
         build="release build with -no-whole-module-optimization (whole-module -O crashed the compiler)"
@@ -66,9 +70,7 @@ else
         # Said loudly in the results: debug figures are not the ones the targets are about.
         echo "bench.sh: the release build FAILED (/tmp/berth-bench-build.log); falling back to a DEBUG build" >&2
         grep -m3 -E 'error:|While ' /tmp/berth-bench-build.log | cut -c1-200 >&2 || true
-        swift build --product berthd >/dev/null
-        swift build --product berth-transfer >/dev/null
-        swift build --product berth-bench >/dev/null
+        build_products
         bin=$(swift build --show-bin-path)
         build="DEBUG build (the release build failed)"
     fi
@@ -291,7 +293,7 @@ reference() { # ITEM LABEL COMMAND... (the command's last argument is the destin
 memory "idle"
 
 total=$((dir_images + subvolumes))
-transfer_repeat=$repeat repeat=$quick_repeat
+repeat=$quick_repeat  # runs per daemon of what `run` and `reference` do next
 ! want list || run list --calls "$list_calls" --expect "$total"
 ! want get || run get --pattern 'img%04d' --count "$get_count"
 if want clone; then

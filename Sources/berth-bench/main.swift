@@ -623,16 +623,15 @@ func main() throws {
         let pattern = try one("pattern")
         return (0..<(try int("count"))).map { String(format: pattern, $0) }
     }
+    // --repeat N: N rounds, the daemons' order alternating (berth first, then systemd first…),
+    // so neither always runs on the caches or the disk state the other left.
+    let rounds = o["repeat"]?.last.flatMap { Int($0) } ?? 1
     if command == "snapshot-ref" {
-        benchSnapshotReference(file: file, pool: try one("pool"), names: try names(), label: try one("label"),
-                               rounds: o["repeat"]?.last.flatMap { Int($0) } ?? 1)
+        benchSnapshotReference(file: file, pool: try one("pool"), names: try names(), label: try one("label"), rounds: rounds)
         return
     }
     let pair = [Daemon(who: "berth", client: try BusClient(address: try one("berth")), pid: o["berth-pid"]?.last.flatMap { Int32($0) }),
                 Daemon(who: "systemd", client: try BusClient(address: try one("systemd")), pid: o["systemd-pid"]?.last.flatMap { Int32($0) })]
-    // --repeat N: N rounds, the daemons' order alternating (berth first, then systemd first…),
-    // so neither always runs on the caches or the disk state the other left.
-    let rounds = o["repeat"]?.last.flatMap { Int($0) } ?? 1
     let daemons = (0..<max(rounds, 1)).flatMap { r in r % 2 == 0 ? pair : pair.reversed() }
     switch command {
     case "list": benchList(daemons, file: file, calls: try int("calls"), expect: try int("expect"))
