@@ -52,6 +52,15 @@ func sh(_ script: String) throws -> String {
     try run(["sh", "-ec", script], check: true).stdout
 }
 
+/// Flips every bit of the first byte of the gzip file's trailer CRC-32 at `path`: the data
+/// still inflates, to bytes whose CRC no longer matches.
+func corruptGzipCRC(_ path: String) throws {
+    let data = try Data(contentsOf: URL(fileURLWithPath: path))
+    var bytes = [UInt8](data)
+    bytes[bytes.count - 8] ^= 0xff
+    try Data(bytes).write(to: URL(fileURLWithPath: path))
+}
+
 /// Opens `path` for reading, returning the fd (closed by the caller).
 func openRead(_ path: String) throws -> Int32 {
     let fd = open(path, O_RDONLY | O_CLOEXEC)
