@@ -203,4 +203,43 @@ struct HostileCallerTests {
         #expect(after.stdout.contains("\"one\""), "\(after.stdout) \(after.stderr)")
         #expect(berthd.terminate() == 0)
     }
+
+    /// With the last search path hung, an image removed from the pool is not listed by
+    /// introspection after RemoveImage returned ("removed means gone"), though the listing that
+    /// would show it gone cannot complete.
+    @Test func aHungSearchPathStillLeavesRemovedImagesOut() throws {
+        let bus = try PrivateDBusDaemon()
+        defer { bus.stop() }
+        let berthd = try BerthdProcess(bus: bus, services: ["machine1"])
+        defer { berthd.stop() }
+        let pool = berthd.root + "/var/lib/machines"
+        for name in ["one", "two"] {
+            try FileManager.default.createDirectory(atPath: pool + "/" + name, withIntermediateDirectories: true)
+        }
+        let vendor = berthd.root + "/usr/lib/machines"
+        try FileManager.default.createDirectory(atPath: vendor, withIntermediateDirectories: true)
+        func busctl(_ args: [String]) throws -> CommandResult {
+            try run(["busctl", "--address=\(bus.address)", "--timeout=5"] + args)
+        }
+        let introspectImages = ["call", "org.freedesktop.machine1", "/org/freedesktop/machine1/image",
+                                "org.freedesktop.DBus.Introspectable", "Introspect"]
+        let before = try busctl(introspectImages)
+        #expect(before.stdout.contains("node name=\\\"one\\\"") && before.stdout.contains("node name=\\\"two\\\""), "\(before.stdout)")
+
+        let hung = try HungMount(at: vendor)
+        defer { hung.release() }
+        // Found in the pool folder, before the hung folder is looked at.
+        let remove = try busctl(["call", "org.freedesktop.machine1", "/org/freedesktop/machine1", "org.freedesktop.machine1.Manager",
+                                 "RemoveImage", "s", "one"])
+        #expect(remove.succeeded, "\(remove.stderr)")
+        #expect(!FileManager.default.fileExists(atPath: pool + "/one"))
+        for _ in 0..<2 {
+            let listed = try busctl(introspectImages)
+            #expect(listed.succeeded, "\(listed.stderr)")
+            #expect(!listed.stdout.contains("node name=\\\"one\\\"") && listed.stdout.contains("node name=\\\"two\\\""),
+                    "\(listed.stdout)")
+        }
+        hung.release()
+        #expect(berthd.terminate() == 0)
+    }
 }
