@@ -39,6 +39,9 @@
 ///   registration call.
 /// - Callers: `MethodCall.credentials()` (uid, pid of the sender, asked of the bus without
 ///   blocking) and `Authorizer` (root, else polkit, else AccessDenied).
+/// - Arguments: `MethodCall.arguments` are decoded on first use, within `DecodeBudget.methodCall`
+///   (LimitsExceeded beyond), so a harness that authorizes first never decodes a refused call's
+///   arguments; a call that decoded much hands the freed memory back when it is answered.
 /// - Client side: `Bus.call` calls other services asynchronously (sd_bus_call_async) from the
 ///   daemon; `BusClient` is a blocking client for command-line tools, on its own connection.
 import CSystemd
