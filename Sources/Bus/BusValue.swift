@@ -256,12 +256,13 @@ public enum Signature {
 // MARK: - Marshalling
 
 /// What decoding one message may build: at most `values` values (every element, key, member
-/// and container counts one) and `bytes` bytes of strings. The bus lets a message be 128 MiB
-/// (dbus-daemon's max_message_size; sd-bus's own ceiling, BUS_MESSAGE_SIZE_MAX, is the same),
-/// and decoding turns each wire element into a heap value several times its size: a million
-/// one-letter strings (8 MiB on the wire) became ~150 MiB of Swift values. No method of the
-/// three APIs takes more than a few dozen values, so a method call's arguments are capped far
-/// below that and a caller going beyond gets `org.freedesktop.DBus.Error.LimitsExceeded`.
+/// and container counts one) and `bytes` bytes of strings. sd-bus caps a message at 128 MiB
+/// (BUS_MESSAGE_SIZE_MAX, as dbus-daemon's max_message_size on the system bus) and an array at
+/// 64 MiB (BUS_ARRAY_MAX_SIZE), but counts no elements, and decoding turns each wire element
+/// into a heap value several times its size: a million one-letter strings (8 MiB on the wire)
+/// became tens of MiB of Swift values. No method of the three APIs takes more than a few dozen
+/// values, so a method call's arguments are capped far below that and a caller going beyond
+/// gets `org.freedesktop.DBus.Error.LimitsExceeded`.
 public struct DecodeBudget: Sendable {
     /// Values that may still be decoded.
     public private(set) var values: Int
