@@ -39,6 +39,9 @@
 ///   registration call.
 /// - Callers: `MethodCall.credentials()` (uid, pid of the sender, asked of the bus without
 ///   blocking) and `Authorizer` (root, else polkit, else AccessDenied).
+/// - Arguments: `MethodCall.arguments` are decoded on first use, within `DecodeBudget.methodCall`
+///   (LimitsExceeded beyond), so a harness that authorizes first never decodes a refused call's
+///   arguments; a call that decoded much hands the freed memory back when it is answered.
 /// - Client side: `Bus.call` calls other services asynchronously (sd_bus_call_async) from the
 ///   daemon; `BusClient` is a blocking client for command-line tools, on its own connection.
 import CSystemd
@@ -78,7 +81,9 @@ public struct RequestID: Hashable, Sendable {
     let cookie: UInt64
 }
 
-/// A method call as received, decoded, with the means to ask who sent it.
+/// A method call as received, with the means to ask who sent it. Its arguments are decoded when
+/// first asked for (within `DecodeBudget.methodCall`), so a harness that authorizes the caller
+/// first spends nothing on the arguments of a call it refuses.
 public struct MethodCall: Sendable {
     /// The object the call is for.
     public let path: ObjectPath
@@ -88,8 +93,8 @@ public struct MethodCall: Sendable {
     public let member: String
     /// The caller's unique bus name (`:1.42`).
     public let sender: String?
-    /// The in arguments, already checked against the method's signature by sd-bus.
-    public let arguments: [BusValue]
+    /// The message, held until the call is answered, and its arguments once decoded.
+    let message: CallMessage
     /// Whether the caller allows polkit to ask the user interactively
     /// (sd_bus_message_get_allow_interactive_authorization).
     public let allowsInteractiveAuthorization: Bool
@@ -102,23 +107,34 @@ public struct MethodCall: Sendable {
         return try await bus.credentials(of: sender)
     }
 
+    /// The in arguments (their signature checked by sd-bus against the method's), decoded on
+    /// first use on the bus thread; `org.freedesktop.DBus.Error.LimitsExceeded` beyond
+    /// `DecodeBudget.methodCall`. Only on the bus thread, before the call is answered.
+    public var arguments: [BusValue] {
+        get throws(BusError) { try message.arguments() }
+    }
+
     /// Argument `i` as a string (`s`, `o` or `g`).
     public func string(_ i: Int) throws(BusError) -> String {
+        let arguments = try arguments
         guard i < arguments.count, let v = arguments[i].stringValue else { throw BusError.invalidArgs("argument \(i) is not a string") }
         return v
     }
     /// Argument `i` as a boolean.
     public func bool(_ i: Int) throws(BusError) -> Bool {
+        let arguments = try arguments
         guard i < arguments.count, let v = arguments[i].boolValue else { throw BusError.invalidArgs("argument \(i) is not a boolean") }
         return v
     }
     /// Argument `i` as an unsigned integer.
     public func uint64(_ i: Int) throws(BusError) -> UInt64 {
+        let arguments = try arguments
         guard i < arguments.count, let v = arguments[i].uint64Value else { throw BusError.invalidArgs("argument \(i) is not an unsigned integer") }
         return v
     }
     /// Argument `i` as a file descriptor (`h`); the call owns it until it is released.
     public func fileDescriptor(_ i: Int) throws(BusError) -> FileDescriptor {
+        let arguments = try arguments
         guard i < arguments.count, let v = arguments[i].fileDescriptor else { throw BusError.invalidArgs("argument \(i) is not a file descriptor") }
         return v
     }
@@ -147,7 +163,7 @@ public actor Bus {
     private var handle: OpaquePointer?
     private var exports: [ExportBox] = []
     private var slots: [OpaquePointer] = []
-    private var pending: [UInt64: OpaquePointer] = [:]
+    private var pending: [UInt64: CallMessage] = [:]
     private var inFlight: [UInt64: Task<Void, Never>] = [:]
     private var nextCall: UInt64 = 1
     private let logger: Logger
@@ -255,18 +271,13 @@ public actor Bus {
         let path = ObjectPath(sd_bus_message_get_path(m).map { String(cString: $0) } ?? "/")
         let member = sd_bus_message_get_member(m).map { String(cString: $0) } ?? ""
         let sender = sd_bus_message_get_sender(m).map { String(cString: $0) }
-        let arguments: [BusValue]
-        do {
-            arguments = try Marshal.readAll(m)
-        } catch {
-            replyError(m, error)
-            return 1
-        }
-        sd_bus_message_ref(m)
+        // Nothing of the arguments is decoded here: the handler asks for them, after it has
+        // authorized the caller where the method needs it.
+        let message = CallMessage(m, loop: loop)
         let id = nextCall
         nextCall += 1
-        pending[id] = m
-        let call = MethodCall(path: path, interface: box.interface.name, member: member, sender: sender, arguments: arguments,
+        pending[id] = message
+        let call = MethodCall(path: path, interface: box.interface.name, member: member, sender: sender, message: message,
                               allowsInteractiveAuthorization: sd_bus_message_get_allow_interactive_authorization(m) > 0,
                               bus: self)
         let handler = box.handler
@@ -300,8 +311,14 @@ public actor Bus {
 
     private func finish(_ id: UInt64, _ result: Result<[BusValue], any Error>, expected: String) {
         inFlight[id] = nil
-        guard let m = pending.removeValue(forKey: id) else { return }
-        defer { sd_bus_message_unref(m) }
+        guard let message = pending.removeValue(forKey: id), let m = message.pointer else { return }
+        defer {
+            let large = message.decodedALot
+            message.release()
+            // Many values decoded and now freed: hand the memory back rather than keep it
+            // resident for good (an attacker's arrays, capped as they are, add up).
+            if large { releaseFreeMemory() }
+        }
         guard handle != nil else { return }
         switch result {
         case .success(let values):
@@ -491,7 +508,7 @@ public actor Bus {
         for slot in slots { sd_bus_slot_unref(slot) }
         slots = []
         exports = []
-        for m in pending.values { sd_bus_message_unref(m) }
+        for message in pending.values { message.release() }
         pending = [:]
         if let handle {
             sd_bus_detach_event(handle)
@@ -517,6 +534,51 @@ final class ExportBox: @unchecked Sendable {
         self.handler = handler
         self.bus = bus
         self.vtable = Vtable(interface, method: methodThunk, property: propertyThunk)
+    }
+}
+
+/// An incoming method call's message, referenced from dispatch until the reply is sent, and its
+/// arguments, decoded once on first use.
+///
+/// `@unchecked Sendable`: `MethodCall` (Sendable) carries it, but it is only used on the loop
+/// thread (sd-bus messages are not thread-safe), which `arguments()` checks; `release()` runs
+/// in `Bus.finish`/`Bus.close`, on that thread too.
+final class CallMessage: @unchecked Sendable {
+    /// The message; nil once released.
+    private(set) var pointer: OpaquePointer?
+    private let loop: EventLoop
+    private var decoded: Result<[BusValue], BusError>?
+    /// Whether decoding spent enough of its budget to be worth a `releaseFreeMemory` afterwards.
+    private(set) var decodedALot = false
+
+    /// Takes a reference on `m` (sd_bus_message_ref).
+    init(_ m: OpaquePointer, loop: EventLoop) {
+        pointer = sd_bus_message_ref(m)
+        self.loop = loop
+    }
+
+    /// The arguments, decoded within `DecodeBudget.methodCall` the first time.
+    func arguments() throws(BusError) -> [BusValue] {
+        if let decoded { return try decoded.get() }
+        precondition(loop.isCurrent, "a method call's arguments are read on the bus thread only")
+        guard let pointer else { throw BusError.failed("the call was already answered") }
+        var budget = DecodeBudget.methodCall
+        let result: Result<[BusValue], BusError>
+        do { result = .success(try Marshal.readAll(pointer, budget: &budget)) } catch { result = .failure(error) }
+        decodedALot = budget.spentALot
+        decoded = result
+        return try result.get()
+    }
+
+    /// Drops the message and the decoded arguments (sd_bus_message_unref).
+    func release() {
+        if let pointer { sd_bus_message_unref(pointer) }
+        pointer = nil
+        decoded = nil
+    }
+
+    deinit {
+        if let pointer { sd_bus_message_unref(pointer) }
     }
 }
 

@@ -42,6 +42,7 @@ public struct BusError: Error, Sendable, Equatable, CustomStringConvertible {
         public static let serviceUnknown = "org.freedesktop.DBus.Error.ServiceUnknown"
         public static let noReply = "org.freedesktop.DBus.Error.NoReply"
         public static let interactiveAuthorizationRequired = "org.freedesktop.DBus.Error.InteractiveAuthorizationRequired"
+        public static let limitsExceeded = "org.freedesktop.DBus.Error.LimitsExceeded"
     }
 
     /// `org.freedesktop.DBus.Error.InvalidArgs`.
@@ -50,6 +51,8 @@ public struct BusError: Error, Sendable, Equatable, CustomStringConvertible {
     public static func accessDenied(_ message: String) -> BusError { BusError(name: Name.accessDenied, message: message) }
     /// `org.freedesktop.DBus.Error.NotSupported`.
     public static func notSupported(_ message: String) -> BusError { BusError(name: Name.notSupported, message: message) }
+    /// `org.freedesktop.DBus.Error.LimitsExceeded`.
+    public static func limitsExceeded(_ message: String) -> BusError { BusError(name: Name.limitsExceeded, message: message) }
     /// `org.freedesktop.DBus.Error.Failed`.
     public static func failed(_ message: String) -> BusError { BusError(name: Name.failed, message: message) }
 

@@ -255,16 +255,70 @@ public enum Signature {
 
 // MARK: - Marshalling
 
-/// Reads and appends `BusValue`s on an `sd_bus_message`; used only on the bus's thread.
-enum Marshal {
-    /// Reads the remaining arguments of `m` according to its signature.
-    static func readAll(_ m: OpaquePointer) throws(BusError) -> [BusValue] {
-        guard let sig = sd_bus_message_get_signature(m, 1) else { return [] }
-        return try Signature.split(String(cString: sig)).map { (t) throws(BusError) in try read(m, t) }
+/// What decoding one message may build: at most `values` values (every element, key, member
+/// and container counts one) and `bytes` bytes of strings. sd-bus caps a message at 128 MiB
+/// (BUS_MESSAGE_SIZE_MAX, as dbus-daemon's max_message_size on the system bus) and an array at
+/// 64 MiB (BUS_ARRAY_MAX_SIZE), but counts no elements, and decoding turns each wire element
+/// into a heap value several times its size: a million one-letter strings (8 MiB on the wire)
+/// became tens of MiB of Swift values. No method of the three APIs takes more than a few dozen
+/// values, so a method call's arguments are capped far below that and a caller going beyond
+/// gets `org.freedesktop.DBus.Error.LimitsExceeded`.
+public struct DecodeBudget: Sendable {
+    /// Values that may still be decoded.
+    public private(set) var values: Int
+    /// String bytes that may still be decoded.
+    public private(set) var bytes: Int
+    /// What the budget was made with, to tell how much was spent.
+    private let initialValues: Int
+    private let initialBytes: Int
+
+    /// A budget of `values` values and `bytes` string bytes.
+    public init(values: Int, bytes: Int) {
+        self.values = values
+        self.bytes = bytes
+        initialValues = values
+        initialBytes = bytes
     }
 
-    /// Reads one value of complete type `type`.
-    static func read(_ m: OpaquePointer, _ type: String) throws(BusError) -> BusValue {
+    /// The arguments of one incoming method call: 65,536 values and 4 MiB of strings, about
+    /// 8 MiB of decoded values at most.
+    public static var methodCall: DecodeBudget { DecodeBudget(values: 1 << 16, bytes: 4 << 20) }
+    /// Replies to berthd's own calls (the bus driver, polkit): trusted peers, no cap.
+    public static var unlimited: DecodeBudget { DecodeBudget(values: .max, bytes: .max) }
+
+    /// Whether what was decoded is large enough that the memory it frees is worth handing back
+    /// to the kernel afterwards (`releaseFreeMemory`): a tenth of the method-call budget.
+    public var spentALot: Bool { initialValues - values > 1 << 12 || initialBytes - bytes > 256 << 10 }
+
+    mutating func spend(values v: Int = 1, bytes b: Int = 0) throws(BusError) {
+        guard values >= v, bytes >= b else {
+            throw BusError.limitsExceeded("the message holds more than \(initialValues) values or \(initialBytes) bytes of strings")
+        }
+        values -= v
+        bytes -= b
+    }
+}
+
+/// Reads and appends `BusValue`s on an `sd_bus_message`; used only on the bus's thread.
+enum Marshal {
+    /// Reads the remaining arguments of `m` according to its signature, within `budget`.
+    static func readAll(_ m: OpaquePointer, budget: inout DecodeBudget) throws(BusError) -> [BusValue] {
+        guard let sig = sd_bus_message_get_signature(m, 1) else { return [] }
+        var values: [BusValue] = []
+        for t in try Signature.split(String(cString: sig)) { values.append(try read(m, t, &budget)) }
+        return values
+    }
+
+    /// Reads the remaining arguments of a trusted message (a reply to berthd's own call).
+    static func readAll(_ m: OpaquePointer) throws(BusError) -> [BusValue] {
+        var budget = DecodeBudget.unlimited
+        return try readAll(m, budget: &budget)
+    }
+
+    /// Reads one value of complete type `type`, spending `budget` on it as it goes: an array
+    /// beyond the budget fails at the first element too many, so no more is ever built.
+    static func read(_ m: OpaquePointer, _ type: String, _ budget: inout DecodeBudget) throws(BusError) -> BusValue {
+        try budget.spend()
         let u = Array(type.utf8)
         guard let first = u.first else { throw BusError.invalidArgs("empty type") }
         func basic<T: BitwiseCopyable>(_ initial: T) throws(BusError) -> T {
@@ -273,10 +327,11 @@ enum Marshal {
             if r <= 0 { throw BusError.invalidArgs("cannot read '\(type)': \(r < 0 ? Errno(-r).description : "missing")") }
             return v
         }
-        func text() throws(BusError) -> String {
+        func text(_ budget: inout DecodeBudget) throws(BusError) -> String {
             var p: UnsafePointer<CChar>? = nil
             let r = sd_bus_message_read_basic(m, CChar(bitPattern: first), &p)
             guard r > 0, let p else { throw BusError.invalidArgs("cannot read '\(type)'") }
+            try budget.spend(values: 0, bytes: strlen(p))
             return String(cString: p)
         }
         switch first {
@@ -289,9 +344,9 @@ enum Marshal {
         case UInt8(ascii: "x"): return .int64(try basic(Int64(0)))
         case UInt8(ascii: "t"): return .uint64(try basic(UInt64(0)))
         case UInt8(ascii: "d"): return .double(try basic(Double(0)))
-        case UInt8(ascii: "s"): return .string(try text())
-        case UInt8(ascii: "o"): return .objectPath(ObjectPath(try text()))
-        case UInt8(ascii: "g"): return .signature(try text())
+        case UInt8(ascii: "s"): return .string(try text(&budget))
+        case UInt8(ascii: "o"): return .objectPath(ObjectPath(try text(&budget)))
+        case UInt8(ascii: "g"): return .signature(try text(&budget))
         case UInt8(ascii: "h"):
             let fd = try basic(Int32(-1))
             // The message owns `fd`; keep our own copy past the message's life.
@@ -306,14 +361,14 @@ enum Marshal {
             }
             let inner = String(cString: contents)
             try enter(m, "v", inner)
-            let v = try read(m, inner)
+            let v = try read(m, inner, &budget)
             try exit(m)
             return .variant(v)
         case UInt8(ascii: "("):
             let inner = String(type.dropFirst().dropLast())
             try enter(m, "r", inner)
             var members: [BusValue] = []
-            for t in try Signature.split(inner) { members.append(try read(m, t)) }
+            for t in try Signature.split(inner) { members.append(try read(m, t, &budget)) }
             try exit(m)
             return .structure(members)
         case UInt8(ascii: "a"):
@@ -327,8 +382,8 @@ enum Marshal {
                     let r = sd_bus_message_enter_container(m, CChar(UInt8(ascii: "e")), kv[0] + kv[1])
                     if r == 0 { break }
                     if r < 0 { throw BusError.invalidArgs("cannot read dict entry: \(Errno(-r))") }
-                    let k = try read(m, kv[0])
-                    let v = try read(m, kv[1])
+                    let k = try read(m, kv[0], &budget)
+                    let v = try read(m, kv[1], &budget)
                     try exit(m)
                     entries.append(.init(k, v))
                 }
@@ -340,7 +395,7 @@ enum Marshal {
                 let r = sd_bus_message_at_end(m, 0)
                 if r < 0 { throw BusError.invalidArgs("cannot read array: \(Errno(-r))") }
                 if r > 0 { break }
-                items.append(try read(m, element))
+                items.append(try read(m, element, &budget))
             }
             try exit(m)
             return .array(element: element, items)

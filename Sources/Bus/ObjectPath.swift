@@ -30,13 +30,63 @@ public struct ObjectPath: RawRepresentable, Hashable, Sendable, Comparable, Cust
         return ObjectPath(String(cString: out))
     }
 
-    /// The unescaped last component if `self` is `prefix/<one escaped component>`
-    /// (sd_bus_path_decode(3)), else nil.
+    /// The unescaped last component if `self` is `prefix/<one escaped component>`, decoded as
+    /// sd_bus_path_decode(3) decodes it (`_XX` is the byte 0xXX, any other `_` stands for itself,
+    /// `_` alone is ""), else nil.
+    ///
+    /// Unlike sd_bus_path_decode, whose C string ends at the first NUL, a component that decodes
+    /// to a NUL byte or to bytes that are not UTF-8 is nil: no name holds those, so
+    /// `image/base_00junk` is not another path of `image/base` (systemd 252 takes it for `base`).
+    /// A non-canonical escape that decodes exactly (`_62ase` for `base`) is accepted, as sd-bus
+    /// and systemd 252 accept it. No allocation for a plain name.
     public func unescapedName(under prefix: ObjectPath) -> String? {
-        var out: UnsafeMutablePointer<CChar>? = nil
-        guard sd_bus_path_decode(rawValue, prefix.rawValue, &out) > 0, let out else { return nil }
-        defer { free(out) }
-        return String(cString: out)
+        let path = rawValue.utf8
+        let head = prefix.rawValue.utf8
+        guard path.starts(with: head) else { return nil }
+        var rest = path.dropFirst(head.count)
+        if prefix.rawValue != "/" {
+            guard rest.first == UInt8(ascii: "/") else { return nil }
+            rest = rest.dropFirst()
+        }
+        guard !rest.isEmpty else { return nil }
+        if !rest.contains(UInt8(ascii: "_")) {
+            // Only letters and digits are left in a valid path: the name as it is.
+            guard rest.allSatisfy(Self.isPlain) else { return nil }
+            return String(decoding: rest, as: UTF8.self)
+        }
+        if rest.count == 1 { return "" }
+        let escaped = Array(rest)
+        var bytes: [UInt8] = []
+        bytes.reserveCapacity(escaped.count)
+        var i = 0
+        while i < escaped.count {
+            let c = escaped[i]
+            guard c == UInt8(ascii: "_") || Self.isPlain(c) else { return nil }
+            if c == UInt8(ascii: "_"), i + 2 < escaped.count, let hi = Self.hexValue(escaped[i + 1]), let lo = Self.hexValue(escaped[i + 2]) {
+                bytes.append(hi << 4 | lo)
+                i += 3
+            } else {
+                bytes.append(c)
+                i += 1
+            }
+        }
+        guard !bytes.contains(0) else { return nil }
+        return String(validating: bytes, as: UTF8.self)
+    }
+
+    /// A letter or digit: what an object path holds besides `/` and `_`.
+    private static func isPlain(_ c: UInt8) -> Bool {
+        (c >= 0x30 && c <= 0x39) || (c | 0x20 >= 0x61 && c | 0x20 <= 0x7a)
+    }
+
+    /// The value of a hex digit (either case), as systemd's unhexchar.
+    private static func hexValue(_ c: UInt8) -> UInt8? {
+        switch c {
+        case 0x30...0x39: c - 0x30
+        case 0x61...0x66: c - 0x61 + 10
+        case 0x41...0x46: c - 0x41 + 10
+        default: nil
+        }
     }
 
     /// Whether `self` is `prefix` or below it.

@@ -43,3 +43,12 @@ public func lowerCurrentThreadToIdle() {
 public func limitMallocArenas(to count: Int32) {
     _ = mallopt(M_ARENA_MAX, count)
 }
+
+/// Returns the free memory at the top of glibc's heaps and in whole free pages inside them to the
+/// kernel (malloc_trim(0)). glibc keeps what a burst of small allocations freed resident (its trim
+/// threshold rises with the largest block it has seen), so after freeing much at once — a large
+/// message decoded and dropped — a long-running daemon calls this to give it back. Costs a walk
+/// of the heaps and madvise calls: only after large frees, never per request.
+public func releaseFreeMemory() {
+    _ = malloc_trim(0)
+}

@@ -47,8 +47,14 @@ public enum PolkitAction {
 }
 
 /// What every service harness does around its logic: authorize the caller for the member's
-/// polkit action (none: open to all), run the handler, and map what it throws to a D-Bus error
-/// through `ErrorMapping`.
+/// polkit action (none: open to all), decode the arguments, run the handler, and map what it
+/// throws to a D-Bus error through `ErrorMapping`.
+///
+/// The arguments are decoded only once the caller is authorized, so a refused caller costs no
+/// more than its message: a million-element array sent by `nobody` to a polkit-guarded method
+/// is answered AccessDenied without being looked at. Decoding is capped per message
+/// (`DecodeBudget.methodCall`), which bounds what a method open to everyone can be made to
+/// build: beyond it, `org.freedesktop.DBus.Error.LimitsExceeded`.
 public struct Harness: Sendable {
     private let authorizer = Authorizer()
 
@@ -61,6 +67,8 @@ public struct Harness: Sendable {
                                               _ body: nonisolated(nonsending) () async throws -> [BusValue]) async throws -> [BusValue] {
         do {
             if let action { try await authorizer.authorize(call, action: action) }
+            // Decoded here, within the cap, before any logic: the body's accessors reuse them.
+            _ = try call.arguments
             return try await body()
         } catch {
             throw ErrorMapping.busError(error)

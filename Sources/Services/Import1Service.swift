@@ -47,11 +47,15 @@ public actor Import1Service: BusObjectHandler {
     /// The object path of transfer `id`: `/org/freedesktop/import1/transfer/_<id>`, as importd names them.
     public static func transferPath(_ id: UInt32) -> ObjectPath { ObjectPath("\(transferPrefix.rawValue)/_\(id)") }
 
-    /// The id of the transfer object at `path`, if `path` names one.
+    /// The id of the transfer object at `path`, if `path` names one. Only the path
+    /// `transferPath` makes: `_07` is not another path of transfer 7 (importd parses the id with
+    /// strtoul, taking `_07`, `_0x7` and `_7` for one transfer; one object has one path here).
     static func transferID(_ path: ObjectPath) -> UInt32? {
         let prefix = transferPrefix.rawValue + "/_"
         guard path.rawValue.hasPrefix(prefix) else { return nil }
-        return UInt32(path.rawValue.dropFirst(prefix.count))
+        let digits = path.rawValue.dropFirst(prefix.count)
+        guard let id = UInt32(digits), String(id) == digits else { return nil }
+        return id
     }
 
     /// A harness over `engine` (nil: every transfer method answers NotSupported, as before the

@@ -47,11 +47,19 @@ extension Machine1Machine.Method {
 ///
 /// It decodes the call, authorizes it (`polkitAction`), and answers with systemd-machined 252's
 /// replies and errors (`Machine1Errors`); the logic lives in the pool (`ImagePool`). Image objects
-/// follow the pool with no cache: the find callback is a synchronous lookup (`imageNow`), the
-/// node enumerator a listing (`imageNamesNow`), so images added or removed behind berthd's back
-/// appear and vanish at once. Long work (clone, remove) runs off the bus thread in the pool, so
-/// other calls are answered meanwhile. The machine members answer NotSupported until the
-/// machine registry exists.
+/// follow the pool with no cache: the find callback is a synchronous lookup (`imageNow`), so
+/// images added or removed behind berthd's back appear and vanish at once. Long work (clone,
+/// remove) runs off the bus thread in the pool, so other calls are answered meanwhile. The
+/// machine members answer NotSupported until the machine registry exists.
+///
+/// File-system work on the bus thread: only the lookups of one image by name (GetImage, the
+/// find callback, an image's property getters, the precheck of by-name methods), a few statx
+/// calls, as systemd-machined makes them on its one thread. Making them asynchronous would put
+/// a thread hop on GetImage + GetAll, the hottest path, and an image whose own mount hangs
+/// hangs machined the same way. What walks the search paths or asks the kernel for quota —
+/// the node enumerator (`ImageNameListing`) and PoolUsage/PoolLimit (`PoolUsageCache`) — runs
+/// on worker threads, the bus thread waiting for it at most briefly, so a hung search path or
+/// pool mount cannot stall all three services.
 public actor Machine1Service: BusObjectHandler {
     public nonisolated let bus: Bus
     public nonisolated var unownedExecutor: UnownedSerialExecutor { bus.unownedExecutor }
@@ -59,6 +67,10 @@ public actor Machine1Service: BusObjectHandler {
     private let info: DaemonInfo
     private let pool: ImagePool
     private let harness = Harness()
+    /// PoolUsage and PoolLimit, measured off the bus thread.
+    private let poolUsage: PoolUsageCache
+    /// The image names for the node enumerator, listed off the bus thread.
+    private let imageNames: ImageNameListing
     /// The last image lookup and the message it was made for (`imageForCurrentMessage`).
     private var lookupMemo: (request: RequestID, name: String, image: Image?)?
 
@@ -78,6 +90,8 @@ public actor Machine1Service: BusObjectHandler {
         self.paths = paths
         self.info = info
         self.pool = pool
+        poolUsage = PoolUsageCache(pool: pool)
+        imageNames = ImageNameListing(pool: pool)
     }
 
     /// Exports the manager object (with `io.berth.Daemon`) and the image and machine subtrees.
@@ -85,6 +99,8 @@ public actor Machine1Service: BusObjectHandler {
         try await bus.export([Machine1Manager.interface, BerthDaemon.interface], at: ServiceKind.machine1.managerPath, handler: self)
         try await bus.exportSubtree([Machine1Image.interface], under: Machine1Service.imagePrefix, handler: self)
         try await bus.exportSubtree([Machine1Machine.interface], under: Machine1Service.machinePrefix, handler: self)
+        // The first measurement, so the first read of PoolUsage has a value to answer with.
+        _ = poolUsage.current()
     }
 
     /// GetImage, answered on the bus thread as machined does: a lookup is a few statx calls,
@@ -149,6 +165,7 @@ public actor Machine1Service: BusObjectHandler {
         case .setPoolLimit:
             let bytes = try call.uint64(0)
             do { try await pool.setPoolLimit(bytes) } catch { throw Machine1Errors.translate(error, name: "") }
+            await poolUsage.refresh()
             return []
         case .cleanPool:
             let mode = try call.string(0)
@@ -157,6 +174,8 @@ public actor Machine1Service: BusObjectHandler {
             }
             let removed: [(name: String, usage: UInt64)]
             do { removed = try await pool.clean(cleanMode) } catch { throw Machine1Errors.translate(error, name: "") }
+            for image in removed { imageNames.forget(image.name) }
+            poolUsage.invalidate()
             return [.array(element: "(st)", removed.map { .structure([.string($0.name), .uint64($0.usage)]) })]
         default:
             // The machine members come with the machine registry.
@@ -206,6 +225,8 @@ public actor Machine1Service: BusObjectHandler {
     private func remove(_ name: String) async throws -> [BusValue] {
         try await onImage(name) {
             try await pool.remove(name)
+            imageNames.forget(name)
+            poolUsage.invalidate()
             return []
         }
     }
@@ -216,6 +237,7 @@ public actor Machine1Service: BusObjectHandler {
         try Machine1Errors.validate(newName)
         return try await onImage(name) {
             try await pool.rename(name, to: newName)
+            imageNames.forget(name)
             return []
         }
     }
@@ -226,6 +248,7 @@ public actor Machine1Service: BusObjectHandler {
         try Machine1Errors.validate(newName)
         return try await onImage(name) {
             _ = try await pool.clone(name, to: newName, readOnly: readOnly)
+            poolUsage.invalidate()
             return []
         }
     }
@@ -242,6 +265,7 @@ public actor Machine1Service: BusObjectHandler {
     private func setLimit(_ name: String, _ bytes: UInt64) async throws -> [BusValue] {
         try await onImage(name) {
             try await pool.setLimit(name, bytes)
+            poolUsage.invalidate()
             return []
         }
     }
@@ -272,8 +296,8 @@ public actor Machine1Service: BusObjectHandler {
             switch Machine1Manager.Property(rawValue: name) {
             case .poolPath: return .string(paths.machinePool)
             // UINT64_MAX (Image.unknown) where usage and limit are unknown, as machined reports.
-            case .poolUsage: return .uint64(pool.poolUsageNow().usage)
-            case .poolLimit: return .uint64(pool.poolUsageNow().limit)
+            case .poolUsage: return .uint64(poolUsage.current().usage)
+            case .poolLimit: return .uint64(poolUsage.current().limit)
             case nil: throw Harness.unknownProperty(name, interface)
             }
         case BerthDaemon.name:
@@ -323,9 +347,10 @@ public actor Machine1Service: BusObjectHandler {
         return image
     }
 
-    /// sd-bus's node enumerator: one object per image the pool lists now.
+    /// sd-bus's node enumerator: one object per image, listed off the bus thread and waited for
+    /// briefly (`ImageNameListing`).
     public func childObjects(under prefix: ObjectPath) -> [ObjectPath] {
         guard prefix == Self.imagePrefix else { return [] }
-        return pool.imageNamesNow().map(Self.imagePath)
+        return imageNames.names().map(Self.imagePath)
     }
 }

@@ -318,6 +318,41 @@ struct BusTests {
         #expect(ObjectPath("/org/freedesktop/machine1").unescapedName(under: prefix) == nil)
     }
 
+    /// Every name round-trips through sd_bus_path_encode and our decoding; sd-bus's decoding
+    /// rules hold (a lone `_` is "", an `_` not followed by two hex digits is itself, escapes
+    /// need not be canonical); a component decoding to NUL or to non-UTF-8 names nothing.
+    @Test func pathDecodingRefusesWhatNamesNothing() {
+        let prefix: ObjectPath = "/org/freedesktop/machine1/image"
+        for name in [".host", "a b", "img_1", "Img0042", "..x", "ünï", "x_", "_", "a.b-c", String(repeating: "z", count: 255)] {
+            #expect(prefix.appending(escaped: name).unescapedName(under: prefix) == name, "\(name)")
+        }
+        func decode(_ component: String) -> String? { ObjectPath("/org/freedesktop/machine1/image/" + component).unescapedName(under: prefix) }
+        #expect(decode("_") == "")
+        #expect(decode("_62ase") == "base")
+        #expect(decode("a_2Eb") == "a.b")
+        #expect(decode("a_zz") == "a_zz")
+        #expect(decode("a_2") == "a_2")
+        #expect(decode("base_00junk") == nil)
+        #expect(decode("base__00") == nil)
+        #expect(decode("_ff") == nil)
+        #expect(decode("a/b") == nil)
+        #expect(ObjectPath("/org/freedesktop/machine1/imagex").unescapedName(under: prefix) == nil)
+        #expect(ObjectPath("/org/freedesktop/machine1/image/").unescapedName(under: prefix) == nil)
+        #expect(ObjectPath("/x").unescapedName(under: "/") == "x")
+    }
+
+    /// Arguments beyond a method call's decoding budget are answered LimitsExceeded; within it
+    /// they are decoded as ever.
+    @Test func argumentsBeyondTheBudgetAreLimitsExceeded() async throws {
+        try await withTestService { s in
+            let many = (0..<70_000).map { _ in "1" }
+            let over = try s.call(.echo, ["v", "ay", String(many.count)] + many)
+            #expect(!over.succeeded && (over.stderr.contains("LimitsExceeded") || over.stderr.contains("more than")), "\(over.stderr)")
+            let within = try s.call(.echo, ["v", "ay", "1000"] + many.prefix(1000))
+            #expect(within.succeeded, "\(within.stderr)")
+        }
+    }
+
     @Test func signaturesSplitIntoCompleteTypes() throws {
         #expect(try Signature.split("sa{sv}(ii)aas") == ["s", "a{sv}", "(ii)", "aas"])
         #expect(throws: BusError.self) { try Signature.split("a{sv") }

@@ -68,7 +68,7 @@ actor TestObject: BusObjectHandler {
         if call.interface == TestInterface.itemInterface.name { throw BusError.notSupported("no methods") }
         switch TestInterface.Method(rawValue: call.member) {
         case .echo:
-            return [call.arguments[0]]
+            return [try call.arguments[0]]
         case .slow:
             events.append("slow started")
             // Waits until Fast has been answered: if the loop were blocked here, Fast never would be.
@@ -177,7 +177,7 @@ actor FakePolkit: BusObjectHandler {
     func setAllows(_ value: Bool) { allows = value }
 
     func handle(_ call: MethodCall) async throws -> [BusValue] {
-        let kind = call.arguments[0].structureValue?.first?.stringValue ?? ""
+        let kind = try call.arguments[0].structureValue?.first?.stringValue ?? ""
         asked.append((kind, try call.string(1)))
         return [.structure([.boolean(allows), .boolean(false), .stringDictionary([:])])]
     }

@@ -140,6 +140,12 @@ struct Import1Tests {
         #expect(try property("Type") == "s \"pull-tar\"")
         #expect(try property("Verify") == "s \"no\"")
         #expect(try property("Progress").hasPrefix("d "))
+        // One path per transfer: `_0<id>` (or importd's octal and hex spellings) names no object.
+        for alias in ["_0\(transfer.id)", "_0x\(String(transfer.id, radix: 16))"] {
+            let aliased = try run(["busctl", "--address=\(site.bus.address)", "get-property", "org.freedesktop.import1",
+                                   Import1Service.transferPrefix.rawValue + "/" + alias, "org.freedesktop.import1.Transfer", "Id"])
+            #expect(!aliased.succeeded && aliased.stderr.contains("Unknown object"), "\(alias): \(aliased.stdout) \(aliased.stderr)")
+        }
         let xml = try run(["gdbus", "introspect", "--address", site.bus.address, "--dest", "org.freedesktop.import1",
                            "--object-path", path, "--xml"], check: true).stdout
         let live = try #require(try IntrospectionXML.interfaces(xml)["org.freedesktop.import1.Transfer"])
