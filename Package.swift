@@ -40,6 +40,8 @@ let package = Package(
                 path: "Sources/Backends/RawLoop", linkerSettings: [.linkedLibrary("z")]),
         .target(name: "DirectoryBackend", dependencies: ["PoolAPI", "Linux", "FileTree"],
                 path: "Sources/Backends/Directory"),
+        // portable1's logic over the portable image pool: unit files of images, attached state.
+        .target(name: "Portable", dependencies: ["PoolAPI", "Linux"]),
         // The backend conformance suite, as a library vendors call from their own tests.
         .target(name: "BackendConformance", dependencies: ["PoolAPI", "Linux"]),
 
@@ -60,7 +62,7 @@ let package = Package(
         .target(name: "Bus", dependencies: ["CSystemd", "Linux", .product(name: "Logging", package: "swift-log")]),
         // One harness per bus API, logic in actors behind them.
         .target(name: "Services", dependencies: [
-            "Bus", "PoolAPI", "Linux", "Transfer",
+            "Bus", "PoolAPI", "Portable", "Linux", "Transfer",
             .product(name: "Logging", package: "swift-log"),
         ]),
         // berthctl's commands, as a library tests can call.
@@ -80,6 +82,7 @@ let package = Package(
         .target(name: "TestSupport", dependencies: ["Linux"], path: "Tests/TestSupport"),
         .testTarget(name: "LinuxTests", dependencies: ["Linux", "FileTree", "TestSupport"]),
         .testTarget(name: "PoolAPITests", dependencies: ["PoolAPI", "DirectoryBackend", "TestSupport"]),
+        .testTarget(name: "PortableTests", dependencies: ["Portable", "Linux", "TestSupport"]),
         .testTarget(name: "BackendTests", dependencies: [
             "PoolAPI", "BtrfsBackend", "RawLoopBackend", "DirectoryBackend", "BackendConformance", "TestSupport",
         ]),

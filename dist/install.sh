@@ -1,14 +1,23 @@
 #!/bin/sh
 # Installs a release build of berthd (with its transfer worker berth-transfer beside it) and
 # berthctl, the systemd unit and the D-Bus policies.
-# Run as root from the repository: dist/install.sh [PREFIX]   (PREFIX defaults to /usr/local)
+# Run as root from the repository: dist/install.sh [--bin DIR] [PREFIX]   (PREFIX defaults to /usr/local)
+#   --bin DIR   install the binaries already built in DIR instead of building them (a machine
+#               without a Swift toolchain, such as the booted test container)
 set -eu
 cd "$(dirname "$0")/.."
+bin=""
+if [ "${1:-}" = "--bin" ]; then
+    bin=${2:?--bin needs a folder}
+    shift 2
+fi
 prefix=${1:-/usr/local}
-swift build -c release --product berthd
-swift build -c release --product berth-transfer
-swift build -c release --product berthctl
-bin=$(swift build -c release --show-bin-path)
+if [ -z "$bin" ]; then
+    for product in berthd berth-transfer berthctl; do
+        swift build -c release --product "$product"
+    done
+    bin=$(swift build -c release --show-bin-path)
+fi
 install -D -m 0755 "$bin/berthd" "$prefix/sbin/berthd"
 install -D -m 0755 "$bin/berth-transfer" "$prefix/sbin/berth-transfer"  # berthd runs the one beside it
 install -D -m 0755 "$bin/berthctl" "$prefix/bin/berthctl"
@@ -21,7 +30,8 @@ sed "s|/usr/local/sbin/berthd|$prefix/sbin/berthd|; s|/usr/local/share/doc|$pref
 chmod 0644 /etc/systemd/system/berthd.service
 if [ -d /run/systemd/system ]; then
     systemctl daemon-reload
-    systemctl reload dbus.service || true
+    # The new bus policies take effect when the bus reloads its configuration.
+    systemctl reload dbus.service || busctl call org.freedesktop.DBus /org/freedesktop/DBus org.freedesktop.DBus ReloadConfig
     echo "Installed. Start with: systemctl enable --now berthd.service (stops machined, importd, portabled)"
 else
     echo "Installed. No systemd here: start $prefix/sbin/berthd as root after reloading the system bus configuration."

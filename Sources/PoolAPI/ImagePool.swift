@@ -17,21 +17,41 @@ public actor ImagePool {
     public struct Configuration: Sendable {
         /// Every path is resolved under this folder (berthd's `--root`).
         public var root: String
+        /// The pool folder, relative to `root`: where clones, renames and imports go.
+        public var poolFolder: String
+        /// The folders searched for images, relative to `root`, first occurrence of a name wins.
+        public var searchFolders: [String]
+        /// Whether the pool lists `.host`, the host's own root (machine images do, portables not).
+        public var hasHostImage: Bool
 
-        /// A pool under `root` (berthd's `--root`).
-        public init(root: String) { self.root = root }
+        /// machine1's pool under `root` (berthd's `--root`): systemd 252's machine image search
+        /// paths, `.host` included.
+        public init(root: String) {
+            self.root = root
+            poolFolder = "var/lib/machines"
+            searchFolders = ["etc/machines", "run/machines", "var/lib/machines", "var/lib/container",
+                             "usr/local/lib/machines", "usr/lib/machines"]
+            hasHostImage = true
+        }
 
-        /// `ROOT/var/lib/machines`: where clones, renames (of pool images) and imports go.
-        public var poolPath: String { joinPath(root, "var/lib/machines") }
+        /// portable1's pool under `root`: systemd 252's portable image search paths, no `.host`.
+        public static func portables(root: String) -> Configuration {
+            var c = Configuration(root: root)
+            c.poolFolder = "var/lib/portables"
+            c.searchFolders = ["etc/portables", "run/portables", "var/lib/portables", "usr/local/lib/portables",
+                               "usr/lib/portables"]
+            c.hasHostImage = false
+            return c
+        }
+
+        /// `ROOT/<poolFolder>`: where clones, renames (of pool images) and imports go.
+        public var poolPath: String { joinPath(root, poolFolder) }
         /// `ROOT/run/berth`: berthd's runtime state.
         public var runtimeDirectory: String { joinPath(root, "run/berth") }
         /// `ROOT/run/systemd/nspawn/locks`: systemd-nspawn's and machined's image locks.
         public var lockDirectory: String { joinPath(root, "run/systemd/nspawn/locks") }
-        /// systemd 252's machine image search paths, first occurrence of a name wins.
-        public var searchPaths: [String] {
-            ["etc/machines", "run/machines", "var/lib/machines", "var/lib/container",
-             "usr/local/lib/machines", "usr/lib/machines"].map { joinPath(root, $0) }
-        }
+        /// The search folders under `root`.
+        public var searchPaths: [String] { searchFolders.map { joinPath(root, $0) } }
     }
 
     /// How `CleanPool` chooses: hidden images only, or every image.
@@ -55,12 +75,12 @@ public actor ImagePool {
         self.registry = registry
         let root = Self.realPath(configuration.root) ?? configuration.root
         realRoot = root
-        realPoolPath = joinPath(root, "var/lib/machines")
+        realPoolPath = joinPath(root, configuration.poolFolder)
         searchPaths = configuration.searchPaths
         locks = ImageLocks(directory: joinPath(root, "run/systemd/nspawn/locks"), root: root)
     }
 
-    /// The real path of `ROOT/var/lib/machines` (machine1's `PoolPath`).
+    /// The real path of the pool folder (`PoolPath`: `ROOT/var/lib/machines` for machine1).
     public nonisolated var poolPath: String { realPoolPath }
 
     // MARK: discovery
@@ -118,20 +138,23 @@ public actor ImagePool {
     private struct DiscoveryContext: Sendable {
         var root: String
         var searchPaths: [String]
+        var hasHostImage: Bool
         var registry: BackendRegistry
         var realPaths: RealPathCache
     }
 
     private nonisolated var discoveryContext: DiscoveryContext {
-        DiscoveryContext(root: realRoot, searchPaths: searchPaths, registry: registry, realPaths: realPaths)
+        DiscoveryContext(root: realRoot, searchPaths: searchPaths, hasHostImage: configuration.hasHostImage,
+                         registry: registry, realPaths: realPaths)
     }
 
     /// Lists the search paths: per folder one open, one readdir, one statfs; per entry one
     /// statx relative to the folder (two for a symlink), and a statfs only for an entry on
     /// another filesystem or mount. The backends claim and describe from that.
     private static func discoverAll(_ c: DiscoveryContext) -> [Found] {
+        // `.host` is never the name of an entry, even where the pool does not list the host.
         var seen: Set<String> = [".host"]
-        var result = [Found(name: ".host", entry: nil, backend: nil, isVendor: false, root: c.root)]
+        var result = c.hasHostImage ? [Found(name: ".host", entry: nil, backend: nil, isVendor: false, root: c.root)] : []
         for dir in c.searchPaths {
             guard let real = c.realPaths.resolve(dir), let folder = try? FileDescriptor.openDirectory(real) else { continue }
             defer { folder.close() }
@@ -174,7 +197,9 @@ public actor ImagePool {
     /// folder one statx of the folder (its real path is remembered), then one for each file
     /// name an image of that name can have (`name`, `name.raw`) where the folder exists.
     private static func find(_ name: String, _ c: DiscoveryContext) -> Found? {
-        if name == ".host" { return Found(name: name, entry: nil, backend: nil, isVendor: false, root: c.root) }
+        if name == ".host" {
+            return c.hasHostImage ? Found(name: name, entry: nil, backend: nil, isVendor: false, root: c.root) : nil
+        }
         var fileNames: [String] = []
         for backend in c.registry.backends {
             let file = backend.entryName(forImage: name)
@@ -257,6 +282,31 @@ public actor ImagePool {
     private func existing(_ name: String) throws -> Found {
         guard let f = Self.find(name, discoveryContext) else { throw PoolError(.noSuchImage, "no image '\(name)'") }
         return f
+    }
+
+    /// The image at the absolute path `path`, wherever it is, claimed by the first backend that
+    /// knows its kind; its name is what that backend makes of the file name.
+    private func existing(path: String) throws -> Found {
+        guard let found = Self.find(path: path, discoveryContext) else { throw PoolError(.noSuchImage, "no image at \(path)") }
+        return found
+    }
+
+    /// The image at `path`: `.noSuchImage` if nothing is there or no backend claims it.
+    public nonisolated func imageNow(atPath path: String) throws -> Image {
+        guard let found = Self.find(path: path, discoveryContext) else { throw PoolError(.noSuchImage, "no image at \(path)") }
+        return try Self.describe(found, discoveryContext)
+    }
+
+    private static func find(path: String, _ c: DiscoveryContext) -> Found? {
+        guard path.hasPrefix("/"), let real = realPath(path), real != "/" else { return nil }
+        let slash = real.lastIndex(of: "/") ?? real.startIndex
+        let directory = slash == real.startIndex ? "/" : String(real[..<slash])
+        let file = String(real[real.index(after: slash)...])
+        guard let status = try? entryStatus(real) else { return nil }
+        let entry = PoolEntry(directory: directory, fileName: file, status: status, target: status,
+                              filesystem: try? filesystemStatus(real))
+        guard let (owner, name) = c.registry.claim(entry) else { return nil }
+        return Found(name: name, entry: entry, backend: owner, isVendor: isVendor(directory, root: c.root), root: c.root)
     }
 
     private func isTaken(_ name: String) -> Bool {
@@ -467,22 +517,34 @@ public actor ImagePool {
     /// GetImageHostname/MachineID/MachineInfo/OSRelease, read through the backend's inspection
     /// root (closed on every path), every file resolved inside the image (openat2 RESOLVE_IN_ROOT).
     public func metadata(of name: String) async throws -> ImageMetadata {
-        try Self.validateName(name)
+        try await inspect(name, what: "metadata") { try ImageMetadata.read(imageRoot: $0) }
+    }
+
+    /// Runs `read` on a worker thread with the path of image `nameOrPath`'s root as its backend
+    /// opens it for inspection (a raw image's file system mounted read-only; closed on every
+    /// path), holding the image's lock shared. `nameOrPath` is an image name, or an absolute path
+    /// to an image anywhere (portable1 takes both). What `read` throws is reported as "cannot
+    /// read `what` of image `nameOrPath`". For readers of image contents: machine1's metadata,
+    /// portable1's units.
+    public func inspect<T: Sendable>(_ nameOrPath: String, what: String,
+                                     _ read: @escaping @Sendable (String) throws -> T) async throws -> T {
+        let name = nameOrPath
+        if !name.hasPrefix("/") { try Self.validateName(name) }
         return try await serialised([(name, .shared)]) {
-            let found = try existing(name)
+            let found = try name.hasPrefix("/") ? existing(path: name) : existing(name)
             // Shared, best effort: a running container holds its image exclusively, and its
             // os-release is still worth reading.
             let lock = found.isHost ? nil : try? locks.lockPath(found.path, .shared)
             defer { lock?.release() }
             let path = found.path, backend = found.backend
             return try await Blocking.run {
-                guard let backend else { return try ImageMetadata.read(imageRoot: path) }
+                guard let backend else { return try read(path) }
                 let root: any InspectionRoot
                 do { root = try backend.openForInspection(at: path) }
                 catch { throw Self.poolError(error, "cannot open image '\(name)' for inspection") }
                 defer { root.close() }
-                do { return try ImageMetadata.read(imageRoot: root.root) }
-                catch { throw Self.poolError(error, "cannot read metadata of image '\(name)'") }
+                do { return try read(root.root) }
+                catch { throw Self.poolError(error, "cannot read \(what) of image '\(name)'") }
             }
         }
     }

@@ -25,7 +25,8 @@ public struct ServicePaths: Sendable {
     public var portablePool: String { joinPath(root, "var/lib/portables") }
     /// Where portable profiles live, highest priority first.
     public var portableProfileDirectories: [String] {
-        ["etc/systemd/portable/profile", "run/systemd/portable/profile", "usr/lib/systemd/portable/profile"].map { joinPath(root, $0) }
+        ["etc/systemd/portable/profile", "run/systemd/portable/profile", "usr/local/lib/systemd/portable/profile",
+         "usr/lib/systemd/portable/profile"].map { joinPath(root, $0) }
     }
     /// `<root>/run/berth`: berthd's runtime state and locks.
     public var runtimeDirectory: String { joinPath(root, "run/berth") }

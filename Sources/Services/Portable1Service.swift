@@ -1,5 +1,7 @@
 import Bus
 import Linux
+import PoolAPI
+import Portable
 
 extension Portable1Manager.Method {
     /// The polkit action a non-root caller needs; nil for methods open to everyone.
@@ -28,22 +30,69 @@ extension Portable1Image.Method {
     }
 }
 
+/// systemd-portabled 252's error replies for portable images (measured on a private bus).
+enum Portable1Errors {
+    /// `org.freedesktop.portable1.NoSuchImage "No image 'x' found."`
+    static func noSuchImage(_ name: String) -> BusError {
+        BusError(name: "org.freedesktop.portable1.NoSuchImage", message: "No image '\(name)' found.")
+    }
+
+    /// An image name, or an absolute path (the methods that take either); `InvalidArgs` otherwise,
+    /// with 252's message.
+    static func validateNameOrPath(_ nameOrPath: String) throws(BusError) {
+        if nameOrPath.hasPrefix("/"), !nameOrPath.utf8.contains(0), isNormalized(nameOrPath) { return }
+        do { try ImagePool.validateName(nameOrPath) } catch {
+            throw BusError.invalidArgs("Image name '\(nameOrPath)' is not valid or not a valid path.")
+        }
+    }
+
+    /// An absolute path without `.` or `..` components (systemd's path_is_normalized).
+    static func isNormalized(_ path: String) -> Bool {
+        !path.split(separator: "/", omittingEmptySubsequences: false).dropFirst().contains { $0 == "." || $0 == ".." }
+            && path.utf8.count <= 4096
+    }
+
+    /// What an image member throws, as portabled replies it.
+    static func translate(_ error: any Error, name: String) -> BusError {
+        guard let e = error as? PoolError else { return ErrorMapping.busError(error) }
+        switch e.code {
+        case .noSuchImage where name.hasPrefix("/"): return Machine1Errors.errno(.ENOENT)
+        case .noSuchImage: return noSuchImage(name)
+        case .invalidName: return BusError.invalidArgs("Image name '\(name)' is not valid or not a valid path.")
+        case .notSupported: return Machine1Errors.errno(.EOPNOTSUPP)
+        default: return Machine1Errors.translate(error, name: name)
+        }
+    }
+}
+
 /// The `org.freedesktop.portable1` harness: the manager object and the image objects below
-/// `/org/freedesktop/portable1/image`. Same shape as `Machine1Service`.
+/// `/org/freedesktop/portable1/image`. Same shape as `Machine1Service`: the images are a pool
+/// (`ImagePool` over portable1's search folders, `/var/lib/portables` its pool folder), what is
+/// inside an image is read by `PortableUnits` in the backend's inspection root, and the attached
+/// state comes from the attached units' drop-ins (`PortableState`).
+///
+/// Written so far: everything but attaching (Attach, Detach, Reattach and their …WithExtensions
+/// forms answer NotSupported, and so do extensions).
 public actor Portable1Service: BusObjectHandler {
     public nonisolated let bus: Bus
     public nonisolated var unownedExecutor: UnownedSerialExecutor { bus.unownedExecutor }
     private let paths: ServicePaths
     private let info: DaemonInfo
+    private let pool: ImagePool
     private let harness = Harness()
 
     /// Parent of the image objects.
     public static let imagePrefix: ObjectPath = "/org/freedesktop/portable1/image"
 
-    public init(bus: Bus, paths: ServicePaths, info: DaemonInfo) {
+    /// The object path of image `name`.
+    public static func imagePath(_ name: String) -> ObjectPath { imagePrefix.appending(escaped: name) }
+
+    /// A harness serving the portable images of `pool` (made with `ImagePool.Configuration.portables`).
+    public init(bus: Bus, paths: ServicePaths, info: DaemonInfo, pool: ImagePool) {
         self.bus = bus
         self.paths = paths
         self.info = info
+        self.pool = pool
     }
 
     /// Exports the manager object (with `io.berth.Daemon`) and the image subtree.
@@ -67,28 +116,175 @@ public actor Portable1Service: BusObjectHandler {
 
     private func manager(_ method: Portable1Manager.Method, _ call: MethodCall) async throws -> [BusValue] {
         switch method {
-        default: throw Harness.notImplemented(call)
+        case .getImage: return [.objectPath(try getImage(try call.string(0)))]
+        case .listImages:
+            let images = try await pool.images()
+            return [.array(element: "(ssbtttso)", images.map { image in
+                .structure([
+                    .string(image.name), .string(image.type.rawValue), .boolean(image.readOnly),
+                    .uint64(image.creationTimestamp), .uint64(image.modificationTimestamp), .uint64(image.usage),
+                    .string(state(of: image.name)), .objectPath(Self.imagePath(image.name)),
+                ])
+            })]
+        case .getImageOSRelease: return try await osRelease(try call.string(0))
+        case .getImageMetadata: return try await metadata(try call.string(0), extensions: [], matches: try call.stringArray(1))
+        case .getImageMetadataWithExtensions:
+            return try await metadata(try call.string(0), extensions: try call.stringArray(1), matches: try call.stringArray(2),
+                                      flags: try call.uint64(3))
+        case .getImageState: return try getState(try call.string(0), extensions: [])
+        case .getImageStateWithExtensions:
+            return try getState(try call.string(0), extensions: try call.stringArray(1), flags: try call.uint64(2))
+        case .removeImage: return try await remove(try call.string(0))
+        case .markImageReadOnly: return try await markReadOnly(try call.string(0), try call.bool(1))
+        case .setImageLimit: return try await setLimit(try call.string(0), try call.uint64(1))
+        case .setPoolLimit:
+            do { try await pool.setPoolLimit(try call.uint64(0)) } catch { throw Portable1Errors.translate(error, name: "") }
+            return []
+        case .attachImage, .attachImageWithExtensions, .detachImage, .detachImageWithExtensions, .reattachImage,
+             .reattachImageWithExtensions:
+            throw Harness.notImplemented(call)
         }
     }
 
     private func image(_ method: Portable1Image.Method, _ call: MethodCall) async throws -> [BusValue] {
+        guard let name = call.path.unescapedName(under: Self.imagePrefix) else { throw Harness.unknownObject(call.path) }
         switch method {
-        default: throw Harness.notImplemented(call)
+        case .getOSRelease: return try await osRelease(name)
+        case .getMetadata: return try await metadata(name, extensions: [], matches: try call.stringArray(0))
+        case .getMetadataWithExtensions:
+            return try await metadata(name, extensions: try call.stringArray(0), matches: try call.stringArray(1), flags: try call.uint64(2))
+        case .getState: return try getState(name, extensions: [])
+        case .getStateWithExtensions: return try getState(name, extensions: try call.stringArray(0), flags: try call.uint64(1))
+        case .remove: return try await remove(name)
+        case .markReadOnly: return try await markReadOnly(name, try call.bool(0))
+        case .setLimit: return try await setLimit(name, try call.uint64(0))
+        case .attach, .attachWithExtensions, .detach, .detachWithExtensions, .reattach, .reattacheWithExtensions:
+            throw Harness.notImplemented(call)
         }
     }
+
+    // MARK: members
+
+    /// GetImage: names only; portabled refuses a path here.
+    private func getImage(_ name: String) throws(BusError) -> ObjectPath {
+        if name.contains("/") { throw BusError.invalidArgs("Expected image name, not path in place of '\(name)'.") }
+        try Portable1Errors.validateNameOrPath(name)
+        do { return Self.imagePath(try pool.imageNow(named: name).name) } catch { throw Portable1Errors.translate(error, name: name) }
+    }
+
+    /// GetImageOSRelease / Image.GetOSRelease.
+    private func osRelease(_ nameOrPath: String) async throws -> [BusValue] {
+        try Portable1Errors.validateNameOrPath(nameOrPath)
+        do {
+            let metadata = try await pool.inspect(nameOrPath, what: "os-release") { try ImageMetadata.read(imageRoot: $0) }
+            return [.stringDictionary(metadata.osRelease)]
+        } catch {
+            throw Portable1Errors.translate(error, name: nameOrPath)
+        }
+    }
+
+    /// GetImageMetadata(+WithExtensions) and their Image object twins: the image's path, its
+    /// os-release as it is, and the matching unit files. No matching unit is an error, as in 252.
+    private func metadata(_ nameOrPath: String, extensions: [String], matches: [String], flags: UInt64? = nil) async throws -> [BusValue] {
+        try Portable1Errors.validateNameOrPath(nameOrPath)
+        try Self.refuseExtensions(extensions, flags: flags)
+        let found: (path: String, metadata: PortableMetadata)
+        do {
+            let path = try nameOrPath.hasPrefix("/") ? pool.imageNow(atPath: nameOrPath).path : pool.imageNow(named: nameOrPath).path
+            let metadata = try await pool.inspect(nameOrPath, what: "unit files") { root in
+                try PortableMetadata.read(imageRoot: root, matches: matches)
+            }
+            found = (path, metadata)
+        } catch {
+            throw Portable1Errors.translate(error, name: nameOrPath)
+        }
+        if found.metadata.units.isEmpty {
+            throw BusError.invalidArgs("Couldn't find any matching unit files in image '\(found.path)', refusing.")
+        }
+        let units = BusValue.dictionary(key: "s", value: "ay", found.metadata.units.map {
+            BusValue.DictEntry(.string($0.name), .bytes($0.contents))
+        })
+        var reply: [BusValue] = [.string(found.path), .bytes(found.metadata.osRelease)]
+        if flags != nil { reply.append(.dictionary(key: "s", value: "ay", [])) }
+        reply.append(units)
+        return reply
+    }
+
+    /// GetImageState(+WithExtensions) / Image.GetState(+WithExtensions), from the attached files.
+    private func getState(_ nameOrPath: String, extensions: [String], flags: UInt64? = nil) throws(BusError) -> [BusValue] {
+        try Portable1Errors.validateNameOrPath(nameOrPath)
+        try Self.refuseExtensions(extensions, flags: flags)
+        return [.string(state(of: nameOrPath))]
+    }
+
+    private func state(of nameOrPath: String) -> String {
+        PortableState.fileState(of: nameOrPath, root: paths.root).rawValue
+    }
+
+    /// RemoveImage / Image.Remove: never an image whose units are attached.
+    private func remove(_ name: String) async throws -> [BusValue] {
+        try refuseAttached(name, "remove")
+        do { try await pool.remove(name) } catch { throw Portable1Errors.translate(error, name: name) }
+        return []
+    }
+
+    /// MarkImageReadOnly / Image.MarkReadOnly: never an image whose units are attached (252
+    /// allows it, and the running service then finds its image changed under it).
+    private func markReadOnly(_ name: String, _ readOnly: Bool) async throws -> [BusValue] {
+        try refuseAttached(name, "change the read-only state of")
+        do { try await pool.setReadOnly(name, readOnly) } catch { throw Portable1Errors.translate(error, name: name) }
+        return []
+    }
+
+    /// SetImageLimit / Image.SetLimit.
+    private func setLimit(_ name: String, _ bytes: UInt64) async throws -> [BusValue] {
+        do { try await pool.setLimit(name, bytes) } catch { throw Portable1Errors.translate(error, name: name) }
+        return []
+    }
+
+    private func refuseAttached(_ name: String, _ what: String) throws(BusError) {
+        try Portable1Errors.validateNameOrPath(name)
+        if PortableState.fileState(of: name, root: paths.root) != .detached {
+            throw BusError(errno: .EBUSY, "Image '\(name)' is attached: detach it before you \(what) it.")
+        }
+    }
+
+    /// Extensions come with attaching; until then they are refused rather than ignored.
+    private static func refuseExtensions(_ extensions: [String], flags: UInt64?) throws(BusError) {
+        if !extensions.isEmpty { throw BusError.notSupported("Portable extensions are not implemented yet in berthd.") }
+        if let flags, flags != 0 { throw BusError.invalidArgs("Invalid 'flags' parameter '\(flags)'") }
+    }
+
+    // MARK: properties and objects
 
     public func property(_ name: String, interface: String, path: ObjectPath) throws -> BusValue {
         switch interface {
         case Portable1Manager.name:
             switch Portable1Manager.Property(rawValue: name) {
-            case .poolPath: return .string(paths.portablePool)
-            // UINT64_MAX is what portabled reports when usage and limit are unknown.
-            case .poolUsage, .poolLimit: return .uint64(.max)
+            case .poolPath: return .string(pool.poolPath)
+            case .poolUsage: return .uint64(pool.poolUsageNow().usage)
+            case .poolLimit: return .uint64(pool.poolUsageNow().limit)
             case .profiles: return .strings(profiles())
             case nil: throw Harness.unknownProperty(name, interface)
             }
         case BerthDaemon.name:
             return try info.property(name)
+        case Portable1Image.name:
+            guard let imageName = path.unescapedName(under: Self.imagePrefix),
+                  let image = try? pool.imageNow(named: imageName) else { throw Harness.unknownObject(path) }
+            switch Portable1Image.Property(rawValue: name) {
+            case .name: return .string(image.name)
+            case .path: return .string(image.path)
+            case .type: return .string(image.type.rawValue)
+            case .readOnly: return .boolean(image.readOnly)
+            case .creationTimestamp: return .uint64(image.creationTimestamp)
+            case .modificationTimestamp: return .uint64(image.modificationTimestamp)
+            case .usage: return .uint64(image.usage)
+            case .usageExclusive: return .uint64(image.usageExclusive)
+            case .limit: return .uint64(image.limit)
+            case .limitExclusive: return .uint64(image.limitExclusive)
+            case nil: throw Harness.unknownProperty(name, interface)
+            }
         default:
             throw Harness.unknownObject(path)
         }
@@ -105,6 +301,30 @@ public actor Portable1Service: BusObjectHandler {
         return names.sorted()
     }
 
-    public func objectExists(_ path: ObjectPath) -> Bool { false }
-    public func childObjects(under prefix: ObjectPath) -> [ObjectPath] { [] }
+    /// An image object exists while the pool has the image.
+    public func objectExists(_ path: ObjectPath) -> Bool {
+        guard let name = path.unescapedName(under: Self.imagePrefix) else { return false }
+        return (try? pool.imageNow(named: name)) != nil
+    }
+
+    /// One object per image the pool lists now.
+    public func childObjects(under prefix: ObjectPath) -> [ObjectPath] {
+        guard prefix == Self.imagePrefix else { return [] }
+        return pool.imageNamesNow().map(Self.imagePath)
+    }
+}
+
+extension MethodCall {
+    /// Argument `i` as an array of strings (`as`).
+    func stringArray(_ i: Int) throws(BusError) -> [String] {
+        guard i < arguments.count, case .array(_, let values) = arguments[i] else {
+            throw BusError.invalidArgs("argument \(i) is not an array of strings")
+        }
+        var result: [String] = []
+        for value in values {
+            guard let s = value.stringValue else { throw BusError.invalidArgs("argument \(i) is not an array of strings") }
+            result.append(s)
+        }
+        return result
+    }
 }

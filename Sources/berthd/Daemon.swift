@@ -57,7 +57,10 @@ actor Daemon {
                 switch kind {
                 case .machine1: try await Machine1Service(bus: bus, paths: paths, info: info, pool: pool).export()
                 case .import1: try await Import1Service(bus: bus, paths: paths, info: info, engine: engine, logger: logger).export()
-                case .portable1: try await Portable1Service(bus: bus, paths: paths, info: info).export()
+                case .portable1:
+                    let portables = ImagePool(configuration: .portables(root: options.root), registry: registry)
+                    await portables.removeStaleTemporaryEntries()
+                    try await Portable1Service(bus: bus, paths: paths, info: info, pool: portables).export()
                 }
             }
             for kind in options.services {

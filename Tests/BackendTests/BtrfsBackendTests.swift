@@ -9,7 +9,7 @@ import TestSupport
 
 /// The btrfs backend on a real loopback btrfs: every outcome is read back from the kernel,
 /// with the `btrfs` command as an independent witness where it helps.
-@Suite(.serialized, .enabled(if: Privileges.canMakeLoopFilesystems,
+@Suite(.serialized, .enabled(if: (Privileges.canMakeLoopFilesystems) || Privileges.underCI,
                              "needs root, loop devices, mkfs.btrfs and mount to make a loopback btrfs"))
 struct BtrfsBackendTests {
     let backend = BtrfsBackend()

@@ -27,7 +27,7 @@ let conformanceTargets: [ConformanceTarget] = conformanceSubjects.flatMap { s in
 /// The backend conformance suite on real loopback btrfs and ext4: checks × (backend, filesystem).
 /// A combination whose backend cannot create images on that filesystem (btrfs on ext4) is
 /// cancelled as skipped, with the reason.
-@Suite(.serialized, .enabled(if: Privileges.canMakeLoopFilesystems,
+@Suite(.serialized, .enabled(if: (Privileges.canMakeLoopFilesystems) || Privileges.underCI,
                              "needs root, loop devices, mkfs.btrfs and mkfs.ext4 for real filesystems"))
 struct ConformanceTests {
     @Test(arguments: Check.allCases, conformanceTargets)

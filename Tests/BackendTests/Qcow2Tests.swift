@@ -66,7 +66,7 @@ private func readHeader(_ path: String) throws -> [UInt8] {
     Array(try Data(contentsOf: URL(fileURLWithPath: path)).prefix(112))
 }
 
-@Suite("qcow2 reader", .enabled(if: hasQemu, Comment(rawValue: qemuReason)))
+@Suite("qcow2 reader", .enabled(if: (hasQemu) || Privileges.underCI, Comment(rawValue: qemuReason)))
 struct Qcow2Tests {
     @Test(arguments: [
         (["-o", "compat=0.10"], UInt32(2)),

@@ -185,7 +185,7 @@ struct RawLoopBackendTests {
     }
 
     // On a fresh ext4, whose immutable flag behaves the same on every kernel (unlike tmpfs).
-    @Test(.enabled(if: Privileges.canMakeLoopFilesystems, Comment(rawValue: loopReason)))
+    @Test(.enabled(if: (Privileges.canMakeLoopFilesystems) || Privileges.underCI, Comment(rawValue: loopReason)))
     func readOnlyIsTheImmutableFlagWhichRootCannotWriteThrough() throws {
         let fs = try LoopbackFilesystem(.ext4, size: 64 << 20)
         defer { fs.remove() }
@@ -207,7 +207,7 @@ struct RawLoopBackendTests {
         _ = try FileDescriptor.open(path, flags: O_WRONLY)
     }
 
-    @Test(.enabled(if: Privileges.canMakeLoopFilesystems, Comment(rawValue: loopReason)))
+    @Test(.enabled(if: (Privileges.canMakeLoopFilesystems) || Privileges.underCI, Comment(rawValue: loopReason)))
     func renameAndRemoveWorkOnReadOnlyImages() throws {
         let fs = try LoopbackFilesystem(.ext4, size: 64 << 20)
         defer { fs.remove() }
@@ -242,7 +242,7 @@ struct RawLoopBackendTests {
         #expect(error?.code == .notSupported)
     }
 
-    @Test(.enabled(if: Privileges.canMakeLoopFilesystems, Comment(rawValue: loopReason)))
+    @Test(.enabled(if: (Privileges.canMakeLoopFilesystems) || Privileges.underCI, Comment(rawValue: loopReason)))
     func cloneOnExt4StaysSparseAndKeepsMode() throws {
         let fs = try LoopbackFilesystem(.ext4, size: 256 << 20)
         defer { fs.remove() }
@@ -275,7 +275,7 @@ struct RawLoopBackendTests {
         #expect(throws: PoolError.self) { try f.backend.clone(from: source, to: clone) }
     }
 
-    @Test(.enabled(if: Privileges.canMakeLoopFilesystems, Comment(rawValue: loopReason)))
+    @Test(.enabled(if: (Privileges.canMakeLoopFilesystems) || Privileges.underCI, Comment(rawValue: loopReason)))
     func cloneOnBtrfsSharesExtents() throws {
         let fs = try LoopbackFilesystem(.btrfs, size: 256 << 20)
         defer { fs.remove() }
@@ -289,7 +289,7 @@ struct RawLoopBackendTests {
         #expect(extents.contains("shared"), "FICLONE shares the source's extents: \(extents)")
     }
 
-    @Test(.enabled(if: Privileges.canMakeLoopFilesystems, Comment(rawValue: loopReason)))
+    @Test(.enabled(if: (Privileges.canMakeLoopFilesystems) || Privileges.underCI, Comment(rawValue: loopReason)))
     func cloneThatRunsOutOfSpaceLeavesNothingBehind() throws {
         let small = try LoopbackFilesystem(.ext4, size: 16 << 20)
         defer { small.remove() }
@@ -302,7 +302,7 @@ struct RawLoopBackendTests {
         #expect(!FileManager.default.fileExists(atPath: destination))
     }
 
-    @Test(.enabled(if: Privileges.canMakeLoopFilesystems, Comment(rawValue: loopReason)))
+    @Test(.enabled(if: (Privileges.canMakeLoopFilesystems) || Privileges.underCI, Comment(rawValue: loopReason)))
     func inspectsTheDPSRootPartitionOfAGPTDiskAndLeavesNothingBehind() throws {
         let f = try RawFixture()
         let image = f.path("guest.raw")
@@ -334,7 +334,7 @@ struct RawLoopBackendTests {
         #expect(try directoryEntries((f.runtime as NSString).appendingPathComponent("inspect")).isEmpty)
     }
 
-    @Test(.enabled(if: Privileges.canMakeLoopFilesystems, Comment(rawValue: loopReason)))
+    @Test(.enabled(if: (Privileges.canMakeLoopFilesystems) || Privileges.underCI, Comment(rawValue: loopReason)))
     func startUpCleanUpRemovesInspectionsACrashedDaemonLeft() throws {
         let f = try RawFixture()
         let image = f.path("left.raw")
@@ -350,7 +350,7 @@ struct RawLoopBackendTests {
         #expect(try settledState(image: image, runtime: f.runtime).isEmpty)
     }
 
-    @Test(.enabled(if: Privileges.canMakeLoopFilesystems, Comment(rawValue: loopReason)))
+    @Test(.enabled(if: (Privileges.canMakeLoopFilesystems) || Privileges.underCI, Comment(rawValue: loopReason)))
     func inspectsABareFilesystemImage() throws {
         let f = try RawFixture()
         let image = f.path("bare.raw")
@@ -364,7 +364,7 @@ struct RawLoopBackendTests {
         #expect(try settledState(image: image, runtime: f.runtime).isEmpty)
     }
 
-    @Test(.enabled(if: Privileges.canMakeLoopFilesystems, Comment(rawValue: loopReason)))
+    @Test(.enabled(if: (Privileges.canMakeLoopFilesystems) || Privileges.underCI, Comment(rawValue: loopReason)))
     func inspectsAUsrOnlyImageUnderUsr() throws {
         let f = try RawFixture()
         let image = f.path("usronly.raw")
@@ -377,7 +377,7 @@ struct RawLoopBackendTests {
         #expect(try settledState(image: image, runtime: f.runtime).isEmpty)
     }
 
-    @Test(.enabled(if: Privileges.canMakeLoopFilesystems, Comment(rawValue: loopReason)))
+    @Test(.enabled(if: (Privileges.canMakeLoopFilesystems) || Privileges.underCI, Comment(rawValue: loopReason)))
     func aDiskWithoutARootPartitionFailsAndLeavesNothingBehind() throws {
         let f = try RawFixture()
         let image = f.path("swap.raw")
@@ -393,7 +393,7 @@ struct RawLoopBackendTests {
         #expect(none?.code == .invalidImage)
     }
 
-    @Test(.enabled(if: Privileges.canMakeLoopFilesystems, Comment(rawValue: loopReason)))
+    @Test(.enabled(if: (Privileges.canMakeLoopFilesystems) || Privileges.underCI, Comment(rawValue: loopReason)))
     func aRootFilesystemThatWillNotMountFailsAfterAttachingAndLeavesNothingBehind() throws {
         let f = try RawFixture()
         let image = f.path("broken.raw")
@@ -408,7 +408,7 @@ struct RawLoopBackendTests {
         #expect(try directoryEntries((f.runtime as NSString).appendingPathComponent("inspect")).isEmpty)
     }
 
-    @Test(.enabled(if: Privileges.canMakeLoopFilesystems, Comment(rawValue: loopReason)))
+    @Test(.enabled(if: (Privileges.canMakeLoopFilesystems) || Privileges.underCI, Comment(rawValue: loopReason)))
     func inspectsAGPTDiskWith4096ByteSectors() throws {
         let f = try RawFixture()
         let image = f.path("4k.raw")
@@ -420,7 +420,7 @@ struct RawLoopBackendTests {
         #expect(try settledState(image: image, runtime: f.runtime).isEmpty)
     }
 
-    @Test(.enabled(if: Privileges.canMakeLoopFilesystems, Comment(rawValue: loopReason)))
+    @Test(.enabled(if: (Privileges.canMakeLoopFilesystems) || Privileges.underCI, Comment(rawValue: loopReason)))
     func inspectsAnMBRDiskWithOneLinuxPartitionOnly() throws {
         let f = try RawFixture()
         let tree = try makeTree(in: f.temp.path)
@@ -445,7 +445,7 @@ struct RawLoopBackendTests {
         #expect(try settledState(image: two, runtime: f.runtime).isEmpty)
     }
 
-    @Test(.enabled(if: Privileges.canMakeLoopFilesystems, Comment(rawValue: loopReason)))
+    @Test(.enabled(if: (Privileges.canMakeLoopFilesystems) || Privileges.underCI, Comment(rawValue: loopReason)))
     func concurrentInspectionsEachGetTheirOwnLoopDevice() async throws {
         let f = try RawFixture()
         let image = f.path("shared.raw")
@@ -467,7 +467,7 @@ struct RawLoopBackendTests {
         #expect(try settledState(image: image, runtime: f.runtime).isEmpty)
     }
 
-    @Test(.enabled(if: Privileges.canMakeLoopFilesystems, Comment(rawValue: loopReason)))
+    @Test(.enabled(if: (Privileges.canMakeLoopFilesystems) || Privileges.underCI, Comment(rawValue: loopReason)))
     func aDamagedPrimaryGPTHeaderFallsBackToTheBackup() throws {
         let f = try RawFixture()
         let image = f.path("backup.raw")

@@ -6,8 +6,8 @@ import TestSupport
 /// scripts/bench.sh still runs end to end (tiny inputs: BENCH_TINY=1) against berthd and systemd
 /// 252's daemons. It checks that every item produced a figure or an honest "n/a (not
 /// implemented)" for both — never how fast anything was.
-@Suite(.serialized, .enabled(if: Privileges.canMakeLoopFilesystems && ReferenceDaemon.skipReason == nil
-                              && commandExists("dbus-daemon") && commandExists("mkfs.btrfs") && commandExists("mkfs.ext4"),
+@Suite(.serialized, .enabled(if: (Privileges.canMakeLoopFilesystems && ReferenceDaemon.skipReason == nil
+                              && commandExists("dbus-daemon") && commandExists("mkfs.btrfs") && commandExists("mkfs.ext4")) || Privileges.underCI,
                               "needs root, loop devices, btrfs-progs, e2fsprogs, dbus and systemd-container"))
 struct BenchSmokeTests {
     @Test func benchScriptRunsOnTinyInputs() throws {

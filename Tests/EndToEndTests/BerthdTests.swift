@@ -19,7 +19,7 @@ func fixture(_ name: String) throws -> String {
     return try String(contentsOf: url, encoding: .utf8)
 }
 
-@Suite(.serialized, .enabled(if: endToEndToolsAvailable, "needs dbus-daemon, busctl and gdbus (apt-get install dbus systemd libglib2.0-bin)"))
+@Suite(.serialized, .enabled(if: (endToEndToolsAvailable) || Privileges.underCI, "needs dbus-daemon, busctl and gdbus (apt-get install dbus systemd libglib2.0-bin)"))
 struct BerthdTests {
     @Test func ownsTheThreeNamesAndAnswersPingAndIntrospect() throws {
         let bus = try PrivateDBusDaemon()
@@ -111,7 +111,7 @@ struct BerthdTests {
     }
 }
 
-@Suite(.serialized, .enabled(if: endToEndToolsAvailable, "needs dbus-daemon and busctl"))
+@Suite(.serialized, .enabled(if: (endToEndToolsAvailable) || Privileges.underCI, "needs dbus-daemon and busctl"))
 struct BerthctlTests {
     struct Report: Decodable {
         struct Service: Decodable { var name: String; var answers: Bool; var berth: Bool }
@@ -143,7 +143,7 @@ struct BerthctlTests {
     }
 }
 
-@Suite(.serialized, .enabled(if: endToEndToolsAvailable && Privileges.isRoot && commandExists("setpriv"),
+@Suite(.serialized, .enabled(if: (endToEndToolsAvailable && Privileges.isRoot && commandExists("setpriv")) || Privileges.underCI,
                               "needs dbus-daemon, busctl, setpriv and root"))
 struct DistributionFileTests {
     static let policies = ["machine1", "import1", "portable1"].map { name in
@@ -170,7 +170,7 @@ struct DistributionFileTests {
     }
 }
 
-@Suite(.enabled(if: endToEndToolsAvailable, "needs dbus-daemon and busctl"))
+@Suite(.enabled(if: (endToEndToolsAvailable) || Privileges.underCI, "needs dbus-daemon and busctl"))
 struct NotifyTests {
     /// A unix datagram socket standing in for systemd's `$NOTIFY_SOCKET`.
     final class NotifySocket {
@@ -220,7 +220,7 @@ struct NotifyTests {
     }
 }
 
-@Suite(.serialized, .enabled(if: endToEndToolsAvailable && Privileges.isRoot && commandExists("setpriv"),
+@Suite(.serialized, .enabled(if: (endToEndToolsAvailable && Privileges.isRoot && commandExists("setpriv")) || Privileges.underCI,
                               "needs dbus-daemon, busctl, setpriv and root"))
 struct AuthorizationTests {
     func call(_ bus: PrivateDBusDaemon, asNobody: Bool, _ member: String, _ args: [String]) throws -> CommandResult {

@@ -13,7 +13,7 @@ actor SilentObject: BusObjectHandler {
     func property(_ name: String, interface: String, path: ObjectPath) throws -> BusValue { throw Harness.unknownObject(path) }
 }
 
-@Suite(.serialized, .enabled(if: endToEndToolsAvailable, "needs dbus-daemon and gdbus"))
+@Suite(.serialized, .enabled(if: (endToEndToolsAvailable) || Privileges.underCI, "needs dbus-daemon and gdbus"))
 struct ChildInterfaceTests {
     /// The image interfaces are only exported on image objects, which need a pool; export the same
     /// tables on a bare object and compare them with systemd 252's introspection.

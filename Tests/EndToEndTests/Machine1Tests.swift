@@ -9,7 +9,7 @@ let machine1SkipReason = "needs root, loop devices, dbus-daemon, busctl, gdbus, 
 
 /// org.freedesktop.machine1's image members on berthd against systemd-machined 252 over the same
 /// pool (differential), driven with machinectl, busctl and gdbus.
-@Suite(.serialized, .enabled(if: machine1Prerequisites, "\(machine1SkipReason)"))
+@Suite(.serialized, .enabled(if: (machine1Prerequisites) || Privileges.underCI, "\(machine1SkipReason)"))
 struct Machine1DifferentialTests {
     @Test(arguments: [LoopbackFilesystem.Kind.btrfs, .ext4])
     func readingMembersMatchMachined(_ kind: LoopbackFilesystem.Kind) throws {
@@ -214,7 +214,7 @@ struct Machine1DifferentialTests {
     }
 }
 
-@Suite(.serialized, .enabled(if: machine1Prerequisites, "\(machine1SkipReason)"))
+@Suite(.serialized, .enabled(if: (machine1Prerequisites) || Privileges.underCI, "\(machine1SkipReason)"))
 struct Machine1BehaviourTests {
     @Test func nonRootCallerIsDeniedAndNothingChanges() throws {
         let pair = try Machine1Pair(.ext4, withReference: false)

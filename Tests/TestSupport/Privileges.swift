@@ -5,6 +5,12 @@ import Glibc
 public enum Privileges {
     public static var isRoot: Bool { geteuid() == 0 }
 
+    /// Whether this is a CI run (`CI=true`, as .ci/run is started). CI runs as root on a machine
+    /// with loop devices, btrfs, namespaces and a bootable systemd: there a privileged test never
+    /// skips (`.enabled(if: canRun || Privileges.underCI)`), so a missing capability fails it
+    /// loudly instead of silently losing a tier.
+    public static var underCI: Bool { ProcessInfo.processInfo.environment["CI"] == "true" }
+
     /// Loop devices, mount and mkfs are there (root, /dev/loop-control, mkfs.btrfs, mkfs.ext4).
     public static var canMakeLoopFilesystems: Bool { loopSkipReason == nil }
 

@@ -37,9 +37,11 @@ public final class ReferenceDaemon: @unchecked Sendable {
     private var pid: pid_t = 0
     private let script: String
 
-    /// Starts `daemon` on the bus at `busAddress` with `poolPath` as its /var/lib/machines, and
+    /// Starts `daemon` on the bus at `busAddress` with `poolPath` bind-mounted at `mountPoint`
+    /// (its pool folder, /var/lib/machines by default; /var/lib/portables for portabled), and
     /// waits until it owns its bus name.
-    public init(_ daemon: Daemon, busAddress: String, poolPath: String, timeout: TimeInterval = 10) throws {
+    public init(_ daemon: Daemon, busAddress: String, poolPath: String, mountPoint: String = "/var/lib/machines",
+                timeout: TimeInterval = 10) throws {
         if let why = Self.skipReason { throw TestSupportError("cannot run \(daemon.rawValue): \(why)") }
         self.daemon = daemon
         // machinectl and portablectl refuse to run unless this exists.
@@ -48,8 +50,8 @@ public final class ReferenceDaemon: @unchecked Sendable {
         let body = """
             #!/bin/sh
             set -e
-            mkdir -p /var/lib/machines
-            mount --bind '\(poolPath)' /var/lib/machines
+            mkdir -p '\(mountPoint)'
+            mount --bind '\(poolPath)' '\(mountPoint)'
             exec \(Self.libexec)/\(daemon.rawValue)
             """
         try body.write(toFile: script, atomically: true, encoding: .utf8)
