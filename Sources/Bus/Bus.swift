@@ -132,6 +132,20 @@ public struct MethodCall: Sendable {
         guard i < arguments.count, let v = arguments[i].uint64Value else { throw BusError.invalidArgs("argument \(i) is not an unsigned integer") }
         return v
     }
+    /// Argument `i` as an array of strings (`as`).
+    public func strings(_ i: Int) throws(BusError) -> [String] {
+        let arguments = try arguments
+        guard i < arguments.count, case .array(_, let values) = arguments[i] else {
+            throw BusError.invalidArgs("argument \(i) is not an array of strings")
+        }
+        var result: [String] = []
+        result.reserveCapacity(values.count)
+        for value in values {
+            guard let s = value.stringValue else { throw BusError.invalidArgs("argument \(i) is not an array of strings") }
+            result.append(s)
+        }
+        return result
+    }
     /// Argument `i` as a file descriptor (`h`); the call owns it until it is released.
     public func fileDescriptor(_ i: Int) throws(BusError) -> FileDescriptor {
         let arguments = try arguments

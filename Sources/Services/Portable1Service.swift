@@ -80,6 +80,10 @@ public actor Portable1Service: BusObjectHandler {
     private let info: DaemonInfo
     private let pool: ImagePool
     private let harness = Harness()
+    /// PoolUsage and PoolLimit, measured off the bus thread (quota ioctls can hang on a bad mount).
+    private let poolUsage: PoolUsageCache
+    /// The node enumerator's listing, made off the bus thread.
+    private let imageNames: ImageNameListing
 
     /// Parent of the image objects.
     public static let imagePrefix: ObjectPath = "/org/freedesktop/portable1/image"
@@ -93,12 +97,15 @@ public actor Portable1Service: BusObjectHandler {
         self.paths = paths
         self.info = info
         self.pool = pool
+        poolUsage = PoolUsageCache(pool: pool)
+        imageNames = ImageNameListing(pool: pool)
     }
 
     /// Exports the manager object (with `io.berth.Daemon`) and the image subtree.
     public func export() async throws(BusError) {
         try await bus.export([Portable1Manager.interface, BerthDaemon.interface], at: ServiceKind.portable1.managerPath, handler: self)
         try await bus.exportSubtree([Portable1Image.interface], under: Portable1Service.imagePrefix, handler: self)
+        _ = poolUsage.current()  // the first measurement starts now, off the bus thread
     }
 
     public func handle(_ call: MethodCall) async throws -> [BusValue] {
@@ -127,18 +134,19 @@ public actor Portable1Service: BusObjectHandler {
                 ])
             })]
         case .getImageOSRelease: return try await osRelease(try call.string(0))
-        case .getImageMetadata: return try await metadata(try call.string(0), extensions: [], matches: try call.stringArray(1))
+        case .getImageMetadata: return try await metadata(try call.string(0), extensions: [], matches: try call.strings(1))
         case .getImageMetadataWithExtensions:
-            return try await metadata(try call.string(0), extensions: try call.stringArray(1), matches: try call.stringArray(2),
+            return try await metadata(try call.string(0), extensions: try call.strings(1), matches: try call.strings(2),
                                       flags: try call.uint64(3))
         case .getImageState: return try getState(try call.string(0), extensions: [])
         case .getImageStateWithExtensions:
-            return try getState(try call.string(0), extensions: try call.stringArray(1), flags: try call.uint64(2))
+            return try getState(try call.string(0), extensions: try call.strings(1), flags: try call.uint64(2))
         case .removeImage: return try await remove(try call.string(0))
         case .markImageReadOnly: return try await markReadOnly(try call.string(0), try call.bool(1))
         case .setImageLimit: return try await setLimit(try call.string(0), try call.uint64(1))
         case .setPoolLimit:
             do { try await pool.setPoolLimit(try call.uint64(0)) } catch { throw Portable1Errors.translate(error, name: "") }
+            await poolUsage.refresh()
             return []
         case .attachImage, .attachImageWithExtensions, .detachImage, .detachImageWithExtensions, .reattachImage,
              .reattachImageWithExtensions:
@@ -150,11 +158,11 @@ public actor Portable1Service: BusObjectHandler {
         guard let name = call.path.unescapedName(under: Self.imagePrefix) else { throw Harness.unknownObject(call.path) }
         switch method {
         case .getOSRelease: return try await osRelease(name)
-        case .getMetadata: return try await metadata(name, extensions: [], matches: try call.stringArray(0))
+        case .getMetadata: return try await metadata(name, extensions: [], matches: try call.strings(0))
         case .getMetadataWithExtensions:
-            return try await metadata(name, extensions: try call.stringArray(0), matches: try call.stringArray(1), flags: try call.uint64(2))
+            return try await metadata(name, extensions: try call.strings(0), matches: try call.strings(1), flags: try call.uint64(2))
         case .getState: return try getState(name, extensions: [])
-        case .getStateWithExtensions: return try getState(name, extensions: try call.stringArray(0), flags: try call.uint64(1))
+        case .getStateWithExtensions: return try getState(name, extensions: try call.strings(0), flags: try call.uint64(1))
         case .remove: return try await remove(name)
         case .markReadOnly: return try await markReadOnly(name, try call.bool(0))
         case .setLimit: return try await setLimit(name, try call.uint64(0))
@@ -225,6 +233,8 @@ public actor Portable1Service: BusObjectHandler {
     private func remove(_ name: String) async throws -> [BusValue] {
         try refuseAttached(name, "remove")
         do { try await pool.remove(name) } catch { throw Portable1Errors.translate(error, name: name) }
+        imageNames.forget(name)
+        poolUsage.invalidate()
         return []
     }
 
@@ -239,6 +249,7 @@ public actor Portable1Service: BusObjectHandler {
     /// SetImageLimit / Image.SetLimit.
     private func setLimit(_ name: String, _ bytes: UInt64) async throws -> [BusValue] {
         do { try await pool.setLimit(name, bytes) } catch { throw Portable1Errors.translate(error, name: name) }
+        poolUsage.invalidate()
         return []
     }
 
@@ -262,8 +273,8 @@ public actor Portable1Service: BusObjectHandler {
         case Portable1Manager.name:
             switch Portable1Manager.Property(rawValue: name) {
             case .poolPath: return .string(pool.poolPath)
-            case .poolUsage: return .uint64(pool.poolUsageNow().usage)
-            case .poolLimit: return .uint64(pool.poolUsageNow().limit)
+            case .poolUsage: return .uint64(poolUsage.current().usage)
+            case .poolLimit: return .uint64(poolUsage.current().limit)
             case .profiles: return .strings(profiles())
             case nil: throw Harness.unknownProperty(name, interface)
             }
@@ -307,24 +318,9 @@ public actor Portable1Service: BusObjectHandler {
         return (try? pool.imageNow(named: name)) != nil
     }
 
-    /// One object per image the pool lists now.
+    /// One object per image the pool lists, listed off the bus thread (`ImageNameListing`).
     public func childObjects(under prefix: ObjectPath) -> [ObjectPath] {
         guard prefix == Self.imagePrefix else { return [] }
-        return pool.imageNamesNow().map(Self.imagePath)
-    }
-}
-
-extension MethodCall {
-    /// Argument `i` as an array of strings (`as`).
-    func stringArray(_ i: Int) throws(BusError) -> [String] {
-        guard i < arguments.count, case .array(_, let values) = arguments[i] else {
-            throw BusError.invalidArgs("argument \(i) is not an array of strings")
-        }
-        var result: [String] = []
-        for value in values {
-            guard let s = value.stringValue else { throw BusError.invalidArgs("argument \(i) is not an array of strings") }
-            result.append(s)
-        }
-        return result
+        return imageNames.names().map(Self.imagePath)
     }
 }
