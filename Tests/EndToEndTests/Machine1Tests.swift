@@ -211,6 +211,20 @@ struct Machine1DifferentialTests {
         // Directory images have no quota: NotSupported, as machined.
         let dir = try pair.gdbus(berth, "org.freedesktop.machine1.Manager.SetImageLimit", ["dirimg", "1000000"])
         #expect(dir.contains("org.freedesktop.DBus.Error.NotSupported"), "\(dir)")
+        // A limit below usage would refuse every write (machined 252 accepts it and wedges the
+        // pool): InvalidArgs, the limit left as it was; removing it works.
+        for bytes in ["1000", "0"] {
+            let below = try pair.gdbus(berth, "org.freedesktop.machine1.Manager.SetPoolLimit", [bytes])
+            #expect(below.contains("org.freedesktop.DBus.Error.InvalidArgs"), "\(bytes): \(below)")
+        }
+        let still = try pair.busctl(berth, ["get-property", "org.freedesktop.machine1", "/org/freedesktop/machine1",
+                                            "org.freedesktop.machine1.Manager", "PoolLimit"]).stdout
+        #expect(still.trimmingCharacters(in: .whitespacesAndNewlines) == "t \(200 << 20)")
+        let removed = try pair.machinectl(berth, ["set-limit", "-"])
+        #expect(removed.succeeded, "\(removed.stderr)")
+        let none = try pair.busctl(berth, ["get-property", "org.freedesktop.machine1", "/org/freedesktop/machine1",
+                                           "org.freedesktop.machine1.Manager", "PoolLimit"]).stdout
+        #expect(none.trimmingCharacters(in: .whitespacesAndNewlines) == "t 18446744073709551615")
     }
 }
 
