@@ -314,7 +314,7 @@ public actor ImagePool {
                 throw PoolError(.notSupported, "cannot clone \(source.type.rawValue) image '\(name)' into \(pool)")
             }
             let finalPath = joinPath(pool, creator.entryName(forImage: newName))
-            let sourcePath = source.path
+            let sourcePath = source.path, isHost = source.isHost
             if !copyIntoEmpty && creator.clonesInOneStep(from: sourcePath) {
                 // Atomic (a snapshot): straight to the final name, nothing half-made to hide.
                 do {
@@ -335,8 +335,12 @@ public actor ImagePool {
                         try creator.createEmpty(at: temp)
                         let from = try TreeCopy.openSource(sourcePath)
                         let into = try FileDescriptor.openDirectory(temp, followSymlinks: false)
+                        // A clone of the host leaves the pool folder empty, as a mount point: it
+                        // would otherwise hold every image, and each later clone all earlier ones.
+                        let pool = isHost ? (try? fileStatus(pool)).map(TreeCopy.DirectoryIdentity.init) : nil
                         try TreeCopy.copyContents(of: from, into: into,
-                                                  options: TreeCopy.Options(isCancelled: { flag.isCancelled }))
+                                                  options: TreeCopy.Options(leftEmpty: pool.map { [$0] } ?? [],
+                                                                            isCancelled: { flag.isCancelled }))
                     } else {
                         try creator.clone(from: sourcePath, to: temp)
                     }
