@@ -302,4 +302,22 @@ struct Import1Tests {
         #expect(try site.poolEntries() == ["existing", "frompool", "fromroot", "hostcopy"])
         #expect(site.answers)
     }
+
+    /// berthd leaves an existing pool folder's mode as the admin set it, but says at start
+    /// when other users can reach it.
+    @Test("berthd started over a pool folder of mode 0755 warns about it on stderr; over a 0700 one it does not")
+    func anOpenPoolFolderIsWarnedAboutAtStart() throws {
+        let site = try Import1Site()
+        defer { site.close() }
+        site.killBerthd()
+        #expect(chmod(site.poolPath, 0o755) == 0)
+        try site.startBerthd()
+        #expect(site.log.contains("\(site.poolPath) is mode 755"), "\(site.log)")
+        site.killBerthd()
+        #expect(chmod(site.poolPath, 0o700) == 0)
+        let before = site.log.components(separatedBy: "is mode").count
+        try site.startBerthd()
+        #expect(site.log.components(separatedBy: "is mode").count == before, "\(site.log)")
+        #expect(site.answers)
+    }
 }
