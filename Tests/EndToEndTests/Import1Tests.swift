@@ -282,7 +282,7 @@ struct Import1Tests {
             try FileManager.default.contentsOfDirectory(atPath: path).filter { !$0.hasSuffix(".lck") }.sorted()
         }
 
-        let clone = try run(["timeout", "120", "gdbus", "call", "--address", site.bus.address, "--dest", "org.freedesktop.machine1",
+        let clone = try run(["gdbus", "call", "--timeout", "120", "--address", site.bus.address, "--dest", "org.freedesktop.machine1",
                              "--object-path", "/org/freedesktop/machine1", "--method",
                              "org.freedesktop.machine1.Manager.CloneImage", ".host", "hostcopy", "false"])
         #expect(clone.succeeded, "\(clone.stderr)\n\(site.log)")
