@@ -12,9 +12,9 @@ import Linux
 /// AT_SYMLINK_NOFOLLOW and O_NOFOLLOW): no symlink of the source is ever followed, whatever it
 /// points to. The walk keeps its own stack, so a deep tree cannot overflow the thread's stack.
 /// The copy stays on the source's top mount: a mount point inside the tree becomes an empty
-/// directory, as copying /proc of a host tree would be absurd. (systemd 252's COPY_SAME_MOUNT
-/// leaves mount points out altogether; an empty directory keeps the tree's shape, and nspawn
-/// mounts its API file systems there.)
+/// directory, as copying /proc of a host tree would be absurd. (systemd-machined 252 leaves
+/// mount points out of a `.host` clone altogether; an empty directory keeps the tree's shape,
+/// and nspawn mounts its API file systems there.)
 ///
 /// A copy never descends into its own destination: a directory of the source with the
 /// destination root's device and inode is left out (not even made empty), so copying a tree
