@@ -12,18 +12,46 @@ import Linux
 /// AT_SYMLINK_NOFOLLOW and O_NOFOLLOW): no symlink of the source is ever followed, whatever it
 /// points to. The walk keeps its own stack, so a deep tree cannot overflow the thread's stack.
 /// The copy stays on the source's top mount: a mount point inside the tree becomes an empty
-/// directory, as copying /proc of a host tree would be absurd.
+/// directory, as copying /proc of a host tree would be absurd. (systemd-machined 252 leaves
+/// mount points out of a `.host` clone altogether; an empty directory keeps the tree's shape,
+/// and nspawn mounts its API file systems there.)
+///
+/// A copy never descends into its own destination: a directory of the source with the
+/// destination root's device and inode is left out (not even made empty), so copying a tree
+/// into a folder inside itself (the host's root into a pool on the root's filesystem, an
+/// import of an ancestor of the pool) ends, with the copy holding no trace of itself. The
+/// check is one comparison per directory, on the status the walk reads anyway.
 public enum TreeCopy {
+    /// The device and inode of a directory: what the walk compares, never a path.
+    public struct DirectoryIdentity: Sendable, Hashable {
+        /// st_dev.
+        public var device: UInt64
+        /// st_ino.
+        public var inode: UInt64
+
+        /// The identity of the directory `status` describes.
+        public init(_ status: FileStatus) {
+            device = status.device
+            inode = status.inode
+        }
+    }
+
     /// How a copy behaves.
     public struct Options: Sendable {
         /// Try FICLONE per file; false forces real data copies (tests, cross-checks).
         public var allowReflink: Bool
         /// Polled between entries; true stops the copy with ECANCELED.
         public var isCancelled: @Sendable () -> Bool
+        /// Directories of the source copied as empty directories, their contents left out, as
+        /// a mount point is: what a copy must not take along (the pool folder when the host's
+        /// root is cloned). A handful at most: each directory is compared with every entry.
+        public var leftEmpty: [DirectoryIdentity]
 
-        /// Reflinks allowed, never cancelled, unless told otherwise.
-        public init(allowReflink: Bool = true, isCancelled: @escaping @Sendable () -> Bool = { false }) {
+        /// Reflinks allowed, never cancelled, everything copied, unless told otherwise.
+        public init(allowReflink: Bool = true, leftEmpty: [DirectoryIdentity] = [],
+                    isCancelled: @escaping @Sendable () -> Bool = { false }) {
             self.allowReflink = allowReflink
+            self.leftEmpty = leftEmpty
             self.isCancelled = isCancelled
         }
     }
@@ -123,6 +151,8 @@ public enum TreeCopy {
         /// First destination path (relative to the root) of each multiply-linked source inode.
         var linked: [InodeKey: String] = [:]
         var rootMount: UInt64?
+        /// The destination root, which the walk must never enter (see `TreeCopy`).
+        var destinationRootIdentity: DirectoryIdentity?
 
         init(options: Options, sourceRoot: FileDescriptor, destinationRoot: FileDescriptor) {
             self.options = options
@@ -134,6 +164,7 @@ public enum TreeCopy {
             rootMount = TreeSupport.mountID("", in: sourceRoot)
             let rootStatus = try sourceRoot.stat()
             let rootDestination = try destinationRoot.stat()
+            destinationRootIdentity = DirectoryIdentity(rootDestination)
             var stack = [Frame(source: sourceRoot, destination: destinationRoot, status: rootStatus,
                                destinationIdentity: [rootDestination.device, rootDestination.inode],
                                names: try TreeSupport.names(in: sourceRoot), relativePath: "")]
@@ -177,15 +208,19 @@ public enum TreeCopy {
             }
             switch type {
             case UInt32(Glibc.S_IFDIR):
+                let identity = DirectoryIdentity(st)
+                // The destination inside the source: copying it would copy the copy, for ever.
+                if identity == destinationRootIdentity { return nil }
                 try Linux.makeDirectory(name, mode: 0o700, relativeTo: parent.destination)
                 let src = try TreeSupport.openDirectoryForReading(name, in: parent.source)
                 let dst = try FileDescriptor.openDirectory(name, relativeTo: parent.destination, followSymlinks: false)
                 statistics.directories += 1
                 let sameMount = rootMount == nil || TreeSupport.mountID("", in: src) == rootMount
+                let walked = sameMount && !options.leftEmpty.contains(identity)
                 let dstStatus = try dst.stat()
                 return Frame(source: src, destination: dst, status: st,
                              destinationIdentity: [dstStatus.device, dstStatus.inode],
-                             names: sameMount ? try TreeSupport.names(in: src) : [], relativePath: rel)
+                             names: walked ? try TreeSupport.names(in: src) : [], relativePath: rel)
             case UInt32(Glibc.S_IFREG):
                 try copyRegular(name, st, parent)
             case UInt32(Glibc.S_IFLNK):

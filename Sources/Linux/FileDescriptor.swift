@@ -112,6 +112,11 @@ public final class FileDescriptor: @unchecked Sendable {
         try sys("fsync") { fsync(rawValue) }
     }
 
+    /// fchmod(2): the permission bits (and setuid/setgid/sticky) of the open inode.
+    public func setMode(_ mode: mode_t) throws(SystemCallError) {
+        try sys("fchmod") { fchmod(rawValue, mode) }
+    }
+
     /// ioctl(2) with a pointer argument.
     @discardableResult
     public func ioctl(_ request: UInt, _ name: String, _ arg: UnsafeMutableRawPointer?) throws(SystemCallError) -> Int32 {

@@ -364,7 +364,7 @@ public actor ImagePool {
                 throw PoolError(.notSupported, "cannot clone \(source.type.rawValue) image '\(name)' into \(pool)")
             }
             let finalPath = joinPath(pool, creator.entryName(forImage: newName))
-            let sourcePath = source.path
+            let sourcePath = source.path, isHost = source.isHost
             if !copyIntoEmpty && creator.clonesInOneStep(from: sourcePath) {
                 // Atomic (a snapshot): straight to the final name, nothing half-made to hide.
                 do {
@@ -385,8 +385,12 @@ public actor ImagePool {
                         try creator.createEmpty(at: temp)
                         let from = try TreeCopy.openSource(sourcePath)
                         let into = try FileDescriptor.openDirectory(temp, followSymlinks: false)
+                        // A clone of the host leaves the pool folder empty, as a mount point: it
+                        // would otherwise hold every image, and each later clone all earlier ones.
+                        let pool = isHost ? (try? fileStatus(pool)).map(TreeCopy.DirectoryIdentity.init) : nil
                         try TreeCopy.copyContents(of: from, into: into,
-                                                  options: TreeCopy.Options(isCancelled: { flag.isCancelled }))
+                                                  options: TreeCopy.Options(leftEmpty: pool.map { [$0] } ?? [],
+                                                                            isCancelled: { flag.isCancelled }))
                     } else {
                         try creator.clone(from: sourcePath, to: temp)
                     }
@@ -570,6 +574,17 @@ public actor ImagePool {
     /// Removes what a previous run left in the pool folder: temp entries `.#…` (with their
     /// immutable flags, subvolumes through the backend that claims them) and lock files
     /// `.#….lck` no one holds. Called at daemon start.
+    /// At daemon start: a warning when the pool folder exists and its group or other users
+    /// have any access to it (mode bits 0077), nil otherwise. Such a folder lets local users
+    /// reach the images' device nodes and setuid files; berthd makes it 0700 and leaves an
+    /// existing one as the admin set it, but says so.
+    public nonisolated func poolAccessWarning() -> String? {
+        guard let st = try? fileStatus(realPoolPath), st.isDirectory, st.mode & 0o077 != 0 else { return nil }
+        let mode = String(st.mode & 0o7777, radix: 8)
+        return "the image pool \(realPoolPath) is mode \(mode): other users can reach the images' device nodes "
+            + "and setuid files; make it 0700 (chmod 0700 \(realPoolPath)) as systemd does"
+    }
+
     public func removeStaleTemporaryEntries() async {
         let pool = realPoolPath, registry = self.registry
         _ = try? await Blocking.run {
@@ -677,7 +692,9 @@ public actor ImagePool {
     }
 
     /// Makes `ROOT/var/lib/machines` on first use, of the parent's kind: the tree backend of
-    /// the parent folder creates it (a subvolume on btrfs, like systemd), else mkdir.
+    /// the parent folder creates it (a subvolume on btrfs, like systemd), else mkdir. Mode 0700
+    /// whichever made it, as systemd-machined makes it: images hold device nodes and setuid
+    /// files that no other user may reach (a subvolume is born 0755, a mkdir under the umask).
     private func ensurePoolFolder() async throws {
         let pool = realPoolPath, registry = self.registry
         if (try? entryStatus(pool, followSymlinks: true))?.isDirectory == true { return }
@@ -691,6 +708,7 @@ public actor ImagePool {
                 } else {
                     try makeDirectory(pool, mode: 0o700)
                 }
+                try FileDescriptor.openDirectory(pool, followSymlinks: false).setMode(0o700)
             } catch {
                 if (try? fileStatus(pool))?.isDirectory == true { return }  // made meanwhile
                 throw Self.poolError(error, "cannot create the pool folder \(pool)")

@@ -7,7 +7,7 @@ public struct PoolError: Error, CustomStringConvertible, Sendable {
     public struct Code: Hashable, Sendable, CustomStringConvertible {
         private enum Value: Hashable, Sendable {
             case noSuchImage, imageExists, invalidName, readOnly, notSupported, busy, noSpace, quotaExceeded
-            case invalidImage, cancelled, system
+            case invalidImage, cancelled, system, invalidArgument
         }
         private let value: Value
         private init(_ value: Value) { self.value = value }
@@ -32,6 +32,9 @@ public struct PoolError: Error, CustomStringConvertible, Sendable {
         public static let invalidImage = Code(.invalidImage)
         /// The operation was cancelled.
         public static let cancelled = Code(.cancelled)
+        /// An argument other than a name that cannot be honoured, e.g. a limit below current
+        /// usage (`org.freedesktop.DBus.Error.InvalidArgs`, as systemd answers out-of-range values).
+        public static let invalidArgument = Code(.invalidArgument)
         /// Any other failed system call: see `errno`.
         public static let system = Code(.system)
 

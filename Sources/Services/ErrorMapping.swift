@@ -24,7 +24,7 @@ public enum ErrorMapping {
         switch code {
         case .noSuchImage: Name.noSuchImage
         case .imageExists: BusError.Name.fileExists
-        case .invalidName: BusError.Name.invalidArgs
+        case .invalidName, .invalidArgument: BusError.Name.invalidArgs
         case .readOnly: BusError.systemErrorPrefix + Errno.EROFS.name
         case .notSupported: BusError.Name.notSupported
         case .busy: BusError.systemErrorPrefix + Errno.EBUSY.name

@@ -45,6 +45,7 @@ actor Daemon {
             // inspection mounts.
             raw.cleanUpStaleInspections()
             await pool.removeStaleTemporaryEntries()
+            if let warning = pool.poolAccessWarning() { logger.warning("\(warning)") }
             // import1's transfers run in berth-transfer, beside berthd. Hostile input may crash a
             // worker: that is a failed transfer, not a backtrace dump in the journal.
             setenv("SWIFT_BACKTRACE", "enable=no", 1)

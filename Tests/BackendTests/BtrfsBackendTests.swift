@@ -442,6 +442,56 @@ struct BtrfsBackendTests {
         #expect(throws: PoolError.self) { try backend.setPoolLimit(1 << 30, of: fs.appending("plain")) }
     }
 
+    /// A limit below what is used now is refused, for the pool and for an image, and changes
+    /// nothing. A pool or image at or past its limit (an admin's `btrfs qgroup limit`, or data
+    /// that grew past it) can always have the limit raised or removed (UInt64.max, as systemd),
+    /// after which writes work again: the qgroup ioctls must not need space in the full qgroup.
+    @Test func limitsBelowUsageAreRefusedAndFullPoolsCanAlwaysBeRaisedOrFreed() throws {
+        let fs = try LoopbackFilesystem(.btrfs)
+        let pool = fs.appending("machines")
+        let image = joinPath(pool, "a")
+        try backend.createEmpty(at: pool)
+        try backend.createEmpty(at: image)
+        try Self.writeFile(joinPath(image, "f"), bytes: 32 << 20)
+
+        for bytes: UInt64 in [8 << 20, 0] {
+            let refused = #expect(throws: PoolError.self) { try backend.setPoolLimit(bytes, of: pool) }
+            #expect(refused?.code == .invalidArgument, "pool limit \(bytes): \(String(describing: refused))")
+            let refusedImage = #expect(throws: PoolError.self) { try backend.setLimit(bytes, at: image) }
+            #expect(refusedImage?.code == .invalidArgument, "image limit \(bytes): \(String(describing: refusedImage))")
+        }
+        #expect(try #require(try backend.poolUsage(of: pool)).limit == Image.unknown)
+        #expect(try backend.image(named: "a", at: image).limit == Image.unknown)
+        try Self.writeFile(joinPath(image, "g"), bytes: 1 << 20)
+
+        // A pool qgroup over its limit: even a small write fails.
+        let poolID = try Self.subvolumeID(pool), imageID = try Self.subvolumeID(image)
+        try backend.setPoolLimit(64 << 20, of: pool)
+        func overLimit(_ qgroup: String) throws {
+            try run(["btrfs", "qgroup", "limit", "8M", qgroup, fs.mountPoint], check: true)
+            let full = #expect(throws: SystemCallError.self) { try Self.writeFile(joinPath(image, "h"), bytes: 1 << 20) }
+            #expect(full?.errno == .EDQUOT)
+        }
+        try overLimit("1/\(poolID)")
+        try backend.setPoolLimit(256 << 20, of: pool)
+        #expect(try #require(try backend.poolUsage(of: pool)).limit == 256 << 20)
+        try Self.writeFile(joinPath(image, "h"), bytes: 8 << 20)
+
+        try overLimit("1/\(poolID)")
+        try backend.setPoolLimit(Image.unknown, of: pool)
+        #expect(try #require(try backend.poolUsage(of: pool)).limit == Image.unknown)
+        try Self.writeFile(joinPath(image, "h"), bytes: 8 << 20)
+
+        // The same for an image's own limit.
+        try overLimit("0/\(imageID)")
+        try backend.setLimit(128 << 20, at: image)
+        try Self.writeFile(joinPath(image, "h"), bytes: 8 << 20)
+        try overLimit("0/\(imageID)")
+        try backend.setLimit(Image.unknown, at: image)
+        #expect(try backend.image(named: "a", at: image).limit == Image.unknown)
+        try Self.writeFile(joinPath(image, "h"), bytes: 8 << 20)
+    }
+
     // MARK: - Inspection
 
     @Test func inspectionRootIsTheSubvolume() throws {

@@ -5,6 +5,7 @@ import Foundation
 import Glibc
 import Linux
 import PoolAPI
+import Synchronization
 import TestSupport
 import Testing
 
@@ -75,6 +76,38 @@ struct DirectoryBackendTests {
         for dir in [top, top + "/etc", top + "/etc/sub"] {
             #expect(try fileStatus(dir).accessTime.tv_sec == old.tv_sec, "\(dir) was read with its access time moved")
         }
+    }
+
+    /// The destination inside the source (the host's root cloned into a pool on its own
+    /// filesystem, an import of the pool's parent): the copy ends, holding no trace of itself.
+    /// Bounded: the copy is cancelled after far more entries than the tree has, so a copy that
+    /// walks into itself fails with ECANCELED instead of growing until it is killed.
+    @Test func treeCopyIntoAFolderInsideItsSourceLeavesTheDestinationOut() throws {
+        let t = try TemporaryDirectory()
+        defer { t.remove() }
+        let src = t.appending("src")
+        try makeDirectories(src + "/etc")
+        try makeDirectories(src + "/var/lib/machines/other/etc")
+        try Data("host\n".utf8).write(to: URL(fileURLWithPath: src + "/etc/hostname"))
+        try Data("img\n".utf8).write(to: URL(fileURLWithPath: src + "/var/lib/machines/other/etc/hostname"))
+        let dest = src + "/var/lib/machines/.#copy0123456789abcdef"
+        try makeDirectory(dest, mode: 0o700)
+        let entries = Atomic<Int>(0)
+        let options = TreeCopy.Options(isCancelled: { entries.add(1, ordering: .relaxed).newValue > 10_000 })
+        let stats = try TreeCopy.copyContents(of: try TreeCopy.openSource(src),
+                                              into: try FileDescriptor.openDirectory(dest), options: options)
+        #expect(stats.files == 2 && stats.directories == 6, "\(stats)")
+        #expect(try String(contentsOfFile: dest + "/etc/hostname", encoding: .utf8) == "host\n")
+        #expect(try String(contentsOfFile: dest + "/var/lib/machines/other/etc/hostname", encoding: .utf8) == "img\n")
+        #expect(try directoryEntries(dest + "/var/lib/machines") == ["other"], "the copy holds itself")
+
+        // What the caller names is copied as an empty folder, as a mount point is.
+        let pool = TreeCopy.DirectoryIdentity(try fileStatus(src + "/var/lib/machines"))
+        try makeDirectory(t.appending("dst"), mode: 0o700)
+        try TreeCopy.copyContents(of: try TreeCopy.openSource(src), into: try FileDescriptor.openDirectory(t.appending("dst")),
+                                  options: TreeCopy.Options(leftEmpty: [pool]))
+        #expect(try directoryEntries(t.appending("dst/var/lib/machines")).isEmpty)
+        #expect(try String(contentsOfFile: t.appending("dst/etc/hostname"), encoding: .utf8) == "host\n")
     }
 
     @Test func treeCopyNeverFollowsSymlinksOfTheSource() throws {

@@ -271,4 +271,59 @@ struct Import1Tests {
         #expect(r.succeeded, "\(r.stderr)")
         #expect(try site.poolEntries() == ["crash"])
     }
+
+    /// The pool lies inside the root berthd serves, on the root's filesystem (the usual ext4
+    /// layout): a copy of the root or of the pool must not walk into the folder it fills.
+    /// Bounded: each call has two minutes; a copy into itself would run until killed.
+    @Test("CloneImage of .host with the pool inside the root, import-fs of the pool folder and of the root: each ends, the copy never holds itself, the host clone leaves the pool out, nothing is left behind")
+    func copiesOfTreesHoldingThePoolEnd() throws {
+        let site = try Import1Site()
+        defer { site.close() }
+        _ = try shell("""
+        mkdir -p '\(site.root)/etc' '\(site.poolPath)/existing/etc'
+        echo hostroot > '\(site.root)/etc/hostname'
+        echo existing > '\(site.poolPath)/existing/etc/hostname'
+        """)
+        func entries(_ path: String) throws -> [String] {
+            try FileManager.default.contentsOfDirectory(atPath: path).filter { !$0.hasSuffix(".lck") }.sorted()
+        }
+
+        let clone = try run(["gdbus", "call", "--timeout", "120", "--address", site.bus.address, "--dest", "org.freedesktop.machine1",
+                             "--object-path", "/org/freedesktop/machine1", "--method",
+                             "org.freedesktop.machine1.Manager.CloneImage", ".host", "hostcopy", "false"])
+        #expect(clone.succeeded, "\(clone.stderr)\n\(site.log)")
+        #expect(try String(contentsOfFile: site.poolPath + "/hostcopy/etc/hostname", encoding: .utf8) == "hostroot\n")
+        #expect(try entries(site.poolPath + "/hostcopy/var/lib/machines").isEmpty, "the host clone holds the pool")
+
+        var r = try site.machinectl(["import-fs", site.poolPath, "frompool"])
+        #expect(r.succeeded, "\(r.stderr)\n\(site.log)")
+        #expect(try entries(site.poolPath + "/frompool") == ["existing", "hostcopy"])
+
+        r = try site.machinectl(["import-fs", site.root, "fromroot"])
+        #expect(r.succeeded, "\(r.stderr)\n\(site.log)")
+        #expect(try String(contentsOfFile: site.poolPath + "/fromroot/etc/hostname", encoding: .utf8) == "hostroot\n")
+        #expect(try entries(site.poolPath + "/fromroot/var/lib/machines") == ["existing", "frompool", "hostcopy"])
+
+        #expect(try site.tempEntries().isEmpty)
+        #expect(try site.poolEntries() == ["existing", "frompool", "fromroot", "hostcopy"])
+        #expect(site.answers)
+    }
+
+    /// berthd leaves an existing pool folder's mode as the admin set it, but says at start
+    /// when other users can reach it.
+    @Test("berthd started over a pool folder of mode 0755 warns about it on stderr; over a 0700 one it does not")
+    func anOpenPoolFolderIsWarnedAboutAtStart() throws {
+        let site = try Import1Site()
+        defer { site.close() }
+        site.killBerthd()
+        #expect(chmod(site.poolPath, 0o755) == 0)
+        try site.startBerthd()
+        #expect(site.log.contains("\(site.poolPath) is mode 755"), "\(site.log)")
+        site.killBerthd()
+        #expect(chmod(site.poolPath, 0o700) == 0)
+        let before = site.log.components(separatedBy: "is mode").count
+        try site.startBerthd()
+        #expect(site.log.components(separatedBy: "is mode").count == before, "\(site.log)")
+        #expect(site.answers)
+    }
 }

@@ -211,6 +211,43 @@ struct Machine1DifferentialTests {
         // Directory images have no quota: NotSupported, as machined.
         let dir = try pair.gdbus(berth, "org.freedesktop.machine1.Manager.SetImageLimit", ["dirimg", "1000000"])
         #expect(dir.contains("org.freedesktop.DBus.Error.NotSupported"), "\(dir)")
+        // A limit below usage would refuse every write (machined 252 accepts it and wedges the
+        // pool): InvalidArgs, the limit left as it was; removing it works.
+        for bytes in ["1000", "0"] {
+            let below = try pair.gdbus(berth, "org.freedesktop.machine1.Manager.SetPoolLimit", [bytes])
+            #expect(below.contains("org.freedesktop.DBus.Error.InvalidArgs"), "\(bytes): \(below)")
+        }
+        let still = try pair.busctl(berth, ["get-property", "org.freedesktop.machine1", "/org/freedesktop/machine1",
+                                            "org.freedesktop.machine1.Manager", "PoolLimit"]).stdout
+        #expect(still.trimmingCharacters(in: .whitespacesAndNewlines) == "t \(200 << 20)")
+        let removed = try pair.machinectl(berth, ["set-limit", "-"])
+        #expect(removed.succeeded, "\(removed.stderr)")
+        let none = try pair.busctl(berth, ["get-property", "org.freedesktop.machine1", "/org/freedesktop/machine1",
+                                           "org.freedesktop.machine1.Manager", "PoolLimit"]).stdout
+        #expect(none.trimmingCharacters(in: .whitespacesAndNewlines) == "t 18446744073709551615")
+    }
+
+    /// The pool folder berthd makes (a subvolume on btrfs, as machined makes it) is 0700, as
+    /// systemd's tmpfiles (`Q /var/lib/machines 0700`): imported images hold device nodes.
+    @Test func thePoolFolderMadeOnBtrfsIsPrivate() throws {
+        let fs = try LoopbackFilesystem(.btrfs)
+        defer { fs.remove() }
+        let bus = try PrivateDBusDaemon()
+        defer { bus.stop() }
+        let berthd = try BerthdProcess(bus: bus, services: ["machine1"])
+        defer { berthd.stop() }
+        let varLib = berthd.root + "/var/lib"
+        try FileManager.default.createDirectory(atPath: varLib, withIntermediateDirectories: true)
+        try run(["mount", "--bind", fs.mountPoint, varLib], check: true)
+        defer { if (try? run(["umount", varLib]))?.succeeded != true { _ = try? run(["umount", "-l", varLib]) } }
+
+        let set = try run(["busctl", "--address=\(bus.address)", "call", "org.freedesktop.machine1", "/org/freedesktop/machine1",
+                           "org.freedesktop.machine1.Manager", "SetPoolLimit", "t", String(1 << 30)])
+        #expect(set.succeeded, "\(set.stderr)\n\(berthd.log)")
+        var st = stat()
+        #expect(lstat(varLib + "/machines", &st) == 0)
+        #expect(st.st_ino == 256, "the pool folder is a subvolume")
+        #expect(st.st_mode & 0o7777 == 0o700, "pool folder mode \(String(st.st_mode & 0o7777, radix: 8))")
     }
 }
 

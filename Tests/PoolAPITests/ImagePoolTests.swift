@@ -79,6 +79,22 @@ import Testing
         #expect(r.temporaryEntries().isEmpty)
     }
 
+    /// The pool folder made on first use is 0700 whichever backend makes it (here the
+    /// directory backend, whose mkdir of an image root is 0755): images hold device nodes.
+    @Test func thePoolFolderMadeOnFirstUseIsPrivate() async throws {
+        let r = try PoolRoot()
+        try r.makeTree("etc/machines/src", files: ["etc/os-release": "ID=x\n"])
+        let pool = r.pool()
+        #expect(pool.poolAccessWarning() == nil, "no pool folder yet")
+        _ = try await pool.clone("src", to: "dst", readOnly: false)
+        var st = stat()
+        #expect(lstat(r.path("var/lib/machines"), &st) == 0)
+        #expect(st.st_mode & 0o7777 == 0o700, "pool folder mode \(String(st.st_mode & 0o7777, radix: 8))")
+        #expect(pool.poolAccessWarning() == nil)
+        #expect(chmod(r.path("var/lib/machines"), 0o750) == 0)
+        #expect(pool.poolAccessWarning()?.contains("is mode 750") == true)
+    }
+
     @Test func aSymlinkedImageInEtcMachinesIsClonedAndRemovedAsALink() async throws {
         let r = try PoolRoot()
         try r.makeTree("srv/real", files: ["etc/os-release": "ID=linked\n"])

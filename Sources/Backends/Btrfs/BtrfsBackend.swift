@@ -239,7 +239,7 @@ public struct BtrfsBackend: ImageBackend {
             let parentID = try wrap("cannot read subvolume of \(parent)") { () throws(SystemCallError) in
                 try BtrfsUtil.subvolumeID(parentFD, subject: parent)
             }
-            try Self.withoutLimits(on: [parentID, topID] + nested.map(\.id), fd: parentFD) { () throws(PoolError) in
+            try Self.withoutLimits(on: [parentID, topID] + nested.map(\.id), fd: Self.quotaControl(from: parentFD)) { () throws(PoolError) in
                 try wrap("cannot delete subvolume \(path)", delete)
             }
         } catch {
@@ -263,13 +263,17 @@ public struct BtrfsBackend: ImageBackend {
     }
 
     /// machine1 `SetImageLimit`: max_rfer of the subvolume's level-0 qgroup
-    /// (BTRFS_IOC_QGROUP_LIMIT), switching quotas on first if they are off.
+    /// (BTRFS_IOC_QGROUP_LIMIT), switching quotas on first if they are off. `UInt64.max`
+    /// removes the limit, as in systemd; a limit below what the image uses now is refused
+    /// (`invalidArgument`): it would fail every write at once, which no caller means.
     public func setLimit(_ bytes: UInt64, at path: String) throws {
         let fd = try openSubvolume(path)
         try Self.ensureQuota(fd, subject: path)
         let id = try wrap("cannot read subvolume \(path)") { () throws(SystemCallError) in try BtrfsUtil.subvolumeID(fd, subject: path) }
+        let group = BtrfsIoctl.qgroupID(level: 0, id)
+        try Self.refuseLimitBelowUsage(bytes, of: group, fd: fd, subject: "image \(path)")
         try wrap("cannot set the limit of \(path)") { () throws(SystemCallError) in
-            try BtrfsIoctl.setReferencedLimit(fd, qgroup: BtrfsIoctl.qgroupID(level: 0, id), bytes: bytes)
+            try BtrfsIoctl.setReferencedLimit(Self.quotaControl(from: fd), qgroup: group, bytes: bytes)
         }
     }
 
@@ -299,14 +303,19 @@ public struct BtrfsBackend: ImageBackend {
     /// qgroups of the pool and of the images in it (BTRFS_IOC_QGROUP_CREATE, _ASSIGN), limited
     /// with BTRFS_IOC_QGROUP_LIMIT; images made later join it at creation. Quotas are switched
     /// on first if they are off.
+    /// `UInt64.max` removes the limit, as in systemd; a limit below what the pool uses now is
+    /// refused (`invalidArgument`), as it would fail every write in the pool at once (systemd
+    /// 252 accepts it, 0 included). Raising or removing a limit works however full the pool
+    /// is: the qgroup ioctls go through a subvolume outside it (`quotaControl`).
     public func setPoolLimit(_ bytes: UInt64, of directory: String) throws {
         let fd = try openSubvolume(directory)
         try Self.ensureQuota(fd, subject: directory)
-        try wrap("cannot set the limit of pool \(directory)") { () throws(SystemCallError) in
+        let control = Self.quotaControl(from: fd)
+        let poolGroup = try wrap("cannot set the limit of pool \(directory)") { () throws(SystemCallError) in
             let id = try BtrfsUtil.subvolumeID(fd, subject: directory)
             let poolGroup = BtrfsIoctl.qgroupID(level: 1, id)
             if try BtrfsIoctl.qgroup(fd, id: poolGroup) == nil {
-                try BtrfsIoctl.createQgroup(fd, id: poolGroup)
+                try BtrfsIoctl.createQgroup(control, id: poolGroup)
             }
             var needRescan = false
             let members = [id] + (try BtrfsUtil.nestedSubvolumes(fd, subject: directory)).map(\.id)
@@ -314,16 +323,20 @@ public struct BtrfsBackend: ImageBackend {
                 let child = BtrfsIoctl.qgroupID(level: 0, member)
                 if try BtrfsIoctl.parentQgroups(fd, of: child).contains(poolGroup) { continue }
                 do throws(SystemCallError) {
-                    if try BtrfsIoctl.assignQgroup(fd, child: child, parent: poolGroup) { needRescan = true }
+                    if try BtrfsIoctl.assignQgroup(control, child: child, parent: poolGroup) { needRescan = true }
                 } catch where error.errno == .EEXIST {
                     continue
                 }
             }
             let inconsistent = try BtrfsIoctl.quotaStatus(fd)?.isInconsistent == true
             if needRescan || inconsistent {
-                try Self.rescan(fd)
+                try Self.rescan(control)
             }
-            try BtrfsIoctl.setReferencedLimit(fd, qgroup: poolGroup, bytes: bytes)
+            return poolGroup
+        }
+        try Self.refuseLimitBelowUsage(bytes, of: poolGroup, fd: fd, subject: "the pool \(directory)")
+        try wrap("cannot set the limit of pool \(directory)") { () throws(SystemCallError) in
+            try BtrfsIoctl.setReferencedLimit(control, qgroup: poolGroup, bytes: bytes)
         }
     }
 
@@ -426,6 +439,51 @@ public struct BtrfsBackend: ImageBackend {
         } catch {
             throw PoolError.from(error, "cannot switch on quotas for \(subject)")
         }
+    }
+
+    /// Throws `invalidArgument` when `bytes` (not `UInt64.max`, which removes the limit) is below
+    /// what qgroup `group` references now. Data written but not yet committed counts too: the
+    /// filesystem is synced first (BTRFS_IOC_SYNC). Where the usage is not known (a rescan
+    /// running), the limit is let through: refusing needs a number to show.
+    static func refuseLimitBelowUsage(_ bytes: UInt64, of group: UInt64, fd: FileDescriptor, subject: String) throws {
+        guard bytes != UInt64.max else { return }
+        _ = try? BtrfsIoctl.sync(fd)
+        guard let usage = countedQgroup(fd, id: group)?.referenced, bytes < usage else { return }
+        throw PoolError(.invalidArgument, "the limit \(bytes) is below what \(subject) uses now (\(usage) bytes): "
+                            + "it would refuse every write; free space first or choose a higher limit")
+    }
+
+    /// A descriptor to issue qgroup ioctls through (BTRFS_IOC_QGROUP_LIMIT, _CREATE, _ASSIGN,
+    /// BTRFS_IOC_QUOTA_RESCAN). They act on the filesystem's qgroups by id whatever file they
+    /// are called on, but start a transaction in that file's subvolume, reserving metadata
+    /// charged to its qgroups: on a subvolume in a qgroup at or over its limit they fail
+    /// EDQUOT, even the call that lifts that limit. So this is the nearest directory up from
+    /// `fd` (through `..`, on the same btrfs filesystem) whose subvolume's qgroup and its
+    /// parents have no limit — the pool folder's parent for a limited pool — else `fd` itself.
+    static func quotaControl(from fd: FileDescriptor) -> FileDescriptor {
+        guard let filesystem = fsid(fd) else { return fd }
+        var current = fd
+        for _ in 0..<64 {
+            if isUnlimited(current) { return current }
+            guard let here = try? current.stat(),
+                  let parent = try? FileDescriptor.openDirectory("..", relativeTo: current, followSymlinks: false),
+                  let up = try? parent.stat(), [up.device, up.inode] != [here.device, here.inode],
+                  fsid(parent) == filesystem
+            else { break }
+            current = parent
+        }
+        return fd
+    }
+
+    /// No limit on the level-0 qgroup of the subvolume of `fd`, nor on a qgroup it belongs to.
+    private static func isUnlimited(_ fd: FileDescriptor) -> Bool {
+        guard let id = try? BtrfsUtil.subvolumeID(fd, subject: "quota control") else { return false }
+        let group = BtrfsIoctl.qgroupID(level: 0, id)
+        for g in [group] + ((try? BtrfsIoctl.parentQgroups(fd, of: group)) ?? []) {
+            guard let q = try? BtrfsIoctl.qgroup(fd, id: g) else { continue }
+            if q.maxReferenced != nil || q.maxExclusive != nil { return false }
+        }
+        return true
     }
 
     /// Recounts all qgroups (BTRFS_IOC_QUOTA_RESCAN) and waits for it; joins a running one.
