@@ -22,6 +22,12 @@ install -D -m 0755 "$bin/berthd" "$prefix/sbin/berthd"
 install -D -m 0755 "$bin/berth-transfer" "$prefix/sbin/berth-transfer"  # berthd runs the one beside it
 install -D -m 0755 "$bin/berthctl" "$prefix/bin/berthctl"
 install -D -m 0644 README.md "$prefix/share/doc/berth/README.md"
+# Berth's own portable profiles, so a host without systemd's copies can attach (systemd's, in
+# /usr/lib, and an admin's, in /etc, come first where both exist).
+for f in dist/portable-profiles/*/service.conf; do
+    name=$(basename "$(dirname "$f")")
+    install -D -m 0644 "$f" "$prefix/lib/systemd/portable/profile/$name/service.conf"
+done
 for f in dist/dbus-1/system.d/*.conf; do
     install -D -m 0644 "$f" "/etc/dbus-1/system.d/$(basename "$f")"
 done

@@ -112,6 +112,12 @@ public final class FileDescriptor: @unchecked Sendable {
         try sys("fsync") { fsync(rawValue) }
     }
 
+    /// futimens(2): the access and modification times of the open inode.
+    public func setTimes(access: timespec, modification: timespec) throws(SystemCallError) {
+        var times = [access, modification]
+        try sys("futimens") { futimens(rawValue, &times) }
+    }
+
     /// fchmod(2): the permission bits (and setuid/setgid/sticky) of the open inode.
     public func setMode(_ mode: mode_t) throws(SystemCallError) {
         try sys("fchmod") { fchmod(rawValue, mode) }

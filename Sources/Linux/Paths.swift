@@ -17,6 +17,21 @@ public func makeDirectory(_ path: String, mode: mode_t = 0o755, relativeTo dir: 
     try sys("mkdirat", path) { mkdirat(dir?.rawValue ?? AT_FDCWD, path, mode) }
 }
 
+/// symlinkat(2): a symbolic link at `path` that points to `target`; EEXIST if `path` exists.
+public func makeSymbolicLink(_ path: String, pointingTo target: String) throws(SystemCallError) {
+    try sys("symlinkat", path) { symlinkat(target, AT_FDCWD, path) }
+}
+
+/// unlinkat(2) of a file or symbolic link (never followed).
+public func removeFile(_ path: String) throws(SystemCallError) {
+    try sys("unlinkat", path) { unlinkat(AT_FDCWD, path, 0) }
+}
+
+/// unlinkat(2) with AT_REMOVEDIR: removes an empty directory (ENOTEMPTY otherwise).
+public func removeDirectory(_ path: String) throws(SystemCallError) {
+    try sys("unlinkat", path) { unlinkat(AT_FDCWD, path, AT_REMOVEDIR) }
+}
+
 /// mkdir -p: makes `path` and missing parents; an existing directory is fine.
 public func makeDirectories(_ path: String, mode: mode_t = 0o755) throws(SystemCallError) {
     var current = path.hasPrefix("/") ? "" : "."

@@ -750,7 +750,7 @@ public actor ImagePool {
     }
 
     /// realpath(3), nil if it does not exist.
-    static func realPath(_ path: String) -> String? {
+    public static func realPath(_ path: String) -> String? {
         guard let r = realpath(path, nil) else { return nil }
         defer { free(r) }
         return String(cString: r)

@@ -31,6 +31,20 @@ public enum PortableUnits {
         public var contents: [UInt8]
         /// Where it was found inside the image, `usr/lib/systemd/system/foo.service`.
         public var pathInImage: String
+        /// The file's modification time (kept by the `copy` copy mode).
+        public var modificationTime: timespec
+        /// Whether `pathInImage` reaches the file with no symbolic link on the way: only such a
+        /// unit may be attached as a symlink into a tree image, since the host's systemd would
+        /// follow a link in the image on the host.
+        public var isLinkable: Bool
+
+        /// The unit type, `service` for `foo.service`.
+        public var type: Substring { name[name.index(after: name.lastIndex(of: ".") ?? name.startIndex)...] }
+
+        public static func == (a: UnitFile, b: UnitFile) -> Bool {
+            a.name == b.name && a.contents == b.contents && a.pathInImage == b.pathInImage && a.isLinkable == b.isLinkable
+                && a.modificationTime.tv_sec == b.modificationTime.tv_sec && a.modificationTime.tv_nsec == b.modificationTime.tv_nsec
+        }
     }
 
     /// Whether `unit` is `match` or continues it with `.`, `-` or `@`.
@@ -74,20 +88,26 @@ public enum PortableUnits {
             let names = (try? directoryEntries(of: dir)) ?? []
             for name in names where found[name] == nil && isValidUnitName(name) && unit(name, matchesAny: matches) {
                 let path = folder + "/" + name
-                guard let contents = regularFileContents(path, in: rootFD) else { continue }
-                found[name] = UnitFile(name: name, contents: contents, pathInImage: path)
+                guard let file = regularFile(path, in: rootFD) else { continue }
+                let linkable = (try? FileDescriptor.open(path, flags: O_RDONLY | O_NOCTTY | O_NONBLOCK, relativeTo: rootFD,
+                                                         resolve: [.inRoot, .noSymlinks]))
+                    .map { fd in defer { fd.close() }; return true } ?? false
+                found[name] = UnitFile(name: name, contents: file.contents, pathInImage: path,
+                                       modificationTime: file.status.modificationTime, isLinkable: linkable)
             }
         }
         return found.values.sorted { $0.name < $1.name }
     }
 
-    /// The bytes of `path` resolved inside the image, or nil if it is not a regular file there.
-    static func regularFileContents(_ path: String, in root: FileDescriptor) -> [UInt8]? {
+    /// The bytes and status of `path` resolved inside the image, or nil if it is not a regular
+    /// file there (or is larger than `maximumFileSize`).
+    static func regularFile(_ path: String, in root: FileDescriptor) -> (contents: [UInt8], status: FileStatus)? {
         guard let fd = try? FileDescriptor.open(path, flags: O_RDONLY | O_NOCTTY | O_NONBLOCK, relativeTo: root,
                                                 resolve: [.inRoot, .noMagicLinks]) else { return nil }
         defer { fd.close() }
-        guard let st = try? fd.stat(), st.isRegular, st.size <= Int64(maximumFileSize) else { return nil }
-        return try? fd.readToEnd(limit: maximumFileSize)
+        guard let st = try? fd.stat(), st.isRegular, st.size <= Int64(maximumFileSize),
+              let bytes = try? fd.readToEnd(limit: maximumFileSize) else { return nil }
+        return (bytes, st)
     }
 }
 
@@ -103,8 +123,8 @@ public struct PortableMetadata: Sendable {
         let units = try PortableUnits.read(imageRoot: root, matches: matches)
         let rootFD = try FileDescriptor.openDirectory(root)
         defer { rootFD.close() }
-        let osRelease = PortableUnits.regularFileContents("etc/os-release", in: rootFD)
-            ?? PortableUnits.regularFileContents("usr/lib/os-release", in: rootFD) ?? []
+        let osRelease = PortableUnits.regularFile("etc/os-release", in: rootFD)?.contents
+            ?? PortableUnits.regularFile("usr/lib/os-release", in: rootFD)?.contents ?? []
         return PortableMetadata(osRelease: osRelease, units: units)
     }
 }

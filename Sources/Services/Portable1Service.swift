@@ -54,6 +54,7 @@ enum Portable1Errors {
 
     /// What an image member throws, as portabled replies it.
     static func translate(_ error: any Error, name: String) -> BusError {
+        if let e = error as? PortableError { return translate(e, name: name) }
         guard let e = error as? PoolError else { return ErrorMapping.busError(error) }
         switch e.code {
         case .noSuchImage where name.hasPrefix("/"): return Machine1Errors.errno(.ENOENT)
@@ -61,6 +62,18 @@ enum Portable1Errors {
         case .invalidName: return BusError.invalidArgs("Image name '\(name)' is not valid or not a valid path.")
         case .notSupported: return Machine1Errors.errno(.EOPNOTSUPP)
         default: return Machine1Errors.translate(error, name: name)
+        }
+    }
+
+    /// What attach and detach refuse, with systemd's error names.
+    static func translate(_ e: PortableError, name: String) -> BusError {
+        switch e.code {
+        case .unitExists: return BusError(name: "org.freedesktop.systemd1.UnitExists", message: e.message)
+        case .noSuchUnit: return BusError(name: "org.freedesktop.systemd1.NoSuchUnit", message: e.message)
+        case .invalidArgument: return BusError.invalidArgs(e.message)
+        case .system:
+            guard let cause = e.cause else { return BusError(name: BusError.Name.failed, message: e.message) }
+            return Machine1Errors.errno(cause.errno, prefix: e.message)
         }
     }
 }
@@ -71,8 +84,8 @@ enum Portable1Errors {
 /// inside an image is read by `PortableUnits` in the backend's inspection root, and the attached
 /// state comes from the attached units' drop-ins (`PortableState`).
 ///
-/// Written so far: everything but attaching (Attach, Detach, Reattach and their …WithExtensions
-/// forms answer NotSupported, and so do extensions).
+/// Attach, detach and reattach work on the files (`PortableAttach`); extensions are refused with
+/// NotSupported until they are written.
 public actor Portable1Service: BusObjectHandler {
     public nonisolated let bus: Bus
     public nonisolated var unownedExecutor: UnownedSerialExecutor { bus.unownedExecutor }
@@ -148,9 +161,24 @@ public actor Portable1Service: BusObjectHandler {
             do { try await pool.setPoolLimit(try call.uint64(0)) } catch { throw Portable1Errors.translate(error, name: "") }
             await poolUsage.refresh()
             return []
-        case .attachImage, .attachImageWithExtensions, .detachImage, .detachImageWithExtensions, .reattachImage,
-             .reattachImageWithExtensions:
-            throw Harness.notImplemented(call)
+        case .attachImage:
+            return try await attach(try call.string(0), matches: try call.strings(1), profile: try call.string(2),
+                                    copyMode: try call.string(4), flags: try call.bool(3) ? Flags.runtime : 0)
+        case .attachImageWithExtensions:
+            try Self.refuseExtensions(try call.strings(1), flags: nil)
+            return try await attach(try call.string(0), matches: try call.strings(2), profile: try call.string(3),
+                                    copyMode: try call.string(4), flags: try call.uint64(5))
+        case .detachImage: return try await detach(try call.string(0), flags: try call.bool(1) ? Flags.runtime : 0)
+        case .detachImageWithExtensions:
+            try Self.refuseExtensions(try call.strings(1), flags: nil)
+            return try await detach(try call.string(0), flags: try call.uint64(2))
+        case .reattachImage:
+            return try await reattach(try call.string(0), matches: try call.strings(1), profile: try call.string(2),
+                                      copyMode: try call.string(4), flags: try call.bool(3) ? Flags.runtime : 0)
+        case .reattachImageWithExtensions:
+            try Self.refuseExtensions(try call.strings(1), flags: nil)
+            return try await reattach(try call.string(0), matches: try call.strings(2), profile: try call.string(3),
+                                      copyMode: try call.string(4), flags: try call.uint64(5))
         }
     }
 
@@ -166,9 +194,140 @@ public actor Portable1Service: BusObjectHandler {
         case .remove: return try await remove(name)
         case .markReadOnly: return try await markReadOnly(name, try call.bool(0))
         case .setLimit: return try await setLimit(name, try call.uint64(0))
-        case .attach, .attachWithExtensions, .detach, .detachWithExtensions, .reattach, .reattacheWithExtensions:
-            throw Harness.notImplemented(call)
+        case .attach:
+            return try await attach(name, matches: try call.strings(0), profile: try call.string(1), copyMode: try call.string(3),
+                                    flags: try call.bool(2) ? Flags.runtime : 0)
+        case .attachWithExtensions:
+            try Self.refuseExtensions(try call.strings(0), flags: nil)
+            return try await attach(name, matches: try call.strings(1), profile: try call.string(2), copyMode: try call.string(3),
+                                    flags: try call.uint64(4))
+        case .detach: return try await detach(name, flags: try call.bool(0) ? Flags.runtime : 0)
+        case .detachWithExtensions:
+            try Self.refuseExtensions(try call.strings(0), flags: nil)
+            return try await detach(name, flags: try call.uint64(1))
+        case .reattach:
+            return try await reattach(name, matches: try call.strings(0), profile: try call.string(1), copyMode: try call.string(3),
+                                      flags: try call.bool(2) ? Flags.runtime : 0)
+        case .reattacheWithExtensions:
+            try Self.refuseExtensions(try call.strings(0), flags: nil)
+            return try await reattach(name, matches: try call.strings(1), profile: try call.string(2), copyMode: try call.string(3),
+                                      flags: try call.uint64(4))
         }
+    }
+
+    // MARK: attach, detach, reattach
+
+    /// The flags of the …WithExtensions members (sd-bus's SD_SYSTEMD_PORTABLE_*).
+    enum Flags {
+        static let runtime: UInt64 = 1 << 0
+        static let forceAttach: UInt64 = 1 << 1
+        static let forceExtension: UInt64 = 1 << 2
+        static let all = runtime | forceAttach | forceExtension
+    }
+
+    /// One attach, detach or reattach at a time: two attaches of images that share a unit name
+    /// cannot both win, and a detach never races the attach of the same image.
+    private var attachBusy = false
+    private var attachWaiters: [CheckedContinuation<Void, Never>] = []
+
+    private func serialisedAttach<T: Sendable>(_ body: () async throws -> T) async throws -> T {
+        while attachBusy { await withCheckedContinuation { attachWaiters.append($0) } }
+        attachBusy = true
+        defer {
+            attachBusy = false
+            if !attachWaiters.isEmpty { attachWaiters.removeFirst().resume() }
+        }
+        return try await body()
+    }
+
+    private static func changes(_ list: [PortableChange]) -> BusValue {
+        .array(element: "(sss)", list.map { .structure([.string($0.kind.rawValue), .string($0.path), .string($0.source)]) })
+    }
+
+    private static func checkFlags(_ flags: UInt64) throws(BusError) {
+        if flags & ~Flags.all != 0 { throw BusError.invalidArgs("Invalid 'flags' parameter '\(flags)'") }
+    }
+
+    /// AttachImage(+WithExtensions) / Image.Attach(+WithExtensions).
+    private func attach(_ nameOrPath: String, matches: [String], profile: String, copyMode: String,
+                        flags: UInt64) async throws -> [BusValue] {
+        try serialisedCheck(nameOrPath, flags: flags)
+        let changes = try await serialisedAttach { try await attachNow(nameOrPath, matches: matches, profile: profile,
+                                                                    copyMode: copyMode, flags: flags) }
+        return [Self.changes(changes)]
+    }
+
+    private func serialisedCheck(_ nameOrPath: String, flags: UInt64) throws(BusError) {
+        try Portable1Errors.validateNameOrPath(nameOrPath)
+        try Self.checkFlags(flags)
+    }
+
+    private func attachNow(_ nameOrPath: String, matches: [String], profile: String, copyMode: String,
+                           flags: UInt64) async throws -> [PortableChange] {
+        guard let mode = PortableCopyMode(rawValue: copyMode) else { throw BusError.invalidArgs("Unknown copy mode '\(copyMode)'") }
+        let root = paths.root
+        let profileFolder: String
+        do { profileFolder = try PortableAttach.profileFolder(profile, in: paths.portableProfileDirectories) }
+        catch { throw Portable1Errors.translate(error, name: nameOrPath) }
+        let image: Image
+        let contents: (metadata: PortableMetadata, osRelease: [String: String])
+        do {
+            image = try nameOrPath.hasPrefix("/") ? pool.imageNow(atPath: nameOrPath) : pool.imageNow(named: nameOrPath)
+            contents = try await pool.inspect(nameOrPath, what: "unit files") { root in
+                (try PortableMetadata.read(imageRoot: root, matches: matches), try ImageMetadata.read(imageRoot: root).osRelease)
+            }
+        } catch {
+            throw Portable1Errors.translate(error, name: nameOrPath)
+        }
+        let portable = PortableImage(image)
+        let path = portable.path
+        if !matches.isEmpty {
+            let prefixes = PortableAttach.acceptablePrefixes(osRelease: contents.osRelease, imageName: image.name)
+            do { try PortableAttach.checkMatches(matches, prefixes: prefixes, imagePath: path) }
+            catch { throw Portable1Errors.translate(error, name: nameOrPath) }
+        }
+        let units = contents.metadata.units
+        if units.isEmpty { throw BusError.invalidArgs("Couldn't find any matching unit files in image '\(path)', refusing.") }
+        let runtime = flags & Flags.runtime != 0
+        do {
+            return try await Blocking.run {
+                try PortableAttach.attach(portable, units: units, profile: profileFolder, runtime: runtime, copyMode: mode, root: root)
+            }
+        } catch {
+            throw Portable1Errors.translate(error, name: nameOrPath)
+        }
+    }
+
+    /// DetachImage(+WithExtensions) / Image.Detach(+WithExtensions).
+    private func detach(_ nameOrPath: String, flags: UInt64) async throws -> [BusValue] {
+        try serialisedCheck(nameOrPath, flags: flags)
+        let root = paths.root, runtime = flags & Flags.runtime != 0
+        let changes = try await serialisedAttach {
+            do { return try await Blocking.run { try PortableAttach.detach(nameOrPath, runtime: runtime, root: root) } }
+            catch { throw Portable1Errors.translate(error, name: nameOrPath) }
+        }
+        return [Self.changes(changes)]
+    }
+
+    /// ReattachImage(+WithExtensions) / Image.Reattach(+WithExtensions): the image's units are
+    /// detached and attached again from the image as it is now, in one step no other attach can
+    /// come between. Returns the units' changes gone and made. Works by name (252 loses the image
+    /// then: it resolves the name to the /etc/portables link, deletes it, and cannot find it).
+    private func reattach(_ nameOrPath: String, matches: [String], profile: String, copyMode: String,
+                          flags: UInt64) async throws -> [BusValue] {
+        try serialisedCheck(nameOrPath, flags: flags)
+        let root = paths.root, runtime = flags & Flags.runtime != 0
+        let (removed, made) = try await serialisedAttach { () async throws -> ([PortableChange], [PortableChange]) in
+            // The image is found before anything is detached, so a vanished image detaches nothing.
+            do { _ = try nameOrPath.hasPrefix("/") ? pool.imageNow(atPath: nameOrPath) : pool.imageNow(named: nameOrPath) }
+            catch { throw Portable1Errors.translate(error, name: nameOrPath) }
+            let removed: [PortableChange]
+            do { removed = try await Blocking.run { try PortableAttach.detach(nameOrPath, runtime: runtime, root: root) } }
+            catch { throw Portable1Errors.translate(error, name: nameOrPath) }
+            let made = try await attachNow(nameOrPath, matches: matches, profile: profile, copyMode: copyMode, flags: flags)
+            return (removed, made)
+        }
+        return [Self.changes(removed), Self.changes(made)]
     }
 
     // MARK: members

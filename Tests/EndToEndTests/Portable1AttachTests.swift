@@ -1,0 +1,201 @@
+import Foundation
+import Glibc
+import Testing
+import TestSupport
+
+/// portable1's attach, detach and reattach with the real portablectl 252 against berthd on a
+/// private bus without systemd (`--no-reload`), checked file by file against what
+/// systemd-portabled 252 wrote for the same image in a booted system
+/// (Tests/Fixtures/portable252/attach-reference.txt).
+@Suite(.serialized, .enabled(if: (endToEndToolsAvailable && commandExists("portablectl")) || Privileges.underCI,
+                             "needs dbus-daemon, busctl and portablectl (apt-get install systemd-container)"))
+struct Portable1AttachTests {
+    /// berthd serving portable1 over a root with Berth's profiles in ROOT/usr/lib/… and one image.
+    final class Host: @unchecked Sendable {
+        let bus: PrivateDBusDaemon
+        let berthd: BerthdProcess
+        var root: String { berthd.root }
+        var image: String { root + "/var/lib/portables/foo_1.0" }
+
+        init() throws {
+            bus = try PrivateDBusDaemon()
+            berthd = try BerthdProcess(bus: bus, services: ["portable1"])
+            let profiles = BootedSystemd.packageRoot().appendingPathComponent("dist/portable-profiles").path
+            try FileManager.default.createDirectory(atPath: root + "/usr/lib/systemd/portable", withIntermediateDirectories: true)
+            try run(["cp", "-a", profiles, root + "/usr/lib/systemd/portable/profile"], check: true)
+            try FileManager.default.createDirectory(atPath: "/run/systemd/system", withIntermediateDirectories: true)
+            try write([
+                "usr/lib/os-release": "ID=debian\nVERSION_ID=12\nPRETTY_NAME=\"Foo OS\"\nPORTABLE_PREFIXES=foo\n",
+                "usr/lib/systemd/system/foo.service": "[Unit]\nDescription=Foo\n[Service]\nExecStart=/usr/bin/sleep infinity\n",
+                "usr/lib/systemd/system/foo.socket": "[Socket]\nListenStream=/run/foo.sock\n",
+                "usr/lib/systemd/system/bar.service": "[Service]\nExecStart=/bin/true\n",
+            ], in: image)
+            // A known modification time, for the copy mode that keeps it.
+            try run(["touch", "-h", "-d", "2020-01-02 03:04:05 UTC", image + "/usr/lib/systemd/system/foo.service"], check: true)
+        }
+
+        func write(_ files: [String: String], in folder: String) throws {
+            for (path, text) in files {
+                let full = folder + "/" + path
+                try FileManager.default.createDirectory(atPath: (full as NSString).deletingLastPathComponent, withIntermediateDirectories: true)
+                try text.write(toFile: full, atomically: false, encoding: .utf8)
+            }
+        }
+
+        func portablectl(_ args: [String]) throws -> CommandResult {
+            try run(["portablectl", "--no-pager", "--no-reload"] + args,
+                    environment: ["DBUS_SYSTEM_BUS_ADDRESS": bus.address, "SYSTEMD_COLORS": "0"])
+        }
+
+        /// Everything under ROOT/etc and ROOT/run that attach may touch: "path" for folders,
+        /// "path -> target" for links, "path: contents" for files; paths relative to the root.
+        func attachedTree() -> [String] {
+            var result: [String] = []
+            for top in ["etc/systemd/system.attached", "etc/portables", "run/systemd/system.attached", "run/portables"] {
+                guard FileManager.default.fileExists(atPath: root + "/" + top),
+                      let walker = FileManager.default.enumerator(atPath: root + "/" + top) else { continue }
+                result.append(top)
+                for case let relative as String in walker {
+                    let path = root + "/" + top + "/" + relative
+                    let shown = top + "/" + relative
+                    if let target = try? FileManager.default.destinationOfSymbolicLink(atPath: path) {
+                        result.append("\(shown) -> \(target.replacingOccurrences(of: root, with: ""))")
+                    } else if let text = try? String(contentsOfFile: path, encoding: .utf8) {
+                        result.append("\(shown): \(text.replacingOccurrences(of: root, with: ""))")
+                    } else {
+                        result.append(shown)
+                    }
+                }
+            }
+            return result.sorted()
+        }
+
+        func stop() {
+            berthd.stop()
+            bus.stop()
+        }
+        deinit { stop() }
+    }
+
+    static let serviceDropIn = """
+        # Drop-in created for image '/var/lib/portables/foo_1.0', do not edit.
+
+        [Service]
+        RootDirectory=/var/lib/portables/foo_1.0
+        Environment=PORTABLE=foo_1.0
+        BindReadOnlyPaths=/etc/os-release:/run/host/os-release
+        LogExtraFields=PORTABLE=foo_1.0
+
+        """
+    static let socketDropIn = "# Drop-in created for image '/var/lib/portables/foo_1.0', do not edit.\n"
+
+    @Test func attachWritesWhatPortabled252WritesAndDetachRemovesIt() throws {
+        let host = try Host()
+        defer { host.stop() }
+        let attached = try host.portablectl(["attach", "foo_1.0"])
+        #expect(attached.succeeded, "\(attached.stderr)")
+        // As 252 laid it out for `attach foo_1.0` (the prefix foo: foo.service and foo.socket).
+        #expect(host.attachedTree() == [
+            "etc/portables",
+            "etc/portables/foo_1.0 -> /var/lib/portables/foo_1.0",
+            "etc/systemd/system.attached",
+            "etc/systemd/system.attached/foo.service: [Unit]\nDescription=Foo\n[Service]\nExecStart=/usr/bin/sleep infinity\n",
+            "etc/systemd/system.attached/foo.service.d",
+            "etc/systemd/system.attached/foo.service.d/10-profile.conf -> /usr/lib/systemd/portable/profile/default/service.conf",
+            "etc/systemd/system.attached/foo.service.d/20-portable.conf: " + Self.serviceDropIn,
+            "etc/systemd/system.attached/foo.socket: [Socket]\nListenStream=/run/foo.sock\n",
+            "etc/systemd/system.attached/foo.socket.d",
+            "etc/systemd/system.attached/foo.socket.d/20-portable.conf: " + Self.socketDropIn,
+        ].sorted())
+        // portablectl prints the change list in 252's order and words.
+        #expect(attached.stderr.contains("Created directory /\(host.root.dropFirst())/etc/systemd/system.attached.\n"
+                                         + "Created directory /\(host.root.dropFirst())/etc/systemd/system.attached/foo.service.d.\n"))
+        #expect(try host.portablectl(["is-attached", "foo_1.0"]).stdout == "attached\n")
+        let listed = try host.portablectl(["list"]).stdout
+        #expect(listed.contains("attached"), "\(listed)")
+
+        // Attached means in use: no second attach, no remove, no read-only.
+        let again = try host.portablectl(["attach", "foo_1.0"])
+        #expect(!again.succeeded && again.stderr.contains("Unit file 'foo.service' exists on the host already, refusing."))
+        #expect(!(try host.portablectl(["remove", "foo_1.0"])).succeeded)
+        #expect(!(try host.portablectl(["read-only", "foo_1.0"])).succeeded)
+        #expect(FileManager.default.fileExists(atPath: host.image + "/usr/lib/os-release"))
+
+        let detached = try host.portablectl(["detach", "foo_1.0"])
+        #expect(detached.succeeded, "\(detached.stderr)")
+        #expect(host.attachedTree() == ["etc/portables"])
+        #expect(try host.portablectl(["is-attached", "foo_1.0"]).stdout == "detached\n")
+        let nothing = try host.portablectl(["detach", "foo_1.0"])
+        #expect(!nothing.succeeded && nothing.stderr.contains("No unit files associated with 'foo_1.0' found attached to the system"))
+    }
+
+    @Test func copyModesLinkOrCopyAsAskedAndCopyKeepsModificationTimes() throws {
+        let host = try Host()
+        defer { host.stop() }
+        let copied = try host.portablectl(["attach", "--copy=copy", "foo_1.0"])
+        #expect(copied.succeeded, "\(copied.stderr)")
+        let tree = host.attachedTree()
+        #expect(tree.contains { $0.hasPrefix("etc/systemd/system.attached/foo.service.d/10-profile.conf: # Berth's \"default\"") })
+        var st = stat()
+        #expect(lstat(host.root + "/etc/systemd/system.attached/foo.service", &st) == 0)
+        #expect(st.st_mtim.tv_sec == 1_577_934_245)  // 2020-01-02 03:04:05 UTC, kept (252 does not keep it)
+        #expect(try host.portablectl(["detach", "foo_1.0"]).succeeded)
+
+        #expect(try host.portablectl(["attach", "--copy=symlink", "--runtime", "foo_1.0"]).succeeded)
+        #expect(host.attachedTree().contains(
+            "run/systemd/system.attached/foo.service -> /var/lib/portables/foo_1.0/usr/lib/systemd/system/foo.service"))
+        #expect(host.attachedTree().contains("run/portables/foo_1.0 -> /var/lib/portables/foo_1.0"))
+        #expect(try host.portablectl(["is-attached", "foo_1.0"]).stdout == "attached-runtime\n")
+        #expect(!(try host.portablectl(["detach", "foo_1.0"])).succeeded)  // not attached persistently
+        #expect(try host.portablectl(["detach", "--runtime", "foo_1.0"]).succeeded)
+        #expect(host.attachedTree() == ["etc/portables", "run/portables"])
+    }
+
+    @Test func refusalsLeaveNothingBehind() throws {
+        let host = try Host()
+        defer { host.stop() }
+        func refused(_ args: [String], _ message: String) throws {
+            let r = try host.portablectl(args)
+            #expect(!r.succeeded, "\(args) succeeded")
+            #expect(r.stderr.contains(message), "\(args): \(r.stderr)")
+            #expect(host.attachedTree().isEmpty, "\(args) left \(host.attachedTree())")
+        }
+        // An unknown profile is refused with the list (252 attaches without any sandbox).
+        try refused(["attach", "--profile=nosuch", "foo_1.0"],
+                    "Unknown portable profile 'nosuch' (available: default, nonetwork, strict, trusted).")
+        try refused(["attach", "foo_1.0", "bar"], "Selected matches 'bar' are not compatible with portable service image")
+        // portablectl checks --copy itself; the call as another client would make it.
+        let weird = try run(["busctl", "--address=\(host.bus.address)", "call", "org.freedesktop.portable1", "/org/freedesktop/portable1",
+                             "org.freedesktop.portable1.Manager", "AttachImage", "sassbs", "foo_1.0", "0", "default", "false", "weird"])
+        #expect(!weird.succeeded && weird.stderr.contains("Unknown copy mode 'weird'"), "\(weird.stderr)")
+        #expect(host.attachedTree().isEmpty)
+        // A unit of the same name on the host: nothing of the image is attached.
+        try host.write(["foo.socket": "[Socket]\n"], in: host.root + "/etc/systemd/system")
+        try refused(["attach", "foo_1.0"], "Unit file 'foo.socket' exists on the host already, refusing.")
+        try FileManager.default.removeItem(atPath: host.root + "/etc/systemd/system/foo.socket")
+        // A failure after the unit files are written (the link folder cannot be made): all undone.
+        try "not a folder".write(toFile: host.root + "/etc/portables", atomically: false, encoding: .utf8)
+        let late = try host.portablectl(["attach", "foo_1.0"])
+        #expect(!late.succeeded)
+        #expect(!FileManager.default.fileExists(atPath: host.root + "/etc/systemd/system.attached"), "\(host.attachedTree())")
+        try FileManager.default.removeItem(atPath: host.root + "/etc/portables")
+        #expect(try host.portablectl(["attach", "foo_1.0"]).succeeded)
+    }
+
+    @Test func reattachByNameKeepsTheImageAndPicksUpNewUnits() throws {
+        let host = try Host()
+        defer { host.stop() }
+        #expect(try host.portablectl(["attach", "foo_1.0"]).succeeded)
+        // The image changes while attached: a new unit, a changed one.
+        try host.write(["usr/lib/systemd/system/foo-web.service": "[Service]\nExecStart=/usr/bin/web\n",
+                        "usr/lib/systemd/system/foo.socket": "[Socket]\nListenStream=/run/foo2.sock\n"], in: host.image)
+        let r = try host.portablectl(["reattach", "foo_1.0"])
+        #expect(r.succeeded, "\(r.stderr)")
+        let tree = host.attachedTree()
+        #expect(tree.contains("etc/systemd/system.attached/foo.socket: [Socket]\nListenStream=/run/foo2.sock\n"))
+        #expect(tree.contains { $0.hasPrefix("etc/systemd/system.attached/foo-web.service: ") })
+        #expect(tree.contains("etc/portables/foo_1.0 -> /var/lib/portables/foo_1.0"))
+        #expect(FileManager.default.fileExists(atPath: host.image + "/usr/lib/os-release"))
+        #expect(try host.portablectl(["is-attached", "foo_1.0"]).stdout == "attached\n")
+    }
+}
