@@ -138,22 +138,23 @@ public actor Portable1Service: BusObjectHandler {
         switch method {
         case .getImage: return [.objectPath(try getImage(try call.string(0)))]
         case .listImages:
-            let images = try await pool.images()
-            return [.array(element: "(ssbtttso)", images.map { image in
-                .structure([
+            var entries: [BusValue] = []
+            for image in try await pool.images() {
+                entries.append(.structure([
                     .string(image.name), .string(image.type.rawValue), .boolean(image.readOnly),
                     .uint64(image.creationTimestamp), .uint64(image.modificationTimestamp), .uint64(image.usage),
-                    .string(state(of: image.name)), .objectPath(Self.imagePath(image.name)),
-                ])
-            })]
+                    .string(await state(of: image.name)), .objectPath(Self.imagePath(image.name)),
+                ]))
+            }
+            return [.array(element: "(ssbtttso)", entries)]
         case .getImageOSRelease: return try await osRelease(try call.string(0))
         case .getImageMetadata: return try await metadata(try call.string(0), extensions: [], matches: try call.strings(1))
         case .getImageMetadataWithExtensions:
             return try await metadata(try call.string(0), extensions: try call.strings(1), matches: try call.strings(2),
                                       flags: try call.uint64(3))
-        case .getImageState: return try getState(try call.string(0), extensions: [])
+        case .getImageState: return try await getState(try call.string(0), extensions: [])
         case .getImageStateWithExtensions:
-            return try getState(try call.string(0), extensions: try call.strings(1), flags: try call.uint64(2))
+            return try await getState(try call.string(0), extensions: try call.strings(1), flags: try call.uint64(2))
         case .removeImage: return try await remove(try call.string(0))
         case .markImageReadOnly: return try await markReadOnly(try call.string(0), try call.bool(1))
         case .setImageLimit: return try await setLimit(try call.string(0), try call.uint64(1))
@@ -189,8 +190,8 @@ public actor Portable1Service: BusObjectHandler {
         case .getMetadata: return try await metadata(name, extensions: [], matches: try call.strings(0))
         case .getMetadataWithExtensions:
             return try await metadata(name, extensions: try call.strings(0), matches: try call.strings(1), flags: try call.uint64(2))
-        case .getState: return try getState(name, extensions: [])
-        case .getStateWithExtensions: return try getState(name, extensions: try call.strings(0), flags: try call.uint64(1))
+        case .getState: return try await getState(name, extensions: [])
+        case .getStateWithExtensions: return try await getState(name, extensions: try call.strings(0), flags: try call.uint64(1))
         case .remove: return try await remove(name)
         case .markReadOnly: return try await markReadOnly(name, try call.bool(0))
         case .setLimit: return try await setLimit(name, try call.uint64(0))
@@ -303,6 +304,8 @@ public actor Portable1Service: BusObjectHandler {
         try serialisedCheck(nameOrPath, flags: flags)
         let root = paths.root, runtime = flags & Flags.runtime != 0
         let changes = try await serialisedAttach {
+            let units = PortableState.attachedUnits(of: nameOrPath, root: root)
+            try await refuseRunning(runtime ? units.runtime : units.persistent, flags: flags)
             do { return try await Blocking.run { try PortableAttach.detach(nameOrPath, runtime: runtime, root: root) } }
             catch { throw Portable1Errors.translate(error, name: nameOrPath) }
         }
@@ -378,14 +381,42 @@ public actor Portable1Service: BusObjectHandler {
     }
 
     /// GetImageState(+WithExtensions) / Image.GetState(+WithExtensions), from the attached files.
-    private func getState(_ nameOrPath: String, extensions: [String], flags: UInt64? = nil) throws(BusError) -> [BusValue] {
+    private func getState(_ nameOrPath: String, extensions: [String], flags: UInt64? = nil) async throws -> [BusValue] {
         try Portable1Errors.validateNameOrPath(nameOrPath)
         try Self.refuseExtensions(extensions, flags: flags)
-        return [.string(state(of: nameOrPath))]
+        return [.string(await state(of: nameOrPath))]
     }
 
-    private func state(of nameOrPath: String) -> String {
-        PortableState.fileState(of: nameOrPath, root: paths.root).rawValue
+    /// The image's state: attached or attached-runtime from the files, and when systemd is on the
+    /// bus, running or enabled from its units (running before enabled before attached, the
+    /// `-runtime` forms where the units are attached for this boot only), as 252 ranks them.
+    private func state(of nameOrPath: String) async -> String {
+        let units = PortableState.attachedUnits(of: nameOrPath, root: paths.root)
+        let runtime = units.persistent.isEmpty
+        let attached = runtime ? units.runtime : units.persistent
+        guard !attached.isEmpty else { return PortableState.FileState.detached.rawValue }
+        let suffix = runtime ? "-runtime" : ""
+        let systemd = Systemd1(bus: bus)
+        if await systemd.isPresent() {
+            var enabled = false
+            for unit in attached {
+                if await systemd.isRunning(unit) { return "running" + suffix }
+                if let state = await systemd.unitFileState(unit), state.hasPrefix("enabled") { enabled = true }
+            }
+            if enabled { return "enabled" + suffix }
+        }
+        return "attached" + suffix
+    }
+
+    /// With systemd on the bus, refuses while a unit of the image runs (unless forced): a running
+    /// unit's files are not pulled from under it.
+    private func refuseRunning(_ units: [String], flags: UInt64) async throws {
+        guard flags & Flags.forceAttach == 0 else { return }
+        let systemd = Systemd1(bus: bus)
+        guard await systemd.isPresent() else { return }
+        for unit in units where await systemd.isRunning(unit) {
+            throw BusError(name: "org.freedesktop.systemd1.UnitBusy", message: "Unit file '\(unit)' is active, can't detach.")
+        }
     }
 
     /// RemoveImage / Image.Remove: never an image whose units are attached.

@@ -60,4 +60,55 @@ struct BootedSystemdTests {
         #expect(activated.stdout.split(separator: "\n").dropFirst().first == "active", "berthd not activated: \(activated.stdout)")
         #expect(activated.stdout.hasSuffix("inactive\n"), "importd started instead: \(activated.stdout)")
     }
+
+    @Test func anAttachedPortableServiceRunsChrootedInItsImage() throws {
+        let repo = BootedSystemd.packageRoot().path
+        let bin = URL(fileURLWithPath: try BerthdProcess.binaryPath("berthd")).deletingLastPathComponent().path
+        let system = try BootedSystemd(name: "berth-portable", readOnlyBinds: [repo, bin])
+        defer { system.stop() }
+        let install = try system.shell("cd '\(repo)' && dist/install.sh --bin '\(bin)' && systemctl enable --now berthd.service")
+        #expect(install.succeeded, "install: \(install.stdout)\(install.stderr)")
+
+        // A portable image with just enough to run: sleep and the C library it links, taken
+        // from the container's own /usr, and a service that sleeps.
+        let made = try system.shell("""
+            set -e
+            img=/var/lib/portables/demo_1.0
+            mkdir -p $img/usr/bin $img/usr/lib/systemd/system $img/etc
+            for f in /usr/bin/sleep $(ldd /usr/bin/sleep | grep -o '/[^ ]*'); do mkdir -p $img$(dirname $f); cp -L $f $img$f; done
+            ln -s usr/lib $img/lib; ln -s usr/lib64 $img/lib64 2>/dev/null || true
+            printf 'ID=demo\nPORTABLE_PREFIXES=demo\n' > $img/usr/lib/os-release
+            printf '[Unit]\nDescription=Demo\n[Service]\nExecStart=/usr/bin/sleep infinity\n' > $img/usr/lib/systemd/system/demo.service
+            """)
+        #expect(made.succeeded, "image: \(made.stderr)")
+
+        let attached = try system.shell("portablectl attach --now --profile=trusted demo_1.0")
+        let journal = try system.shell("journalctl -u demo -u berthd --no-pager").stdout
+        #expect(attached.succeeded, "attach: \(attached.stdout)\(attached.stderr)\n\(journal)")
+        #expect(try system.shell("systemctl is-active demo.service").stdout == "active\n")
+        let pid = try system.shell("systemctl show -p MainPID --value demo.service").stdout.trimmingCharacters(in: .whitespacesAndNewlines)
+        // Its root is the image (readlink of /proc/PID/root says "/" across mount namespaces, so
+        // look through it): the image's os-release, and none of the container's /usr.
+        #expect(try system.shell("cat /proc/\(pid)/root/usr/lib/os-release").stdout.hasPrefix("ID=demo\n"))
+        #expect(!(try system.shell("test -e /proc/\(pid)/root/usr/bin/systemctl")).succeeded)
+        #expect(try system.shell("portablectl is-attached demo_1.0").stdout == "running\n")
+        #expect(try system.shell("portablectl list --no-legend").stdout.contains("running"))
+        // berthd refuses to detach a running unit without --now.
+        let busy = try system.shell("portablectl detach demo_1.0")
+        #expect(!busy.succeeded && busy.stderr.contains("is active"), "\(busy.stderr)")
+
+        // reattach --now restarts the service from the image as it is now.
+        let reattached = try system.shell("portablectl reattach --now --profile=trusted demo_1.0")
+        #expect(reattached.succeeded, "reattach: \(reattached.stdout)\(reattached.stderr)")
+        let newPID = try system.shell("systemctl show -p MainPID --value demo.service").stdout.trimmingCharacters(in: .whitespacesAndNewlines)
+        #expect(newPID != pid && newPID != "0", "not restarted: \(pid) → \(newPID)")
+        #expect(try system.shell("systemctl is-active demo.service").stdout == "active\n")
+
+        // detach --now stops the service and removes its files.
+        let detached = try system.shell("portablectl detach --now demo_1.0")
+        #expect(detached.succeeded, "detach: \(detached.stdout)\(detached.stderr)")
+        #expect(try system.shell("systemctl is-active demo.service").stdout != "active\n")
+        #expect(!(try system.shell("test -e /etc/systemd/system.attached/demo.service")).succeeded)
+        #expect(try system.shell("portablectl is-attached demo_1.0").stdout == "detached\n")
+    }
 }
