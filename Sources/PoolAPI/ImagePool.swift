@@ -85,7 +85,7 @@ public actor ImagePool {
     /// Runs on a worker thread: a pool of thousands of images takes a few milliseconds to list.
     public nonisolated(nonsending) func images() async throws -> [Image] {
         let context = discoveryContext
-        return try await Blocking.run {
+        return try await Blocking.run(.interactive) {
             // An entry that vanished or cannot be read between listing and stat is left out
             // rather than failing the whole listing.
             Self.discoverAll(context).compactMap { try? Self.describe($0, context) }
@@ -95,7 +95,7 @@ public actor ImagePool {
     /// The image `name` (GetImage); `PoolError(.noSuchImage)` if there is none.
     public nonisolated(nonsending) func image(named name: String) async throws -> Image {
         try Self.validateName(name)
-        return try await Blocking.run { [self] in try imageNow(named: name) }
+        return try await Blocking.run(.interactive) { [self] in try imageNow(named: name) }
     }
 
     /// The image `name`, looked up on the calling thread: for sd-bus's synchronous callbacks
@@ -435,7 +435,7 @@ public actor ImagePool {
     /// PoolUsage and PoolLimit: from the first backend that knows them for the pool folder,
     /// else `Image.unknown` each.
     public func poolUsage() async -> (usage: UInt64, limit: UInt64) {
-        let result = try? await Blocking.run { [self] () -> [UInt64] in
+        let result = try? await Blocking.run(.interactive) { [self] () -> [UInt64] in
             let now = poolUsageNow()
             return [now.usage, now.limit]
         }
