@@ -78,6 +78,8 @@ public actor ImagePool {
         /// The image's path (worked out when asked: listings never need it).
         var path: String { entry?.path ?? root }
         var isHost: Bool { backend == nil }
+        /// The entry is a symlink (an image linked into a search path from elsewhere).
+        var isSymlink: Bool { entry?.status?.isSymlink == true }
         var type: ImageType { backend?.imageType ?? .directory }
     }
 
@@ -274,6 +276,16 @@ public actor ImagePool {
         Self.find(name, discoveryContext) != nil
     }
 
+    /// A symlinked image is listed, read, cloned from and inspected through its link, as systemd
+    /// does; but a mutation never follows the link out of the pool: rename and remove act on
+    /// the link itself, and the read-only flag and limits, which belong to what the link points
+    /// to, are refused with ELOOP, as systemd's O_NOFOLLOW opens refuse them.
+    private static func refuseSymlink(_ f: Found, _ what: String) throws {
+        guard f.isSymlink else { return }
+        throw PoolError(.system, "cannot \(what) image '\(f.name)': \(f.path) is a symlink",
+                        cause: SystemCallError("open", .ELOOP, subject: f.path))
+    }
+
     private func refuseReadOnlyImage(_ f: Found, _ what: String) throws {
         if f.isHost { throw PoolError(.readOnly, "cannot \(what) the host image") }
         if f.isVendor { throw PoolError(.readOnly, "cannot \(what) vendor image '\(f.name)' in \(f.path)") }
@@ -380,10 +392,14 @@ public actor ImagePool {
             defer { newNameLock.release() }
             let folder = String(source.path[..<(source.path.lastIndex(of: "/") ?? source.path.endIndex)])
             let destination = joinPath(folder, backend.entryName(forImage: newName))
-            let from = source.path
+            let from = source.path, isSymlink = source.isSymlink
             try await Blocking.run {
-                do { try backend.rename(from: from, to: destination) }
-                catch { throw Self.poolError(error, "cannot rename image '\(name)' to '\(newName)'") }
+                do {
+                    // A symlinked image: the link is renamed, what it points to is not touched.
+                    if isSymlink { try renameNoReplace(from, destination) } else { try backend.rename(from: from, to: destination) }
+                } catch {
+                    throw Self.poolError(error, "cannot rename image '\(name)' to '\(newName)'")
+                }
             }
         }
     }
@@ -404,10 +420,14 @@ public actor ImagePool {
         defer { pathLock.release() }
         let nameLock = try lockName(found.name)
         defer { nameLock.release() }
-        let path = found.path, name = found.name
+        let path = found.path, name = found.name, isSymlink = found.isSymlink
         try await Blocking.run {
-            do { try backend.remove(at: path) }
-            catch { throw Self.poolError(error, "cannot remove image '\(name)'") }
+            do {
+                // A symlinked image: the link goes, what it points to stays.
+                if isSymlink { try removeFile(path) } else { try backend.remove(at: path) }
+            } catch {
+                throw Self.poolError(error, "cannot remove image '\(name)'")
+            }
         }
     }
 
@@ -418,6 +438,7 @@ public actor ImagePool {
             let found = try existing(name)
             try refuseReadOnlyImage(found, "change read-only state of")
             guard let backend = found.backend else { return }
+            try Self.refuseSymlink(found, "change the read-only state of")
             let pathLock = try lockPath(found.path, .exclusive, name)
             defer { pathLock.release() }
             let path = found.path
@@ -435,6 +456,8 @@ public actor ImagePool {
             let found = try existing(name)
             try refuseReadOnlyImage(found, "set a limit on")
             guard let backend = found.backend else { return }
+            // As systemd: no quota is NotSupported before anything else; else a link is ELOOP.
+            if backend.capabilities.contains(.quota) { try Self.refuseSymlink(found, "set a limit on") }
             let path = found.path
             try await Blocking.run {
                 do { try backend.setLimit(bytes, at: path) }
@@ -588,7 +611,8 @@ public actor ImagePool {
                     if replaced.path == finalPath {
                         // Atomic swap, then the old image (now at the temp name) goes. An
                         // immutable directory cannot move: both are made writable for the swap.
-                        let oldWasReadOnly = (try? oldBackend.image(named: name, at: replaced.path))?.readOnly ?? false
+                        // A symlinked image is the link only: what it points to is not touched.
+                        let oldWasReadOnly = !replaced.isSymlink && ((try? oldBackend.image(named: name, at: replaced.path))?.readOnly ?? false)
                         if oldWasReadOnly { try oldBackend.setReadOnly(false, at: replaced.path) }
                         do {
                             try Self.exchange(temp, finalPath, newIsReadOnly: readOnly, backend)
@@ -602,7 +626,7 @@ public actor ImagePool {
                         try backend.rename(from: temp, to: finalPath)
                     }
                     let leftover = replaced.path == finalPath ? temp : replaced.path
-                    try? oldBackend.remove(at: leftover)
+                    if replaced.isSymlink { try? removeFile(leftover) } else { try? oldBackend.remove(at: leftover) }
                     if (try? fileStatus(leftover, followSymlinks: false)) != nil { try? TreeRemoval.remove(at: leftover) }
                 }
             } catch {
