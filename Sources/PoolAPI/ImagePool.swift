@@ -539,26 +539,63 @@ public actor ImagePool {
         return removed
     }
 
-    /// Removes what a previous run left in the pool folder: temp entries `.#…` (with their
-    /// immutable flags, subvolumes through the backend that claims them) and lock files
-    /// `.#….lck` no one holds. Called at daemon start.
-    public func removeStaleTemporaryEntries() async {
-        let pool = realPoolPath, registry = self.registry
-        _ = try? await Blocking.run {
-            guard let names = try? directoryEntries(pool) else { return }
-            for file in names where file.hasPrefix(".#") {
+    /// What `removeStaleTemporaryEntries` did, for the daemon to log.
+    public struct CleanupReport: Sendable {
+        /// One entry that could not be removed, and why.
+        public struct Failure: Sendable {
+            public var path: String
+            public var reason: String
+        }
+        /// The paths removed.
+        public var removed: [String] = []
+        /// The paths that should have gone and did not.
+        public var failed: [Failure] = []
+    }
+
+    /// Removes what a previous run left behind: in the pool folder, temp entries `.#…` (with
+    /// their immutable flags, subvolumes through the backend that claims them) and lock files
+    /// `.#….lck`; in the locks folder, `name-…`, `inode-…` and `block-…` lock files (a hard
+    /// kill skips the releases that remove them). A lock file someone holds (a running nspawn,
+    /// another process) is kept: it is removed only while taken exclusively. Called at daemon
+    /// start; returns what went and what could not go.
+    @discardableResult
+    public func removeStaleTemporaryEntries() async -> CleanupReport {
+        let pool = realPoolPath, registry = self.registry, lockDirectory = locks.directory
+        let report = try? await Blocking.run { () -> CleanupReport in
+            var report = CleanupReport()
+            func removeLockFile(_ path: String) {
+                do {
+                    if try LockFile.removeIfUnheld(path) == .removed { report.removed.append(path) }
+                } catch {
+                    report.failed.append(.init(path: path, reason: "\(error)"))
+                }
+            }
+            for file in (try? directoryEntries(pool)) ?? [] where file.hasPrefix(".#") {
                 let path = joinPath(pool, file)
                 guard let st = try? fileStatus(path, followSymlinks: false) else { continue }
                 if st.isRegular && file.hasSuffix(".lck") {
-                    if LockFile.isFree(path, for: .exclusive) { _ = unlink(path) }
+                    removeLockFile(path)
                     continue
                 }
-                if st.isDirectory || st.isRegular, let (backend, _) = registry.claim(PoolEntry(directory: pool, fileName: file)) {
-                    if (try? backend.remove(at: path)) != nil { continue }
+                if st.isDirectory || st.isRegular, let (backend, _) = registry.claim(PoolEntry(directory: pool, fileName: file)),
+                   (try? backend.remove(at: path)) != nil {
+                    report.removed.append(path)
+                    continue
                 }
-                try? TreeRemoval.remove(at: path)
+                do {
+                    try TreeRemoval.remove(at: path)
+                    report.removed.append(path)
+                } catch {
+                    report.failed.append(.init(path: path, reason: "\(error)"))
+                }
             }
+            for file in (try? directoryEntries(lockDirectory)) ?? []
+            where ["name-", "inode-", "block-"].contains(where: { file.hasPrefix($0) }) {
+                removeLockFile(joinPath(lockDirectory, file))
+            }
+            return report
         }
+        return report ?? CleanupReport()
     }
 
     /// For imports: makes a temp entry `.#<name><random>` of `type` in the pool folder (tree

@@ -44,7 +44,9 @@ actor Daemon {
             // What a previous run left: temp entries of transfers killed with berthd, stale locks,
             // inspection mounts.
             raw.cleanUpStaleInspections()
-            await pool.removeStaleTemporaryEntries()
+            let cleanup = await pool.removeStaleTemporaryEntries()
+            for path in cleanup.removed { logger.info("removed stale \(path)") }
+            for f in cleanup.failed { logger.warning("cannot remove stale \(f.path): \(f.reason)") }
             // import1's transfers run in berth-transfer, beside berthd. Hostile input may crash a
             // worker: that is a failed transfer, not a backtrace dump in the journal.
             setenv("SWIFT_BACKTRACE", "enable=no", 1)
