@@ -194,7 +194,9 @@ public final class EventLoop: SerialExecutor, @unchecked Sendable {
     @discardableResult
     public func joined() async -> Int32 {
         await withCheckedContinuation { (c: CheckedContinuation<Int32, Never>) in
-            detachThread { c.resume(returning: self.join()) }
+            // Without a thread to spare (resource limits), the join happens here: this is
+            // shutdown, and waiting is what the caller asked for.
+            do { try detachThread { c.resume(returning: self.join()) } } catch { c.resume(returning: self.join()) }
         }
     }
 

@@ -55,17 +55,60 @@ public final class LockFile: @unchecked Sendable {
         return fl.l_type == Int16(F_UNLCK)
     }
 
-    /// Unlocks and closes. An exclusive owner removes the file first (no one else can hold it);
-    /// a shared owner removes it only if it can become exclusive, like systemd's
-    /// `release_lock_file()`, so stale lock files do not pile up.
+    /// Unlocks, removes the file if no one else holds it, and closes.
+    ///
+    /// The file may only go while it is held exclusively (an acquirer that opened it meanwhile
+    /// then finds it unlinked after locking, and retries on a fresh file). A shared owner first
+    /// drops its lock, then tries for an exclusive one: systemd's `release_lock_file()` tries
+    /// the upgrade while still holding its shared lock, so two shared owners releasing together
+    /// each see the other and both leave the file behind (the `.#src.lck` left after concurrent
+    /// clones of one image). Dropping first, whichever of them tries last finds the file free,
+    /// or finds another's exclusive attempt, which then removes it.
     public func release() {
         guard let fd else { return }
         self.fd = nil
-        if mode == .shared, (try? LockFile.fcntlLock(fd, Int16(F_WRLCK), wait: false)) != nil {
-            mode = .exclusive
+        if mode == .shared {
+            try? LockFile.fcntlLock(fd, Int16(F_UNLCK), wait: false)
+            if (try? LockFile.fcntlLock(fd, Int16(F_WRLCK), wait: false)) != nil { mode = .exclusive }
         }
-        if mode == .exclusive { _ = unlink(path) }
+        if mode == .exclusive { LockFile.unlinkHeld(fd, path) }
         fd.close()
+    }
+
+    /// What `removeIfUnheld` did with a lock file.
+    public enum Cleanup: Sendable, Equatable {
+        /// No one held it: removed.
+        case removed
+        /// Someone holds it (or the file is gone already): kept.
+        case held
+    }
+
+    /// Removes the lock file `path` if no one holds it: takes it exclusively without waiting
+    /// (never creating it), unlinks it while holding it, and closes. For stale lock files a
+    /// killed process left behind; a file in use is kept. Throws if it cannot be opened or
+    /// removed for another reason than being held or gone.
+    public static func removeIfUnheld(_ path: String) throws(SystemCallError) -> Cleanup {
+        let fd: FileDescriptor
+        do {
+            fd = try FileDescriptor.open(path, flags: O_RDWR | O_NOFOLLOW | O_NOCTTY | O_NONBLOCK)
+        } catch where error.errno == .ENOENT {
+            return .held
+        }
+        defer { fd.close() }
+        do { try fcntlLock(fd, Int16(F_WRLCK), wait: false) } catch {
+            if error.errno == .EAGAIN || error.errno == .EACCES { return .held }
+            throw error
+        }
+        guard try fd.stat().linkCount > 0 else { return .held }
+        try sys("unlinkat", path) { unlinkat(AT_FDCWD, path, 0) }
+        return .removed
+    }
+
+    /// Unlinks `path`, which `fd` holds exclusively, unless it was unlinked already: then the
+    /// name may belong to a fresh file of another owner, which must stay.
+    private static func unlinkHeld(_ fd: FileDescriptor, _ path: String) {
+        guard let st = try? fd.stat(), st.linkCount > 0 else { return }
+        _ = unlink(path)
     }
 
     deinit { release() }

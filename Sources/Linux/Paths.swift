@@ -12,6 +12,11 @@ public func renameExchange(_ a: String, _ b: String) throws(SystemCallError) {
     try sys("renameat2", "\(a) ⇄ \(b)") { renameat2(AT_FDCWD, a, AT_FDCWD, b, BERTH_RENAME_EXCHANGE) }
 }
 
+/// unlinkat(2) without AT_REMOVEDIR: removes a file or a symlink itself (never what it points to).
+public func removeFile(_ path: String) throws(SystemCallError) {
+    try sys("unlinkat", path) { unlinkat(AT_FDCWD, path, 0) }
+}
+
 /// mkdirat(2).
 public func makeDirectory(_ path: String, mode: mode_t = 0o755, relativeTo dir: FileDescriptor? = nil) throws(SystemCallError) {
     try sys("mkdirat", path) { mkdirat(dir?.rawValue ?? AT_FDCWD, path, mode) }
@@ -20,11 +25,6 @@ public func makeDirectory(_ path: String, mode: mode_t = 0o755, relativeTo dir: 
 /// symlinkat(2): a symbolic link at `path` that points to `target`; EEXIST if `path` exists.
 public func makeSymbolicLink(_ path: String, pointingTo target: String) throws(SystemCallError) {
     try sys("symlinkat", path) { symlinkat(target, AT_FDCWD, path) }
-}
-
-/// unlinkat(2) of a file or symbolic link (never followed).
-public func removeFile(_ path: String) throws(SystemCallError) {
-    try sys("unlinkat", path) { unlinkat(AT_FDCWD, path, 0) }
 }
 
 /// unlinkat(2) with AT_REMOVEDIR: removes an empty directory (ENOTEMPTY otherwise).

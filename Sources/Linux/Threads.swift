@@ -3,9 +3,10 @@ import Glibc
 
 /// Runs `body` on a new detached thread (pthread_create(3)) and returns at once: for blocking
 /// work and waits that must stay off Swift's cooperative pool (one thread per core) and off the
-/// bus thread. If no thread can be had (resource limits), `body` runs on the caller's thread
-/// rather than being lost.
-public func detachThread(_ body: @escaping @Sendable () -> Void) {
+/// bus thread. If no thread can be had (resource limits: EAGAIN), this throws and `body` is
+/// not run: running it on the caller's thread instead would park that thread (the bus thread,
+/// for a listing) for as long as the job takes.
+public func detachThread(_ body: @escaping @Sendable () -> Void) throws(SystemCallError) {
     let box = Unmanaged.passRetained(ThreadWork(body)).toOpaque()
     var attributes = pthread_attr_t()
     pthread_attr_init(&attributes)
@@ -18,7 +19,9 @@ public func detachThread(_ body: @escaping @Sendable () -> Void) {
         return nil
     }, box)
     if r != 0 {
-        Unmanaged<ThreadWork>.fromOpaque(box).takeRetainedValue().body()
+        Unmanaged<ThreadWork>.fromOpaque(box).release()
+        // pthread_create returns the error number rather than setting errno.
+        throw SystemCallError("pthread_create", Errno(rawValue: r))
     }
 }
 

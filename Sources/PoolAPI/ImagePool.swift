@@ -98,6 +98,8 @@ public actor ImagePool {
         /// The image's path (worked out when asked: listings never need it).
         var path: String { entry?.path ?? root }
         var isHost: Bool { backend == nil }
+        /// The entry is a symlink (an image linked into a search path from elsewhere).
+        var isSymlink: Bool { entry?.status?.isSymlink == true }
         var type: ImageType { backend?.imageType ?? .directory }
     }
 
@@ -105,7 +107,7 @@ public actor ImagePool {
     /// Runs on a worker thread: a pool of thousands of images takes a few milliseconds to list.
     public nonisolated(nonsending) func images() async throws -> [Image] {
         let context = discoveryContext
-        return try await Blocking.run {
+        return try await Blocking.run(.interactive) {
             // An entry that vanished or cannot be read between listing and stat is left out
             // rather than failing the whole listing.
             Self.discoverAll(context).compactMap { try? Self.describe($0, context) }
@@ -115,7 +117,7 @@ public actor ImagePool {
     /// The image `name` (GetImage); `PoolError(.noSuchImage)` if there is none.
     public nonisolated(nonsending) func image(named name: String) async throws -> Image {
         try Self.validateName(name)
-        return try await Blocking.run { [self] in try imageNow(named: name) }
+        return try await Blocking.run(.interactive) { [self] in try imageNow(named: name) }
     }
 
     /// The image `name`, looked up on the calling thread: for sd-bus's synchronous callbacks
@@ -242,14 +244,25 @@ public actor ImagePool {
 
     // MARK: names
 
+    /// The longest image name, in bytes: 233, so that every file name derived from a name fits
+    /// NAME_MAX (255). The longest is the temp entry of a raw image, `.#NAME.raw` + 16 hex
+    /// digits (NAME + 22); the lock files `.#NAME.raw.lck` (NAME + 10) and `name-NAME` in the
+    /// locks folder (NAME + 5) are shorter. systemd 252 accepts up to 255 bytes and then fails
+    /// with ENAMETOOLONG midway (a clone or rename to a 250-byte name leaves an image that can
+    /// no longer be locked, so not renamed, removed or made read-only); Berth refuses such a
+    /// name at the call, before anything starts.
+    public static let maximumNameBytes = 255 - ".#".utf8.count - ".raw".utf8.count - temporarySuffixDigits
+
     /// machine1's image name rule (a valid file name): not empty, not `.` or `..`, no `/`, no
-    /// control characters, at most 255 bytes, not starting with `.#` (temp entries).
-    /// `a b`, `..x` and long names are fine; a leading dot makes a hidden image.
+    /// control characters, at most `maximumNameBytes` (233) bytes, not starting with `.#` (temp
+    /// entries). `a b`, `..x` and long names are fine; a leading dot makes a hidden image. The
+    /// one check for every name Berth is given or finds: machine1's and import1's arguments
+    /// and the entries of the search paths (a longer entry is not an image).
     public static func validateName(_ name: String) throws {
         let bytes = name.utf8
         // Control characters and '/' are single bytes in UTF-8 (no multi-byte sequence holds a
         // byte below 0x80), so one pass over the bytes checks them all.
-        guard !bytes.isEmpty, bytes.count <= 255, name != ".", name != "..", !name.hasPrefix(".#"),
+        guard !bytes.isEmpty, bytes.count <= maximumNameBytes, name != ".", name != "..", !name.hasPrefix(".#"),
               !bytes.contains(where: { $0 < 0x20 || $0 == 0x7f || $0 == UInt8(ascii: "/") }) else {
             throw PoolError(.invalidName, "invalid image name '\(name)'")
         }
@@ -311,6 +324,16 @@ public actor ImagePool {
 
     private func isTaken(_ name: String) -> Bool {
         Self.find(name, discoveryContext) != nil
+    }
+
+    /// A symlinked image is listed, read, cloned from and inspected through its link, as systemd
+    /// does; but a mutation never follows the link out of the pool: rename and remove act on
+    /// the link itself, and the read-only flag and limits, which belong to what the link points
+    /// to, are refused with ELOOP, as systemd's O_NOFOLLOW opens refuse them.
+    private static func refuseSymlink(_ f: Found, _ what: String) throws {
+        guard f.isSymlink else { return }
+        throw PoolError(.system, "cannot \(what) image '\(f.name)': \(f.path) is a symlink",
+                        cause: SystemCallError("open", .ELOOP, subject: f.path))
     }
 
     private func refuseReadOnlyImage(_ f: Found, _ what: String) throws {
@@ -423,10 +446,14 @@ public actor ImagePool {
             defer { newNameLock.release() }
             let folder = String(source.path[..<(source.path.lastIndex(of: "/") ?? source.path.endIndex)])
             let destination = joinPath(folder, backend.entryName(forImage: newName))
-            let from = source.path
+            let from = source.path, isSymlink = source.isSymlink
             try await Blocking.run {
-                do { try backend.rename(from: from, to: destination) }
-                catch { throw Self.poolError(error, "cannot rename image '\(name)' to '\(newName)'") }
+                do {
+                    // A symlinked image: the link is renamed, what it points to is not touched.
+                    if isSymlink { try renameNoReplace(from, destination) } else { try backend.rename(from: from, to: destination) }
+                } catch {
+                    throw Self.poolError(error, "cannot rename image '\(name)' to '\(newName)'")
+                }
             }
         }
     }
@@ -447,10 +474,14 @@ public actor ImagePool {
         defer { pathLock.release() }
         let nameLock = try lockName(found.name)
         defer { nameLock.release() }
-        let path = found.path, name = found.name
+        let path = found.path, name = found.name, isSymlink = found.isSymlink
         try await Blocking.run {
-            do { try backend.remove(at: path) }
-            catch { throw Self.poolError(error, "cannot remove image '\(name)'") }
+            do {
+                // A symlinked image: the link goes, what it points to stays.
+                if isSymlink { try removeFile(path) } else { try backend.remove(at: path) }
+            } catch {
+                throw Self.poolError(error, "cannot remove image '\(name)'")
+            }
         }
     }
 
@@ -461,6 +492,7 @@ public actor ImagePool {
             let found = try existing(name)
             try refuseReadOnlyImage(found, "change read-only state of")
             guard let backend = found.backend else { return }
+            try Self.refuseSymlink(found, "change the read-only state of")
             let pathLock = try lockPath(found.path, .exclusive, name)
             defer { pathLock.release() }
             let path = found.path
@@ -478,6 +510,8 @@ public actor ImagePool {
             let found = try existing(name)
             try refuseReadOnlyImage(found, "set a limit on")
             guard let backend = found.backend else { return }
+            // As systemd: no quota is NotSupported before anything else; else a link is ELOOP.
+            if backend.capabilities.contains(.quota) { try Self.refuseSymlink(found, "set a limit on") }
             let path = found.path
             try await Blocking.run {
                 do { try backend.setLimit(bytes, at: path) }
@@ -489,7 +523,7 @@ public actor ImagePool {
     /// PoolUsage and PoolLimit: from the first backend that knows them for the pool folder,
     /// else `Image.unknown` each.
     public func poolUsage() async -> (usage: UInt64, limit: UInt64) {
-        let result = try? await Blocking.run { [self] () -> [UInt64] in
+        let result = try? await Blocking.run(.interactive) { [self] () -> [UInt64] in
             let now = poolUsageNow()
             return [now.usage, now.limit]
         }
@@ -571,9 +605,6 @@ public actor ImagePool {
         return removed
     }
 
-    /// Removes what a previous run left in the pool folder: temp entries `.#…` (with their
-    /// immutable flags, subvolumes through the backend that claims them) and lock files
-    /// `.#….lck` no one holds. Called at daemon start.
     /// At daemon start: a warning when the pool folder exists and its group or other users
     /// have any access to it (mode bits 0077), nil otherwise. Such a folder lets local users
     /// reach the images' device nodes and setuid files; berthd makes it 0700 and leaves an
@@ -585,23 +616,64 @@ public actor ImagePool {
             + "and setuid files; make it 0700 (chmod 0700 \(realPoolPath)) as systemd does"
     }
 
-    public func removeStaleTemporaryEntries() async {
-        let pool = realPoolPath, registry = self.registry
-        _ = try? await Blocking.run {
-            guard let names = try? directoryEntries(pool) else { return }
-            for file in names where file.hasPrefix(".#") {
+
+    /// What `removeStaleTemporaryEntries` did, for the daemon to log.
+    public struct CleanupReport: Sendable {
+        /// One entry that could not be removed, and why.
+        public struct Failure: Sendable {
+            public var path: String
+            public var reason: String
+        }
+        /// The paths removed.
+        public var removed: [String] = []
+        /// The paths that should have gone and did not.
+        public var failed: [Failure] = []
+    }
+
+    /// Removes what a previous run left behind: in the pool folder, temp entries `.#…` (with
+    /// their immutable flags, subvolumes through the backend that claims them) and lock files
+    /// `.#….lck`; in the locks folder, `name-…`, `inode-…` and `block-…` lock files (a hard
+    /// kill skips the releases that remove them). A lock file someone holds (a running nspawn,
+    /// another process) is kept: it is removed only while taken exclusively. Called at daemon
+    /// start; returns what went and what could not go.
+    @discardableResult
+    public func removeStaleTemporaryEntries() async -> CleanupReport {
+        let pool = realPoolPath, registry = self.registry, lockDirectory = locks.directory
+        let report = try? await Blocking.run { () -> CleanupReport in
+            var report = CleanupReport()
+            func removeLockFile(_ path: String) {
+                do {
+                    if try LockFile.removeIfUnheld(path) == .removed { report.removed.append(path) }
+                } catch {
+                    report.failed.append(.init(path: path, reason: "\(error)"))
+                }
+            }
+            for file in (try? directoryEntries(pool)) ?? [] where file.hasPrefix(".#") {
                 let path = joinPath(pool, file)
                 guard let st = try? fileStatus(path, followSymlinks: false) else { continue }
                 if st.isRegular && file.hasSuffix(".lck") {
-                    if LockFile.isFree(path, for: .exclusive) { _ = unlink(path) }
+                    removeLockFile(path)
                     continue
                 }
-                if st.isDirectory || st.isRegular, let (backend, _) = registry.claim(PoolEntry(directory: pool, fileName: file)) {
-                    if (try? backend.remove(at: path)) != nil { continue }
+                if st.isDirectory || st.isRegular, let (backend, _) = registry.claim(PoolEntry(directory: pool, fileName: file)),
+                   (try? backend.remove(at: path)) != nil {
+                    report.removed.append(path)
+                    continue
                 }
-                try? TreeRemoval.remove(at: path)
+                do {
+                    try TreeRemoval.remove(at: path)
+                    report.removed.append(path)
+                } catch {
+                    report.failed.append(.init(path: path, reason: "\(error)"))
+                }
             }
+            for file in (try? directoryEntries(lockDirectory)) ?? []
+            where ["name-", "inode-", "block-"].contains(where: { file.hasPrefix($0) }) {
+                removeLockFile(joinPath(lockDirectory, file))
+            }
+            return report
         }
+        return report ?? CleanupReport()
     }
 
     /// For imports: makes a temp entry `.#<name><random>` of `type` in the pool folder (tree
@@ -654,7 +726,8 @@ public actor ImagePool {
                     if replaced.path == finalPath {
                         // Atomic swap, then the old image (now at the temp name) goes. An
                         // immutable directory cannot move: both are made writable for the swap.
-                        let oldWasReadOnly = (try? oldBackend.image(named: name, at: replaced.path))?.readOnly ?? false
+                        // A symlinked image is the link only: what it points to is not touched.
+                        let oldWasReadOnly = !replaced.isSymlink && ((try? oldBackend.image(named: name, at: replaced.path))?.readOnly ?? false)
                         if oldWasReadOnly { try oldBackend.setReadOnly(false, at: replaced.path) }
                         do {
                             try Self.exchange(temp, finalPath, newIsReadOnly: readOnly, backend)
@@ -668,7 +741,7 @@ public actor ImagePool {
                         try backend.rename(from: temp, to: finalPath)
                     }
                     let leftover = replaced.path == finalPath ? temp : replaced.path
-                    try? oldBackend.remove(at: leftover)
+                    if replaced.isSymlink { try? removeFile(leftover) } else { try? oldBackend.remove(at: leftover) }
                     if (try? fileStatus(leftover, followSymlinks: false)) != nil { try? TreeRemoval.remove(at: leftover) }
                 }
             } catch {
@@ -731,12 +804,15 @@ public actor ImagePool {
         return String(path[path.index(after: slash)...])
     }
 
+    /// The hex digits after the entry name in a temp name.
+    static let temporarySuffixDigits = 16
+
     /// `.#<entry><16 hex digits>`, systemd's temp-name shape: hidden from listings by `.#`.
     static func temporaryName(for entry: String) -> String {
         var rng = SystemRandomNumberGenerator()
         let r = rng.next() as UInt64
         let hex = String(r, radix: 16)
-        return ".#" + entry + String(repeating: "0", count: 16 - hex.count) + hex
+        return ".#" + entry + String(repeating: "0", count: temporarySuffixDigits - hex.count) + hex
     }
 
     static func poolError(_ error: any Error, _ message: String) -> PoolError {

@@ -42,10 +42,13 @@ public final class PoolUsageCache: Sendable {
             return (s.value, start ? s.generation : nil)
         }
         if let generation = start {
-            Blocking.detach { [self] in
+            Blocking.detach(.interactive, { [self] in
                 let measured = pool.poolUsageNow()
                 store(measured, at: now, generation: generation, endsMeasuring: true)
-            }
+            }, ifNoThread: { [self] _ in
+                // Measured again on the next read.
+                state.withLock { $0.measuring = false }
+            })
         }
         return value ?? (Image.unknown, Image.unknown)
     }
@@ -55,7 +58,7 @@ public final class PoolUsageCache: Sendable {
     public func refresh() async {
         let now = ContinuousClock.now
         let generation = state.withLock { $0.generation }
-        guard let measured = try? await Blocking.run({ [pool] () -> [UInt64] in
+        guard let measured = try? await Blocking.run(.interactive, { [pool] () -> [UInt64] in
             let v = pool.poolUsageNow()
             return [v.usage, v.limit]
         }), measured.count == 2 else { return }
@@ -132,7 +135,7 @@ public final class ImageNameListing: Sendable {
             return (job, true, true)
         }
         if start {
-            Blocking.detach { [self, pool] in
+            Blocking.detach(.interactive, { [self, pool] in
                 let names = pool.imageNamesNow()
                 state.withLock { s in
                     s.last = names
@@ -144,7 +147,11 @@ public final class ImageNameListing: Sendable {
                     }
                 }
                 job.done.signal()
-            }
+            }, ifNoThread: { [self] _ in
+                // No listing this time: the last one is served, and the next call tries again.
+                state.withLock { s in if s.running === job { s.running = nil } }
+                job.done.signal()
+            })
         }
         var waitedInTime = false
         if wait {

@@ -28,6 +28,15 @@ actor Daemon {
         self.logger = logger
     }
 
+    /// At start: removes what a previous run left in `pool` (temp entries, lock files) and logs it,
+    /// and warns about a pool folder that other users can reach.
+    private func cleanUp(_ pool: ImagePool) async {
+        let cleanup = await pool.removeStaleTemporaryEntries()
+        for path in cleanup.removed { logger.info("removed stale \(path)") }
+        for f in cleanup.failed { logger.warning("cannot remove stale \(f.path): \(f.reason)") }
+        if let warning = pool.poolAccessWarning() { logger.warning("\(warning)") }
+    }
+
     /// Connects, exports the services, takes their names, tells the service manager we are ready.
     func start() async {
         do {
@@ -44,8 +53,7 @@ actor Daemon {
             // What a previous run left: temp entries of transfers killed with berthd, stale locks,
             // inspection mounts.
             raw.cleanUpStaleInspections()
-            await pool.removeStaleTemporaryEntries()
-            if let warning = pool.poolAccessWarning() { logger.warning("\(warning)") }
+            await cleanUp(pool)
             // import1's transfers run in berth-transfer, beside berthd. Hostile input may crash a
             // worker: that is a failed transfer, not a backtrace dump in the journal.
             setenv("SWIFT_BACKTRACE", "enable=no", 1)
@@ -60,7 +68,7 @@ actor Daemon {
                 case .import1: try await Import1Service(bus: bus, paths: paths, info: info, engine: engine, logger: logger).export()
                 case .portable1:
                     let portables = ImagePool(configuration: .portables(root: options.root), registry: registry)
-                    await portables.removeStaleTemporaryEntries()
+                    await cleanUp(portables)
                     try await Portable1Service(bus: bus, paths: paths, info: info, pool: portables).export()
                 }
             }

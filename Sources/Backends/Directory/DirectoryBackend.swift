@@ -76,7 +76,8 @@ public struct DirectoryBackend: ImageBackend {
     /// renameat2(RENAME_NOREPLACE). An immutable directory cannot be renamed, so the flag is
     /// lifted for the rename and put back on whichever name the directory then has.
     public func rename(from source: String, to destination: String) throws {
-        let immutable = isImmutable(source)
+        // Not through a symlink: renaming a link must not touch the flags of what it points to.
+        let immutable = isImmutable(source, followSymlinks: false)
         if immutable { try setImmutable(false, source) }
         do {
             try renameNoReplace(source, destination)
@@ -113,14 +114,15 @@ public struct DirectoryBackend: ImageBackend {
         return statvfs(path, &s) == 0 && (s.f_flag & UInt(ST_RDONLY)) != 0
     }
 
-    private func isImmutable(_ path: String) -> Bool {
-        guard let fd = try? FileDescriptor.openDirectory(path) else { return false }
+    private func isImmutable(_ path: String, followSymlinks: Bool = true) -> Bool {
+        guard let fd = try? FileDescriptor.openDirectory(path, followSymlinks: followSymlinks) else { return false }
         return (try? fd.isImmutable()) ?? false
     }
 
+    /// O_NOFOLLOW, as systemd's chattr_path: a symlink is ELOOP, never its target changed.
     private func setImmutable(_ on: Bool, _ path: String) throws {
         do {
-            let fd = try FileDescriptor.openDirectory(path)
+            let fd = try FileDescriptor.openDirectory(path, followSymlinks: false)
             try fd.setImmutable(on)
         } catch {
             throw PoolError.from(error, "cannot \(on ? "set" : "clear") the immutable flag of \(path)")

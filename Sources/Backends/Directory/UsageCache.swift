@@ -73,7 +73,14 @@ final class UsageCache: Sendable {
             s.workerRunning = true
             return true
         }
-        if startWorker { detachThread { [self] in work() } }
+        guard startWorker else { return }
+        do {
+            try detachThread { [self] in work() }
+        } catch {
+            // No thread now (resource limits): the scans stay queued and the next lookup tries
+            // again; they never run on the caller's thread, which is the bus thread.
+            state.withLock { $0.workerRunning = false }
+        }
     }
 
     private func work() {
