@@ -23,7 +23,8 @@ extension Portable1Image.Method {
         switch self {
         case .getState, .getStateWithExtensions: nil
         case .getOSRelease, .getMetadata, .getMetadataWithExtensions: PolkitAction.inspectPortableImages
-        case .attach, .attachWithExtensions, .detach, .detachWithExtensions, .reattach, .reattacheWithExtensions:
+        case .attach, .attachWithExtensions, .detach, .detachWithExtensions, .reattach, .reattacheWithExtensions,
+             .reattachWithExtensions:
             PolkitAction.attachPortableImages
         case .remove, .markReadOnly, .setLimit: PolkitAction.managePortableImages
         }
@@ -209,7 +210,7 @@ public actor Portable1Service: BusObjectHandler {
         case .reattach:
             return try await reattach(name, matches: try call.strings(0), profile: try call.string(1), copyMode: try call.string(3),
                                       flags: try call.bool(2) ? Flags.runtime : 0)
-        case .reattacheWithExtensions:
+        case .reattacheWithExtensions, .reattachWithExtensions:
             try Self.refuseExtensions(try call.strings(0), flags: nil)
             return try await reattach(name, matches: try call.strings(1), profile: try call.string(2), copyMode: try call.string(3),
                                       flags: try call.uint64(4))

@@ -15,6 +15,10 @@ actor SilentObject: BusObjectHandler {
 
 @Suite(.serialized, .enabled(if: (endToEndToolsAvailable) || Privileges.underCI, "needs dbus-daemon and gdbus"))
 struct ChildInterfaceTests {
+    /// Members of newer systemd versions that Berth serves too, each with the 252 member it
+    /// renames: systemd 254 corrected the spelling of ReattacheWithExtensions.
+    let newerMembers: [String: String] = ["method ReattachWithExtensions": "method ReattacheWithExtensions"]
+
     /// The image interfaces are only exported on image objects, which need a pool; export the same
     /// tables on a bare object and compare them with systemd 252's introspection.
     @Test func imageInterfaceTablesMatchSystemd252() async throws {
@@ -36,6 +40,12 @@ struct ChildInterfaceTests {
                                "--object-path", path.rawValue, "--xml"], check: true).stdout
             let live = try #require(try IntrospectionXML.interfaces(xml)[interface.name])
             for key in Set(expected.members.keys).union(live.members.keys).sorted() {
+                if expected.members[key] == nil, let newer = newerMembers[key] {
+                    // A member of a newer systemd, served beside 252's: the same as the one it renames.
+                    let renamed = expected.members[newer]?.replacingOccurrences(of: newer, with: key)
+                    #expect(renamed != nil && live.members[key] == renamed, "\(interface.name) \(key) vs \(newer)")
+                    continue
+                }
                 #expect(live.members[key] == expected.members[key], "\(interface.name) \(key)")
             }
         }

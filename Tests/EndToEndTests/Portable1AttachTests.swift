@@ -198,4 +198,46 @@ struct Portable1AttachTests {
         #expect(FileManager.default.fileExists(atPath: host.image + "/usr/lib/os-release"))
         #expect(try host.portablectl(["is-attached", "foo_1.0"]).stdout == "attached\n")
     }
+
+    /// A disk image made by `tool` from a folder with the image's files; nil where the tool is missing.
+    private func diskImage(_ host: Host, _ name: String, _ make: (String, String) -> [String]) throws -> String {
+        let tree = host.root + "/tree-" + name
+        try host.write([
+            "usr/lib/os-release": "ID=debian\nVERSION_ID=12\nPORTABLE_PREFIXES=\(name)\n",
+            "usr/lib/systemd/system/\(name).service": "[Service]\nExecStart=/usr/bin/\(name)\n",
+        ], in: tree)
+        try FileManager.default.createDirectory(atPath: tree + "/etc", withIntermediateDirectories: true)
+        let file = host.root + "/var/lib/portables/\(name)_1.0.raw"
+        try run(make(tree, file), check: true)
+        try FileManager.default.removeItem(atPath: tree)
+        return file
+    }
+
+    @Test(arguments: ["ext4", "squashfs", "erofs"])
+    func rawImagesAttachWithRootImage(_ kind: String) throws {
+        let host = try Host()
+        defer { host.stop() }
+        let name = "raw" + kind
+        let file = try diskImage(host, name) { tree, file in
+            switch kind {
+            case "ext4": ["mkfs.ext4", "-q", "-F", "-d", tree, file, "16M"]
+            case "squashfs": ["mksquashfs", tree, file, "-quiet", "-noappend", "-all-root"]
+            default: ["mkfs.erofs", "--all-root", file, tree]
+            }
+        }
+        let inspected = try host.portablectl(["inspect", "\(name)_1.0"])
+        #expect(inspected.succeeded && inspected.stdout.contains("\(name).service"), "\(inspected.stdout)\(inspected.stderr)")
+        let attached = try host.portablectl(["attach", "--copy=symlink", "\(name)_1.0"])
+        #expect(attached.succeeded, "\(attached.stderr)")
+        let tree = host.attachedTree()
+        // The unit is copied out of the disk image (there is nothing to link to), and runs with RootImage=.
+        #expect(tree.contains("etc/systemd/system.attached/\(name).service: [Service]\nExecStart=/usr/bin/\(name)\n"), "\(tree)")
+        #expect(tree.contains { $0.hasPrefix("etc/systemd/system.attached/\(name).service.d/20-portable.conf: ")
+                               && $0.contains("RootImage=/var/lib/portables/\(name)_1.0.raw\n") }, "\(tree)")
+        #expect(tree.contains("etc/portables/\(name)_1.0.raw -> /var/lib/portables/\(name)_1.0.raw"), "\(tree)")
+        #expect(try host.portablectl(["is-attached", "\(name)_1.0"]).stdout == "attached\n")
+        #expect(try host.portablectl(["detach", "\(name)_1.0"]).succeeded)
+        #expect(host.attachedTree() == ["etc/portables"])
+        #expect(FileManager.default.fileExists(atPath: file))
+    }
 }

@@ -90,6 +90,8 @@ public enum Portable1Image {
         case detachWithExtensions = "DetachWithExtensions"
         case reattach = "Reattach"
         case reattacheWithExtensions = "ReattacheWithExtensions"
+        /// systemd 254 fixed the spelling; both are served so portablectl of either generation works.
+        case reattachWithExtensions = "ReattachWithExtensions"
         case remove = "Remove"
         case markReadOnly = "MarkReadOnly"
         case setLimit = "SetLimit"
@@ -124,6 +126,8 @@ public enum Portable1Image {
             .init(Method.detachWithExtensions, in: [("as", "extensions"), ("t", "flags")], out: [("a(sss)", "changes")]),
             .init(Method.reattach, in: [("as", "matches"), ("s", "profile"), ("b", "runtime"), ("s", "copy_mode")], out: [("a(sss)", "changes_removed"), ("a(sss)", "changes_updated")]),
             .init(Method.reattacheWithExtensions, in: [("as", "extensions"), ("as", "matches"), ("s", "profile"), ("s", "copy_mode"), ("t", "flags")], out: [("a(sss)", "changes_removed"), ("a(sss)", "changes_updated")]),
+            // Not in 252: the v254+ spelling, with the same arguments.
+            .init(Method.reattachWithExtensions, in: [("as", "extensions"), ("as", "matches"), ("s", "profile"), ("s", "copy_mode"), ("t", "flags")], out: [("a(sss)", "changes_removed"), ("a(sss)", "changes_updated")]),
             .init(Method.remove),
             .init(Method.markReadOnly, in: [("b", "read_only")]),
             .init(Method.setLimit, in: [("t", "limit")]),
