@@ -571,8 +571,10 @@ public actor ImagePool {
     /// `force` an exchange with the existing image, which is then removed. Without `force` an
     /// existing name fails before any work. Read-only if asked. On any error or cancellation
     /// the temp entry is removed. `fill` runs on Swift's cooperative pool: blocking work in it
-    /// belongs in `Blocking.run`.
+    /// belongs in `Blocking.run`. If the replaced image cannot be removed after the swap (the
+    /// new one is installed all the same), `warn` is told where it was left.
     public func install(_ name: String, type: ImageType, force: Bool, readOnly: Bool,
+                        warn: @escaping @Sendable (String) -> Void = { _ in },
                         fill: @Sendable (String) async throws -> Void) async throws -> Image {
         try Self.validateName(name)
         return try await serialised([(name, .exclusive)]) {
@@ -629,8 +631,17 @@ public actor ImagePool {
                         try backend.rename(from: temp, to: finalPath)
                     }
                     let leftover = replaced.path == finalPath ? temp : replaced.path
-                    try? oldBackend.remove(at: leftover)
-                    if (try? fileStatus(leftover, followSymlinks: false)) != nil { try? TreeRemoval.remove(at: leftover) }
+                    var failure: (any Error)?
+                    do { try oldBackend.remove(at: leftover) } catch { failure = error }
+                    if (try? fileStatus(leftover, followSymlinks: false)) != nil {
+                        do { try TreeRemoval.remove(at: leftover) } catch { failure = error }
+                    }
+                    if (try? fileStatus(leftover, followSymlinks: false)) != nil {
+                        // The new image is in place: a success, but the old data still takes
+                        // space, and the user must hear where.
+                        let later = leftover == temp ? "; berthd removes it at its next start" : ""
+                        warn("image '\(name)' was replaced, but its previous version could not be removed and is left at \(leftover)\(later): \(failure.map { "\($0)" } ?? "still there")")
+                    }
                 }
             } catch {
                 await Self.discard(temp, backend)

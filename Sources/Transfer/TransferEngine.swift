@@ -260,7 +260,8 @@ public actor TransferEngine {
         }
         let type: ImageType = (request.type == .importRaw || request.type == .pullRaw) ? .raw : .directory
         do {
-            _ = try await pool.install(request.local, type: type, force: force, readOnly: readOnly) { temp in
+            let warn: @Sendable (String) -> Void = { handle.emit(.log(priority: LogPriority.warning, message: $0)) }
+            _ = try await pool.install(request.local, type: type, force: force, readOnly: readOnly, warn: warn) { temp in
                 var a = arguments
                 a.target = temp
                 let outcome = await runWorker(a)
