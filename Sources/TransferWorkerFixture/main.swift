@@ -74,8 +74,8 @@ exit(64)
 
 /// A worker that misbehaves on its status pipe (fd 3) as MODE says, then exits 0:
 /// `long-line` 100 MiB without a newline; `flood-progress` a million progress lines;
-/// `flood-log` 200,000 log lines; `exit-now` nothing at all; `exit-keeping-pipe` leaves
-/// a grandchild holding the pipe for 5 s.
+/// `flood-log` 200,000 log lines; `exit-now` nothing at all; `exit-on-data-eof` runs until
+/// its data fd ends, then leaves a grandchild holding the pipe for 5 s.
 func fakeWorker(_ mode: String) -> Never {
     signal(SIGPIPE, SIG_IGN)
     func writeAll(_ bytes: [UInt8]) -> Bool {
@@ -112,8 +112,11 @@ func fakeWorker(_ mode: String) -> Never {
         flood(200_000) { "L 6 line \($0) of a worker that does not stop talking\n" }
     case "exit-now":
         break
-    case "exit-keeping-pipe":
-        // A grandchild keeps the status pipe open: only the worker's own exit tells it ended.
+    case "exit-on-data-eof":
+        // Runs until its data fd (4) reaches end of file, so a test knows it while it runs;
+        // a grandchild keeps the status pipe open: only the worker's own exit tells it ended.
+        var byte: UInt8 = 0
+        while read(4, &byte, 1) > 0 {}
         if fork() == 0 {
             sleep(5)
             _exit(0)

@@ -13,13 +13,14 @@ struct UsageCacheTests {
     func failingScanIsRememberedAndReportedOnce() async throws {
         let reports = Mutex<[String]>([])
         let cache = UsageCache(lifetime: 30, scan: { _ in throw Unreadable() },
-                               report: { message in reports.withLock { $0.append(message) } })
+                               report: { message in reports.withLock { $0.append(message) } }, firstRetry: 3600)
         #expect(cache.lookup(path: "/pool/img", inode: 7, modification: 1) == Image.unknown)
-        for _ in 0..<500 where reports.withLock({ $0.isEmpty }) { try await Task.sleep(for: .milliseconds(10)) }
+        // The scan thread runs at idle priority: on a busy machine it may take a while.
+        for _ in 0..<6000 where reports.withLock({ $0.isEmpty }) { try await Task.sleep(for: .milliseconds(10)) }
         // ListImages polled 50 times while the tree stays unreadable.
         for _ in 0..<50 {
             #expect(cache.lookup(path: "/pool/img", inode: 7, modification: 1) == Image.unknown)
-            try await Task.sleep(for: .milliseconds(5))
+            try await Task.sleep(for: .milliseconds(2))
         }
         #expect(cache.scansStarted == 1, "the failing tree was walked \(cache.scansStarted) times")
         let said = reports.withLock { $0 }

@@ -89,18 +89,26 @@ struct StatusPipeTests {
     @Test("a worker reaped by someone else ends the run with an error instead of a wait that never ends")
     func waitFailureCannotSpin() async throws {
         let worker = WorkerProcess(executable: workerExecutable)
-        let run = Task { await worker.run(arguments: ["--fake-worker", "exit-keeping-pipe"], data: nil) { _ in } }
+        // The worker runs until its data pipe ends.
+        let data = try StalledPipe()
+        defer { close(data.read) }
+        let dataRead = data.read
+        let run = Task { await worker.run(arguments: ["--fake-worker", "exit-on-data-eof"], data: dataRead) { _ in } }
         var pid: pid_t?
-        for _ in 0..<1000 where pid == nil {
+        for _ in 0..<3000 where pid == nil {
             pid = worker.pid
             if pid == nil { try await Task.sleep(for: .milliseconds(10)) }
         }
         let child = try #require(pid)
-        // Reap it behind WorkerProcess's back: its own wait then fails with ECHILD.
-        let reaped = try await Blocking.run { () -> Int32 in
+        // Reap it behind WorkerProcess's back: its own wait then fails with ECHILD. The test's
+        // waitpid is already waiting when the worker exits, so it usually wins.
+        let reaping = Task { try await Blocking.run { () -> Int32 in
             var status: Int32 = 0
             return waitpid(child, &status, 0)
-        }
+        } }
+        try await Task.sleep(for: .milliseconds(200))
+        close(data.write)
+        let reaped = try await reaping.value
         let outcome = await valueOf(run, within: 30)
         let ended = try #require(outcome, "the run did not end within 30 s of its worker's exit")
         if reaped == child {

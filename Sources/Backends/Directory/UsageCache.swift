@@ -51,14 +51,16 @@ final class UsageCache: Sendable {
     private let scan: @Sendable (String) throws -> UInt64
     private let report: @Sendable (String) -> Void
     /// Seconds before a failed scan is retried, doubled per failure up to an hour.
-    static let firstRetry: Double = 60
+    private let firstRetry: Double
 
     /// - Parameters:
     ///   - scan: what computes a tree's usage (`DiskUsage.allocatedBytes`; tests pass others).
     ///   - report: told once per failing path (until it scans again fine), for the daemon's log.
+    ///   - firstRetry: seconds before a failed scan is retried, doubled per failure up to an hour.
     init(lifetime: Double, scan: @escaping @Sendable (String) throws -> UInt64 = { try DiskUsage.allocatedBytes(of: $0) },
-         report: @escaping @Sendable (String) -> Void = { _ in }) {
+         report: @escaping @Sendable (String) -> Void = { _ in }, firstRetry: Double = 60) {
         self.lifetime = lifetime
+        self.firstRetry = firstRetry
         self.scan = scan
         self.report = report
     }
@@ -134,7 +136,7 @@ final class UsageCache: Sendable {
                     return false
                 case .failure:
                     let previous = s.failures[scan.path]
-                    let backoff = min((previous?.backoff ?? Self.firstRetry / 2) * 2, 3600)
+                    let backoff = min((previous?.backoff ?? firstRetry / 2) * 2, 3600)
                     s.failures[scan.path] = Failure(inode: scan.inode, mtime: scan.mtime, retryAt: Self.now() + backoff, backoff: backoff)
                     return previous == nil
                 }
