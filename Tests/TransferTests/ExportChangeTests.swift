@@ -102,4 +102,29 @@ struct ExportChangeTests {
         case .failure(let error): #expect("\(error)".contains("shrank"), "\(error)")
         }
     }
+
+    @Test("the image an export holds is busy for remove and rename until the export is cancelled, then free")
+    func holdEndsWithACancelledExport() async throws {
+        let tmp = try TemporaryDirectory()
+        defer { tmp.remove() }
+        let setup = try Setup(root: tmp.appending("root"))
+        _ = try sh("mkdir -p '\(setup.poolPath)/img' && head -c 16777216 /dev/urandom > '\(setup.poolPath)/img/blob'")
+        // An output no one reads: the export stalls once the pipe is full.
+        let output = try StalledPipe()
+        defer { output.closeAll() }
+        let handle = try await setup.engine.start(.exportTar(local: "img", fd: output.write, format: .uncompressed))
+        for op in ["remove", "rename"] {
+            do {
+                if op == "remove" { try await setup.pool.remove("img") } else { try await setup.pool.rename("img", to: "other") }
+                Issue.record("\(op) of an image being exported was accepted")
+            } catch let e as PoolError {
+                #expect(e.code == .busy, "\(op): \(e)")
+            }
+        }
+        handle.cancel()
+        #expect(await handle.wait() == .canceled)
+        try await setup.pool.rename("img", to: "other")
+        try await setup.pool.remove("other")
+        #expect(try setup.poolEntries().filter { !$0.hasSuffix(".lck") } == [])
+    }
 }
