@@ -117,6 +117,18 @@ static inline int berth_fcntl_lock(int fd, int cmd, struct flock *lock) { return
    glibc has no wrapper. */
 static inline int berth_ioprio_set_idle(void) { return (int)syscall(SYS_ioprio_set, 1, 0, 3 << 13); }
 static inline int berth_prctl_int(int option, unsigned long arg) { return prctl(option, arg, 0UL, 0UL, 0UL); }
+/* pidfd_open(2), pidfd_send_signal(2) (no glibc wrapper before 2.36's <sys/pidfd.h>) and
+   waitid(P_PIDFD): a transfer worker is waited for and signalled through its pidfd, never by a
+   pid that could be recycled. The waitid form decodes siginfo's union here, as Swift cannot. */
+static inline int berth_pidfd_open(int pid) { return (int)syscall(SYS_pidfd_open, pid, 0); }
+static inline int berth_pidfd_send_signal(int pidfd, int sig) { return (int)syscall(SYS_pidfd_send_signal, pidfd, sig, (void *)0, 0); }
+static inline int berth_waitid_pidfd(int pidfd, int options, int *code, int *status) {
+    siginfo_t info;
+    info.si_pid = 0;
+    int r = waitid((idtype_t)3 /* P_PIDFD */, (id_t)pidfd, &info, options);
+    if (r == 0) { *code = info.si_code; *status = info.si_status; if (info.si_pid == 0) *code = 0; }
+    return r;
+}
 /* posix_spawn_file_actions_addclosefrom_np is declared only under _GNU_SOURCE (glibc 2.34+). */
 #include <spawn.h>
 extern int posix_spawn_file_actions_addclosefrom_np(posix_spawn_file_actions_t *, int);

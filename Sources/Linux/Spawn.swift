@@ -82,3 +82,26 @@ public func pollExit(_ pid: pid_t) throws(SystemCallError) -> ProcessExit? {
 public func setParentDeathSignal(_ signal: Int32) throws(SystemCallError) {
     _ = try sys("prctl(PR_SET_PDEATHSIG)") { berth_prctl_int(PR_SET_PDEATHSIG, UInt(signal)) }
 }
+
+/// pidfd_open(2) of `pid`: a descriptor that becomes readable when the process exits, for
+/// poll(2) beside other descriptors, and that signals and waits for exactly that process.
+public func openProcessDescriptor(_ pid: pid_t) throws(SystemCallError) -> FileDescriptor {
+    FileDescriptor(owning: try sys("pidfd_open", "\(pid)") { berth_pidfd_open(pid) })
+}
+
+/// pidfd_send_signal(2): `signal` to the process of `pidfd` (ESRCH once it has exited).
+public func sendSignal(_ signal: Int32, toProcess pidfd: FileDescriptor) throws(SystemCallError) {
+    _ = try sys("pidfd_send_signal") { berth_pidfd_send_signal(pidfd.rawValue, signal) }
+}
+
+/// waitid(P_PIDFD, `pidfd`, WEXITED | WNOHANG): reaps the process of `pidfd`; nil while it
+/// runs. Throws (ECHILD…) if it cannot be waited for, e.g. because someone else reaped it.
+public func pollExit(processDescriptor pidfd: FileDescriptor) throws(SystemCallError) -> ProcessExit? {
+    var code: Int32 = 0, status: Int32 = 0
+    _ = try sys("waitid(P_PIDFD)") { berth_waitid_pidfd(pidfd.rawValue, WEXITED | WNOHANG, &code, &status) }
+    switch code {
+    case 0: return nil
+    case 1: return .exited(status)  // CLD_EXITED
+    default: return .signaled(status)  // CLD_KILLED, CLD_DUMPED
+    }
+}

@@ -65,6 +65,8 @@ public actor ImagePool {
     private let realPoolPath: String
     private let locks: ImageLocks
     private var nameLocks = NameLocks()
+    /// Images held for reading by transfers (`holdForReading`), by name, with their holder count.
+    private var readHolds: [String: Int] = [:]
     private let searchPaths: [String]
     private let realPaths = RealPathCache()
 
@@ -348,11 +350,44 @@ public actor ImagePool {
         }
     }
 
+    /// RemoveImage, RenameImage and a forced import's replacement refuse an image a transfer reads.
+    private func refuseHeldImage(_ name: String) throws {
+        if readHolds[name, default: 0] > 0 {
+            throw PoolError(.busy, "image '\(name)' is in use: a transfer is reading it")
+        }
+    }
+
     private func lockName(_ name: String) throws -> ImageLocks.Held {
         do { return try locks.lockName(name, .exclusive) } catch {
             if error.errno == .EBUSY { throw PoolError(.busy, "image name '\(name)' is in use", cause: error) }
             throw PoolError.from(error, "cannot lock image name '\(name)'")
         }
+    }
+
+    // MARK: holding an image for a transfer
+
+    /// Holds the image `name` for reading until `ImageReadHold.release()` (ExportTar/ExportRaw
+    /// for the whole life of their worker): RemoveImage and RenameImage of it fail `.busy`
+    /// (EBUSY, as machined answers for an image in use), and so does a forced import over it.
+    /// Like `systemd-nspawn --read-only`, it also takes the image's path locks shared, so nspawn
+    /// and machined see it in use and cannot start it writable meanwhile. A running container
+    /// holds those locks exclusively: its image is still exported (systemd exports it too), held
+    /// against our own RemoveImage/RenameImage only. `PoolError(.noSuchImage)` if there is none.
+    public func holdForReading(_ name: String) async throws -> ImageReadHold {
+        try Self.validateName(name)
+        return try await serialised([(name, .shared)]) {
+            let found = try existing(name)
+            let image = try Self.describe(found, discoveryContext)
+            let fileLocks = found.isHost ? nil : try? locks.lockPath(found.path, .shared)
+            readHolds[name, default: 0] += 1
+            return ImageReadHold(image: image, fileLocks: fileLocks, pool: self)
+        }
+    }
+
+    /// One holder of `name` is done.
+    fileprivate func endHold(_ name: String) {
+        readHolds[name, default: 1] -= 1
+        if readHolds[name] == 0 { readHolds[name] = nil }
     }
 
     // MARK: mutations
@@ -436,6 +471,7 @@ public actor ImagePool {
         try await serialised([(name, .exclusive), (newName, .exclusive)]) {
             let source = try existing(name)
             try refuseReadOnlyImage(source, "rename")
+            try refuseHeldImage(name)
             guard let backend = source.backend else { throw PoolError(.readOnly, "cannot rename the host image") }
             if isTaken(newName) { throw PoolError(.imageExists, "image '\(newName)' already exists") }
             let pathLock = try lockPath(source.path, .exclusive, name)
@@ -469,6 +505,7 @@ public actor ImagePool {
 
     private func removeLocked(_ found: Found) async throws {
         try refuseReadOnlyImage(found, "remove")
+        try refuseHeldImage(found.name)
         guard let backend = found.backend else { throw PoolError(.readOnly, "cannot remove the host image") }
         let pathLock = try lockPath(found.path, .exclusive, found.name)
         defer { pathLock.release() }
@@ -683,8 +720,10 @@ public actor ImagePool {
     /// `force` an exchange with the existing image, which is then removed. Without `force` an
     /// existing name fails before any work. Read-only if asked. On any error or cancellation
     /// the temp entry is removed. `fill` runs on Swift's cooperative pool: blocking work in it
-    /// belongs in `Blocking.run`.
+    /// belongs in `Blocking.run`. If the replaced image cannot be removed after the swap (the
+    /// new one is installed all the same), `warn` is told where it was left.
     public func install(_ name: String, type: ImageType, force: Bool, readOnly: Bool,
+                        warn: @escaping @Sendable (String) -> Void = { _ in },
                         fill: @Sendable (String) async throws -> Void) async throws -> Image {
         try Self.validateName(name)
         return try await serialised([(name, .exclusive)]) {
@@ -692,6 +731,7 @@ public actor ImagePool {
             if let current {
                 if !force { throw PoolError(.imageExists, "image '\(name)' already exists") }
                 try refuseReadOnlyImage(current, "replace")
+                try refuseHeldImage(name)
             }
             let nameLock = try lockName(name)
             defer { nameLock.release() }
@@ -741,8 +781,20 @@ public actor ImagePool {
                         try backend.rename(from: temp, to: finalPath)
                     }
                     let leftover = replaced.path == finalPath ? temp : replaced.path
-                    if replaced.isSymlink { try? removeFile(leftover) } else { try? oldBackend.remove(at: leftover) }
-                    if (try? fileStatus(leftover, followSymlinks: false)) != nil { try? TreeRemoval.remove(at: leftover) }
+                    var failure: (any Error)?
+                    // A symlinked image is the link only: what it points to is not touched.
+                    do {
+                        if replaced.isSymlink { try removeFile(leftover) } else { try oldBackend.remove(at: leftover) }
+                    } catch { failure = error }
+                    if !replaced.isSymlink, (try? fileStatus(leftover, followSymlinks: false)) != nil {
+                        do { try TreeRemoval.remove(at: leftover) } catch { failure = error }
+                    }
+                    if (try? fileStatus(leftover, followSymlinks: false)) != nil {
+                        // The new image is in place: a success, but the old data still takes
+                        // space, and the user must hear where.
+                        let later = leftover == temp ? "; berthd removes it at its next start" : ""
+                        warn("image '\(name)' was replaced, but its previous version could not be removed and is left at \(leftover)\(later): \(failure.map { "\($0)" } ?? "still there")")
+                    }
                 }
             } catch {
                 await Self.discard(temp, backend)
@@ -830,6 +882,43 @@ public actor ImagePool {
         guard let r = realpath(path, nil) else { return nil }
         defer { free(r) }
         return String(cString: r)
+    }
+}
+
+/// An image held for reading (`ImagePool.holdForReading`): the image as it was when the hold
+/// began, held until `release()`. A hold that is dropped unreleased releases itself.
+public final class ImageReadHold: Sendable {
+    /// The held image (its path is what a transfer reads).
+    public let image: Image
+    private let fileLocks: ImageLocks.Held?
+    private let pool: ImagePool
+    private let released = Mutex(false)
+
+    fileprivate init(image: Image, fileLocks: ImageLocks.Held?, pool: ImagePool) {
+        self.image = image
+        self.fileLocks = fileLocks
+        self.pool = pool
+    }
+
+    /// Ends the hold: the image may be removed or renamed again once this returns. Idempotent.
+    public func release() async {
+        guard takeRelease() else { return }
+        fileLocks?.release()
+        await pool.endHold(image.name)
+    }
+
+    private func takeRelease() -> Bool {
+        released.withLock { done in
+            defer { done = true }
+            return !done
+        }
+    }
+
+    deinit {
+        guard takeRelease() else { return }
+        fileLocks?.release()
+        let pool = self.pool, name = image.name
+        Task { await pool.endHold(name) }
     }
 }
 

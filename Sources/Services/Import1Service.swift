@@ -183,8 +183,12 @@ public actor Import1Service: BusObjectHandler {
         // remote: the URL of a pull, empty for imports and exports (they read or write an fd).
         let from = handle.remote.isEmpty ? "" : "\(handle.remote) → "
         logger.info("transfer \(id) started: \(handle.type.rawValue) \(from)\(handle.local)")
-        try? await bus.emitSignal(path: ServiceKind.import1.managerPath, interface: Import1Manager.name,
-                                  member: Import1Manager.Signal.transferNew.rawValue, [.uint32(id), .objectPath(path)])
+        do {
+            try await bus.emitSignal(path: ServiceKind.import1.managerPath, interface: Import1Manager.name,
+                                     member: Import1Manager.Signal.transferNew.rawValue, [.uint32(id), .objectPath(path)])
+        } catch {
+            logger.warning("transfer \(id): cannot emit TransferNew: \(error)")
+        }
         Task { await self.follow(handle) }
         return [.uint32(id), .objectPath(path)]
     }
@@ -194,11 +198,22 @@ public actor Import1Service: BusObjectHandler {
     private func follow(_ handle: TransferHandle) async {
         let id = handle.id, path = Self.transferPath(id)
         var result = TransferResult.failed("the transfer ended without a result")
+        var logSignalFailed = false
         for await event in handle.events {
             switch event {
             case .log(let priority, let message):
-                try? await bus.emitSignal(path: path, interface: Import1Transfer.name, member: Import1Transfer.Signal.logMessage.rawValue,
-                                          [.uint32(UInt32(bitPattern: priority)), .string(message)])
+                // Warnings and errors go to berthd's log too, as importd's workers' go to the
+                // journal (the worker's lines are rate-limited before they get here).
+                if priority <= LogPriority.warning && priority != LogPriority.error {
+                    logger.warning("transfer \(id): \(message)")
+                }
+                do {
+                    try await bus.emitSignal(path: path, interface: Import1Transfer.name, member: Import1Transfer.Signal.logMessage.rawValue,
+                                             [.uint32(UInt32(bitPattern: priority)), .string(message)])
+                } catch where !logSignalFailed {
+                    logSignalFailed = true
+                    logger.warning("transfer \(id): cannot emit LogMessage (further failures not logged): \(error)")
+                } catch {}
             case .progress:
                 // Progress does not emit PropertiesChanged (EmitsChangedSignal=false, as importd).
                 break
@@ -211,9 +226,14 @@ public actor Import1Service: BusObjectHandler {
         case .failed(let why): logger.warning("transfer \(id) failed: \(why)")
         default: logger.info("transfer \(id) \(result.rawValue)")
         }
-        try? await bus.emitSignal(path: ServiceKind.import1.managerPath, interface: Import1Manager.name,
-                                  member: Import1Manager.Signal.transferRemoved.rawValue,
-                                  [.uint32(id), .objectPath(path), .string(result.rawValue)])
+        do {
+            try await bus.emitSignal(path: ServiceKind.import1.managerPath, interface: Import1Manager.name,
+                                     member: Import1Manager.Signal.transferRemoved.rawValue,
+                                     [.uint32(id), .objectPath(path), .string(result.rawValue)])
+        } catch {
+            // Clients waiting for the end (machinectl) would wait for ever: say why.
+            logger.warning("transfer \(id): cannot emit TransferRemoved(\(result.rawValue)): \(error)")
+        }
     }
 
     public func property(_ name: String, interface: String, path: ObjectPath) throws -> BusValue {

@@ -43,6 +43,78 @@ enum StatusLine: Equatable {
     }
 }
 
+/// berthd's side of the status pipe: splits what the worker wrote into lines, holding at most
+/// one unfinished line of at most `maxLineLength` bytes. A worker writes lines of a few KiB
+/// (`StatusLine` caps its text at 3000 bytes): a longer one is a misbehaving worker, whose
+/// transfer fails rather than berthd's memory growing with whatever it sends.
+struct StatusLineSplitter {
+    /// The longest line accepted, newline excluded.
+    static let maxLineLength = 8192
+
+    /// A line over `maxLineLength`.
+    struct LineTooLong: Error {}
+
+    private var pending: [UInt8] = []
+
+    /// Calls `line` for each complete line in `bytes` (after what came before), keeping the
+    /// unfinished rest. Only the new bytes are scanned for newlines.
+    mutating func feed(_ bytes: UnsafeRawBufferPointer, _ line: (Substring) -> Void) throws(LineTooLong) {
+        var start = 0
+        while let newline = bytes[start...].firstIndex(of: UInt8(ascii: "\n")) {
+            let piece = UnsafeRawBufferPointer(rebasing: bytes[start..<newline])
+            if pending.count + piece.count > Self.maxLineLength { throw LineTooLong() }
+            if pending.isEmpty {
+                line(Substring(String(decoding: piece, as: UTF8.self)))
+            } else {
+                pending.append(contentsOf: piece)
+                line(Substring(String(decoding: pending, as: UTF8.self)))
+                pending.removeAll(keepingCapacity: true)
+            }
+            start = newline + 1
+        }
+        if pending.count + (bytes.count - start) > Self.maxLineLength { throw LineTooLong() }
+        pending.append(contentsOf: UnsafeRawBufferPointer(rebasing: bytes[start...]))
+    }
+}
+
+/// Bounds the log lines a worker can turn into Transfer.LogMessage signals: a burst, then a
+/// steady rate (a token bucket); what goes beyond is counted and reported as one line,
+/// "N log messages … suppressed", before the next line that passes, or at the end.
+struct LogRateLimiter {
+    private let burst: Double
+    private let perSecond: Double
+    private var tokens: Double
+    private var last: Double?
+    private var suppressed = 0
+
+    /// Up to `burst` lines at once, then `perSecond` lines a second.
+    init(burst: Int = 200, perSecond: Double = 50) {
+        self.burst = Double(burst)
+        self.perSecond = perSecond
+        tokens = Double(burst)
+    }
+
+    /// The lines to pass on for the line `text` arriving at `now` (monotonic seconds): none if
+    /// it is suppressed; it, preceded by the suppression note if lines were dropped before.
+    mutating func admit(_ priority: Int32, _ text: String, now: Double) -> [(Int32, String)] {
+        if let last { tokens = min(burst, tokens + max(now - last, 0) * perSecond) }
+        last = now
+        guard tokens >= 1 else {
+            suppressed += 1
+            return []
+        }
+        tokens -= 1
+        return flush() + [(priority, text)]
+    }
+
+    /// The suppression note, if lines were dropped since the last one passed.
+    mutating func flush() -> [(Int32, String)] {
+        guard suppressed > 0 else { return [] }
+        defer { suppressed = 0 }
+        return [(LogPriority.warning, "\(suppressed) log messages of the transfer worker suppressed")]
+    }
+}
+
 /// The worker side of the status pipe: progress (throttled to 0.5 % steps) and log lines.
 /// In-process callers (unit tests) pass a closure instead of a pipe.
 public final class StatusReporter: Sendable {

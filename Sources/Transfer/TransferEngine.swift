@@ -137,6 +137,7 @@ public actor TransferEngine {
         let name = request.local
         var exportSource: String?
         var dataFD: Int32?
+        var hold: ImageReadHold?
         switch request.operation {
         case .importing(let fd, let force, _):
             try refuseBusyWriter(name)
@@ -148,27 +149,37 @@ public actor TransferEngine {
             if !force { try await refuseExisting(name) }
         case .exporting(let fd, _):
             if writing.contains(name) { throw PoolError(.busy, "image '\(name)' is being written by another transfer") }
-            let image = try await pool.image(named: name)
-            switch (request.type, image.type) {
+            // Held until the worker has ended: RemoveImage/RenameImage meanwhile are EBUSY
+            // rather than cutting the export short.
+            let held = try await pool.holdForReading(name)
+            hold = held
+            switch (request.type, held.image.type) {
             case (.exportTar, .directory), (.exportTar, .subvolume), (.exportRaw, .raw): break
             default:
-                throw PoolError(.notSupported, "cannot \(request.type.rawValue) a \(image.type.rawValue) image")
+                await held.release()
+                throw PoolError(.notSupported, "cannot \(request.type.rawValue) a \(held.image.type.rawValue) image")
             }
-            exportSource = image.path
+            exportSource = held.image.path
             dataFD = fd
         }
-        // The caller may close its fd as soon as we return.
-        let ownFD: FileDescriptor? = try dataFD.map { fd in
-            FileDescriptor(owning: try sys("fcntl(F_DUPFD_CLOEXEC)") { fcntl(fd, F_DUPFD_CLOEXEC, 3) })
-        }
-        // Re-checked after the awaits above, which let other starts in.
-        switch request.operation {
-        case .importing, .pulling:
-            try refuseBusyWriter(name)
-            writing.insert(name)
-        case .exporting:
-            if writing.contains(name) { throw PoolError(.busy, "image '\(name)' is being written by another transfer") }
-            reading[name, default: 0] += 1
+        let ownFD: FileDescriptor?
+        do {
+            // The caller may close its fd as soon as we return.
+            ownFD = try dataFD.map { fd in
+                FileDescriptor(owning: try sys("fcntl(F_DUPFD_CLOEXEC)") { fcntl(fd, F_DUPFD_CLOEXEC, 3) })
+            }
+            // Re-checked after the awaits above, which let other starts in.
+            switch request.operation {
+            case .importing, .pulling:
+                try refuseBusyWriter(name)
+                writing.insert(name)
+            case .exporting:
+                if writing.contains(name) { throw PoolError(.busy, "image '\(name)' is being written by another transfer") }
+                reading[name, default: 0] += 1
+            }
+        } catch {
+            await hold?.release()
+            throw error
         }
 
         let id = nextID
@@ -188,9 +199,13 @@ public actor TransferEngine {
         let handle = TransferHandle(id: id, request: request, worker: worker)
         running[id] = handle
         let pool = self.pool
+        let heldImage = hold
         Task {
             let result = await Self.execute(request, arguments: arguments, data: ownFD, handle: handle, pool: pool)
             ownFD?.close()
+            // The worker has been reaped (it ended, failed, was cancelled or killed): only now
+            // may the exported image change.
+            await heldImage?.release()
             self.finished(handle, result: result)
         }
         return handle
@@ -245,7 +260,8 @@ public actor TransferEngine {
         }
         let type: ImageType = (request.type == .importRaw || request.type == .pullRaw) ? .raw : .directory
         do {
-            _ = try await pool.install(request.local, type: type, force: force, readOnly: readOnly) { temp in
+            let warn: @Sendable (String) -> Void = { handle.emit(.log(priority: LogPriority.warning, message: $0)) }
+            _ = try await pool.install(request.local, type: type, force: force, readOnly: readOnly, warn: warn) { temp in
                 var a = arguments
                 a.target = temp
                 let outcome = await runWorker(a)

@@ -99,11 +99,30 @@ public enum TarExport {
             let size = archive_entry_size(out)
             if size > 0 && archive_entry_filetype(out) == BERTH_AE_IFREG {
                 try copyFile(disk, writer, size: size, zeros: UnsafeRawBufferPointer(zeros), name: name)
+                try checkUnchanged(name, size: size)
             }
             try writer.check(archive_write_finish_entry(writer.pointer), "cannot finish '\(name)'")
         }
+        // A tree removed under us reads as a short one: the walk simply finds fewer entries.
+        var top = stat()
+        if stat(".", &top) != 0 || top.st_nlink == 0 {
+            throw TransferError("the image was removed while being exported")
+        }
         try writer.check(archive_write_close(writer.pointer), "cannot finish the archive")
         _ = archive_read_close(disk.pointer)
+    }
+
+    /// After copying `name` (relative to the cwd, the image): a file that shrank or vanished
+    /// while it was read came out short, its end filled with zeros that are not its data, so
+    /// the export fails rather than claiming a complete archive.
+    private static func checkUnchanged(_ name: String, size: Int64) throws {
+        var now = stat()
+        guard lstat(name, &now) == 0 else {
+            throw TransferError("'\(name)' vanished while being exported (\(Errno.current))")
+        }
+        if Int64(now.st_size) < size {
+            throw TransferError("'\(name)' shrank from \(size) to \(now.st_size) bytes while being exported")
+        }
     }
 
     /// The file's data blocks; holes are written as zeros, which the pax writer of a sparse
@@ -235,7 +254,12 @@ public enum RawExport {
         var position: Int64 = 0
         while position < size {
             var dataStart = Int64(lseek(source.rawValue, off_t(position), BERTH_SEEK_DATA))
-            if dataStart < 0 { dataStart = errno == ENXIO ? size : position }
+            if dataStart < 0 {
+                // ENXIO: no data after `position` — a trailing hole, or a file that shrank.
+                let noMoreData = errno == ENXIO
+                if noMoreData { try checkSize(source, size) }
+                dataStart = noMoreData ? size : position
+            }
             if dataStart > position {
                 if holesAsZeros {
                     var p = position
@@ -262,6 +286,13 @@ public enum RawExport {
                 if size > 0 { reporter.progress(Double(position) / Double(size)) }
             }
         }
+        try checkSize(source, size)
+    }
+
+    /// A source shorter than when the export began would end in zeros that are not its data.
+    private static func checkSize(_ source: FileDescriptor, _ size: Int64) throws {
+        let now = try source.stat().size
+        if now < size { throw TransferError("the image shrank from \(size) to \(now) bytes while being exported") }
     }
 
     private static func writeAll(_ fd: Int32, _ data: UnsafeRawBufferPointer) throws {

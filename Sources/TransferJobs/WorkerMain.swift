@@ -13,7 +13,12 @@ extension TransferWorker {
             StatusReporter(fd: statusDescriptor).fail("\(error)")
             exit(2)
         }
-        _ = try? setParentDeathSignal(SIGKILL)
+        do { try setParentDeathSignal(SIGKILL) } catch {
+            // Without it the worker would outlive a crashed berthd, writing into its pool.
+            StatusReporter(fd: statusDescriptor).fail("cannot die with berthd: \(error)")
+            exit(3)
+        }
+        // berthd died before PR_SET_PDEATHSIG took effect (we were reparented): no one waits for us.
         if parsed.parent != 0 && getppid() != parsed.parent { exit(3) }
         // A closed pipe is an error to report, not a silent death.
         signal(SIGPIPE, SIG_IGN)

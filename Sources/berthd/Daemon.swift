@@ -48,7 +48,8 @@ actor Daemon {
             // Composition point: the storage backends in claim priority order (a directory that
             // is a subvolume is a subvolume), and the machine image pool over them.
             let raw = RawLoopBackend(runtimeDirectory: paths.runtimeDirectory)
-            let registry = BackendRegistry([BtrfsBackend(), raw, DirectoryBackend()])
+            let logger = self.logger
+            let registry = BackendRegistry([BtrfsBackend(), raw, DirectoryBackend(report: { logger.warning("\($0)") })])
             let pool = ImagePool(configuration: ImagePool.Configuration(root: options.root), registry: registry)
             // What a previous run left: temp entries of transfers killed with berthd, stale locks,
             // inspection mounts.

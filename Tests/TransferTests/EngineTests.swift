@@ -179,7 +179,10 @@ struct EngineTests {
         let (result, events) = try await runTransfer(setup.engine, .importTar(fd: fd, local: "file"))
         #expect(result == .done)
         let steps = events.compactMap { if case .progress(let p) = $0 { p } else { nil } }
-        #expect(steps.count >= 5)
+        // berthd passes on the latest progress per read of the status pipe, so how many steps
+        // arrive depends on scheduling (one read may carry them all on a busy machine); known
+        // progress that only moves forward and ends at 1 does not.
+        #expect(!steps.isEmpty && steps.last == 1, "\(steps)")
         #expect(steps == steps.sorted())
         let (pipeFD, cat) = try pipeFrom(tmp.appending("a.tar"))
         defer { close(pipeFD); cat.waitUntilExit() }

@@ -23,14 +23,16 @@ public struct DirectoryBackend: ImageBackend {
 
     /// - Parameter usageLifetime: seconds a computed usage is served before a background
     ///   rescan; a top directory whose mtime or inode changed is rescanned at once.
-    public init(usageLifetime: Double) {
-        usage = UsageCache(lifetime: usageLifetime)
+    /// - Parameter report: told (once per tree) when a usage scan fails, for the daemon's log;
+    ///   the scan is then retried with a growing backoff, not on every listing.
+    public init(usageLifetime: Double, report: @escaping @Sendable (String) -> Void = { _ in }) {
+        usage = UsageCache(lifetime: usageLifetime, report: report)
     }
 
     /// A backend whose cached usages are rescanned after 30 seconds (at once when the top
     /// directory changes): a scan walks the whole tree, so a client polling ListImages must not
     /// set off one per image every few seconds.
-    public init() { self.init(usageLifetime: 30) }
+    public init(report: @escaping @Sendable (String) -> Void = { _ in }) { self.init(usageLifetime: 30, report: report) }
 
     /// Claims directories (following a symlink, as /etc/machines holds links to images), from
     /// the status the pool took.

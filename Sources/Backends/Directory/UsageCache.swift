@@ -26,8 +26,20 @@ final class UsageCache: Sendable {
         var mtime: UInt64
     }
 
+    /// A scan of the tree at a path failed: not retried before `retryAt` while the top
+    /// directory is the same (inode, mtime), with the wait doubling on each failure.
+    private struct Failure {
+        var inode: UInt64
+        var mtime: UInt64
+        var retryAt: Double
+        var backoff: Double
+    }
+
     private struct State {
         var entries: [String: Entry] = [:]
+        var failures: [String: Failure] = [:]
+        /// Scans started, for tests: a failing tree must not be walked on every listing.
+        var scansStarted = 0
         /// Paths queued or being scanned.
         var scanning: Set<String> = []
         var queue: [Scan] = []
@@ -36,8 +48,25 @@ final class UsageCache: Sendable {
 
     private let state = Mutex(State())
     private let lifetime: Double
+    private let scan: @Sendable (String) throws -> UInt64
+    private let report: @Sendable (String) -> Void
+    /// Seconds before a failed scan is retried, doubled per failure up to an hour.
+    private let firstRetry: Double
 
-    init(lifetime: Double) { self.lifetime = lifetime }
+    /// - Parameters:
+    ///   - scan: what computes a tree's usage (`DiskUsage.allocatedBytes`; tests pass others).
+    ///   - report: told once per failing path (until it scans again fine), for the daemon's log.
+    ///   - firstRetry: seconds before a failed scan is retried, doubled per failure up to an hour.
+    init(lifetime: Double, scan: @escaping @Sendable (String) throws -> UInt64 = { try DiskUsage.allocatedBytes(of: $0) },
+         report: @escaping @Sendable (String) -> Void = { _ in }, firstRetry: Double = 60) {
+        self.lifetime = lifetime
+        self.firstRetry = firstRetry
+        self.scan = scan
+        self.report = report
+    }
+
+    /// Scans started so far (for tests).
+    var scansStarted: Int { state.withLock { $0.scansStarted } }
 
     /// The cached usage of `path` (or `Image.unknown`), starting a scan if it is stale.
     func lookup(path: String, inode: UInt64, modification: UInt64) -> UInt64 {
@@ -51,7 +80,14 @@ final class UsageCache: Sendable {
                 stale = entry.mtime != modification || now - entry.computedAt > lifetime
             }
             guard stale, !s.scanning.contains(path) else { return (result, false) }
+            // A tree whose scan failed (an unreadable subtree, I/O errors) is not walked again on
+            // every listing: only after its backoff, or once its top directory changed.
+            if let failure = s.failures[path], failure.inode == inode, failure.mtime == modification,
+               now < failure.retryAt {
+                return (result, false)
+            }
             s.scanning.insert(path)
+            s.scansStarted += 1
             return (result, true)
         }
         if scan { start(path: path, inode: inode, modification: modification) }
@@ -60,7 +96,10 @@ final class UsageCache: Sendable {
 
     /// Drops what is known about `path` (removed or renamed away).
     func forget(path: String) {
-        state.withLock { _ = $0.entries.removeValue(forKey: path) }
+        state.withLock {
+            _ = $0.entries.removeValue(forKey: path)
+            _ = $0.failures.removeValue(forKey: path)
+        }
     }
 
     /// Queues a scan of `path`. Scans run one at a time on a single idle-priority thread, started
@@ -94,12 +133,23 @@ final class UsageCache: Sendable {
             }
             return s.queue.popLast()
         }) {
-            let bytes = try? DiskUsage.allocatedBytes(of: scan.path)
-            state.withLock { s in
+            let result = Result { try self.scan(scan.path) }
+            let firstFailure = state.withLock { s -> Bool in
                 s.scanning.remove(scan.path)
-                if let bytes {
+                switch result {
+                case .success(let bytes):
                     s.entries[scan.path] = Entry(inode: scan.inode, mtime: scan.mtime, bytes: bytes, computedAt: Self.now())
+                    s.failures[scan.path] = nil
+                    return false
+                case .failure:
+                    let previous = s.failures[scan.path]
+                    let backoff = min((previous?.backoff ?? firstRetry / 2) * 2, 3600)
+                    s.failures[scan.path] = Failure(inode: scan.inode, mtime: scan.mtime, retryAt: Self.now() + backoff, backoff: backoff)
+                    return previous == nil
                 }
+            }
+            if firstFailure, case .failure(let error) = result {
+                report("cannot compute the disk usage of \(scan.path) (retried with backoff, reported once): \(error)")
             }
         }
     }
