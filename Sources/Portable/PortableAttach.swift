@@ -234,8 +234,10 @@ public enum PortableAttach {
 
     /// Detaches every unit attached from the image `nameOrPath` in the persistent or runtime
     /// folder; `.noSuchUnit` if there is none, with 252's message.
-    public static func detach(_ nameOrPath: String, runtime: Bool, root: String) throws(PortableError) -> [PortableChange] {
-        let attached = PortableState.attachedUnits(of: nameOrPath, root: root)
+    /// With `anyVersion`, the units of any version of the image go (a reattach to a newer one).
+    public static func detach(_ nameOrPath: String, runtime: Bool, root: String,
+                              anyVersion: Bool = false) throws(PortableError) -> [PortableChange] {
+        let attached = PortableState.attachedUnits(of: nameOrPath, root: root, anyVersion: anyVersion)
         let units = runtime ? attached.runtime : attached.persistent
         guard !units.isEmpty else {
             throw PortableError(.noSuchUnit, "No unit files associated with '\(nameOrPath)' found attached to the system. Image not attached?")

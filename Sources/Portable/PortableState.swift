@@ -28,13 +28,16 @@ public enum PortableState {
     }
 
     /// The units attached from the image `nameOrPath`, per folder (persistent, runtime).
-    public static func attachedUnits(of nameOrPath: String, root: String) -> (persistent: [String], runtime: [String]) {
+    /// With `anyVersion`, units of every version of the image count (`foo_1.0` and `foo_2.0`
+    /// both are `foo`): what a reattach to a newer version replaces.
+    public static func attachedUnits(of nameOrPath: String, root: String,
+                                     anyVersion: Bool = false) -> (persistent: [String], runtime: [String]) {
         var result: (persistent: [String], runtime: [String]) = ([], [])
         for (folder, runtime) in attachedFolders(root: root) {
             let names = ((try? directoryEntries(folder)) ?? []).filter { PortableUnits.isValidUnitName($0) }
             for unit in names.sorted() {
                 guard let image = markedImage(joinPath(folder, unit + ".d/20-portable.conf")),
-                      belongs(image, to: nameOrPath) else { continue }
+                      anyVersion ? baseName(image) == baseName(nameOrPath) : belongs(image, to: nameOrPath) else { continue }
                 if runtime { result.runtime.append(unit) } else { result.persistent.append(unit) }
             }
         }
@@ -62,6 +65,12 @@ public enum PortableState {
     /// Whether the image path of a marker is the image `nameOrPath`.
     static func belongs(_ markedPath: String, to nameOrPath: String) -> Bool {
         imageName(markedPath) == imageName(nameOrPath)
+    }
+
+    /// The image name without its version: `foo` of `foo_1.0` and `/x/foo_2.0.raw`.
+    public static func baseName(_ nameOrPath: String) -> Substring {
+        let name = imageName(nameOrPath)
+        return name.split(separator: "_", maxSplits: 1, omittingEmptySubsequences: false).first ?? name
     }
 
     /// The image name a path stands for: its file name without `.raw`.

@@ -313,9 +313,9 @@ public actor Portable1Service: BusObjectHandler {
         return [Self.changes(changes)]
     }
 
-    /// ReattachImage(+WithExtensions) / Image.Reattach(+WithExtensions): the image's units are
-    /// detached and attached again from the image as it is now, in one step no other attach can
-    /// come between. Returns the units' changes gone and made. Works by name (252 loses the image
+    /// ReattachImage(+WithExtensions) / Image.Reattach(+WithExtensions): the units of the image,
+    /// of any version of it (`foo_1.0` when reattaching `foo_2.0`: an upgrade), are detached and
+    /// attached again from the image given, in one step no other attach can come between. Returns the units' changes gone and made. Works by name (252 loses the image
     /// then: it resolves the name to the /etc/portables link, deletes it, and cannot find it).
     private func reattach(_ nameOrPath: String, matches: [String], profile: String, copyMode: String,
                           flags: UInt64) async throws -> [BusValue] {
@@ -326,7 +326,11 @@ public actor Portable1Service: BusObjectHandler {
             do { _ = try nameOrPath.hasPrefix("/") ? pool.imageNow(atPath: nameOrPath) : pool.imageNow(named: nameOrPath) }
             catch { throw Portable1Errors.translate(error, name: nameOrPath) }
             let removed: [PortableChange]
-            do { removed = try await Blocking.run { try PortableAttach.detach(nameOrPath, runtime: runtime, root: root) } }
+            do {
+                removed = try await Blocking.run {
+                    try PortableAttach.detach(nameOrPath, runtime: runtime, root: root, anyVersion: true)
+                }
+            }
             catch { throw Portable1Errors.translate(error, name: nameOrPath) }
             let made = try await attachNow(nameOrPath, matches: matches, profile: profile, copyMode: copyMode, flags: flags)
             return (removed, made)

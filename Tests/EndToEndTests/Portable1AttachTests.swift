@@ -199,6 +199,33 @@ struct Portable1AttachTests {
         #expect(try host.portablectl(["is-attached", "foo_1.0"]).stdout == "attached\n")
     }
 
+    @Test func anUpgradeIsAReattachToTheNewerVersion() throws {
+        let host = try Host()
+        defer { host.stop() }
+        #expect(try host.portablectl(["attach", "foo_1.0"]).succeeded)
+        let newer = host.root + "/var/lib/portables/foo_2.0"
+        try host.write([
+            "usr/lib/os-release": "ID=debian\nVERSION_ID=12\nPORTABLE_PREFIXES=foo\n",
+            "usr/lib/systemd/system/foo.service": "[Service]\nExecStart=/usr/bin/foo --version=2\n",
+        ], in: newer)
+        let r = try host.portablectl(["reattach", "foo_2.0"])
+        #expect(r.succeeded, "\(r.stderr)")
+        let tree = host.attachedTree()
+        #expect(tree.contains("etc/systemd/system.attached/foo.service: [Service]\nExecStart=/usr/bin/foo --version=2\n"), "\(tree)")
+        #expect(tree.contains { $0.contains("20-portable.conf") && $0.contains("RootDirectory=/var/lib/portables/foo_2.0\n") })
+        #expect(!tree.contains { $0.contains("foo_1.0") }, "\(tree)")
+        // foo.socket came from 1.0 only: gone with it.
+        #expect(!tree.contains { $0.hasPrefix("etc/systemd/system.attached/foo.socket") }, "\(tree)")
+        #expect(try host.portablectl(["is-attached", "foo_1.0"]).stdout == "detached\n")
+        #expect(try host.portablectl(["is-attached", "foo_2.0"]).stdout == "attached\n")
+        // A reattach of an image nothing of which is attached is refused, and changes nothing.
+        try host.write(["usr/lib/systemd/system/baz.service": "[Service]\n", "usr/lib/os-release": "ID=x\n"],
+                       in: host.root + "/var/lib/portables/baz_1.0")
+        let none = try host.portablectl(["reattach", "baz_1.0"])
+        #expect(!none.succeeded)
+        #expect(host.attachedTree() == tree)
+    }
+
     /// A disk image made by `tool` from a folder with the image's files; nil where the tool is missing.
     private func diskImage(_ host: Host, _ name: String, _ make: (String, String) -> [String]) throws -> String {
         let tree = host.root + "/tree-" + name
