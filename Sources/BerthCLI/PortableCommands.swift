@@ -155,6 +155,7 @@ public struct PortableScopeOptions: ParsableArguments {
     /// portablectl's choice: the …WithExtensions member when there are extensions or --force, with
     /// PORTABLE_FORCE_ATTACH and PORTABLE_FORCE_SYSEXT for --force, as portablectl 252 sends them.
     var withExtensions: Bool { !extensions.isEmpty || force }
+    /// The `flags` argument of the …WithExtensions members.
     var flags: UInt64 {
         (runtime ? Portable1Flags.runtime : 0) | (force ? Portable1Flags.forceAttach | Portable1Flags.forceExtension : 0)
     }
@@ -173,6 +174,7 @@ public struct PortableAttachOptions: ParsableArguments {
 
     public init() {}
 
+    /// Refuses a copy mode berthd does not know before anything is sent.
     public func validate() throws {
         if copy != "auto" && (PortableCopyMode(rawValue: copy) ?? .standard) == .standard {
             throw ValidationError("--copy must be copy, symlink, mixed or auto, not '\(copy)'")
