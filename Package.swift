@@ -67,7 +67,7 @@ let package = Package(
         ]),
         // berthctl's commands, as a library tests can call.
         .target(name: "BerthCLI", dependencies: [
-            "Bus", "Services", .product(name: "ArgumentParser", package: "swift-argument-parser"),
+            "Bus", "Services", "PoolAPI", "Portable", .product(name: "ArgumentParser", package: "swift-argument-parser"),
         ]),
         .executableTarget(name: "berthd", dependencies: [
             "Services", "Bus", "Linux", "PoolAPI", "BtrfsBackend", "RawLoopBackend", "DirectoryBackend", "Transfer",

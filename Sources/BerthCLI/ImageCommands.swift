@@ -3,7 +3,7 @@ import Bus
 import Foundation
 import Services
 
-/// One image as `ListImages` and the image object's properties describe it.
+/// One image as `ListImages` and the image object's properties describe it (machine1's and portable1's).
 public struct ImageRow: Codable, Sendable, Equatable {
     /// `Name`.
     public var name: String
@@ -19,6 +19,22 @@ public struct ImageRow: Codable, Sendable, Equatable {
     public var usage: UInt64?
     /// `Path` (image-status only).
     public var path: String?
+    /// portable1's attached state (`detached`, `attached`, `running-runtime`, …); nil for machine1.
+    public var state: String?
+}
+
+extension ImageRow {
+    /// One entry of machine1's `a(ssbttto)` or portable1's `a(ssbtttso)` ListImages reply; nil
+    /// when it is neither.
+    init?(listEntry: BusValue) {
+        guard let f = listEntry.structureValue, f.count == 7 || f.count == 8, let name = f[0].stringValue,
+              let type = f[1].stringValue, let ro = f[2].boolValue, let crtime = f[3].uint64Value,
+              let mtime = f[4].uint64Value, let usage = f[5].uint64Value else { return nil }
+        let state = f.count == 8 ? f[6].stringValue : nil
+        if f.count == 8 && state == nil { return nil }
+        self.init(name: name, type: type, readOnly: ro, creationTimestamp: crtime, modificationTimestamp: mtime,
+                  usage: usage == .max ? nil : usage, path: nil, state: state)
+    }
 }
 
 /// A machine1 connection for berthctl's image verbs: calls `org.freedesktop.machine1.Manager`
@@ -27,7 +43,7 @@ struct Machine1Client {
     let client: BusClient
 
     init(_ global: GlobalOptions) throws {
-        do { client = try BusClient(address: global.busAddress) } catch { throw ValidationError("cannot reach the bus: \(error)") }
+        client = try connectBus(global)
     }
 
     /// Calls Manager method `method` with `arguments`; no timeout, as a big clone takes its time.
@@ -38,7 +54,7 @@ struct Machine1Client {
                                    interface: Machine1Manager.name, member: method.rawValue, arguments,
                                    timeoutMicroseconds: UInt64.max)
         } catch {
-            throw CLIError("\(error.message) (\(error.name))")
+            throw CLIError(error)
         }
     }
 
@@ -48,68 +64,9 @@ struct Machine1Client {
             return try client.property(destination: ServiceKind.machine1.busName, path: path, interface: Machine1Image.name,
                                        name: property.rawValue)
         } catch {
-            throw CLIError("\(error.message) (\(error.name))")
+            throw CLIError(error)
         }
     }
-}
-
-/// A failure berthctl reports on stderr with exit status 1.
-struct CLIError: Error, CustomStringConvertible {
-    var description: String
-    init(_ description: String) { self.description = description }
-}
-
-/// Parses a size as machinectl does: bytes, or with a K/M/G/T/P/E suffix (1024-based);
-/// `infinity` or `-` for no limit (UINT64_MAX).
-public func parseSize(_ text: String) throws -> UInt64 {
-    if text == "infinity" || text == "-" { return .max }
-    let units: [Character: UInt64] = ["K": 1 << 10, "M": 1 << 20, "G": 1 << 30, "T": 1 << 40, "P": 1 << 50, "E": 1 << 60]
-    var digits = text.uppercased()
-    if digits.hasSuffix("B") { digits.removeLast() }
-    var factor: UInt64 = 1
-    if let last = digits.last, let f = units[last] {
-        factor = f
-        digits.removeLast()
-    }
-    guard let n = UInt64(digits) else { throw ValidationError("invalid size '\(text)'") }
-    let (product, overflow) = n.multipliedReportingOverflow(by: factor)
-    guard !overflow else { throw ValidationError("size '\(text)' is too large") }
-    return product
-}
-
-/// Human-readable bytes as machinectl prints them (`8.0K`, `1.5G`); `-` for unknown.
-func formatBytes(_ bytes: UInt64?) -> String {
-    guard let bytes else { return "-" }
-    let units = ["B", "K", "M", "G", "T", "P", "E"]
-    var value = Double(bytes), i = 0
-    while value >= 1024 && i < units.count - 1 {
-        value /= 1024
-        i += 1
-    }
-    return i == 0 ? "\(bytes)B" : String(format: "%.1f%@", value, units[i])
-}
-
-/// A µs timestamp as a date, `-` for 0.
-func formatTimestamp(_ us: UInt64) -> String {
-    guard us != 0 else { return "-" }
-    let f = DateFormatter()
-    f.dateFormat = "EEE yyyy-MM-dd HH:mm:ss zzz"
-    f.locale = Locale(identifier: "en_US_POSIX")
-    return f.string(from: Date(timeIntervalSince1970: Double(us) / 1_000_000))
-}
-
-/// Runs `body`, printing a `CLIError` as `berthctl: …` and exiting 1.
-func reporting(_ body: () throws -> Void) throws {
-    do { try body() } catch let e as CLIError {
-        FileHandle.standardError.write(Data("berthctl: \(e.description)\n".utf8))
-        throw ExitCode(1)
-    }
-}
-
-func jsonLine<T: Encodable>(_ value: T) throws -> String {
-    let encoder = JSONEncoder()
-    encoder.outputFormatting = [.sortedKeys, .withoutEscapingSlashes]
-    return String(decoding: try encoder.encode(value), as: UTF8.self)
 }
 
 /// `berthctl list-images`: ListImages as a table (hidden images with `--all`) or JSON.
@@ -123,13 +80,7 @@ public struct ListImages: ParsableCommand {
     /// The rows ListImages returns, sorted by name, hidden ones only with `all`.
     static func rows(_ client: Machine1Client, all: Bool) throws -> [ImageRow] {
         let reply = try client.manager(.listImages)
-        let rows: [ImageRow] = (reply.first?.arrayValue ?? []).compactMap { entry in
-            guard let f = entry.structureValue, f.count == 7, let name = f[0].stringValue, let type = f[1].stringValue,
-                  let ro = f[2].boolValue, let crtime = f[3].uint64Value, let mtime = f[4].uint64Value,
-                  let usage = f[5].uint64Value else { return nil }
-            return ImageRow(name: name, type: type, readOnly: ro, creationTimestamp: crtime, modificationTimestamp: mtime,
-                            usage: usage == .max ? nil : usage, path: nil)
-        }
+        let rows = (reply.first?.arrayValue ?? []).compactMap(ImageRow.init(listEntry:))
         return rows.filter { all || !$0.name.hasPrefix(".") }.sorted { $0.name < $1.name }
     }
 
@@ -140,15 +91,10 @@ public struct ListImages: ParsableCommand {
                 print(try jsonLine(rows))
                 return
             }
-            let table = [["NAME", "TYPE", "RO", "USAGE", "CREATED", "MODIFIED"]] + rows.map {
+            printTable([["NAME", "TYPE", "RO", "USAGE", "CREATED", "MODIFIED"]] + rows.map {
                 [$0.name, $0.type, $0.readOnly ? "yes" : "no", formatBytes($0.usage),
                  formatTimestamp($0.creationTimestamp), formatTimestamp($0.modificationTimestamp)]
-            }
-            let widths = (0..<6).map { c in table.map { $0[c].count }.max() ?? 0 }
-            for line in table {
-                print(zip(line, widths).map { $0.padding(toLength: $1, withPad: " ", startingAt: 0) }.joined(separator: " ")
-                    .trimmingCharacters(in: .whitespaces))
-            }
+            })
             print("\n\(rows.count) images listed.")
         }
     }
@@ -187,7 +133,8 @@ public struct ImageStatus: ParsableCommand {
                                    type: try client.imageProperty(path, .type).stringValue ?? "",
                                    readOnly: try client.imageProperty(path, .readOnly).boolValue ?? false,
                                    creationTimestamp: try u64(.creationTimestamp), modificationTimestamp: try u64(.modificationTimestamp),
-                                   usage: usage == .max ? nil : usage, path: try client.imageProperty(path, .path).stringValue)
+                                   usage: usage == .max ? nil : usage, path: try client.imageProperty(path, .path).stringValue,
+                                   state: nil)
                 // Metadata is best effort, as in machinectl: an image without os-release still has a status.
                 let hostname = (try? client.manager(.getImageHostname, [.string(name)]))?.first?.stringValue
                 let os = (try? client.manager(.getImageOSRelease, [.string(name)]))?.first?.dictionaryValue?
@@ -260,12 +207,7 @@ public struct ReadOnly: ParsableCommand {
     @Argument(help: "yes (default) or no.") public var value: String = "yes"
     public init() {}
     public func run() throws {
-        let flag: Bool
-        switch value.lowercased() {
-        case "yes", "true", "1", "on": flag = true
-        case "no", "false", "0", "off": flag = false
-        default: throw ValidationError("expected yes or no, not '\(value)'")
-        }
+        let flag = try parseBoolean(value)
         try reporting { try Machine1Client(global).manager(.markImageReadOnly, [.string(name), .boolean(flag)]) }
     }
 }
@@ -277,14 +219,11 @@ public struct SetLimit: ParsableCommand {
     @Argument(help: "[NAME] SIZE (bytes, or with K/M/G/T; 'infinity' for none).") public var arguments: [String]
     public init() {}
     public func run() throws {
-        guard arguments.count == 1 || arguments.count == 2, let sizeText = arguments.last else {
-            throw ValidationError("expected [NAME] SIZE")
-        }
-        let size = try parseSize(sizeText)
+        let (name, size) = try parseLimitArguments(arguments)
         try reporting {
             let client = try Machine1Client(global)
-            if arguments.count == 2 {
-                try client.manager(.setImageLimit, [.string(arguments[0]), .uint64(size)])
+            if let name {
+                try client.manager(.setImageLimit, [.string(name), .uint64(size)])
             } else {
                 try client.manager(.setPoolLimit, [.uint64(size)])
             }

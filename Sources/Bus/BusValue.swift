@@ -194,6 +194,29 @@ public indirect enum BusValue: Sendable, Equatable, CustomStringConvertible {
         default: nil
         }
     }
+    /// The bytes of an `ay` (also through a variant).
+    public var bytesValue: [UInt8]? {
+        switch self {
+        case .array("y", let vs):
+            var bytes: [UInt8] = []
+            bytes.reserveCapacity(vs.count)
+            for v in vs {
+                guard case .byte(let b) = v else { return nil }
+                bytes.append(b)
+            }
+            return bytes
+        case .variant(let v): return v.bytesValue
+        default: return nil
+        }
+    }
+    /// The entries of a dictionary in the order they came (also through a variant).
+    public var dictionaryEntries: [DictEntry]? {
+        switch self {
+        case .dictionary(_, _, let es): es
+        case .variant(let v): v.dictionaryEntries
+        default: nil
+        }
+    }
     /// A dictionary with string keys, as a Swift dictionary (`a{s…}`; also through a variant).
     public var dictionaryValue: [String: BusValue]? {
         switch self {

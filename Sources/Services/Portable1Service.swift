@@ -219,13 +219,8 @@ public actor Portable1Service: BusObjectHandler {
 
     // MARK: attach, detach, reattach
 
-    /// The flags of the …WithExtensions members (sd-bus's SD_SYSTEMD_PORTABLE_*).
-    enum Flags {
-        static let runtime: UInt64 = 1 << 0
-        static let forceAttach: UInt64 = 1 << 1
-        static let forceExtension: UInt64 = 1 << 2
-        static let all = runtime | forceAttach | forceExtension
-    }
+    /// The flags of the …WithExtensions members.
+    typealias Flags = Portable1Flags
 
     /// One attach, detach or reattach at a time: two attaches of images that share a unit name
     /// cannot both win, and a detach never races the attach of the same image.

@@ -148,3 +148,16 @@ public enum Portable1Image {
         ]
     )
 }
+
+/// The `flags` argument of portable1's …WithExtensions members (sd-bus's SD_SYSTEMD_PORTABLE_*
+/// in systemd 252's portable.h), for berthd and its clients alike.
+public enum Portable1Flags {
+    /// Attach below `/run` for this boot only (`portablectl --runtime`).
+    public static let runtime: UInt64 = 1 << 0
+    /// Attach or detach even when the units are running or exist already (`portablectl --force`).
+    public static let forceAttach: UInt64 = 1 << 1
+    /// Skip the extension-release checks (`portablectl --force` with `--extension`).
+    public static let forceExtension: UInt64 = 1 << 2
+    /// Every flag systemd 252 knows.
+    public static let all = runtime | forceAttach | forceExtension
+}
