@@ -161,22 +161,35 @@ public enum PortableAttach {
     }
 
     /// The text of a unit's `20-portable.conf`: the marker, and for services the root and the
-    /// portable environment.
-    public static func portableDropIn(for unit: PortableUnits.UnitFile, image: PortableImage) -> String {
+    /// portable environment; a service that comes from an extension gets the extensions
+    /// overlaid (`ExtensionDirectories=` for trees, `ExtensionImages=` for disk images).
+    public static func portableDropIn(for unit: PortableUnits.UnitFile, image: PortableImage,
+                                      extensions: [PortableImage] = []) -> String {
         var text = "\(PortableState.markerPrefix)\(image.path)\(PortableState.markerSuffix)\n"
         guard unit.type == "service" else { return text }
         text += "\n[Service]\n"
         text += image.isDiskImage ? "RootImage=\(image.path)\n" : "RootDirectory=\(image.path)\n"
+        if unit.origin != nil {
+            let trees = extensions.filter { !$0.isDiskImage }.map(\.path)
+            let disks = extensions.filter(\.isDiskImage).map(\.path)
+            if !trees.isEmpty { text += "\(extensionDirectoriesKey)=\(trees.joined(separator: " "))\n" }
+            if !disks.isEmpty { text += "\(extensionImagesKey)=\(disks.joined(separator: " "))\n" }
+        }
         text += "Environment=PORTABLE=\(image.name)\n"
         text += "BindReadOnlyPaths=/etc/os-release:/run/host/os-release\n"
         text += "LogExtraFields=PORTABLE=\(image.name)\n"
         return text
     }
 
-    /// Attaches `units` of `image` under `root`, all or nothing: returns the changes made, in the
-    /// order made; on any failure removes what it made and throws.
-    public static func attach(_ image: PortableImage, units: [PortableUnits.UnitFile], profile: String,
-                              runtime: Bool, copyMode: PortableCopyMode, root: String) throws(PortableError) -> [PortableChange] {
+    static let extensionDirectoriesKey = "ExtensionDirectories"
+    static let extensionImagesKey = "ExtensionImages"
+
+    /// Attaches `units` of `image` (and of its `extensions`, by each unit's `origin`) under `root`,
+    /// all or nothing: returns the changes made, in the order made; on any failure removes what
+    /// it made and throws.
+    public static func attach(_ image: PortableImage, extensions: [PortableImage] = [], units: [PortableUnits.UnitFile],
+                              profile: String, runtime: Bool, copyMode: PortableCopyMode,
+                              root: String) throws(PortableError) -> [PortableChange] {
         try checkConflicts(units, root: root)
         let (unitFolder, linkFolder) = folders(root: root, runtime: runtime)
         var made = Journal()
@@ -187,7 +200,8 @@ public enum PortableAttach {
                 try makeDirectory(dropIns, mode: 0o755)
                 made.record(.mkdir, dropIns)
                 let portable = joinPath(dropIns, "20-portable.conf")
-                try writeNew(portable, Array(portableDropIn(for: unit, image: image).utf8), modificationTime: nil)
+                try writeNew(portable, Array(portableDropIn(for: unit, image: image, extensions: extensions).utf8),
+                             modificationTime: nil)
                 made.record(.write, portable)
                 let profileFile = joinPath(profile, "\(unit.type).conf")
                 if let status = try? fileStatus(profileFile), status.isRegular {
@@ -202,8 +216,9 @@ public enum PortableAttach {
                     }
                 }
                 let unitPath = joinPath(unitFolder, unit.name)
-                let source = joinPath(image.path, unit.pathInImage)
-                if copyMode == .symlink && !image.isDiskImage && unit.isLinkable {
+                let origin = unit.origin.flatMap { path in extensions.first { $0.path == path } } ?? image
+                let source = joinPath(origin.path, unit.pathInImage)
+                if copyMode == .symlink && !origin.isDiskImage && unit.isLinkable {
                     try makeSymbolicLink(unitPath, pointingTo: source)
                     made.record(.symlink, unitPath, source: source)
                 } else {
@@ -212,14 +227,14 @@ public enum PortableAttach {
                 }
             }
             if try makeFolderIfMissing(linkFolder) { made.recordSilently(.mkdir, linkFolder) }
-            let link = joinPath(linkFolder, fileName(of: image.path))
-            if linkFolderHoldsImage(image.path, linkFolder) == false {
-                if (try? readLink(link)) == image.path {
+            for linked in [image] + extensions where !linkFolderHoldsImage(linked.path, linkFolder) {
+                let link = joinPath(linkFolder, fileName(of: linked.path))
+                if (try? readLink(link)) == linked.path {
                     // Left by an earlier attach of the same image (the other copy of its units, or a
                     // detach killed midway): it already says what it should.
                 } else {
-                    try makeSymbolicLink(link, pointingTo: image.path)
-                    made.record(.symlink, link, source: image.path)
+                    try makeSymbolicLink(link, pointingTo: linked.path)
+                    made.record(.symlink, link, source: linked.path)
                 }
             }
         } catch {
@@ -256,7 +271,9 @@ public enum PortableAttach {
         do {
             for unit in units.sorted() {
                 let dropIns = joinPath(unitFolder, unit + ".d")
-                if let image = PortableState.markedImage(joinPath(dropIns, "20-portable.conf")) { images.insert(image) }
+                let portable = joinPath(dropIns, "20-portable.conf")
+                if let image = PortableState.markedImage(portable) { images.insert(image) }
+                images.formUnion(extensionPaths(inDropIn: portable))
                 try remove(joinPath(unitFolder, unit))
                 for file in ["10-profile.conf", "20-portable.conf"] { try remove(joinPath(dropIns, file)) }
                 do { try remove(dropIns, directory: true) } catch where error.errno == .ENOTEMPTY {
@@ -275,6 +292,20 @@ public enum PortableAttach {
     }
 
     // MARK: helpers
+
+    /// The extension images a `20-portable.conf` overlays, so detach removes their links too.
+    static func extensionPaths(inDropIn path: String) -> [String] {
+        guard let fd = try? FileDescriptor.open(path, flags: O_RDONLY | O_NOFOLLOW | O_NONBLOCK) else { return [] }
+        defer { fd.close() }
+        guard let bytes = try? fd.readToEnd(limit: 65536) else { return [] }
+        var paths: [String] = []
+        for line in String(decoding: bytes, as: UTF8.self).split(separator: "\n") {
+            for key in [extensionDirectoriesKey, extensionImagesKey] where line.hasPrefix(key + "=") {
+                paths += line.dropFirst(key.count + 1).split(separator: " ").map(String.init)
+            }
+        }
+        return paths
+    }
 
     /// Whether any unit of the image whose marker says `path` is still attached (the other of
     /// persistent and runtime): its `/etc/portables` link stays then.

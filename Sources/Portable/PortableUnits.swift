@@ -38,11 +38,15 @@ public enum PortableUnits {
         /// follow a link in the image on the host.
         public var isLinkable: Bool
 
+        /// The path of the extension image it comes from; nil when it is the image's own.
+        public var origin: String? = nil
+
         /// The unit type, `service` for `foo.service`.
         public var type: Substring { name[name.index(after: name.lastIndex(of: ".") ?? name.startIndex)...] }
 
         public static func == (a: UnitFile, b: UnitFile) -> Bool {
             a.name == b.name && a.contents == b.contents && a.pathInImage == b.pathInImage && a.isLinkable == b.isLinkable
+                && a.origin == b.origin
                 && a.modificationTime.tv_sec == b.modificationTime.tv_sec && a.modificationTime.tv_nsec == b.modificationTime.tv_nsec
         }
     }

@@ -85,8 +85,8 @@ enum Portable1Errors {
 /// inside an image is read by `PortableUnits` in the backend's inspection root, and the attached
 /// state comes from the attached units' drop-ins (`PortableState`).
 ///
-/// Attach, detach and reattach work on the files (`PortableAttach`); extensions are refused with
-/// NotSupported until they are written.
+/// Attach, detach and reattach work on the files (`PortableAttach`), with extensions overlaid
+/// (`PortableExtensions`).
 public actor Portable1Service: BusObjectHandler {
     public nonisolated let bus: Bus
     public nonisolated var unownedExecutor: UnownedSerialExecutor { bus.unownedExecutor }
@@ -164,22 +164,20 @@ public actor Portable1Service: BusObjectHandler {
             await poolUsage.refresh()
             return []
         case .attachImage:
-            return try await attach(try call.string(0), matches: try call.strings(1), profile: try call.string(2),
+            return try await attach(try call.string(0), extensions: [], matches: try call.strings(1), profile: try call.string(2),
                                     copyMode: try call.string(4), flags: try call.bool(3) ? Flags.runtime : 0)
         case .attachImageWithExtensions:
-            try Self.refuseExtensions(try call.strings(1), flags: nil)
-            return try await attach(try call.string(0), matches: try call.strings(2), profile: try call.string(3),
+            return try await attach(try call.string(0), extensions: try call.strings(1), matches: try call.strings(2), profile: try call.string(3),
                                     copyMode: try call.string(4), flags: try call.uint64(5))
         case .detachImage: return try await detach(try call.string(0), flags: try call.bool(1) ? Flags.runtime : 0)
         case .detachImageWithExtensions:
-            try Self.refuseExtensions(try call.strings(1), flags: nil)
+            try Self.validate(extensions: try call.strings(1))
             return try await detach(try call.string(0), flags: try call.uint64(2))
         case .reattachImage:
-            return try await reattach(try call.string(0), matches: try call.strings(1), profile: try call.string(2),
+            return try await reattach(try call.string(0), extensions: [], matches: try call.strings(1), profile: try call.string(2),
                                       copyMode: try call.string(4), flags: try call.bool(3) ? Flags.runtime : 0)
         case .reattachImageWithExtensions:
-            try Self.refuseExtensions(try call.strings(1), flags: nil)
-            return try await reattach(try call.string(0), matches: try call.strings(2), profile: try call.string(3),
+            return try await reattach(try call.string(0), extensions: try call.strings(1), matches: try call.strings(2), profile: try call.string(3),
                                       copyMode: try call.string(4), flags: try call.uint64(5))
         }
     }
@@ -197,22 +195,20 @@ public actor Portable1Service: BusObjectHandler {
         case .markReadOnly: return try await markReadOnly(name, try call.bool(0))
         case .setLimit: return try await setLimit(name, try call.uint64(0))
         case .attach:
-            return try await attach(name, matches: try call.strings(0), profile: try call.string(1), copyMode: try call.string(3),
+            return try await attach(name, extensions: [], matches: try call.strings(0), profile: try call.string(1), copyMode: try call.string(3),
                                     flags: try call.bool(2) ? Flags.runtime : 0)
         case .attachWithExtensions:
-            try Self.refuseExtensions(try call.strings(0), flags: nil)
-            return try await attach(name, matches: try call.strings(1), profile: try call.string(2), copyMode: try call.string(3),
+            return try await attach(name, extensions: try call.strings(0), matches: try call.strings(1), profile: try call.string(2), copyMode: try call.string(3),
                                     flags: try call.uint64(4))
         case .detach: return try await detach(name, flags: try call.bool(0) ? Flags.runtime : 0)
         case .detachWithExtensions:
-            try Self.refuseExtensions(try call.strings(0), flags: nil)
+            try Self.validate(extensions: try call.strings(0))
             return try await detach(name, flags: try call.uint64(1))
         case .reattach:
-            return try await reattach(name, matches: try call.strings(0), profile: try call.string(1), copyMode: try call.string(3),
+            return try await reattach(name, extensions: [], matches: try call.strings(0), profile: try call.string(1), copyMode: try call.string(3),
                                       flags: try call.bool(2) ? Flags.runtime : 0)
         case .reattacheWithExtensions, .reattachWithExtensions:
-            try Self.refuseExtensions(try call.strings(0), flags: nil)
-            return try await reattach(name, matches: try call.strings(1), profile: try call.string(2), copyMode: try call.string(3),
+            return try await reattach(name, extensions: try call.strings(0), matches: try call.strings(1), profile: try call.string(2), copyMode: try call.string(3),
                                       flags: try call.uint64(4))
         }
     }
@@ -246,11 +242,12 @@ public actor Portable1Service: BusObjectHandler {
     }
 
     /// AttachImage(+WithExtensions) / Image.Attach(+WithExtensions).
-    private func attach(_ nameOrPath: String, matches: [String], profile: String, copyMode: String,
+    private func attach(_ nameOrPath: String, extensions: [String], matches: [String], profile: String, copyMode: String,
                         flags: UInt64) async throws -> [BusValue] {
         try serialisedCheck(nameOrPath, flags: flags)
-        let changes = try await serialisedAttach { try await attachNow(nameOrPath, matches: matches, profile: profile,
-                                                                    copyMode: copyMode, flags: flags) }
+        let changes = try await serialisedAttach {
+            try await attachNow(nameOrPath, extensions: extensions, matches: matches, profile: profile, copyMode: copyMode, flags: flags)
+        }
         return [Self.changes(changes)]
     }
 
@@ -259,36 +256,80 @@ public actor Portable1Service: BusObjectHandler {
         try Self.checkFlags(flags)
     }
 
-    private func attachNow(_ nameOrPath: String, matches: [String], profile: String, copyMode: String,
-                           flags: UInt64) async throws -> [PortableChange] {
-        guard let mode = PortableCopyMode(rawValue: copyMode) else { throw BusError.invalidArgs("Unknown copy mode '\(copyMode)'") }
-        let root = paths.root
-        let profileFolder: String
-        do { profileFolder = try PortableAttach.profileFolder(profile, in: paths.portableProfileDirectories) }
-        catch { throw Portable1Errors.translate(error, name: nameOrPath) }
+    /// What an image and its extensions offer: read inside each (the base first, then each
+    /// extension, whose units override the base's, as its /usr is overlaid on the base's).
+    private struct Contents: Sendable {
+        var image: PortableImage
+        var osRelease: [UInt8]
+        var units: [PortableUnits.UnitFile]
+        var extensions: [(image: PortableImage, release: PortableExtensions.Release)]
+    }
+
+    private func gather(_ nameOrPath: String, extensions: [String], matches: [String], flags: UInt64) async throws -> Contents {
+        let forceExtension = flags & Flags.forceExtension != 0
+        func find(_ nameOrPath: String) throws -> Image {
+            try nameOrPath.hasPrefix("/") ? pool.imageNow(atPath: nameOrPath) : pool.imageNow(named: nameOrPath)
+        }
         let image: Image
-        let contents: (metadata: PortableMetadata, osRelease: [String: String])
+        let base: (metadata: PortableMetadata, osRelease: [String: String])
         do {
-            image = try nameOrPath.hasPrefix("/") ? pool.imageNow(atPath: nameOrPath) : pool.imageNow(named: nameOrPath)
-            contents = try await pool.inspect(nameOrPath, what: "unit files") { root in
+            image = try find(nameOrPath)
+            base = try await pool.inspect(nameOrPath, what: "unit files") { root in
                 (try PortableMetadata.read(imageRoot: root, matches: matches), try ImageMetadata.read(imageRoot: root).osRelease)
             }
         } catch {
             throw Portable1Errors.translate(error, name: nameOrPath)
         }
         let portable = PortableImage(image)
-        let path = portable.path
         if !matches.isEmpty {
-            let prefixes = PortableAttach.acceptablePrefixes(osRelease: contents.osRelease, imageName: image.name)
-            do { try PortableAttach.checkMatches(matches, prefixes: prefixes, imagePath: path) }
+            let prefixes = PortableAttach.acceptablePrefixes(osRelease: base.osRelease, imageName: image.name)
+            do { try PortableAttach.checkMatches(matches, prefixes: prefixes, imagePath: portable.path) }
             catch { throw Portable1Errors.translate(error, name: nameOrPath) }
         }
-        let units = contents.metadata.units
-        if units.isEmpty { throw BusError.invalidArgs("Couldn't find any matching unit files in image '\(path)', refusing.") }
+        var units = Dictionary(uniqueKeysWithValues: base.metadata.units.map { ($0.name, $0) })
+        var found: [(image: PortableImage, release: PortableExtensions.Release)] = []
+        for name in extensions {
+            try Portable1Errors.validateNameOrPath(name)
+            do {
+                let extensionImage = PortableImage(try find(name))
+                let (release, extensionUnits) = try await pool.inspect(name, what: "extension") { root in
+                    (try PortableExtensions.release(imageRoot: root, name: extensionImage.name, force: forceExtension),
+                     try PortableUnits.read(imageRoot: root, matches: matches))
+                }
+                if !forceExtension {
+                    try PortableExtensions.check(release, extension: extensionImage.name, imageOSRelease: base.osRelease,
+                                                 imagePath: portable.path)
+                }
+                for var unit in extensionUnits {
+                    unit.origin = extensionImage.path
+                    units[unit.name] = unit
+                }
+                found.append((extensionImage, release))
+            } catch {
+                throw Portable1Errors.translate(error, name: name)
+            }
+        }
+        let sorted = units.values.sorted { $0.name < $1.name }
+        if sorted.isEmpty {
+            throw BusError.invalidArgs("Couldn't find any matching unit files in image '\(portable.path)', refusing.")
+        }
+        return Contents(image: portable, osRelease: base.metadata.osRelease, units: sorted, extensions: found)
+    }
+
+    private func attachNow(_ nameOrPath: String, extensions: [String], matches: [String], profile: String, copyMode: String,
+                           flags: UInt64) async throws -> [PortableChange] {
+        guard let mode = PortableCopyMode(rawValue: copyMode) else { throw BusError.invalidArgs("Unknown copy mode '\(copyMode)'") }
+        let root = paths.root
+        let profileFolder: String
+        do { profileFolder = try PortableAttach.profileFolder(profile, in: paths.portableProfileDirectories) }
+        catch { throw Portable1Errors.translate(error, name: nameOrPath) }
+        let contents = try await gather(nameOrPath, extensions: extensions, matches: matches, flags: flags)
         let runtime = flags & Flags.runtime != 0
+        let image = contents.image, units = contents.units, overlays = contents.extensions.map(\.image)
         do {
             return try await Blocking.run {
-                try PortableAttach.attach(portable, units: units, profile: profileFolder, runtime: runtime, copyMode: mode, root: root)
+                try PortableAttach.attach(image, extensions: overlays, units: units, profile: profileFolder, runtime: runtime,
+                                          copyMode: mode, root: root)
             }
         } catch {
             throw Portable1Errors.translate(error, name: nameOrPath)
@@ -312,7 +353,7 @@ public actor Portable1Service: BusObjectHandler {
     /// of any version of it (`foo_1.0` when reattaching `foo_2.0`: an upgrade), are detached and
     /// attached again from the image given, in one step no other attach can come between. Returns the units' changes gone and made. Works by name (252 loses the image
     /// then: it resolves the name to the /etc/portables link, deletes it, and cannot find it).
-    private func reattach(_ nameOrPath: String, matches: [String], profile: String, copyMode: String,
+    private func reattach(_ nameOrPath: String, extensions: [String], matches: [String], profile: String, copyMode: String,
                           flags: UInt64) async throws -> [BusValue] {
         try serialisedCheck(nameOrPath, flags: flags)
         let root = paths.root, runtime = flags & Flags.runtime != 0
@@ -327,7 +368,8 @@ public actor Portable1Service: BusObjectHandler {
                 }
             }
             catch { throw Portable1Errors.translate(error, name: nameOrPath) }
-            let made = try await attachNow(nameOrPath, matches: matches, profile: profile, copyMode: copyMode, flags: flags)
+            let made = try await attachNow(nameOrPath, extensions: extensions, matches: matches, profile: profile,
+                                           copyMode: copyMode, flags: flags)
             return (removed, made)
         }
         return [Self.changes(removed), Self.changes(made)]
@@ -357,25 +399,17 @@ public actor Portable1Service: BusObjectHandler {
     /// os-release as it is, and the matching unit files. No matching unit is an error, as in 252.
     private func metadata(_ nameOrPath: String, extensions: [String], matches: [String], flags: UInt64? = nil) async throws -> [BusValue] {
         try Portable1Errors.validateNameOrPath(nameOrPath)
-        try Self.refuseExtensions(extensions, flags: flags)
-        let found: (path: String, metadata: PortableMetadata)
-        do {
-            let path = try nameOrPath.hasPrefix("/") ? pool.imageNow(atPath: nameOrPath).path : pool.imageNow(named: nameOrPath).path
-            let metadata = try await pool.inspect(nameOrPath, what: "unit files") { root in
-                try PortableMetadata.read(imageRoot: root, matches: matches)
-            }
-            found = (path, metadata)
-        } catch {
-            throw Portable1Errors.translate(error, name: nameOrPath)
-        }
-        if found.metadata.units.isEmpty {
-            throw BusError.invalidArgs("Couldn't find any matching unit files in image '\(found.path)', refusing.")
-        }
-        let units = BusValue.dictionary(key: "s", value: "ay", found.metadata.units.map {
+        if let flags { try Self.checkFlags(flags) }
+        let contents = try await gather(nameOrPath, extensions: extensions, matches: matches, flags: flags ?? 0)
+        let units = BusValue.dictionary(key: "s", value: "ay", contents.units.map {
             BusValue.DictEntry(.string($0.name), .bytes($0.contents))
         })
-        var reply: [BusValue] = [.string(found.path), .bytes(found.metadata.osRelease)]
-        if flags != nil { reply.append(.dictionary(key: "s", value: "ay", [])) }
+        var reply: [BusValue] = [.string(contents.image.path), .bytes(contents.osRelease)]
+        if flags != nil {
+            reply.append(.dictionary(key: "s", value: "ay", contents.extensions.map {
+                BusValue.DictEntry(.string($0.image.path), .bytes($0.release.contents))
+            }))
+        }
         reply.append(units)
         return reply
     }
@@ -383,7 +417,8 @@ public actor Portable1Service: BusObjectHandler {
     /// GetImageState(+WithExtensions) / Image.GetState(+WithExtensions), from the attached files.
     private func getState(_ nameOrPath: String, extensions: [String], flags: UInt64? = nil) async throws -> [BusValue] {
         try Portable1Errors.validateNameOrPath(nameOrPath)
-        try Self.refuseExtensions(extensions, flags: flags)
+        try Self.validate(extensions: extensions)
+        if let flags { try Self.checkFlags(flags) }
         return [.string(await state(of: nameOrPath))]
     }
 
@@ -450,10 +485,10 @@ public actor Portable1Service: BusObjectHandler {
         }
     }
 
-    /// Extensions come with attaching; until then they are refused rather than ignored.
-    private static func refuseExtensions(_ extensions: [String], flags: UInt64?) throws(BusError) {
-        if !extensions.isEmpty { throw BusError.notSupported("Portable extensions are not implemented yet in berthd.") }
-        if let flags, flags != 0 { throw BusError.invalidArgs("Invalid 'flags' parameter '\(flags)'") }
+    /// The extensions of a call that only names them (state, detach: the units are found by the
+    /// image's marker), checked as names or paths.
+    private static func validate(extensions: [String]) throws(BusError) {
+        for name in extensions { try Portable1Errors.validateNameOrPath(name) }
     }
 
     // MARK: properties and objects

@@ -226,6 +226,73 @@ struct Portable1AttachTests {
         #expect(host.attachedTree() == tree)
     }
 
+    /// Writes an extension folder `name` under the pool: a unit `unit` and, unless nil, the
+    /// extension-release file `releaseName` with `release`.
+    private func makeExtension(_ host: Host, _ name: String, unit: String, releaseName: String?, release: String) throws {
+        var files = ["usr/lib/systemd/system/\(unit)": "[Service]\nExecStart=/usr/bin/\(unit)\n"]
+        if let releaseName { files["usr/lib/extension-release.d/extension-release.\(releaseName)"] = release }
+        try host.write(files, in: host.root + "/var/lib/portables/\(name)")
+    }
+
+    @Test func extensionsAddTheirUnitsOverlaidAndMustMatchTheImage() throws {
+        let host = try Host()
+        defer { host.stop() }
+        // A versioned extension: foo-ext_1 carries extension-release.foo-ext.
+        try makeExtension(host, "foo-ext_1", unit: "foo-ext.service", releaseName: "foo-ext", release: "ID=debian\nVERSION_ID=12\n")
+        let attached = try host.portablectl(["attach", "--extension", "foo-ext_1", "foo_1.0"])
+        #expect(attached.succeeded, "\(attached.stderr)")
+        let tree = host.attachedTree()
+        let extensionDropIn = try #require(tree.first { $0.hasPrefix("etc/systemd/system.attached/foo-ext.service.d/20-portable.conf: ") })
+        #expect(extensionDropIn.contains("RootDirectory=/var/lib/portables/foo_1.0\nExtensionDirectories=/var/lib/portables/foo-ext_1\n"),
+                "\(extensionDropIn)")
+        // The image's own units run without the extension.
+        let ownDropIn = try #require(tree.first { $0.hasPrefix("etc/systemd/system.attached/foo.service.d/20-portable.conf: ") })
+        #expect(!ownDropIn.contains("Extension"))
+        #expect(tree.contains("etc/portables/foo-ext_1 -> /var/lib/portables/foo-ext_1"), "\(tree)")
+        #expect(tree.contains("etc/portables/foo_1.0 -> /var/lib/portables/foo_1.0"))
+
+        // The metadata lists each extension's release file by its path.
+        let metadata = try run(["busctl", "--address=\(host.bus.address)", "--json=short", "call", "org.freedesktop.portable1",
+                                "/org/freedesktop/portable1", "org.freedesktop.portable1.Manager", "GetImageMetadataWithExtensions",
+                                "sasast", "foo_1.0", "1", "foo-ext_1", "0", "0"], check: true)
+        let reply = try #require(try JSONSerialization.jsonObject(with: Data(metadata.stdout.utf8)) as? [String: Any])
+        let data = try #require(reply["data"] as? [Any])
+        let extensions = try #require(data[2] as? [String: [Int]])
+        #expect(extensions["\(host.root)/var/lib/portables/foo-ext_1"].map { String(decoding: $0.map(UInt8.init), as: UTF8.self) }
+                == "ID=debian\nVERSION_ID=12\n")
+        #expect((data[3] as? [String: Any])?.keys.sorted() == ["foo-ext.service", "foo.service", "foo.socket"])
+
+        let detached = try host.portablectl(["detach", "--extension", "foo-ext_1", "foo_1.0"])
+        #expect(detached.succeeded, "\(detached.stderr)")
+        #expect(host.attachedTree() == ["etc/portables"])
+    }
+
+    @Test func extensionsForAnotherImageOrWithoutAReleaseAreRefused() throws {
+        let host = try Host()
+        defer { host.stop() }
+        try makeExtension(host, "foo-other", unit: "foo-other.service", releaseName: "foo-other", release: "ID=fedora\n")
+        try makeExtension(host, "foo-old", unit: "foo-old.service", releaseName: "foo-old", release: "ID=debian\nVERSION_ID=11\n")
+        try makeExtension(host, "foo-any", unit: "foo-any.service", releaseName: "foo-any", release: "ID=_any\n")
+        try makeExtension(host, "foo-none", unit: "foo-none.service", releaseName: nil, release: "")
+        try makeExtension(host, "foo-misnamed", unit: "foo-misnamed.service", releaseName: "elsewhere", release: "ID=debian\n")
+        for (name, message) in [("foo-other", "is for ID=fedora"), ("foo-old", "is for VERSION_ID=11"),
+                                ("foo-none", "has no usr/lib/extension-release.d/extension-release.foo-none"),
+                                ("foo-misnamed", "has no usr/lib/extension-release.d/extension-release.foo-misnamed")] {
+            let r = try host.portablectl(["attach", "--extension", name, "foo_1.0"])
+            #expect(!r.succeeded && r.stderr.contains(message), "\(name): \(r.stderr)")
+            #expect(host.attachedTree().isEmpty, "\(name) left \(host.attachedTree())")
+        }
+        // _any extends every image.
+        #expect(try host.portablectl(["attach", "--extension", "foo-any", "foo_1.0"]).succeeded)
+        #expect(try host.portablectl(["detach", "--extension", "foo-any", "foo_1.0"]).succeeded)
+        // FORCE_EXTENSION (portablectl --force) accepts a release file of another name and does not
+        // compare it; none at all is still refused.
+        #expect(try host.portablectl(["attach", "--force", "--extension", "foo-misnamed", "foo_1.0"]).succeeded)
+        #expect(try host.portablectl(["detach", "--force", "--extension", "foo-misnamed", "foo_1.0"]).succeeded)
+        #expect(!(try host.portablectl(["attach", "--force", "--extension", "foo-none", "foo_1.0"])).succeeded)
+        #expect(host.attachedTree() == ["etc/portables"])
+    }
+
     /// A disk image made by `tool` from a folder with the image's files; nil where the tool is missing.
     private func diskImage(_ host: Host, _ name: String, _ make: (String, String) -> [String]) throws -> String {
         let tree = host.root + "/tree-" + name
