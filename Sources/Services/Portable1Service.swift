@@ -56,6 +56,8 @@ enum Portable1Errors {
     /// What an image member throws, as portabled replies it.
     static func translate(_ error: any Error, name: String) -> BusError {
         if let e = error as? PortableError { return translate(e, name: name) }
+        // A refusal from inside an image (an extension's release file) reaches us wrapped by the pool.
+        if let e = error as? PoolError, let inner = e.cause as? PortableError { return translate(inner, name: name) }
         guard let e = error as? PoolError else { return ErrorMapping.busError(error) }
         switch e.code {
         case .noSuchImage where name.hasPrefix("/"): return Machine1Errors.errno(.ENOENT)
@@ -261,6 +263,7 @@ public actor Portable1Service: BusObjectHandler {
     private struct Contents: Sendable {
         var image: PortableImage
         var osRelease: [UInt8]
+        var osReleaseFields: [String: String]
         var units: [PortableUnits.UnitFile]
         var extensions: [(image: PortableImage, release: PortableExtensions.Release)]
     }
@@ -281,11 +284,6 @@ public actor Portable1Service: BusObjectHandler {
             throw Portable1Errors.translate(error, name: nameOrPath)
         }
         let portable = PortableImage(image)
-        if !matches.isEmpty {
-            let prefixes = PortableAttach.acceptablePrefixes(osRelease: base.osRelease, imageName: image.name)
-            do { try PortableAttach.checkMatches(matches, prefixes: prefixes, imagePath: portable.path) }
-            catch { throw Portable1Errors.translate(error, name: nameOrPath) }
-        }
         var units = Dictionary(uniqueKeysWithValues: base.metadata.units.map { ($0.name, $0) })
         var found: [(image: PortableImage, release: PortableExtensions.Release)] = []
         for name in extensions {
@@ -313,7 +311,8 @@ public actor Portable1Service: BusObjectHandler {
         if sorted.isEmpty {
             throw BusError.invalidArgs("Couldn't find any matching unit files in image '\(portable.path)', refusing.")
         }
-        return Contents(image: portable, osRelease: base.metadata.osRelease, units: sorted, extensions: found)
+        return Contents(image: portable, osRelease: base.metadata.osRelease, osReleaseFields: base.osRelease, units: sorted,
+                        extensions: found)
     }
 
     private func attachNow(_ nameOrPath: String, extensions: [String], matches: [String], profile: String, copyMode: String,
@@ -324,6 +323,13 @@ public actor Portable1Service: BusObjectHandler {
         do { profileFolder = try PortableAttach.profileFolder(profile, in: paths.portableProfileDirectories) }
         catch { throw Portable1Errors.translate(error, name: nameOrPath) }
         let contents = try await gather(nameOrPath, extensions: extensions, matches: matches, flags: flags)
+        if !matches.isEmpty {
+            // Attach only: GetImageMetadata takes any prefix, as in 252.
+            let prefixes = PortableAttach.acceptablePrefixes(osRelease: contents.osReleaseFields, imageName: contents.image.name)
+            do { try PortableAttach.checkMatches(matches, prefixes: prefixes, imagePath: contents.image.path) }
+            catch { throw Portable1Errors.translate(error, name: nameOrPath) }
+        }
+        try await refuseRunning(contents.units.map(\.name), flags: flags, doing: "attach")
         let runtime = flags & Flags.runtime != 0
         let image = contents.image, units = contents.units, overlays = contents.extensions.map(\.image)
         do {
@@ -369,8 +375,10 @@ public actor Portable1Service: BusObjectHandler {
             }
             catch { throw Portable1Errors.translate(error, name: nameOrPath) }
             let made = try await attachNow(nameOrPath, extensions: extensions, matches: matches, profile: profile,
-                                           copyMode: copyMode, flags: flags)
-            return (removed, made)
+                                           copyMode: copyMode, flags: flags | Flags.forceAttach)
+            // What went and did not come back: a path made again is an update, not a removal.
+            let remade = Set(made.map(\.path))
+            return (removed.filter { !remade.contains($0.path) }, made)
         }
         return [Self.changes(removed), Self.changes(made)]
     }
@@ -443,14 +451,15 @@ public actor Portable1Service: BusObjectHandler {
         return "attached" + suffix
     }
 
-    /// With systemd on the bus, refuses while a unit of the image runs (unless forced): a running
-    /// unit's files are not pulled from under it.
-    private func refuseRunning(_ units: [String], flags: UInt64) async throws {
+    /// With systemd on the bus, refuses while one of `units` runs (unless forced): a running
+    /// unit's files are not pulled from under it, nor is a running unit of the same name
+    /// shadowed by an attach.
+    private func refuseRunning(_ units: [String], flags: UInt64, doing what: String = "detach") async throws {
         guard flags & Flags.forceAttach == 0 else { return }
         let systemd = Systemd1(bus: bus)
         guard await systemd.isPresent() else { return }
         for unit in units where await systemd.isRunning(unit) {
-            throw BusError(name: "org.freedesktop.systemd1.UnitBusy", message: "Unit file '\(unit)' is active, can't detach.")
+            throw BusError(name: "org.freedesktop.systemd1.UnitBusy", message: "Unit file '\(unit)' is active, can't \(what).")
         }
     }
 

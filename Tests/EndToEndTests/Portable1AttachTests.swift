@@ -260,7 +260,8 @@ struct Portable1AttachTests {
         let extensions = try #require(data[2] as? [String: [Int]])
         #expect(extensions["\(host.root)/var/lib/portables/foo-ext_1"].map { String(decoding: $0.map(UInt8.init), as: UTF8.self) }
                 == "ID=debian\nVERSION_ID=12\n")
-        #expect((data[3] as? [String: Any])?.keys.sorted() == ["foo-ext.service", "foo.service", "foo.socket"])
+        // No matches: every unit of the image and of the extension.
+        #expect((data[3] as? [String: Any])?.keys.sorted() == ["bar.service", "foo-ext.service", "foo.service", "foo.socket"])
 
         let detached = try host.portablectl(["detach", "--extension", "foo-ext_1", "foo_1.0"])
         #expect(detached.succeeded, "\(detached.stderr)")
