@@ -147,7 +147,7 @@ public struct PortableScopeOptions: ParsableArguments {
     @Flag(help: "Skip the check that the image's units are not running (portablectl's --force).")
     public var force = false
 
-    @Option(name: .customLong("extension"), help: "An extension image to overlay (repeatable; berthd refuses extensions for now).")
+    @Option(name: .customLong("extension"), help: "An extension image to overlay on the image's /usr (repeatable).")
     public var extensions: [String] = []
 
     public init() {}
@@ -183,6 +183,17 @@ public struct PortableAttachOptions: ParsableArguments {
 
     /// The `copy_mode` argument: `""` for auto (checked by `validate`).
     var copyMode: String { copy == "auto" ? PortableCopyMode.standard.rawValue : copy }
+
+    /// AttachImage or ReattachImage (`plain`), or their …WithExtensions forms (`withExtensions`)
+    /// when `scope` asks for them, with the arguments both take, in each form's order.
+    func call(_ plain: Portable1Manager.Method, _ withExtensions: Portable1Manager.Method, image: String, matches: [String],
+              scope: PortableScopeOptions) throws -> (Portable1Manager.Method, [BusValue]) {
+        if scope.withExtensions {
+            return (withExtensions, [.string(image), .strings(try scope.resolvedExtensions()), .strings(matches), .string(profile),
+                                     .string(copyMode), .uint64(scope.flags)])
+        }
+        return (plain, [.string(image), .strings(matches), .string(profile), .boolean(scope.runtime), .string(copyMode)])
+    }
 }
 
 /// Prints changes as portablectl does.
@@ -295,15 +306,10 @@ extension PortableCommand {
 
         public func run() throws {
             try reporting {
-                let name = try PortableArguments.image(image)
-                let extensions = try scope.resolvedExtensions()
                 let matches = try PortableArguments.matches(image: image, prefixes, allowAll: false)
-                let client = try Portable1Client(global)
-                let reply = scope.withExtensions
-                    ? try client.manager(.attachImageWithExtensions, [.string(name), .strings(extensions), .strings(matches),
-                                                                      .string(attach.profile), .string(attach.copyMode), .uint64(scope.flags)])
-                    : try client.manager(.attachImage, [.string(name), .strings(matches), .string(attach.profile),
-                                                        .boolean(scope.runtime), .string(attach.copyMode)])
+                let (member, arguments) = try attach.call(.attachImage, .attachImageWithExtensions, image: try PortableArguments.image(image),
+                                                          matches: matches, scope: scope)
+                let reply = try Portable1Client(global).manager(member, arguments)
                 let changes = PortableChangeRow.list(reply.first)
                 if global.json { print(try jsonLine(changes)) } else { printChanges(changes) }
             }
@@ -355,15 +361,10 @@ extension PortableCommand {
 
         public func run() throws {
             try reporting {
-                let name = try PortableArguments.image(image)
-                let extensions = try scope.resolvedExtensions()
                 let matches = try PortableArguments.matches(image: image, prefixes, allowAll: false)
-                let client = try Portable1Client(global)
-                let reply = scope.withExtensions
-                    ? try client.manager(.reattachImageWithExtensions, [.string(name), .strings(extensions), .strings(matches),
-                                                                        .string(attach.profile), .string(attach.copyMode), .uint64(scope.flags)])
-                    : try client.manager(.reattachImage, [.string(name), .strings(matches), .string(attach.profile),
-                                                          .boolean(scope.runtime), .string(attach.copyMode)])
+                let (member, arguments) = try attach.call(.reattachImage, .reattachImageWithExtensions,
+                                                          image: try PortableArguments.image(image), matches: matches, scope: scope)
+                let reply = try Portable1Client(global).manager(member, arguments)
                 let changes = Changes(removed: PortableChangeRow.list(reply.first), updated: PortableChangeRow.list(reply.dropFirst().first))
                 if global.json {
                     print(try jsonLine(changes))

@@ -323,6 +323,9 @@ public enum TransferVerb {
                 display.show(progress >= 0 ? progress : nil)
             }
         }
+        // A transfer that ended "done" got all the way: its last poll (every 0.5 s) may have caught
+        // it short of that, so the bar is drawn full once before it goes.
+        if result == "done" { display.show(1) }
         display.clear()
         let outcome = result ?? "failed"
         if global.json { print(try TransferOutcome(id: id, path: path.rawValue, local: local, result: outcome).json()) }

@@ -8,16 +8,19 @@ import TestSupport
 @Suite(.serialized, .enabled(if: BootedSystemd.skipReason == nil || Privileges.underCI,
                              Comment(rawValue: BootedSystemd.skipReason ?? "")))
 struct BootedSystemdTests {
-    @Test func distInstallsBerthdAsTheSystemsImageServices() throws {
+    /// A booted system `name` with this build installed by dist/install.sh (the repository and the
+    /// build folder bind-mounted read-only) and berthd.service enabled and started.
+    static func systemWithBerthd(_ name: String) throws -> (BootedSystemd, CommandResult) {
         let repo = BootedSystemd.packageRoot().path
         let bin = URL(fileURLWithPath: try BerthdProcess.binaryPath("berthd")).deletingLastPathComponent().path
-        let system = try BootedSystemd(name: "berth-dist", readOnlyBinds: [repo, bin])
+        let system = try BootedSystemd(name: name, readOnlyBinds: [repo, bin])
+        let install = try system.shell("cd '\(repo)' && dist/install.sh --bin '\(bin)' && systemctl enable --now berthd.service")
+        return (system, install)
+    }
+
+    @Test func distInstallsBerthdAsTheSystemsImageServices() throws {
+        let (system, enable) = try Self.systemWithBerthd("berth-dist")
         defer { system.stop() }
-
-        let install = try system.shell("cd '\(repo)' && dist/install.sh --bin '\(bin)'")
-        #expect(install.succeeded, "install.sh: \(install.stdout)\(install.stderr)")
-
-        let enable = try system.shell("systemctl enable --now berthd.service")
         #expect(enable.succeeded, "enable: \(enable.stderr)")
         // Type=notify: active only once berthd said READY=1, with its own pid as the main one.
         let shown = try system.shell("systemctl show -p ActiveState -p SubState -p Type -p MainPID berthd.service").stdout
@@ -62,11 +65,8 @@ struct BootedSystemdTests {
     }
 
     @Test func anAttachedPortableServiceRunsChrootedInItsImage() throws {
-        let repo = BootedSystemd.packageRoot().path
-        let bin = URL(fileURLWithPath: try BerthdProcess.binaryPath("berthd")).deletingLastPathComponent().path
-        let system = try BootedSystemd(name: "berth-portable", readOnlyBinds: [repo, bin])
+        let (system, install) = try Self.systemWithBerthd("berth-portable")
         defer { system.stop() }
-        let install = try system.shell("cd '\(repo)' && dist/install.sh --bin '\(bin)' && systemctl enable --now berthd.service")
         #expect(install.succeeded, "install: \(install.stdout)\(install.stderr)")
 
         // A portable image with just enough to run: sleep and the C library it links, taken
