@@ -459,7 +459,8 @@ public actor Portable1Service: BusObjectHandler {
         let systemd = Systemd1(bus: bus)
         guard await systemd.isPresent() else { return }
         for unit in units where await systemd.isRunning(unit) {
-            throw BusError(name: "org.freedesktop.systemd1.UnitBusy", message: "Unit file '\(unit)' is active, can't \(what).")
+            // 252's name and words (measured under a booted 252).
+            throw BusError(name: "org.freedesktop.systemd1.UnitExists", message: "Unit file '\(unit)' is active, can't \(what).")
         }
     }
 
@@ -487,10 +488,13 @@ public actor Portable1Service: BusObjectHandler {
         return []
     }
 
+    /// Refuses to `what` an image whose units are attached, with 252's error (System.Error.EBUSY,
+    /// "Image '<path>' is not detached, refusing.", measured under a booted 252).
     private func refuseAttached(_ name: String, _ what: String) throws(BusError) {
         try Portable1Errors.validateNameOrPath(name)
         if PortableState.fileState(of: name, root: paths.root) != .detached {
-            throw BusError(errno: .EBUSY, "Image '\(name)' is attached: detach it before you \(what) it.")
+            let path = (try? name.hasPrefix("/") ? pool.imageNow(atPath: name) : pool.imageNow(named: name))?.path ?? name
+            throw BusError(errno: .EBUSY, "Image '\(path)' is not detached, refusing.")
         }
     }
 
