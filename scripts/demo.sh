@@ -9,7 +9,8 @@ bin=$(swift build --show-bin-path)
 demo=$(pwd)/demo-root
 # A fresh pool each time (an interrupted run may have left an immutable read-only image).
 if [ -d "$demo" ]; then chattr -R -i "$demo" 2>/dev/null || true; rm -rf "$demo"; fi
-mkdir -p "$demo/var/lib/machines"
+mkdir -p "$demo/var/lib"
+mkdir -m 0700 "$demo/var/lib/machines"  # private, as systemd makes it (berthd warns otherwise)
 . scripts/private-bus.sh
 address=$(start_private_bus "$demo/run/dbus")
 bus_pid=$(cat "$demo/run/dbus/pid")
@@ -58,5 +59,17 @@ printf '\n# a truncated archive is refused and leaves nothing behind:\n'
 head -c 100 "$demo/demo.tar.gz" > "$demo/broken.tar.gz"
 step b import-tar "$demo/broken.tar.gz" broken
 step b list-images
+# portable1: a portable service image, inspected, attached (unit files and drop-ins written under
+# demo-root/etc; nothing is started: there is no systemd here) and detached again.
+printf '\n# portable1: attach a portable service image with one of Berth'"'"'s profiles\n'
+mkdir -p "$demo/usr/lib/systemd/portable" "$demo/var/lib/portables/hello_1.0/usr/lib/systemd/system"
+cp -a dist/portable-profiles "$demo/usr/lib/systemd/portable/profile"
+printf 'ID=debian\nVERSION_ID=12\nPORTABLE_PREFIXES=hello\n' > "$demo/var/lib/portables/hello_1.0/usr/lib/os-release"
+printf '[Service]\nExecStart=/usr/bin/hello\n' > "$demo/var/lib/portables/hello_1.0/usr/lib/systemd/system/hello.service"
+step b portable inspect --cat hello_1.0
+step b portable attach --profile strict hello_1.0
+step cat "$demo/etc/systemd/system.attached/hello.service.d/20-portable.conf"
+step b portable list
+step b portable detach hello_1.0
 printf '\nStopping berthd (SIGTERM)...\n'
 kill "$berthd_pid"; wait "$berthd_pid" && echo "berthd exited 0"
