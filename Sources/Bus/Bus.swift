@@ -574,7 +574,9 @@ final class CallMessage: @unchecked Sendable {
     /// The arguments, decoded within `DecodeBudget.methodCall` the first time.
     func arguments() throws(BusError) -> [BusValue] {
         if let decoded { return try decoded.get() }
-        precondition(loop.isCurrent, "a method call's arguments are read on the bus thread only")
+        // sd-bus is not thread-safe: decoding elsewhere would race the loop. A handler that got
+        // here off the bus thread is a bug, answered as a failed call rather than a crashed daemon.
+        guard loop.isCurrent else { throw BusError.failed("a method call's arguments are read on the bus thread only") }
         guard let pointer else { throw BusError.failed("the call was already answered") }
         var budget = DecodeBudget.methodCall
         let result: Result<[BusValue], BusError>
