@@ -40,6 +40,8 @@ let package = Package(
                 path: "Sources/Backends/RawLoop", linkerSettings: [.linkedLibrary("z")]),
         .target(name: "DirectoryBackend", dependencies: ["PoolAPI", "Linux", "FileTree"],
                 path: "Sources/Backends/Directory"),
+        // machine1's machine registry: machines, their names, their files under /run/berth.
+        .target(name: "Machines", dependencies: ["Linux"]),
         // portable1's logic over the portable image pool: unit files of images, attached state.
         .target(name: "Portable", dependencies: ["PoolAPI", "Linux"]),
         // The backend conformance suite, as a library vendors call from their own tests.
@@ -62,7 +64,7 @@ let package = Package(
         .target(name: "Bus", dependencies: ["CSystemd", "Linux", .product(name: "Logging", package: "swift-log")]),
         // One harness per bus API, logic in actors behind them.
         .target(name: "Services", dependencies: [
-            "Bus", "PoolAPI", "Portable", "Linux", "Transfer",
+            "Bus", "PoolAPI", "Portable", "Machines", "Linux", "Transfer",
             .product(name: "Logging", package: "swift-log"),
         ]),
         // berthctl's commands, as a library tests can call.

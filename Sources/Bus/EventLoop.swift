@@ -160,6 +160,45 @@ public final class EventLoop: SerialExecutor, @unchecked Sendable {
         precondition(isCurrent, "\(name): not on the bus loop thread")
     }
 
+    /// A file descriptor the loop watches (`watchReadable`); `cancel()` stops watching.
+    public final class Watch: @unchecked Sendable {
+        // Touched on the loop thread only (made, fired and cancelled there).
+        fileprivate var source: OpaquePointer?
+        fileprivate let onReadable: () -> Void
+        fileprivate init(_ onReadable: @escaping () -> Void) { self.onReadable = onReadable }
+
+        /// Stops watching (sd_event_source_disable_unref); on the loop thread.
+        public func cancel() {
+            if let source { sd_event_source_disable_unref(source) }
+            source = nil
+        }
+    }
+
+    /// Calls `onReadable` on the loop thread when `fd` becomes readable (sd_event_add_io), for
+    /// until the returned watch is cancelled (it keeps itself alive until then): a pidfd of a process that exits,
+    /// for one. The caller keeps `fd` open meanwhile. Only on the loop thread.
+    public func watchReadable(_ fd: Int32, _ onReadable: @escaping () -> Void) throws(SystemCallError) -> Watch {
+        checkIsolated()
+        let watch = Watch(onReadable)
+        let box = Unmanaged.passRetained(watch)
+        var source: OpaquePointer? = nil
+        let r = sd_event_add_io(loopEvent, &source, fd, UInt32(EPOLLIN.rawValue), { _, _, _, userdata in
+            guard let userdata else { return 0 }
+            Unmanaged<Watch>.fromOpaque(userdata).takeUnretainedValue().onReadable()
+            return 0
+        }, box.toOpaque())
+        guard r >= 0, let source else {
+            box.release()
+            throw SystemCallError("sd_event_add_io", Errno(-r))
+        }
+        // The source owns one reference to the watch, released when the source goes.
+        sd_event_source_set_destroy_callback(source) { userdata in
+            if let userdata { Unmanaged<Watch>.fromOpaque(userdata).release() }
+        }
+        watch.source = source
+        return watch
+    }
+
     /// Runs `body` on the loop thread and returns its result (for setup code outside any actor).
     public func run<T: Sendable>(_ body: @escaping @Sendable () throws -> T) async throws -> T {
         try await LoopRunner(loop: self).run(body)

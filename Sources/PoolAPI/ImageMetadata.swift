@@ -64,7 +64,7 @@ public struct ImageMetadata: Sendable, Equatable {
     }
 
     /// 32 hex digits (plain form); anything else, "uninitialized" included, is no ID.
-    static func parseMachineID(_ text: String) -> [UInt8] {
+    public static func parseMachineID(_ text: String) -> [UInt8] {
         let t = text.trimmingWhitespace()
         guard t.utf8.count == 32 else { return [] }
         var bytes: [UInt8] = []

@@ -1,5 +1,7 @@
 import Bus
+import Glibc
 import Linux
+import Machines
 import PoolAPI
 
 extension Machine1Manager.Method {
@@ -63,7 +65,7 @@ extension Machine1Machine.Method {
 public actor Machine1Service: BusObjectHandler {
     public nonisolated let bus: Bus
     public nonisolated var unownedExecutor: UnownedSerialExecutor { bus.unownedExecutor }
-    private let paths: ServicePaths
+    let paths: ServicePaths
     private let info: DaemonInfo
     private let pool: ImagePool
     private let harness = Harness()
@@ -73,6 +75,11 @@ public actor Machine1Service: BusObjectHandler {
     private let imageNames: ImageNameListing
     /// The last image lookup and the message it was made for (`imageForCurrentMessage`).
     private var lookupMemo: (request: RequestID, name: String, image: Image?)?
+    /// The registered machines by name, each with the pidfd of its leader and the loop's watch on it.
+    var machines: [String: RegisteredMachine] = [:]
+    /// The registry's files under ROOT/run/berth/machines.
+    let machineStore: MachineStore
+    let controlGroups = ControlGroups()
 
     /// Parent of the image objects: `/org/freedesktop/machine1/image/<escaped name>`.
     public static let imagePrefix: ObjectPath = "/org/freedesktop/machine1/image"
@@ -92,6 +99,7 @@ public actor Machine1Service: BusObjectHandler {
         self.pool = pool
         poolUsage = PoolUsageCache(pool: pool)
         imageNames = ImageNameListing(pool: pool)
+        machineStore = MachineStore(root: paths.root)
     }
 
     /// Exports the manager object (with `io.berth.Daemon`) and the image and machine subtrees.
@@ -101,6 +109,7 @@ public actor Machine1Service: BusObjectHandler {
         try await bus.exportSubtree([Machine1Machine.interface], under: Machine1Service.machinePrefix, handler: self)
         // The first measurement, so the first read of PoolUsage has a value to answer with.
         _ = poolUsage.current()
+        restoreMachines()
     }
 
     /// GetImage, answered on the bus thread as machined does: a lookup is a few statx calls,
@@ -167,6 +176,10 @@ public actor Machine1Service: BusObjectHandler {
             do { try await pool.setPoolLimit(bytes) } catch { throw Machine1Errors.translate(error, name: "") }
             await poolUsage.refresh()
             return []
+        case .getMachine, .getMachineByPID, .listMachines, .createMachine, .createMachineWithNetwork, .registerMachine,
+             .registerMachineWithNetwork, .unregisterMachine, .terminateMachine, .killMachine, .getMachineOSRelease,
+             .getMachineUIDShift:
+            return try await machineManager(method, call)
         case .cleanPool:
             let mode = try call.string(0)
             guard let cleanMode = ImagePool.CleanMode(rawValue: mode) else {
@@ -285,9 +298,8 @@ public actor Machine1Service: BusObjectHandler {
     }
 
     private func machine(_ method: Machine1Machine.Method, _ call: MethodCall) async throws -> [BusValue] {
-        switch method {
-        default: throw Harness.notImplemented(call)
-        }
+        guard let name = call.path.unescapedName(under: Self.machinePrefix) else { throw Harness.unknownObject(call.path) }
+        return try await machineObject(name, method, call)
     }
 
     public func property(_ name: String, interface: String, path: ObjectPath) throws -> BusValue {
@@ -306,8 +318,10 @@ public actor Machine1Service: BusObjectHandler {
             guard let imageName = path.unescapedName(under: Self.imagePrefix),
                   let image = imageForCurrentMessage(imageName) else { throw Harness.unknownObject(path) }
             return try Self.imageProperty(name, of: image)
+        case Machine1Machine.name:
+            guard let machineName = path.unescapedName(under: Self.machinePrefix) else { throw Harness.unknownObject(path) }
+            return try machineProperty(name, of: machineName)
         default:
-            // No machine objects exist yet (objectExists says so), so sd-bus never asks.
             throw Harness.unknownObject(path)
         }
     }
@@ -332,6 +346,7 @@ public actor Machine1Service: BusObjectHandler {
     /// sd-bus's find callback: an image object exists while the pool has the image (a few stat
     /// calls, as machined does); machine objects come with the machine registry.
     public func objectExists(_ path: ObjectPath) -> Bool {
+        if let name = path.unescapedName(under: Self.machinePrefix) { return machineExists(name) }
         guard let name = path.unescapedName(under: Self.imagePrefix) else { return false }
         return imageForCurrentMessage(name) != nil
     }
@@ -350,6 +365,7 @@ public actor Machine1Service: BusObjectHandler {
     /// sd-bus's node enumerator: one object per image, listed off the bus thread and waited for
     /// briefly (`ImageNameListing`).
     public func childObjects(under prefix: ObjectPath) -> [ObjectPath] {
+        if prefix == Self.machinePrefix { return machineNames().map(Self.machinePath) }
         guard prefix == Self.imagePrefix else { return [] }
         return imageNames.names().map(Self.imagePath)
     }

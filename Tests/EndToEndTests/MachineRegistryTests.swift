@@ -1,0 +1,155 @@
+import Foundation
+import Glibc
+import Testing
+import TestSupport
+
+/// machine1's machine registry with the real systemd-nspawn registering a busybox container with
+/// berthd on a private bus, here where PID 1 is not systemd (machined 252 can register nothing
+/// then), and the real machinectl reading and terminating it.
+@Suite(.serialized, .enabled(if: (endToEndToolsAvailable && Privileges.isRoot && commandExists("systemd-nspawn")
+                                   && FileManager.default.isExecutableFile(atPath: "/bin/busybox")) || Privileges.underCI,
+                             "needs root, systemd-nspawn, busybox (apt-get install systemd-container busybox-static) and a bus"))
+struct MachineRegistryTests {
+    /// A busybox root with an os-release, in a new folder.
+    static func busyboxRoot() throws -> TemporaryDirectory {
+        let root = try TemporaryDirectory(prefix: "berth-bb")
+        for dir in ["bin", "etc", "proc", "sys", "dev", "run", "tmp", "usr/lib"] {
+            try FileManager.default.createDirectory(atPath: root.appending(dir), withIntermediateDirectories: true)
+        }
+        try FileManager.default.copyItem(atPath: "/bin/busybox", toPath: root.appending("bin/busybox"))
+        for applet in ["sh", "sleep"] { try FileManager.default.createSymbolicLink(atPath: root.appending("bin/\(applet)"), withDestinationPath: "busybox") }
+        try "ID=bb\nPRETTY_NAME=\"Busybox test\"\n".write(toFile: root.appending("usr/lib/os-release"), atomically: false, encoding: .utf8)
+        return root
+    }
+
+    /// systemd-nspawn --register=yes running `command` in `root` as machine `name`, from a
+    /// control group of its own in each hierarchy (nspawn makes its groups below its own).
+    final class Container: @unchecked Sendable {
+        let pid: pid_t
+        let groups: [String]
+        let logFile: String
+        init(name: String, root: String, bus: String, command: String, keepUnit: Bool = false) throws {
+            var made: [String] = []
+            for h in ["/sys/fs/cgroup/systemd", "/sys/fs/cgroup/unified"] where FileManager.default.fileExists(atPath: h + "/cgroup.procs") {
+                let dir = "\(h)/berth-test-\(name)"
+                mkdir(dir, 0o755)
+                made.append(dir)
+            }
+            groups = made
+            logFile = "/tmp/berth-nspawn-\(name).log"
+            let enter = made.map { "echo $$ > \($0)/cgroup.procs" }.joined(separator: "; ")
+            let nspawn = "exec systemd-nspawn -q -D '\(root)' --register=yes \(keepUnit ? "--keep-unit " : "")-M \(name) /bin/sh -c '\(command)'"
+            pid = try spawn(["/bin/sh", "-c", "\(enter); \(nspawn)"], stdout: "/dev/null", stderr: logFile,
+                            environment: ["DBUS_SYSTEM_BUS_ADDRESS": bus])
+        }
+        var log: String { (try? String(contentsOfFile: logFile, encoding: .utf8)) ?? "" }
+        /// Waits for nspawn to exit (at most `timeout` s), killing it after that.
+        func wait(timeout: Double = 30) -> Bool {
+            let deadline = Date().addingTimeInterval(timeout)
+            var status: Int32 = 0
+            while waitpid(pid, &status, WNOHANG) == 0 {
+                if Date() > deadline { kill(pid, SIGKILL); _ = waitpid(pid, &status, 0); return false }
+                usleep(50_000)
+            }
+            return true
+        }
+        func stop() {
+            _ = wait(timeout: 0.1)
+            for dir in groups {
+                for child in ((try? FileManager.default.subpathsOfDirectory(atPath: dir)) ?? []).sorted().reversed() { rmdir(dir + "/" + child) }
+                rmdir(dir)
+            }
+        }
+    }
+
+    private func machinectl(_ bus: PrivateDBusDaemon, _ args: [String]) throws -> CommandResult {
+        try run(["machinectl", "--no-pager"] + args, environment: ["DBUS_SYSTEM_BUS_ADDRESS": bus.address, "SYSTEMD_COLORS": "0"])
+    }
+
+    private func busctl(_ bus: PrivateDBusDaemon, _ args: [String]) throws -> CommandResult {
+        try run(["busctl", "--address=\(bus.address)"] + args)
+    }
+
+    private func waitUntil(_ timeout: Double = 20, _ condition: () throws -> Bool) rethrows -> Bool {
+        let deadline = Date().addingTimeInterval(timeout)
+        while Date() < deadline {
+            if try condition() { return true }
+            usleep(100_000)
+        }
+        return false
+    }
+
+    @Test func nspawnRegistersAndMachinectlSeesAndTerminatesTheContainer() throws {
+        let bus = try PrivateDBusDaemon()
+        defer { bus.stop() }
+        let berthd = try BerthdProcess(bus: bus, services: ["machine1"])
+        defer { berthd.stop() }
+        let root = try Self.busyboxRoot()
+        defer { root.remove() }
+        try FileManager.default.createDirectory(atPath: "/run/systemd/system", withIntermediateDirectories: true)
+        let monitor = try spawn(["/usr/bin/busctl", "--address=\(bus.address)", "monitor", "--match",
+                                 "type=signal,interface=org.freedesktop.machine1.Manager"],
+                                stdout: berthd.root + "/signals.log", stderr: nil)
+        defer { kill(monitor, SIGTERM); _ = waitpid(monitor, nil, 0) }
+        usleep(300_000)
+
+        let container = try Container(name: "bbreg", root: root.path, bus: bus.address, command: "sleep 600")
+        defer { container.stop() }
+        #expect(try waitUntil { try machinectl(bus, ["list", "--no-legend"]).stdout.contains("bbreg") }, "\(container.log)\n\(berthd.log)")
+        let status = try machinectl(bus, ["status", "bbreg"]).stdout
+        #expect(status.contains("OS: Busybox test") && status.contains("Unit: machine-bbreg.scope") && status.contains("Root: \(root.path)"),
+                "\(status)")
+        let listed = try busctl(bus, ["call", "org.freedesktop.machine1", "/org/freedesktop/machine1", "org.freedesktop.machine1.Manager",
+                                      "ListMachines"]).stdout
+        #expect(listed.contains("\"bbreg\" \"container\" \"systemd-nspawn\" \"/org/freedesktop/machine1/machine/bbreg\""), "\(listed)")
+        #expect(listed.contains("\".host\" \"host\""))
+        // The leader is in the scope berthd made, and GetMachineByPID finds it by any of its processes.
+        let leader = try busctl(bus, ["get-property", "org.freedesktop.machine1", "/org/freedesktop/machine1/machine/bbreg",
+                                      "org.freedesktop.machine1.Machine", "Leader"]).stdout
+        let leaderPID = leader.split(separator: " ").last.map { String($0).trimmingCharacters(in: .whitespacesAndNewlines) } ?? ""
+        #expect((try? String(contentsOfFile: "/proc/\(leaderPID)/cgroup", encoding: .utf8))?.contains("/machine.slice/machine-bbreg.scope") == true)
+        #expect(try busctl(bus, ["call", "org.freedesktop.machine1", "/org/freedesktop/machine1", "org.freedesktop.machine1.Manager",
+                                 "GetMachineByPID", "u", leaderPID]).stdout == "o \"/org/freedesktop/machine1/machine/bbreg\"\n")
+        #expect(FileManager.default.fileExists(atPath: berthd.root + "/run/berth/machines/bbreg"))
+
+        // Refusals, with nothing changed: a taken name, a bad name, a bad kill target or signal, a non-root caller.
+        let manager = ["call", "org.freedesktop.machine1", "/org/freedesktop/machine1", "org.freedesktop.machine1.Manager"]
+        let taken = try busctl(bus, manager + ["RegisterMachine", "sayssus", "bbreg", "0", "x", "container", "\(getpid())", ""])
+        #expect(!taken.succeeded && taken.stderr.contains("already exists"), "\(taken.stderr)")
+        let badName = try busctl(bus, manager + ["RegisterMachine", "sayssus", "bad_name", "0", "x", "container", "\(getpid())", ""])
+        #expect(!badName.succeeded && badName.stderr.contains("Invalid machine name"), "\(badName.stderr)")
+        let badWho = try busctl(bus, manager + ["KillMachine", "ssi", "bbreg", "everyone", "15"])
+        #expect(!badWho.succeeded && badWho.stderr.contains("Invalid kill parameter"))
+        let badSignal = try busctl(bus, manager + ["KillMachine", "ssi", "bbreg", "all", "999"])
+        #expect(!badSignal.succeeded && badSignal.stderr.contains("Invalid signal"))
+        let nobody = try run(["setpriv", "--reuid=nobody", "--regid=nogroup", "--clear-groups", "busctl", "--address=\(bus.address)"]
+                             + manager + ["TerminateMachine", "s", "bbreg"])
+        #expect(!nobody.succeeded)
+        #expect(try machinectl(bus, ["list", "--no-legend"]).stdout.contains("bbreg"))
+
+        // Terminate: the container goes (its init ignores SIGTERM, so the SIGKILL that follows ends it).
+        #expect(try machinectl(bus, ["terminate", "bbreg"]).succeeded)
+        #expect(container.wait(timeout: 30), "nspawn did not end")
+        #expect(try waitUntil { !(try machinectl(bus, ["list", "--no-legend"]).stdout.contains("bbreg")) })
+        #expect(!FileManager.default.fileExists(atPath: berthd.root + "/run/berth/machines/bbreg"))
+        #expect(!FileManager.default.fileExists(atPath: "/sys/fs/cgroup/unified/machine.slice/machine-bbreg.scope"))
+        let signals = (try? String(contentsOfFile: berthd.root + "/signals.log", encoding: .utf8)) ?? ""
+        #expect(signals.contains("Member=MachineNew") && signals.contains("Member=MachineRemoved"), "\(signals)")
+    }
+
+    @Test func aContainerThatExitsDisappears() throws {
+        let bus = try PrivateDBusDaemon()
+        defer { bus.stop() }
+        let berthd = try BerthdProcess(bus: bus, services: ["machine1"])
+        defer { berthd.stop() }
+        let root = try Self.busyboxRoot()
+        defer { root.remove() }
+        let container = try Container(name: "bbexit", root: root.path, bus: bus.address, command: "sleep 2", keepUnit: true)
+        defer { container.stop() }
+        // --keep-unit: RegisterMachineWithNetwork, the leader stays in nspawn's own group.
+        #expect(try waitUntil { try machinectl(bus, ["list", "--no-legend"]).stdout.contains("bbexit") }, "\(container.log)")
+        #expect(container.wait(timeout: 30))
+        #expect(try waitUntil { !(try machinectl(bus, ["list", "--no-legend"]).stdout.contains("bbexit")) })
+        #expect(!FileManager.default.fileExists(atPath: berthd.root + "/run/berth/machines/bbexit"))
+    }
+}
