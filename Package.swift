@@ -85,6 +85,7 @@ let package = Package(
         .testTarget(name: "LinuxTests", dependencies: ["Linux", "FileTree", "TestSupport"]),
         .testTarget(name: "PoolAPITests", dependencies: ["PoolAPI", "DirectoryBackend", "TestSupport"]),
         .testTarget(name: "PortableTests", dependencies: ["Portable", "Linux", "TestSupport"]),
+        .testTarget(name: "MachinesTests", dependencies: ["Machines", "TestSupport"]),
         .testTarget(name: "BackendTests", dependencies: [
             "PoolAPI", "BtrfsBackend", "RawLoopBackend", "DirectoryBackend", "BackendConformance", "TestSupport",
         ]),
