@@ -39,7 +39,7 @@ extension Machine1Service {
             var pid = pid_t(bitPattern: UInt32(truncatingIfNeeded: try call.uint64(0)))
             if pid == 0 { pid = pid_t(try await call.credentials().pid ?? 0) }
             guard let name = machine(holding: pid) else {
-                throw BusError(name: ErrorMapping.Name.noSuchMachine, message: "PID \(pid) does not belong to any known machine")
+                throw BusError(name: "org.freedesktop.machine1.NoMachineForPID", message: "PID \(pid) does not belong to any known machine")
             }
             return [.objectPath(Self.machinePath(name))]
         case .createMachine, .createMachineWithNetwork, .registerMachine, .registerMachineWithNetwork:
@@ -99,9 +99,9 @@ extension Machine1Service {
             throw BusError.invalidArgs("Root directory must be empty or an absolute path")
         }
         guard leader > 1 else { throw BusError.invalidArgs("Invalid leader PID") }
-        if let other = machines.values.first(where: { $0.machine.leader == leader }) {
-            throw BusError(name: "org.freedesktop.machine1.MachineExists",
-                           message: "Leader PID \(leader) already belongs to machine '\(other.machine.name)'")
+        if machines.values.contains(where: { $0.machine.leader == leader }) {
+            // machined 252 answers a taken leader with plain EEXIST (measured).
+            throw BusError(name: BusError.Name.fileExists, message: "File exists")
         }
         // The pidfd first: from here on the leader cannot be swapped for another process with its pid.
         let pidfd: FileDescriptor

@@ -116,6 +116,11 @@ struct MachineRegistryTests {
         let manager = ["call", "org.freedesktop.machine1", "/org/freedesktop/machine1", "org.freedesktop.machine1.Manager"]
         let taken = try busctl(bus, manager + ["RegisterMachine", "sayssus", "bbreg", "0", "x", "container", "\(getpid())", ""])
         #expect(!taken.succeeded && taken.stderr.contains("already exists"), "\(taken.stderr)")
+        // As machined 252 answers (Tests/Fixtures/machined252/registry-errors.txt).
+        let takenLeader = try busctl(bus, manager + ["RegisterMachine", "sayssus", "other", "0", "x", "container", leaderPID, ""])
+        #expect(!takenLeader.succeeded && takenLeader.stderr.contains("File exists"), "\(takenLeader.stderr)")
+        let noMachine = try busctl(bus, manager + ["GetMachineByPID", "u", "1"])
+        #expect(!noMachine.succeeded && noMachine.stderr.contains("PID 1 does not belong to any known machine"))
         let badName = try busctl(bus, manager + ["RegisterMachine", "sayssus", "bad_name", "0", "x", "container", "\(getpid())", ""])
         #expect(!badName.succeeded && badName.stderr.contains("Invalid machine name"), "\(badName.stderr)")
         let badWho = try busctl(bus, manager + ["KillMachine", "ssi", "bbreg", "everyone", "15"])
