@@ -62,6 +62,23 @@ struct MachineRegistryTests {
         }
     }
 
+    /// berthd serving machine1 on a private bus, and a busybox root for containers.
+    final class Host: @unchecked Sendable {
+        let bus: PrivateDBusDaemon
+        let berthd: BerthdProcess
+        let root: TemporaryDirectory
+        init() throws {
+            bus = try PrivateDBusDaemon()
+            berthd = try BerthdProcess(bus: bus, services: ["machine1"])
+            root = try MachineRegistryTests.busyboxRoot()
+        }
+        func stop() {
+            root.remove()
+            berthd.stop()
+            bus.stop()
+        }
+    }
+
     private func machinectl(_ bus: PrivateDBusDaemon, _ args: [String]) throws -> CommandResult {
         try run(["machinectl", "--no-pager"] + args, environment: ["DBUS_SYSTEM_BUS_ADDRESS": bus.address, "SYSTEMD_COLORS": "0"])
     }
@@ -80,12 +97,9 @@ struct MachineRegistryTests {
     }
 
     @Test func nspawnRegistersAndMachinectlSeesAndTerminatesTheContainer() throws {
-        let bus = try PrivateDBusDaemon()
-        defer { bus.stop() }
-        let berthd = try BerthdProcess(bus: bus, services: ["machine1"])
-        defer { berthd.stop() }
-        let root = try Self.busyboxRoot()
-        defer { root.remove() }
+        let host = try Host()
+        defer { host.stop() }
+        let (bus, berthd, root) = (host.bus, host.berthd, host.root)
         try FileManager.default.createDirectory(atPath: "/run/systemd/system", withIntermediateDirectories: true)
         let monitor = try spawn(["/usr/bin/busctl", "--address=\(bus.address)", "monitor", "--match",
                                  "type=signal,interface=org.freedesktop.machine1.Manager"],
@@ -143,12 +157,9 @@ struct MachineRegistryTests {
     }
 
     @Test func aContainerThatExitsDisappears() throws {
-        let bus = try PrivateDBusDaemon()
-        defer { bus.stop() }
-        let berthd = try BerthdProcess(bus: bus, services: ["machine1"])
-        defer { berthd.stop() }
-        let root = try Self.busyboxRoot()
-        defer { root.remove() }
+        let host = try Host()
+        defer { host.stop() }
+        let (bus, berthd, root) = (host.bus, host.berthd, host.root)
         let container = try Container(name: "bbexit", root: root.path, bus: bus.address, command: "sleep 2", keepUnit: true)
         defer { container.stop() }
         // --keep-unit: RegisterMachineWithNetwork, the leader stays in nspawn's own group.
