@@ -146,6 +146,32 @@ public struct MethodCall: Sendable {
         }
         return result
     }
+    /// Argument `i` as a signed 32-bit integer (`i`).
+    public func int32(_ i: Int) throws(BusError) -> Int32 {
+        let arguments = try arguments
+        guard i < arguments.count, case .int32(let v) = arguments[i] else { throw BusError.invalidArgs("argument \(i) is not an int") }
+        return v
+    }
+    /// Argument `i` as an array of signed 32-bit integers (`ai`).
+    public func int32s(_ i: Int) throws(BusError) -> [Int32] {
+        let arguments = try arguments
+        guard i < arguments.count, case .array(_, let values) = arguments[i] else {
+            throw BusError.invalidArgs("argument \(i) is not an array of ints")
+        }
+        var result: [Int32] = []
+        result.reserveCapacity(values.count)
+        for value in values {
+            guard case .int32(let v) = value else { throw BusError.invalidArgs("argument \(i) is not an array of ints") }
+            result.append(v)
+        }
+        return result
+    }
+    /// Argument `i` as bytes (`ay`).
+    public func bytes(_ i: Int) throws(BusError) -> [UInt8] {
+        let arguments = try arguments
+        guard i < arguments.count, let v = arguments[i].bytesValue else { throw BusError.invalidArgs("argument \(i) is not a byte array") }
+        return v
+    }
     /// Argument `i` as a file descriptor (`h`); the call owns it until it is released.
     public func fileDescriptor(_ i: Int) throws(BusError) -> FileDescriptor {
         let arguments = try arguments

@@ -306,6 +306,12 @@ public actor ImagePool {
         return found
     }
 
+    /// The image `nameOrPath`: by path when it starts with `/` (`imageNow(atPath:)`), else by
+    /// name (`imageNow(named:)`), as portable1's members take either.
+    public nonisolated func imageNow(nameOrPath: String) throws -> Image {
+        try nameOrPath.hasPrefix("/") ? imageNow(atPath: nameOrPath) : imageNow(named: nameOrPath)
+    }
+
     /// The image at `path`: `.noSuchImage` if nothing is there or no backend claims it.
     public nonisolated func imageNow(atPath path: String) throws -> Image {
         guard let found = Self.find(path: path, discoveryContext) else { throw PoolError(.noSuchImage, "no image at \(path)") }

@@ -44,10 +44,10 @@ extension Machine1Service {
             return [.objectPath(Self.machinePath(name))]
         case .createMachine, .createMachineWithNetwork, .registerMachine, .registerMachineWithNetwork:
             let withNetwork = method == .createMachineWithNetwork || method == .registerMachineWithNetwork
-            let interfaces: [Int32] = withNetwork ? try Self.int32Array(call, 6) : []
+            let interfaces: [Int32] = withNetwork ? try call.int32s(6) : []
             var leader = pid_t(bitPattern: UInt32(truncatingIfNeeded: try call.uint64(4)))
             if leader == 0 { leader = pid_t(try await call.credentials().pid ?? 0) }
-            let path = try await addMachine(name: try call.string(0), id: try Self.bytes(call, 1), service: try call.string(2),
+            let path = try await addMachine(name: try call.string(0), id: try call.bytes(1), service: try call.string(2),
                                             class: try call.string(3), leader: leader, rootDirectory: try call.string(5),
                                             networkInterfaces: interfaces,
                                             create: method == .createMachine || method == .createMachineWithNetwork)
@@ -58,7 +58,7 @@ extension Machine1Service {
             removeMachine(name)
             return []
         case .terminateMachine: return try terminate(try call.string(0))
-        case .killMachine: return try kill(try call.string(0), who: try call.string(1), signal: try Self.int32(call, 2))
+        case .killMachine: return try kill(try call.string(0), who: try call.string(1), signal: try call.int32(2))
         case .getMachineOSRelease: return try await osRelease(try call.string(0))
         case .getMachineUIDShift: return [.uint32(try uidShift(try call.string(0)))]
         default: throw Harness.notImplemented(call)
@@ -69,7 +69,7 @@ extension Machine1Service {
         guard machineExists(name) else { throw Harness.unknownObject(call.path) }
         switch method {
         case .terminate: return try terminate(name)
-        case .kill: return try kill(name, who: try call.string(0), signal: try Self.int32(call, 1))
+        case .kill: return try kill(name, who: try call.string(0), signal: try call.int32(1))
         case .getOSRelease: return try await osRelease(name)
         case .getUIDShift: return [.uint32(try uidShift(name))]
         default: throw Harness.notImplemented(call)
@@ -286,30 +286,6 @@ extension Machine1Service {
         case .state: return .string("running")
         case nil: throw Harness.unknownProperty(property, Machine1Machine.name)
         }
-    }
-
-    // MARK: arguments
-
-    private static func bytes(_ call: MethodCall, _ i: Int) throws(BusError) -> [UInt8] {
-        let arguments = try call.arguments
-        guard i < arguments.count, case .array(_, let values) = arguments[i] else { throw BusError.invalidArgs("argument \(i) is not a byte array") }
-        var out: [UInt8] = []
-        for v in values { guard case .byte(let b) = v else { throw BusError.invalidArgs("argument \(i) is not a byte array") }; out.append(b) }
-        return out
-    }
-
-    private static func int32Array(_ call: MethodCall, _ i: Int) throws(BusError) -> [Int32] {
-        let arguments = try call.arguments
-        guard i < arguments.count, case .array(_, let values) = arguments[i] else { throw BusError.invalidArgs("argument \(i) is not an int array") }
-        var out: [Int32] = []
-        for v in values { guard case .int32(let n) = v else { throw BusError.invalidArgs("argument \(i) is not an int array") }; out.append(n) }
-        return out
-    }
-
-    private static func int32(_ call: MethodCall, _ i: Int) throws(BusError) -> Int32 {
-        let arguments = try call.arguments
-        guard i < arguments.count, case .int32(let n) = arguments[i] else { throw BusError.invalidArgs("argument \(i) is not an int") }
-        return n
     }
 
     private static func microseconds(_ t: timespec) -> UInt64 { UInt64(t.tv_sec) * 1_000_000 + UInt64(t.tv_nsec / 1000) }

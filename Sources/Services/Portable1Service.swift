@@ -270,13 +270,10 @@ public actor Portable1Service: BusObjectHandler {
 
     private func gather(_ nameOrPath: String, extensions: [String], matches: [String], flags: UInt64) async throws -> Contents {
         let forceExtension = flags & Flags.forceExtension != 0
-        func find(_ nameOrPath: String) throws -> Image {
-            try nameOrPath.hasPrefix("/") ? pool.imageNow(atPath: nameOrPath) : pool.imageNow(named: nameOrPath)
-        }
         let image: Image
         let base: (metadata: PortableMetadata, osRelease: [String: String])
         do {
-            image = try find(nameOrPath)
+            image = try pool.imageNow(nameOrPath: nameOrPath)
             base = try await pool.inspect(nameOrPath, what: "unit files") { root in
                 (try PortableMetadata.read(imageRoot: root, matches: matches), try ImageMetadata.read(imageRoot: root).osRelease)
             }
@@ -289,7 +286,7 @@ public actor Portable1Service: BusObjectHandler {
         for name in extensions {
             try Portable1Errors.validateNameOrPath(name)
             do {
-                let extensionImage = PortableImage(try find(name))
+                let extensionImage = PortableImage(try pool.imageNow(nameOrPath: name))
                 let (release, extensionUnits) = try await pool.inspect(name, what: "extension") { root in
                     (try PortableExtensions.release(imageRoot: root, name: extensionImage.name, force: forceExtension),
                      try PortableUnits.read(imageRoot: root, matches: matches))
@@ -365,7 +362,7 @@ public actor Portable1Service: BusObjectHandler {
         let root = paths.root, runtime = flags & Flags.runtime != 0
         let (removed, made) = try await serialisedAttach { () async throws -> ([PortableChange], [PortableChange]) in
             // The image is found before anything is detached, so a vanished image detaches nothing.
-            do { _ = try nameOrPath.hasPrefix("/") ? pool.imageNow(atPath: nameOrPath) : pool.imageNow(named: nameOrPath) }
+            do { _ = try pool.imageNow(nameOrPath: nameOrPath) }
             catch { throw Portable1Errors.translate(error, name: nameOrPath) }
             let removed: [PortableChange]
             do {
@@ -466,7 +463,7 @@ public actor Portable1Service: BusObjectHandler {
 
     /// RemoveImage / Image.Remove: never an image whose units are attached.
     private func remove(_ name: String) async throws -> [BusValue] {
-        try refuseAttached(name, "remove")
+        try refuseAttached(name)
         do { try await pool.remove(name) } catch { throw Portable1Errors.translate(error, name: name) }
         imageNames.forget(name)
         poolUsage.invalidate()
@@ -476,7 +473,7 @@ public actor Portable1Service: BusObjectHandler {
     /// MarkImageReadOnly / Image.MarkReadOnly: never an image whose units are attached (252
     /// allows it, and the running service then finds its image changed under it).
     private func markReadOnly(_ name: String, _ readOnly: Bool) async throws -> [BusValue] {
-        try refuseAttached(name, "change the read-only state of")
+        try refuseAttached(name)
         do { try await pool.setReadOnly(name, readOnly) } catch { throw Portable1Errors.translate(error, name: name) }
         return []
     }
@@ -488,12 +485,12 @@ public actor Portable1Service: BusObjectHandler {
         return []
     }
 
-    /// Refuses to `what` an image whose units are attached, with 252's error (System.Error.EBUSY,
+    /// Refuses to change an image whose units are attached, with 252's error (System.Error.EBUSY,
     /// "Image '<path>' is not detached, refusing.", measured under a booted 252).
-    private func refuseAttached(_ name: String, _ what: String) throws(BusError) {
+    private func refuseAttached(_ name: String) throws(BusError) {
         try Portable1Errors.validateNameOrPath(name)
         if PortableState.fileState(of: name, root: paths.root) != .detached {
-            let path = (try? name.hasPrefix("/") ? pool.imageNow(atPath: name) : pool.imageNow(named: name))?.path ?? name
+            let path = (try? pool.imageNow(nameOrPath: name))?.path ?? name
             throw BusError(errno: .EBUSY, "Image '\(path)' is not detached, refusing.")
         }
     }
