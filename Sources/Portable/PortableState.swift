@@ -28,18 +28,36 @@ public enum PortableState {
     }
 
     /// The units attached from the image `nameOrPath`, per folder (persistent, runtime).
-    /// With `anyVersion`, units of every version of the image count (`foo_1.0` and `foo_2.0`
-    /// both are `foo`): what a reattach to a newer version replaces.
-    public static func attachedUnits(of nameOrPath: String, root: String,
-                                     anyVersion: Bool = false) -> (persistent: [String], runtime: [String]) {
-        var result: (persistent: [String], runtime: [String]) = ([], [])
+    /// One attached unit: its name, the image path its marker names, and whether it is attached
+    /// for this boot only.
+    public struct AttachedUnit: Sendable, Equatable {
+        public var unit: String
+        public var image: String
+        public var runtime: Bool
+    }
+
+    /// Every unit attached under `root` that carries a marker: read once, for a listing of many images.
+    public static func attached(root: String) -> [AttachedUnit] {
+        var result: [AttachedUnit] = []
         for (folder, runtime) in attachedFolders(root: root) {
             let names = ((try? directoryEntries(folder)) ?? []).filter { PortableUnits.isValidUnitName($0) }
             for unit in names.sorted() {
-                guard let image = markedImage(joinPath(folder, unit + ".d/20-portable.conf")),
-                      anyVersion ? baseName(image) == baseName(nameOrPath) : belongs(image, to: nameOrPath) else { continue }
-                if runtime { result.runtime.append(unit) } else { result.persistent.append(unit) }
+                guard let image = markedImage(joinPath(folder, unit + ".d/20-portable.conf")) else { continue }
+                result.append(AttachedUnit(unit: unit, image: image, runtime: runtime))
             }
+        }
+        return result
+    }
+
+    /// The units of `attached` (default: what is attached under `root` now) that belong to the
+    /// image `nameOrPath`, persistent and runtime. With `anyVersion`, units of every version of the
+    /// image count (`foo_1.0` and `foo_2.0` both are `foo`): what a reattach to a newer version replaces.
+    public static func attachedUnits(of nameOrPath: String, root: String, anyVersion: Bool = false,
+                                     among attached: [AttachedUnit]? = nil) -> (persistent: [String], runtime: [String]) {
+        var result: (persistent: [String], runtime: [String]) = ([], [])
+        for entry in attached ?? Self.attached(root: root)
+        where anyVersion ? baseName(entry.image) == baseName(nameOrPath) : belongs(entry.image, to: nameOrPath) {
+            if entry.runtime { result.runtime.append(entry.unit) } else { result.persistent.append(entry.unit) }
         }
         return result
     }

@@ -142,11 +142,15 @@ public actor Portable1Service: BusObjectHandler {
         case .getImage: return [.objectPath(try getImage(try call.string(0)))]
         case .listImages:
             var entries: [BusValue] = []
+            // The attached drop-ins and systemd's presence, read once for the whole listing.
+            let attached = PortableState.attached(root: paths.root)
+            let systemdPresent = await Systemd1(bus: bus).isPresent()
             for image in try await pool.images() {
                 entries.append(.structure([
                     .string(image.name), .string(image.type.rawValue), .boolean(image.readOnly),
                     .uint64(image.creationTimestamp), .uint64(image.modificationTimestamp), .uint64(image.usage),
-                    .string(await state(of: image.name)), .objectPath(Self.imagePath(image.name)),
+                    .string(await state(of: image.name, among: attached, systemdPresent: systemdPresent)),
+                    .objectPath(Self.imagePath(image.name)),
                 ]))
             }
             return [.array(element: "(ssbtttso)", entries)]
@@ -430,14 +434,18 @@ public actor Portable1Service: BusObjectHandler {
     /// The image's state: attached or attached-runtime from the files, and when systemd is on the
     /// bus, running or enabled from its units (running before enabled before attached, the
     /// `-runtime` forms where the units are attached for this boot only), as 252 ranks them.
-    private func state(of nameOrPath: String) async -> String {
-        let units = PortableState.attachedUnits(of: nameOrPath, root: paths.root)
+    /// `attached` and `systemdPresent` are read here when the caller has not read them for a listing.
+    private func state(of nameOrPath: String, among attached: [PortableState.AttachedUnit]? = nil,
+                       systemdPresent: Bool? = nil) async -> String {
+        let units = PortableState.attachedUnits(of: nameOrPath, root: paths.root, among: attached)
         let runtime = units.persistent.isEmpty
         let attached = runtime ? units.runtime : units.persistent
         guard !attached.isEmpty else { return PortableState.FileState.detached.rawValue }
         let suffix = runtime ? "-runtime" : ""
         let systemd = Systemd1(bus: bus)
-        if await systemd.isPresent() {
+        let present: Bool
+        if let systemdPresent { present = systemdPresent } else { present = await systemd.isPresent() }
+        if present {
             var enabled = false
             for unit in attached {
                 if await systemd.isRunning(unit) { return "running" + suffix }
