@@ -42,6 +42,14 @@ public struct Status: ParsableCommand {
 
     public init() {}
 
+    public func validate() throws {
+        // `berthctl --bus-address X list` lands here (status is the default verb): say where
+        // the options go rather than looking for a machine called "list".
+        if let verb = names.first, Berthctl.configuration.subcommands.contains(where: { $0._commandName == verb }) {
+            throw ValidationError("options go after the verb: berthctl \(verb) [OPTIONS] …")
+        }
+    }
+
     public func run() throws {
         if !names.isEmpty {
             try MachineStatusVerb.run(global, names)

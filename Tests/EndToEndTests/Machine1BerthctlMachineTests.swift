@@ -1,0 +1,239 @@
+import Foundation
+import Glibc
+import Testing
+import TestSupport
+
+/// berthctl's machine verbs against berthd, with the real systemd-nspawn registering a busybox
+/// container on a private bus (as MachineRegistryTests) and the real machinectl on the same
+/// daemon as the reference for what berthctl prints.
+@Suite(.serialized, .enabled(if: (endToEndToolsAvailable && Privileges.isRoot && commandExists("systemd-nspawn")
+                                   && FileManager.default.isExecutableFile(atPath: "/bin/busybox")) || Privileges.underCI,
+                             "needs root, systemd-nspawn, busybox (apt-get install systemd-container busybox-static) and a bus"))
+struct Machine1BerthctlMachineTests {
+    typealias Host = MachineRegistryTests.Host
+    typealias Container = MachineRegistryTests.Container
+
+    /// One row of `berthctl list --json`.
+    struct Row: Decodable, Equatable {
+        var machine: String
+        var `class`: String
+        var service: String
+        var os: String?
+        var version: String?
+    }
+
+    /// `berthctl status NAME --json`.
+    struct Status: Decodable {
+        var name: String
+        var leader: UInt32
+        var service: String
+        var `class`: String
+        var root: String?
+        var unit: String
+        var os: String?
+        var since: UInt64
+    }
+
+    /// A host with busybox's applets the tests' containers use.
+    static func host() throws -> Host {
+        let host = try Host()
+        for applet in ["touch", "cat", "echo", "hostname", "ls", "mkdir", "id"] {
+            try? FileManager.default.createSymbolicLink(atPath: host.root.appending("bin/\(applet)"), withDestinationPath: "busybox")
+        }
+        try FileManager.default.createDirectory(atPath: "/run/systemd/system", withIntermediateDirectories: true)
+        return host
+    }
+
+    func berthctl(_ bus: PrivateDBusDaemon, _ args: [String], input: Data? = nil) throws -> CommandResult {
+        // The options after the verb: `shell` hands everything after the machine name to the machine.
+        try run([try BerthdProcess.binaryPath("berthctl")] + args.prefix(1) + ["--bus-address", bus.address] + args.dropFirst(),
+                input: input)
+    }
+
+    func machinectl(_ bus: PrivateDBusDaemon, _ args: [String]) throws -> CommandResult {
+        try run(["machinectl", "--no-pager"] + args, environment: ["DBUS_SYSTEM_BUS_ADDRESS": bus.address, "SYSTEMD_COLORS": "0"])
+    }
+
+    func waitUntil(_ timeout: Double = 30, _ condition: () throws -> Bool) rethrows -> Bool {
+        let deadline = Date().addingTimeInterval(timeout)
+        while Date() < deadline {
+            if try condition() { return true }
+            usleep(100_000)
+        }
+        return false
+    }
+
+    func rows(_ bus: PrivateDBusDaemon, all: Bool = false) throws -> [Row] {
+        let r = try berthctl(bus, ["list", "--json"] + (all ? ["--all"] : []))
+        guard r.succeeded else { return [] }
+        return try JSONDecoder().decode([Row].self, from: Data(r.stdout.utf8))
+    }
+
+    /// Lines as words, so two tables with different column widths compare.
+    func words(_ text: String) -> [[String]] {
+        text.split(separator: "\n").map { $0.split(separator: " ", omittingEmptySubsequences: true).map(String.init) }
+    }
+
+    @Test func listStatusShowKillAndTerminateAMachineAsMachinectlSeesIt() throws {
+        let host = try Self.host()
+        defer { host.stop() }
+        let bus = host.bus
+        // A container whose init reports SIGUSR1 in a file and ends on SIGTERM (an init without
+        // handlers would ignore both, as PID 1 of its namespace).
+        let container = try Container(name: "bbctl", root: host.root.path, bus: bus.address,
+                                      command: "trap \"touch /tmp/usr1\" USR1; trap \"exit 0\" TERM; while :; do sleep 1; done")
+        defer { container.stop() }
+        #expect(try waitUntil { try rows(bus).contains { $0.machine == "bbctl" } }, "\(container.log)\n\(host.berthd.log)")
+
+        // list: the rows machinectl lists, in its columns; .host only with --all.
+        #expect(try rows(bus) == [Row(machine: "bbctl", class: "container", service: "systemd-nspawn", os: "bb", version: nil)])
+        #expect(try rows(bus, all: true).map(\.machine) == [".host", "bbctl"])
+        let table = try berthctl(bus, ["list"])
+        #expect(table.succeeded && table.stdout.hasPrefix("MACHINE CLASS     SERVICE        OS VERSION ADDRESSES\n")
+                && table.stdout.hasSuffix("\n1 machines listed.\n"), "\(table.stdout)")
+        let ours = try berthctl(bus, ["list", "--no-legend"]).stdout
+        let theirs = try machinectl(bus, ["list", "--no-legend"]).stdout
+        #expect(words(ours) == words(theirs), "berthctl:\n\(ours)\nmachinectl:\n\(theirs)")
+
+        // status: every line berthctl prints (but the relative time) is machinectl's too.
+        let status = try berthctl(bus, ["status", "bbctl"])
+        #expect(status.succeeded, "\(status.stderr)")
+        let mcStatus = try machinectl(bus, ["status", "bbctl"]).stdout
+        for line in status.stdout.split(separator: "\n") where !line.contains("Since:") {
+            #expect(mcStatus.contains(line), "'\(line)' is not in machinectl's:\n\(mcStatus)")
+        }
+        #expect(status.stdout.contains("\t    Unit: machine-bbctl.scope") && status.stdout.contains("\t      OS: Busybox test"),
+                "\(status.stdout)")
+        let json = try JSONDecoder().decode(Status.self, from: Data(try berthctl(bus, ["status", "bbctl", "--json"]).stdout.utf8))
+        #expect(json.name == "bbctl" && json.service == "systemd-nspawn" && json.class == "container" && json.root == host.root.path
+                && json.unit == "machine-bbctl.scope" && json.os == "Busybox test" && json.leader > 1 && json.since > 0)
+        // Without a name, status is still the daemon's.
+        let daemon = try berthctl(bus, ["status"])
+        #expect(daemon.stdout.contains("org.freedesktop.machine1") && daemon.stdout.contains("answers (berthd)"), "\(daemon.stdout)")
+
+        // show: machinectl's NAME=value lines; -p and --value; JSON; the manager without a name.
+        let show = try berthctl(bus, ["show", "bbctl"]).stdout
+        let mcShow = try machinectl(bus, ["show", "bbctl"]).stdout
+        #expect(Set(show.split(separator: "\n")) == Set(mcShow.split(separator: "\n")), "berthctl:\n\(show)\nmachinectl:\n\(mcShow)")
+        #expect(try berthctl(bus, ["show", "bbctl", "-p", "Leader", "--value"]).stdout == "\(json.leader)\n")
+        #expect(try berthctl(bus, ["show", "bbctl", "-p", "Name,Class"]).stdout == "Name=bbctl\nClass=container\n")
+        let props = try JSONSerialization.jsonObject(with: Data(try berthctl(bus, ["show", "bbctl", "--json"]).stdout.utf8)) as? [String: Any]
+        #expect(props?["Name"] as? String == "bbctl" && props?["Leader"] as? Int == Int(json.leader) && props?["State"] as? String == "running")
+        #expect(try berthctl(bus, ["show"]).stdout.contains("PoolPath=\(host.berthd.root)/var/lib/machines"))
+
+        // Errors: machined's words, exit status 1 (a bad signal or target is refused before any call).
+        let missing = try berthctl(bus, ["status", "nope"])
+        #expect(missing.status == 1 && missing.stderr.contains("No machine 'nope' known"), "\(missing.stderr)")
+        #expect(try berthctl(bus, ["kill", "nope"]).stderr.contains("NoSuchMachine"))
+        #expect(try berthctl(bus, ["terminate", "nope"]).status == 1)
+        let badSignal = try berthctl(bus, ["kill", "bbctl", "--signal", "999"])
+        #expect(!badSignal.succeeded && badSignal.stderr.contains("invalid signal"), "\(badSignal.stderr)")
+        #expect(!(try berthctl(bus, ["kill", "bbctl", "--kill-whom", "everyone"])).succeeded)
+        let nobody = try run(["setpriv", "--reuid=nobody", "--regid=nogroup", "--clear-groups", try BerthdProcess.binaryPath("berthctl"),
+                              "terminate", "--bus-address", bus.address, "bbctl"])
+        #expect(nobody.status == 1 && nobody.stderr.contains("AccessDenied"), "\(nobody.stderr)")
+        #expect(try rows(bus).contains { $0.machine == "bbctl" })
+
+        // kill by name (default: all processes) reaches the container's trap.
+        #expect(try berthctl(bus, ["kill", "bbctl", "--signal", "SIGUSR1"]).succeeded)
+        // (nspawn mounts a tmpfs on the container's /tmp: seen through the leader's root.)
+        #expect(waitUntil { FileManager.default.fileExists(atPath: "/proc/\(json.leader)/root/tmp/usr1") })
+        // terminate: SIGTERM ends it, nspawn exits, the machine is gone.
+        let terminate = try berthctl(bus, ["terminate", "bbctl"])
+        #expect(terminate.succeeded, "\(terminate.stderr)")
+        #expect(container.wait(timeout: 30), "nspawn did not end")
+        #expect(try waitUntil { !(try rows(bus, all: true).contains { $0.machine == "bbctl" }) })
+        #expect(try berthctl(bus, ["list"]).stdout == "No machines.\n")
+    }
+
+    @Test func killTheLeaderByNumber() throws {
+        let host = try Self.host()
+        defer { host.stop() }
+        let bus = host.bus
+        let container = try Container(name: "bbkill", root: host.root.path, bus: bus.address, command: "sleep 600")
+        defer { container.stop() }
+        #expect(try waitUntil { try rows(bus).contains { $0.machine == "bbkill" } }, "\(container.log)")
+        // SIGKILL (9) to the leader alone: the container's init dies and with it the machine.
+        let kill = try berthctl(bus, ["kill", "bbkill", "--kill-whom", "leader", "-s", "9"])
+        #expect(kill.succeeded, "\(kill.stderr)")
+        #expect(container.wait(timeout: 30))
+        #expect(try waitUntil { !(try rows(bus).contains { $0.machine == "bbkill" }) })
+    }
+
+    // MARK: reaching in (the server side: branches m13/reach and m13/copy)
+
+    @Test func shellRunsACommandInTheMachineAndPipedInputEnds() throws {
+        let host = try Self.host()
+        defer { host.stop() }
+        let bus = host.bus
+        let container = try Container(name: "bbsh", root: host.root.path, bus: bus.address, command: "sleep 600")
+        defer { container.stop() }
+        #expect(try waitUntil { try rows(bus).contains { $0.machine == "bbsh" } }, "\(container.log)")
+
+        // PATH with ARGS: the command runs inside (the container's hostname and os-release).
+        let shell = try berthctl(bus, ["shell", "bbsh", "/bin/sh", "-c", "echo in-$(hostname); cat /usr/lib/os-release"])
+        #expect(shell.succeeded, "\(shell.stderr)")
+        #expect(shell.stdout.contains("in-bbsh") && shell.stdout.contains("Busybox test"), "\(shell.stdout)")
+        #expect(shell.stderr.contains("Connected to machine bbsh.") && shell.stderr.contains("Connection to machine bbsh terminated."),
+                "\(shell.stderr)")
+        // Commands piped into the default shell run, and the end of the input ends the session.
+        let piped = try berthctl(bus, ["shell", "-q", "bbsh"], input: Data("echo piped-$((6*7))\n".utf8))
+        #expect(piped.succeeded && piped.stdout.contains("piped-42"), "\(piped.stdout)\n\(piped.stderr)")
+        #expect(!piped.stderr.contains("Connected"))
+        // USER@NAME with a user the machine does not have: a clear error, exit 1.
+        let nouser = try berthctl(bus, ["shell", "nosuchuser@bbsh", "/bin/sh", "-c", "true"])
+        #expect(nouser.status == 1 && nouser.stderr.hasPrefix("berthctl: Failed to get shell PTY: "), "\(nouser.stderr)")
+        // A machine that is not there.
+        let missing = try berthctl(bus, ["shell", "nope"])
+        #expect(missing.status == 1 && missing.stderr.contains("NoSuchMachine"), "\(missing.stderr)")
+        // login needs the machine's own systemd, which a busybox container has not.
+        let login = try berthctl(bus, ["login", "bbsh"])
+        #expect(login.status == 1 && login.stderr.hasPrefix("berthctl: Failed to get login PTY: "), "\(login.stderr)")
+    }
+
+    @Test func copyToCopyFromAndBindReachIntoTheMachine() throws {
+        let host = try Self.host()
+        defer { host.stop() }
+        let bus = host.bus
+        let container = try Container(name: "bbcp", root: host.root.path, bus: bus.address, command: "sleep 600")
+        defer { container.stop() }
+        #expect(try waitUntil { try rows(bus).contains { $0.machine == "bbcp" } }, "\(container.log)")
+        let work = try TemporaryDirectory(prefix: "berth-cp")
+        defer { work.remove() }
+
+        // copy-to: a file into the machine; a relative host path is the working folder's.
+        try "to the machine\n".write(toFile: work.appending("in.txt"), atomically: false, encoding: .utf8)
+        let to = try run(["/bin/sh", "-c", "cd '\(work.path)' && '\(try BerthdProcess.binaryPath("berthctl"))' copy-to --bus-address '\(bus.address)' bbcp in.txt /tmp/in.txt"])
+        #expect(to.succeeded, "\(to.stderr)")
+        let leader = try berthctl(bus, ["show", "bbcp", "-p", "Leader", "--value"]).stdout.trimmingCharacters(in: .whitespacesAndNewlines)
+        // (nspawn mounts a tmpfs on the container's /tmp: seen through the leader's root.)
+        let inside = "/proc/\(leader)/root"
+        #expect((try? String(contentsOfFile: inside + "/tmp/in.txt", encoding: .utf8)) == "to the machine\n")
+        // Again without --force: refused, the file as it was; with --force: replaced.
+        try "changed\n".write(toFile: work.appending("in.txt"), atomically: false, encoding: .utf8)
+        let again = try berthctl(bus, ["copy-to", "bbcp", work.appending("in.txt"), "/tmp/in.txt"])
+        #expect(again.status == 1 && again.stderr.hasPrefix("berthctl: Failed to copy: "), "\(again.stderr)")
+        #expect(try berthctl(bus, ["copy-to", "--force", "bbcp", work.appending("in.txt"), "/tmp/in.txt"]).succeeded)
+        #expect((try? String(contentsOfFile: inside + "/tmp/in.txt", encoding: .utf8)) == "changed\n")
+
+        // copy-from: the machine's os-release to the host.
+        let from = try berthctl(bus, ["copy-from", "bbcp", "/usr/lib/os-release", work.appending("os-release")])
+        #expect(from.succeeded, "\(from.stderr)")
+        #expect((try? String(contentsOfFile: work.appending("os-release"), encoding: .utf8))?.contains("Busybox test") == true)
+        // `..` cannot lead out of the machine.
+        let escape = try berthctl(bus, ["copy-from", "bbcp", "/../../../../etc/shadow", work.appending("shadow")])
+        #expect(!escape.succeeded || (try? String(contentsOfFile: work.appending("shadow"), encoding: .utf8))?.contains("root:") != true)
+
+        // bind: a host folder appears inside, made with --mkdir; read-only with --read-only.
+        try FileManager.default.createDirectory(atPath: work.appending("share"), withIntermediateDirectories: true)
+        try "shared\n".write(toFile: work.appending("share/file"), atomically: false, encoding: .utf8)
+        let bind = try berthctl(bus, ["bind", "bbcp", work.appending("share"), "/mnt/share", "--mkdir", "--read-only"])
+        #expect(bind.succeeded, "\(bind.stderr)")
+        #expect((try? String(contentsOfFile: inside + "/mnt/share/file", encoding: .utf8)) == "shared\n")
+        let write = try berthctl(bus, ["shell", "-q", "bbcp", "/bin/sh", "-c", "touch /mnt/share/new && echo wrote || echo refused"])
+        #expect(write.stdout.contains("refused"), "\(write.stdout)")
+        // A missing source: a clear error.
+        let missing = try berthctl(bus, ["bind", "bbcp", work.appending("nope"), "/mnt/nope"])
+        #expect(missing.status == 1 && missing.stderr.hasPrefix("berthctl: Failed to bind mount: "), "\(missing.stderr)")
+    }
+}
