@@ -9,6 +9,12 @@ public struct Berthctl: ParsableCommand {
     public static let configuration = CommandConfiguration(
         commandName: "berthctl",
         abstract: "Talk to berthd.",
+        discussion: """
+            The machine verbs (list, status NAME, show, kill, terminate, shell, login, copy-to, copy-from, \
+            bind) are machinectl's; the image verbs are list-images, image-status, clone, …; the portable \
+            service verbs are under `berthctl portable`. Without a verb, or `status` without a name: which \
+            services answer. Options go after the verb: `berthctl list --bus-address ADDR`.
+            """,
         subcommands: [Status.self, ListMachines.self, Show.self, Kill.self, Terminate.self, Shell.self, Login.self, CopyTo.self,
                       CopyFrom.self, Bind.self, ListImages.self, ImageStatus.self, Clone.self, Rename.self, Remove.self, ReadOnly.self,
                       SetLimit.self, Clean.self, ListTransfers.self, CancelTransfer.self, ImportTar.self, ImportRaw.self,

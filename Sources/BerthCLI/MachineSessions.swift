@@ -65,6 +65,11 @@ public struct Shell: ParsableCommand {
     @Argument(parsing: .captureForPassthrough, help: "[USER@]NAME [PATH [ARGS…]]") public var command: [String] = []
     public init() {}
 
+    public func validate() throws {
+        // The passthrough argument takes a leading --help too; it is still berthctl's.
+        if let first = command.first, first == "--help" || first == "-h" { throw CleanExit.helpRequest(self) }
+    }
+
     public func run() throws {
         let request = try ShellRequest.parse(command, uid: uid, setenv: setenv,
                                              callerTerm: ProcessInfo.processInfo.environment["TERM"])

@@ -1,3 +1,4 @@
+import ArgumentParser
 @testable import BerthCLI
 import Bus
 import Foundation
@@ -28,6 +29,9 @@ struct MachineArgumentTests {
         let shell = try Shell.parse(["--uid", "bob", "-E", "A=1", "--bus-address", "unix:path=/x", "bb", "/bin/sh", "-c", "ls -l"])
         #expect(shell.command == ["bb", "/bin/sh", "-c", "ls -l"])
         #expect(shell.uid == "bob" && shell.setenv == ["A=1"] && shell.global.busAddress == "unix:path=/x")
+        // --help before the name is berthctl's, after it the machine's.
+        #expect(throws: CleanExit.self) { try Shell.parse(["--help"]) }
+        #expect(try Shell.parse(["bb", "/bin/ls", "--help"]).command == ["bb", "/bin/ls", "--help"])
     }
 
     @Test func signalsByNameAndNumber() throws {
