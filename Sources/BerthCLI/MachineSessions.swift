@@ -133,17 +133,23 @@ enum MachineSession {
         // A login's getty hangs the line up between sessions and the machine's systemd starts
         // another: only the machine going away (MachineRemoved) ends it, as in machinectl.
         let forwarder = PTYForwarder(master: master.rawValue, ignoreVHangup: login)
-        var extra: (fd: Int32, onReadable: () -> Void)?
+        var extra: (fd: Int32, onReadable: () -> Bool)?
         if login {
             let bus = client.client
-            let check = {
-                let signals = (try? bus.waitForSignals(timeoutMicroseconds: 0)) ?? []
+            let check = { () -> Bool in
+                guard let signals = try? bus.waitForSignals(timeoutMicroseconds: 0) else {
+                    // The bus went away (berthd with it): nobody will say the machine went, so
+                    // the next hangup ends the session.
+                    forwarder.machineRemoved()
+                    return false
+                }
                 if signals.contains(where: { $0.member == Machine1Manager.Signal.machineRemoved.rawValue
                                              && $0.arguments.first?.stringValue == machine }) {
                     forwarder.machineRemoved()
                 }
+                return true
             }
-            check()  // what sd-bus already queued while the call was answered
+            _ = check()  // what sd-bus already queued while the call was answered
             extra = (bus.pollDescriptor, check)
         }
         let outcome = try forwarder.run(extra: extra)

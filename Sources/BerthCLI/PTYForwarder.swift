@@ -83,9 +83,15 @@ public final class PTYForwarder {
         masterReadable = true
     }
 
+    /// How many times the loop woke up (epoll_wait returned): what the tests check to know that
+    /// a stalled side makes it wait, not spin.
+    private(set) var wakeups = 0
+
     /// Runs the session until it ends. `extra`: a descriptor to watch beside the terminal and
-    /// what to do when it is readable (berthctl's bus connection, to hear of MachineRemoved).
-    public func run(extra: (fd: Int32, onReadable: () -> Void)? = nil) throws -> Outcome {
+    /// what to do when it is readable (berthctl's bus connection, to hear of MachineRemoved);
+    /// the handler returns false when the descriptor is done with (the bus went away), which
+    /// then stops being watched.
+    public func run(extra: (fd: Int32, onReadable: () -> Bool)? = nil) throws -> Outcome {
         let epoll = epoll_create1(Int32(EPOLL_CLOEXEC))
         guard epoll >= 0 else { throw CLIError("epoll_create1: \(String(cString: strerror(errno)))") }
         defer { close(epoll) }
@@ -115,10 +121,23 @@ public final class PTYForwarder {
         if let extra { try add(epoll, extra.fd, UInt32(EPOLLIN.rawValue), tag: 3) }
 
         var events = [epoll_event](repeating: epoll_event(), count: 8)
+        // Whether stdin is in the epoll set for reading: not while its bytes cannot go anywhere
+        // (the buffer is full because the machine does not read) nor after its end, else a
+        // level-triggered readable stdin would wake the loop for nothing, again and again.
+        var inputWatched = inputPollable
         while true {
             shovel()
             if let outcome { return outcome }
+            let wantInput = inputPollable && !inputEOF && inBuffer.count < Self.bufferLimit
+            if wantInput != inputWatched {
+                var e = epoll_event()
+                e.events = wantInput ? UInt32(EPOLLIN.rawValue) : 0
+                e.data.u64 = 1
+                _ = epoll_ctl(epoll, EPOLL_CTL_MOD, input, &e)
+                inputWatched = wantInput
+            }
             let n = epoll_wait(epoll, &events, Int32(events.count), -1)
+            wakeups += 1
             if n < 0 {
                 if errno == EINTR { continue }
                 throw CLIError("epoll_wait: \(String(cString: strerror(errno)))")
@@ -134,7 +153,8 @@ public final class PTYForwarder {
                     for signal in signals.drain() {
                         if signal == SIGWINCH { copyWindowSize() } else { outcome = .signal(signal) }
                     }
-                case 3: extra?.onReadable()
+                case 3:
+                    if let extra, !extra.onReadable() { _ = epoll_ctl(epoll, EPOLL_CTL_DEL, extra.fd, nil) }
                 default: break
                 }
             }

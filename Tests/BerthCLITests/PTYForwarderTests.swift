@@ -35,6 +35,15 @@ final class PTYPair {
         tcsetattr(slave, TCSANOW, &t)
     }
 
+    /// The machine's side raw: no line editing, so a full line buffer throttles the master
+    /// (canonical mode would drop what does not fit instead).
+    func rawSlave() {
+        var t = termios()
+        tcgetattr(slave, &t)
+        cfmakeraw(&t)
+        tcsetattr(slave, TCSANOW, &t)
+    }
+
     func closeSlave() {
         if slave >= 0 { close(slave) }
         slave = -1
@@ -81,7 +90,7 @@ final class ForwarderRun: @unchecked Sendable {
     private var result: Result<PTYForwarder.Outcome, Error>?
     private let done = DispatchSemaphore(value: 0)
 
-    init(_ forwarder: PTYForwarder, extra: (fd: Int32, onReadable: () -> Void)? = nil) {
+    init(_ forwarder: PTYForwarder, extra: (fd: Int32, onReadable: () -> Bool)? = nil) {
         nonisolated(unsafe) let f = forwarder
         nonisolated(unsafe) let e = extra
         Thread.detachNewThread { [self] in
@@ -217,6 +226,7 @@ struct PTYForwarderTests {
             var b: UInt8 = 0
             _ = read(removed.read, &b, 1)
             forwarder.machineRemoved()
+            return true
         }))
         _ = Array("login: ".utf8).withUnsafeBytes { write(pty.slave, $0.baseAddress, $0.count) }
         #expect(String(decoding: readAll(output.read, upTo: 7), as: UTF8.self) == "login: ")
@@ -231,5 +241,32 @@ struct PTYForwarderTests {
         removed.send([1])
         #expect(try run.outcome() == .machineGone)
         for fd in [input.read, input.write, output.read, output.write, removed.read, removed.write] { close(fd) }
+    }
+
+    @Test func aMachineThatReadsNothingMakesTheLoopWaitNotSpin() throws {
+        let pty = try PTYPair()
+        pty.rawSlave()
+        let input = Pipe(), output = Pipe()
+        let forwarder = PTYForwarder(master: pty.master, input: input.read, output: output.write)
+        let run = ForwarderRun(forwarder)
+        // More than the forwarder's buffer and the pty's together, which nobody reads.
+        let chunk = [UInt8](repeating: UInt8(ascii: "x"), count: 4096)
+        var p = pollfd(fd: input.write, events: Int16(POLLOUT), revents: 0)
+        _ = fcntl(input.write, F_SETFL, O_NONBLOCK)
+        var sent = 0
+        while sent < 4 << 20 && poll(&p, 1, 2000) > 0 {
+            let n = chunk.withUnsafeBytes { write(input.write, $0.baseAddress, $0.count) }
+            if n > 0 { sent += n }
+        }
+        // The pipe stays full: the forwarder stopped reading it, and waits.
+        #expect(sent < 4 << 20)
+        usleep(300_000)
+        let wakeups = forwarder.wakeups
+        usleep(300_000)
+        // A loop spinning on a readable stdin would have woken thousands of times by now.
+        #expect(forwarder.wakeups - wakeups < 10, "\(forwarder.wakeups - wakeups) wake-ups while stalled")
+        pty.closeSlave()
+        #expect(try run.outcome() == .hangup)
+        for fd in [input.read, input.write, output.read, output.write] { close(fd) }
     }
 }
