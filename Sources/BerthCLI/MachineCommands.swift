@@ -271,23 +271,22 @@ enum PropertyJSON: Encodable, Equatable {
 }
 
 /// A property as `machinectl show` prints it (systemd's bus_print_property): booleans yes/no,
-/// `…Timestamp` as a date, byte arrays as hex, other arrays space-separated. Nil when it is
-/// empty and `all` is not set, as machinectl leaves those out.
+/// `…Timestamp` as a date, `ay` as hex, `au` as 8-digit hex words, `as` space-separated; other
+/// arrays and structures are not printed (`[unprintable]` with `all`). Nil when it is not
+/// printed: empty and `all` not set (`-p` sets it for the properties it names, as in machinectl).
 func propertyText(_ name: String, _ value: BusValue, all: Bool) -> String? {
+    func shown(_ text: String) -> String? { text.isEmpty && !all ? nil : text }
     switch value {
     case .variant(let v): return propertyText(name, v, all: all)
     case .boolean(let b): return b ? "yes" : "no"
     case .uint64(let t) where name.hasSuffix("Timestamp"):
-        if t == 0 || t == .max { return all ? "n/a" : nil }
-        return formatTimestamp(t)
-    case .string(let s): return s.isEmpty && !all ? nil : (s.contains("\n") ? "[unprintable]" : s)
+        return shown(t == 0 || t == .max ? "" : formatTimestamp(t))
+    case .string(let s): return shown(s.contains("\n") ? "[unprintable]" : s)
     case .objectPath(let p): return p.rawValue
-    case .array("y", _):
-        let bytes = value.bytesValue ?? []
-        return bytes.isEmpty && !all ? nil : bytes.map { String(format: "%02x", $0) }.joined()
-    case .array(_, let vs):
-        if vs.isEmpty && !all { return nil }
-        return vs.map { propertyText(name, $0, all: true) ?? "" }.joined(separator: " ")
+    case .array("y", _): return shown((value.bytesValue ?? []).map { String(format: "%02x", $0) }.joined())
+    case .array("u", let vs):
+        return shown(vs.compactMap { $0.uint64Value }.map { String(format: "%08x", UInt32(truncatingIfNeeded: $0)) }.joined())
+    case .array("s", let vs): return shown(vs.compactMap(\.stringValue).map(shellQuoted).joined(separator: " "))
     case .byte(let v): return String(v)
     case .int16(let v): return String(v)
     case .uint16(let v): return String(v)
@@ -295,9 +294,22 @@ func propertyText(_ name: String, _ value: BusValue, all: Bool) -> String? {
     case .uint32(let v): return String(v)
     case .int64(let v): return String(v)
     case .uint64(let v): return String(v)
-    case .double(let v): return String(v)
-    default: return value.description
+    case .double(let v): return String(format: "%g", v)
+    default: return all ? "[unprintable]" : nil
     }
+}
+
+/// `text` as systemd's shell_maybe_quote leaves it: as it is when it is safe, else in double
+/// quotes with `"`, `\\`, `` ` `` and `$` escaped.
+func shellQuoted(_ text: String) -> String {
+    let special = Set(" \t\n\"'\\`$&|;<>()*?[]{}~#!")
+    guard !text.isEmpty, text.contains(where: { special.contains($0) }) else { return text.isEmpty ? "\"\"" : text }
+    var out = "\""
+    for c in text {
+        if "\"\\`$".contains(c) { out.append("\\") }
+        out.append(c)
+    }
+    return out + "\""
 }
 
 /// `berthctl show [NAME…]`: a machine's properties as `Name=value` lines (machinectl show), or
@@ -316,9 +328,11 @@ public struct Show: ParsableCommand {
         let wanted = Set(property.flatMap { $0.split(separator: ",").map(String.init) })
         try reporting {
             let client = try Machine1Client(global)
+            // Every interface's properties (GetAll with ""), as machinectl asks: the manager's
+            // include berthd's own io.berth.Daemon ones.
             let targets: [(ObjectPath, String)] = names.isEmpty
-                ? [(ServiceKind.machine1.managerPath, Machine1Manager.name)]
-                : try names.map { (try client.machinePath($0), Machine1Machine.name) }
+                ? [(ServiceKind.machine1.managerPath, "")]
+                : try names.map { (try client.machinePath($0), "") }
             var first = true
             for (path, interface) in targets {
                 let props = try client.properties(path, interface: interface).filter { wanted.isEmpty || wanted.contains($0.0) }

@@ -78,8 +78,13 @@ struct MachineArgumentTests {
         #expect(propertyText("TimestampMonotonic", .uint64(7), all: false) == "7")
         #expect(propertyText("Timestamp", .uint64(0), all: false) == nil)
         #expect(propertyText("Timestamp", .uint64(1_000_000), all: false)?.contains("1970-01-01") == true)
-        #expect(propertyText("NetworkInterfaces", .array(element: "i", [.int32(3), .int32(7)]), all: false) == "3 7")
-        #expect(propertyText("NetworkInterfaces", .array(element: "i", []), all: false) == nil)
+        #expect(propertyText("Timestamp", .uint64(0), all: true) == "")
+        // machinectl prints no `ai` (NetworkInterfaces), `au` as hex words, `as` quoted where needed.
+        #expect(propertyText("NetworkInterfaces", .array(element: "i", [.int32(3), .int32(7)]), all: false) == nil)
+        #expect(propertyText("NetworkInterfaces", .array(element: "i", [.int32(3)]), all: true) == "[unprintable]")
+        #expect(propertyText("X", .array(element: "u", [.uint32(255), .uint32(1)]), all: false) == "000000ff00000001")
+        #expect(propertyText("X", .array(element: "s", [.string("a"), .string("b c"), .string("$x")]), all: false) == "a \"b c\" \"\\$x\"")
+        #expect(propertyText("X", .array(element: "s", []), all: false) == nil)
         #expect(propertyText("ReadOnly", .boolean(true), all: false) == "yes")
     }
 
