@@ -180,6 +180,12 @@ struct Machine1BerthctlMachineTests {
         let piped = try berthctl(bus, ["shell", "-q", "bbsh"], input: Data("echo piped-$((6*7))\n".utf8))
         #expect(piped.succeeded && piped.stdout.contains("piped-42"), "\(piped.stdout)\n\(piped.stderr)")
         #expect(!piped.stderr.contains("Connected"))
+        // On a terminal (script(1) gives berthctl one): raw mode for the session, typed commands
+        // run, `exit` hangs the pty up and ends the session.
+        let onTTY = try run(["script", "-qec", "'\(try BerthdProcess.binaryPath("berthctl"))' shell --bus-address '\(bus.address)' bbsh",
+                             "/dev/null"], input: Data("echo tty-$((1+1))\nexit\n".utf8))
+        #expect(onTTY.succeeded && onTTY.stdout.contains("tty-2") && onTTY.stdout.contains("Connection to machine bbsh terminated."),
+                "\(onTTY.stdout)\n\(onTTY.stderr)")
         // USER@NAME with a user the machine does not have: a clear error, exit 1.
         let nouser = try berthctl(bus, ["shell", "nosuchuser@bbsh", "/bin/sh", "-c", "true"])
         #expect(nouser.status == 1 && nouser.stderr.hasPrefix("berthctl: Failed to get shell PTY: "), "\(nouser.stderr)")
