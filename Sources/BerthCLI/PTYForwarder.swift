@@ -301,8 +301,11 @@ public final class PTYForwarder {
 }
 
 /// The user's terminal modes while a session runs: raw input on a tty stdin (cfmakeraw, keeping
-/// its output flags), raw output on a tty stdout (keeping its input and local flags), as
-/// machinectl sets them; `restore` puts back what was there.
+/// its output flags), raw output on a tty stdout (keeping its input and local flags as they are
+/// by then), as machinectl sets them. When both are the same terminal the second step reads what
+/// the first left, so the terminal ends up wholly raw: the machine's programs get their bytes to
+/// the screen unchanged (no newline translation under a full-screen editor). `restore` puts stdout's
+/// modes back, then stdin's, so a shared terminal ends as it was before.
 struct TerminalModes {
     let input: Int32
     let output: Int32
@@ -322,8 +325,7 @@ struct TerminalModes {
             raw.c_oflag = t.c_oflag
             _ = tcsetattr(input, TCSANOW, &raw)
         }
-        // When stdin and stdout are the same terminal, the output flags already stay as they were.
-        if isatty(output) == 1, tcgetattr(output, &t) == 0, !Self.sameFile(input, output) {
+        if isatty(output) == 1, tcgetattr(output, &t) == 0 {
             savedOutput = t
             var raw = t
             cfmakeraw(&raw)
@@ -334,14 +336,8 @@ struct TerminalModes {
     }
 
     func restore() {
-        if var t = savedInput { _ = tcsetattr(input, TCSANOW, &t) }
         if var t = savedOutput { _ = tcsetattr(output, TCSANOW, &t) }
-    }
-
-    private static func sameFile(_ a: Int32, _ b: Int32) -> Bool {
-        var sa = stat(), sb = stat()
-        guard fstat(a, &sa) == 0, fstat(b, &sb) == 0 else { return false }
-        return sa.st_dev == sb.st_dev && sa.st_ino == sb.st_ino && sa.st_rdev == sb.st_rdev
+        if var t = savedInput { _ = tcsetattr(input, TCSANOW, &t) }
     }
 }
 

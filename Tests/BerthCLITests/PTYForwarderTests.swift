@@ -269,4 +269,27 @@ struct PTYForwarderTests {
         #expect(try run.outcome() == .hangup)
         for fd in [input.read, input.write, output.read, output.write] { close(fd) }
     }
+
+    @Test func oneTerminalForInputAndOutputIsWhollyRawThenAsItWas() throws {
+        let pty = try PTYPair()
+        let terminal = try PTYPair()  // its slave is both stdin and stdout, as in a shell
+        var before = termios()
+        tcgetattr(terminal.slave, &before)
+        #expect(before.c_oflag & tcflag_t(OPOST) != 0)
+        let run = ForwarderRun(PTYForwarder(master: pty.master, input: terminal.slave, output: terminal.slave))
+        #expect(waitUntil {
+            var t = termios()
+            tcgetattr(terminal.slave, &t)
+            return t.c_lflag & tcflag_t(ICANON) == 0 && t.c_oflag & tcflag_t(OPOST) == 0
+        })
+        // The machine's bytes reach the screen as they are: its own line discipline made "\r\n"
+        // of "\n", the user's terminal adds nothing ("\r\r\n" if its output were still cooked).
+        _ = Array("a\nb".utf8).withUnsafeBytes { write(pty.slave, $0.baseAddress, $0.count) }
+        #expect(String(decoding: readAll(terminal.master, upTo: 4), as: UTF8.self) == "a\r\nb")
+        pty.closeSlave()
+        #expect(try run.outcome() == .hangup)
+        var after = termios()
+        tcgetattr(terminal.slave, &after)
+        #expect(after.c_lflag == before.c_lflag && after.c_iflag == before.c_iflag && after.c_oflag == before.c_oflag)
+    }
 }
