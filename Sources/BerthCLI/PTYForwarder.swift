@@ -54,7 +54,11 @@ public final class PTYForwarder {
     private var inputReadable = false
     private var inputEOF = false
     private var inputPollable = true
-    private var eofSent = false
+    /// The machine side's line mode (ICANON) when the last end-of-file went, nil before the first.
+    private var eofSentInCanonicalMode: Bool?
+    /// Whether the machine wrote anything since the last end-of-file went.
+    private var outputSinceEOF = false
+    private var eofsSent = 0
     private var inputIsTTY = false
     private var outputIsTTY = false
     private var lastOutputByte: UInt8?
@@ -201,10 +205,18 @@ public final class PTYForwarder {
                 }
             }
 
-            if inputEOF && !inputIsTTY && inBuffer.isEmpty && !eofSent && masterWritable {
+            if inputEOF && !inputIsTTY && inBuffer.isEmpty && masterWritable && eofDue() {
                 var eof = Self.endOfFileCharacter(master)
+                let canonical = Self.isCanonical(master)
                 let n = write(master, &eof, 1)
-                if n == 1 { eofSent = true; progress = true } else if n < 0 && errno != EINTR { masterWritable = false }
+                if n == 1 {
+                    eofSentInCanonicalMode = canonical
+                    outputSinceEOF = false
+                    eofsSent += 1
+                    progress = true
+                } else if n < 0 && errno != EINTR {
+                    masterWritable = false
+                }
             }
 
             if masterReadable && outBuffer.count < Self.bufferLimit {
@@ -212,6 +224,7 @@ public final class PTYForwarder {
                 let n = read(master, &chunk, chunk.count)
                 if n > 0 {
                     outBuffer.append(contentsOf: chunk[0..<n])
+                    outputSinceEOF = true
                     progress = true
                 } else if n < 0 && (errno == EAGAIN || errno == EINTR) {
                     if errno == EAGAIN { masterReadable = false }
@@ -237,6 +250,27 @@ public final class PTYForwarder {
         if masterHungUp && outBuffer.isEmpty && outcome == nil {
             outcome = machineGone ? .machineGone : .hangup
         }
+    }
+
+    /// Whether an end-of-file should go to the machine now that stdin (not a tty) has ended: once
+    /// at first, and again when the machine's side switched between line mode and raw mode since
+    /// the last one and wrote something since. A ^D written in line mode is an end-of-file mark
+    /// in the pty's line buffer, but a program that switches to raw mode before reading it (a
+    /// shell starting its line editor after the input arrived) reads a NUL there instead; the ^D
+    /// sent again in raw mode is what a line editor takes as the end. Every ^D comes after all
+    /// of stdin, so none can cut into its data; a few at most (a program toggling modes forever
+    /// does not get an endless stream).
+    private func eofDue() -> Bool {
+        guard let lastMode = eofSentInCanonicalMode else { return true }
+        guard outputSinceEOF, eofsSent < 8 else { return false }
+        return Self.isCanonical(master) != lastMode
+    }
+
+    /// Whether the pty is in line mode (ICANON) for its reader on the machine's side.
+    static func isCanonical(_ master: Int32) -> Bool {
+        var t = termios()
+        guard tcgetattr(master, &t) == 0 else { return true }
+        return t.c_lflag & tcflag_t(ICANON) != 0
     }
 
     /// Writes all of `outBuffer` to the output (blocking, retrying EINTR and waiting out EAGAIN);

@@ -292,4 +292,25 @@ struct PTYForwarderTests {
         tcgetattr(terminal.slave, &after)
         #expect(after.c_lflag == before.c_lflag && after.c_iflag == before.c_iflag && after.c_oflag == before.c_oflag)
     }
+
+    @Test func aReaderThatGoesRawAfterTheEndOfFileGetsItAgainInRawMode() throws {
+        let pty = try PTYPair()
+        pty.quietSlave()
+        let input = Pipe(), output = Pipe()
+        let run = ForwarderRun(PTYForwarder(master: pty.master, input: input.read, output: output.write))
+        input.send(Array("ls\n".utf8))
+        close(input.write)
+        // In line mode: the line, then the end of file.
+        #expect(readAll(pty.slave, upTo: 3) == Array("ls\n".utf8))
+        var byte: UInt8 = 0
+        #expect(read(pty.slave, &byte, 1) == 0)
+        // A program switching to raw mode afterwards (a shell starting its line editor, which
+        // would have read the queued mark as a NUL) gets ^D again once it prompts.
+        pty.rawSlave()
+        _ = Array("$ ".utf8).withUnsafeBytes { write(pty.slave, $0.baseAddress, $0.count) }
+        #expect(readAll(pty.slave, upTo: 1) == [4])
+        pty.closeSlave()
+        #expect(try run.outcome() == .hangup)
+        for fd in [input.read, output.read, output.write] { close(fd) }
+    }
 }

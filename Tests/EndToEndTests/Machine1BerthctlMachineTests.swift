@@ -242,4 +242,81 @@ struct Machine1BerthctlMachineTests {
         let missing = try berthctl(bus, ["bind", "bbcp", work.appending("nope"), "/mnt/nope"])
         #expect(missing.status == 1 && missing.stderr.hasPrefix("berthctl: Failed to bind mount: "), "\(missing.stderr)")
     }
+
+    @Test(.enabled(if: BootedSystemd.skipReason == nil || Privileges.underCI, "\(BootedSystemd.skipReason ?? "")"))
+    func loginToTheGettyOfABootedContainerOutlivesLogoutsAndEndsWithTheMachine() throws {
+        let host = try Self.host()
+        defer { host.stop() }
+        let bus = host.bus
+        let debian = try BootedSystemd.preparedRoot()
+        // The cached Debian 12 (root without a password) booted by the real nspawn and registered
+        // with berthd; its changes land in a tmpfs (--volatile=overlay).
+        var groups: [String] = []
+        for h in ["/sys/fs/cgroup/systemd", "/sys/fs/cgroup/unified"] where FileManager.default.fileExists(atPath: h + "/cgroup.procs") {
+            let dir = "\(h)/berth-test-ctllogin"
+            mkdir(dir, 0o755)
+            groups.append(dir)
+        }
+        let enter = groups.map { "echo $$ > \($0)/cgroup.procs" }.joined(separator: "; ")
+        let nspawn = try spawn(["/bin/sh", "-c", "\(enter); exec systemd-nspawn -q -D '\(debian)' --volatile=overlay -b --register=yes "
+                                + "-M ctllogin --console=read-only"],
+                               stdout: "/tmp/berth-nspawn-ctllogin.log", stderr: "/tmp/berth-nspawn-ctllogin.log",
+                               environment: ["DBUS_SYSTEM_BUS_ADDRESS": bus.address])
+        defer {
+            kill(nspawn, SIGKILL)
+            _ = waitpid(nspawn, nil, 0)
+            for dir in groups {
+                for child in ((try? FileManager.default.subpathsOfDirectory(atPath: dir)) ?? []).sorted().reversed() { rmdir(dir + "/" + child) }
+                rmdir(dir)
+            }
+        }
+        #expect(try waitUntil(180) { try rows(bus).contains { $0.machine == "ctllogin" } }, "\(host.berthd.log)")
+        let leader = try berthctl(bus, ["show", "ctllogin", "-p", "Leader", "--value"]).stdout.trimmingCharacters(in: .whitespacesAndNewlines)
+        #expect(waitUntil(180) { FileManager.default.fileExists(atPath: "/proc/\(leader)/root/run/dbus/system_bus_socket") })
+
+        // berthctl login on a pty of its own: log in, log out (the getty hangs the line up and
+        // the container's systemd starts another: the session goes on to the next prompt), then
+        // terminate the machine: the session ends saying so.
+        let driver = host.berthd.root + "/login.py"
+        try """
+        import os, pty, select, subprocess, sys, time
+        berthctl, bus, name = sys.argv[1], sys.argv[2], sys.argv[3]
+        pid, fd = pty.fork()
+        if pid == 0:
+            os.execv(berthctl, [berthctl, 'login', '--bus-address', bus, name])
+        out = b''
+        def expect(token, mark, timeout):
+            global out
+            deadline = time.time() + timeout
+            while time.time() < deadline:
+                if token in out[mark:]:
+                    return True
+                if select.select([fd], [], [], 1)[0]:
+                    try:
+                        data = os.read(fd, 4096)
+                    except OSError:
+                        return False
+                    if not data:
+                        return False
+                    out += data
+            return False
+        def step(label, ok):
+            print('STEP %s %s' % (label, 'ok' if ok else 'FAILED'), flush=True)
+        step('prompt', expect(b'login:', 0, 120))
+        mark = len(out); os.write(fd, b'root\\n'); step('shell', expect(b'# ', mark, 60))
+        mark = len(out); os.write(fd, b'echo logged-$((2+3))\\n'); step('command', expect(b'logged-5', mark, 30))
+        mark = len(out); os.write(fd, b'exit\\n'); step('again', expect(b'login:', mark, 90))
+        mark = len(out)
+        subprocess.run([berthctl, 'terminate', '--bus-address', bus, name])
+        step('gone', expect(b'Machine ' + name.encode() + b' terminated.', mark, 90))
+        _, status = os.waitpid(pid, 0)
+        step('exit', os.WIFEXITED(status) and os.WEXITSTATUS(status) == 0)
+        print(out.decode(errors='replace'))
+        """.write(toFile: driver, atomically: false, encoding: .utf8)
+        let login = try run(["/usr/bin/python3", driver, try BerthdProcess.binaryPath("berthctl"), bus.address, "ctllogin"])
+        for step in ["prompt", "shell", "command", "again", "gone", "exit"] {
+            #expect(login.stdout.contains("STEP \(step) ok"), "\(step):\n\(login.stdout)\n\(login.stderr)")
+        }
+        #expect(login.stdout.contains("Connected to machine ctllogin. Press ^] three times within 1s to exit session."))
+    }
 }
