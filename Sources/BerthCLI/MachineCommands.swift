@@ -190,7 +190,7 @@ public struct MachineStatus: Codable, Sendable, Equatable {
         if !interfaces.isEmpty { lines.append("\t   Iface: " + interfaces.joined(separator: " ")) }
         if let addresses, !addresses.isEmpty { lines.append("\t Address: " + addresses.joined(separator: "\n\t          ")) }
         if let os { lines.append("\t      OS: \(os)") }
-        if let uidShift { lines.append("       UID Shift: \(uidShift)") }
+        if let uidShift { lines.append("  UID Shift: \(uidShift)") }  // sic: machinectl 252 indents this one with two spaces
         if !unit.isEmpty { lines.append("\t    Unit: \(unit)") }
         return lines.joined(separator: "\n")
     }

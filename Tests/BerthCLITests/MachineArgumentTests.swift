@@ -95,6 +95,25 @@ struct MachineArgumentTests {
         #expect(MachineAddress.format(family: 99, [1, 2, 3, 4]) == nil)
     }
 
+    @Test func statusLinesAreMachinectls() {
+        let status = MachineStatus(name: "bb", id: "ab", since: 0, leader: 42, leaderCommand: "sh", service: "systemd-nspawn",
+                                   class: "container", root: "/srv/bb", unit: "machine-bb.scope", interfaces: ["ve-bb"],
+                                   addresses: ["10.0.0.2", "fd00::2"], os: "Busybox", uidShift: 65536)
+        // As machinectl 252 prints them on a container started with -U and --network-veth.
+        #expect(status.text == """
+            bb(ab)
+            \t  Leader: 42 (sh)
+            \t Service: systemd-nspawn; class container
+            \t    Root: /srv/bb
+            \t   Iface: ve-bb
+            \t Address: 10.0.0.2
+            \t          fd00::2
+            \t      OS: Busybox
+              UID Shift: 65536
+            \t    Unit: machine-bb.scope
+            """)
+    }
+
     @Test func relativeTimes() {
         let now = Date(timeIntervalSince1970: 10_000)
         #expect(formatRelative(9_995_000_000, now: now) == "5s ago")
