@@ -196,18 +196,34 @@ public struct MachineStatus: Codable, Sendable, Equatable {
     }
 }
 
-/// A µs timestamp relative to now, as systemd words it (`5min 3s ago`).
+/// A µs timestamp relative to now, in the steps of systemd's format_timestamp_relative
+/// (`3s ago`, `4min 2s ago`, `7min ago`, `2h 5min ago`, `1 day 3h ago`, `3 weeks 2 days ago`).
 func formatRelative(_ us: UInt64, now: Date = Date()) -> String {
-    let then = Double(us) / 1_000_000
-    var d = Int64(now.timeIntervalSince1970 - then)
-    let future = d < 0
-    d = abs(d)
+    let nowUS = UInt64(max(0, now.timeIntervalSince1970 * 1_000_000))
+    let future = us > nowUS
+    let d = future ? us - nowUS : nowUS - us
+    let second: UInt64 = 1_000_000, minute = 60 * second, hour = 60 * minute, day = 24 * hour
+    let week = 7 * day, month = 2_629_800 * second, year = 31_557_600 * second
     let text: String
     switch d {
-    case ..<60: text = "\(d)s"
-    case ..<3600: text = "\(d / 60)min \(d % 60)s"
-    case ..<86400: text = "\(d / 3600)h \(d % 3600 / 60)min"
-    default: text = "\(d / 86400) days"
+    case year...:
+        let years = d / year, months = (d % year) / month
+        text = "\(years) \(years == 1 ? "year" : "years") \(months) \(months == 1 ? "month" : "months")"
+    case month...:
+        let months = d / month, days = (d % month) / day
+        text = "\(months) \(months == 1 ? "month" : "months") \(days) \(days == 1 ? "day" : "days")"
+    case week...:
+        let weeks = d / week, days = (d % week) / day
+        text = "\(weeks) \(weeks == 1 ? "week" : "weeks") \(days) \(days == 1 ? "day" : "days")"
+    case (2 * day)...: text = "\(d / day) days"
+    case (25 * hour)...: text = "1 day \((d - day) / hour)h"
+    case (6 * hour)...: text = "\(d / hour)h"
+    case hour...: text = "\(d / hour)h \((d % hour) / minute)min"
+    case (5 * minute)...: text = "\(d / minute)min"
+    case minute...: text = "\(d / minute)min \((d % minute) / second)s"
+    case second...: text = "\(d / second)s"
+    case 1000...: text = "\(d / 1000)ms"
+    default: return "now"
     }
     return future ? "in \(text)" : "\(text) ago"
 }

@@ -117,7 +117,14 @@ struct MachineArgumentTests {
     @Test func relativeTimes() {
         let now = Date(timeIntervalSince1970: 10_000)
         #expect(formatRelative(9_995_000_000, now: now) == "5s ago")
-        #expect(formatRelative(9_000_000_000, now: now) == "16min 40s ago")
+        #expect(formatRelative(9_880_000_000, now: now) == "2min 0s ago")
+        #expect(formatRelative(9_000_000_000, now: now) == "16min ago")
         #expect(formatRelative(2_800_000_000, now: now) == "2h 0min ago")
+        #expect(formatRelative(10_000_000_000, now: now) == "now")
+        #expect(formatRelative(10_060_000_000, now: now) == "in 1min 0s")
+        let later = Date(timeIntervalSince1970: 10_000 + 3 * 86400 + 100)
+        #expect(formatRelative(10_000_000_000, now: later) == "3 days ago")
+        let muchLater = Date(timeIntervalSince1970: 10_000 + 26 * 3600)
+        #expect(formatRelative(10_000_000_000, now: muchLater) == "1 day 2h ago")
     }
 }
