@@ -19,6 +19,10 @@ import Glibc
 ///   line up between sessions and the machine's systemd starts another) a hangup is waited out
 ///   until `machineRemoved()` is called (the machine went away).
 ///
+/// It calls read, write, epoll and termios directly (Glibc, and CLinux's fixed-arity ioctl):
+/// this is berthctl's own terminal, not berthd's layers, whose syscalls go through Linux's
+/// typed wrappers, and a forwarder needs each errno as it comes (EAGAIN, EIO, EINTR) anyway.
+///
 /// One epoll set, no busy loop: the master is edge-triggered (as systemd's forwarder, so a line
 /// hung up and waited out is not reported again and again), stdin and the signal pipe
 /// level-triggered; an extra descriptor (the bus, for MachineRemoved) can be watched beside them.
