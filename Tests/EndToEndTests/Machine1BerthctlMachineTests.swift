@@ -63,6 +63,16 @@ struct Machine1BerthctlMachineTests {
         return false
     }
 
+    /// Ends a container still running at the end of a test the way berthd sees it go (SIGKILL to
+    /// its leader, then the machine's removal), so berthd removes its scope's control groups
+    /// before it is stopped itself.
+    func finish(_ container: Container, _ name: String, _ bus: PrivateDBusDaemon) {
+        _ = try? berthctl(bus, ["kill", name, "--kill-whom", "leader", "--signal", "KILL"])
+        _ = container.wait(timeout: 30)
+        _ = waitUntil { !((try? rows(bus))?.contains { $0.machine == name } ?? false) }
+        container.stop()
+    }
+
     func rows(_ bus: PrivateDBusDaemon, all: Bool = false) throws -> [Row] {
         let r = try berthctl(bus, ["list", "--json"] + (all ? ["--all"] : []))
         guard r.succeeded else { return [] }
@@ -167,7 +177,7 @@ struct Machine1BerthctlMachineTests {
         defer { host.stop() }
         let bus = host.bus
         let container = try Container(name: "bbsh", root: host.root.path, bus: bus.address, command: "sleep 600")
-        defer { container.stop() }
+        defer { finish(container, "bbsh", bus) }
         #expect(try waitUntil { try rows(bus).contains { $0.machine == "bbsh" } }, "\(container.log)")
 
         // PATH with ARGS: the command runs inside (the container's hostname and os-release).
@@ -202,7 +212,7 @@ struct Machine1BerthctlMachineTests {
         defer { host.stop() }
         let bus = host.bus
         let container = try Container(name: "bbcp", root: host.root.path, bus: bus.address, command: "sleep 600")
-        defer { container.stop() }
+        defer { finish(container, "bbcp", bus) }
         #expect(try waitUntil { try rows(bus).contains { $0.machine == "bbcp" } }, "\(container.log)")
         let work = try TemporaryDirectory(prefix: "berth-cp")
         defer { work.remove() }
@@ -237,7 +247,7 @@ struct Machine1BerthctlMachineTests {
         defer { host.stop() }
         let bus = host.bus
         let container = try Container(name: "bbbind", root: host.root.path, bus: bus.address, command: "sleep 600")
-        defer { container.stop() }
+        defer { finish(container, "bbbind", bus) }
         #expect(try waitUntil { try rows(bus).contains { $0.machine == "bbbind" } }, "\(container.log)")
         let work = try TemporaryDirectory(prefix: "berth-bind")
         defer { work.remove() }
