@@ -25,6 +25,8 @@ public struct ShellRequest: Equatable, Sendable {
     /// Reads `positional` (`[[USER@]NAME [PATH [ARGS…]]]`), `--uid` and `--setenv`; `callerTerm`
     /// is berthctl's own $TERM. `USER@` wins over `--uid`; `@NAME` is refused, as ssh does.
     public static func parse(_ positional: [String], uid: String?, setenv: [String], callerTerm: String?) throws -> ShellRequest {
+        // A leading `--` only ends berthctl's options (the passthrough argument keeps it).
+        let positional = positional.first == "--" ? Array(positional.dropFirst()) : positional
         var machine = positional.first ?? ""
         var user = uid ?? ""
         if let at = machine.firstIndex(of: "@") {

@@ -18,6 +18,9 @@ struct MachineArgumentTests {
         #expect(try ShellRequest.parse(["bb", "/bin/sh", "-c", "echo hi"], uid: "bob", setenv: ["TERM=dumb"], callerTerm: "xterm")
                 == ShellRequest(machine: "bb", user: "bob", path: "/bin/sh", arguments: ["/bin/sh", "-c", "echo hi"],
                                 environment: ["TERM=dumb"]))
+        // A leading -- ends berthctl's options and is not a machine name.
+        #expect(try ShellRequest.parse(["--", "bb", "/bin/ls", "-l"], uid: nil, setenv: [], callerTerm: nil)
+                == ShellRequest(machine: "bb", user: "", path: "/bin/ls", arguments: ["/bin/ls", "-l"], environment: []))
         // user@ alone means the host.
         #expect(try ShellRequest.parse(["root@"], uid: nil, setenv: [], callerTerm: nil).machine == ".host")
         #expect(throws: (any Error).self) { try ShellRequest.parse(["@bb"], uid: nil, setenv: [], callerTerm: nil) }
