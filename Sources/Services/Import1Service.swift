@@ -12,6 +12,10 @@ extension Import1Manager.Method {
         // importd checks the pull action for cancelling too.
         case .pullTar, .pullRaw, .cancelTransfer: PolkitAction.pullImages
         case .listTransfers: nil
+        case .importTarEx, .importRawEx, .importFileSystemEx: PolkitAction.importImages
+        case .exportTarEx, .exportRawEx: PolkitAction.exportImages
+        case .pullTarEx, .pullRawEx: PolkitAction.pullImages
+        case .listTransfersEx, .listImages: nil
         }
     }
 }
@@ -36,10 +40,10 @@ public actor Import1Service: BusObjectHandler {
     private let info: DaemonInfo
     private let harness = Harness()
     private let engine: TransferEngine?
-    private let logger: Logger
+    let logger: Logger
     /// The running transfers, mirrored here so the synchronous property and find callbacks of
     /// sd-bus can answer without awaiting the engine.
-    private var transfers: [UInt32: TransferHandle] = [:]
+    var transfers: [UInt32: TransferHandle] = [:]
 
     /// Parent of the transfer objects.
     public static let transferPrefix: ObjectPath = "/org/freedesktop/import1/transfer"
@@ -141,6 +145,9 @@ public actor Import1Service: BusObjectHandler {
             let id = UInt32(truncatingIfNeeded: try call.uint64(0))
             guard transfers[id] != nil, await engine.cancel(id: id) else { throw Self.noSuchTransfer(id) }
             return []
+        case .importTarEx, .importRawEx, .importFileSystemEx, .exportTarEx, .exportRawEx, .pullTarEx, .pullRawEx,
+             .listTransfersEx, .listImages:
+            return try await managerEx(method, call, engine: engine)
         }
     }
 
@@ -154,7 +161,7 @@ public actor Import1Service: BusObjectHandler {
     }
 
     /// importd's check of `local_name`: a valid image name, else InvalidArgs.
-    private static func checkedLocalName(_ name: String) throws(BusError) -> String {
+    static func checkedLocalName(_ name: String) throws(BusError) -> String {
         do { try ImagePool.validateName(name) } catch {
             throw BusError.invalidArgs("Local name \(name) is invalid")
         }
@@ -168,7 +175,7 @@ public actor Import1Service: BusObjectHandler {
 
     /// Starts `request`, publishes its object, announces it (TransferNew) and follows its events
     /// until TransferRemoved. A busy name is importd's TransferInProgress.
-    private func start(_ request: TransferRequest, engine: TransferEngine) async throws -> [BusValue] {
+    func start(_ request: TransferRequest, engine: TransferEngine) async throws -> [BusValue] {
         // Unlike importd 252, which starts a second import into a name already being written
         // (one of them then fails late), Berth refuses it up front.
         let handle: TransferHandle
@@ -200,6 +207,7 @@ public actor Import1Service: BusObjectHandler {
         let id = handle.id, path = Self.transferPath(id)
         var result = TransferResult.failed("the transfer ended without a result")
         var logSignalFailed = false
+        var progressSignals = ProgressThrottle()
         for await event in handle.events {
             switch event {
             case .log(let priority, let message):
@@ -215,13 +223,15 @@ public actor Import1Service: BusObjectHandler {
                     logSignalFailed = true
                     logger.warning("transfer \(id): cannot emit LogMessage (further failures not logged): \(error)")
                 } catch {}
-            case .progress:
-                // Progress does not emit PropertiesChanged (EmitsChangedSignal=false, as importd).
-                break
+            case .progress(let fraction):
+                // Progress does not emit PropertiesChanged (EmitsChangedSignal=false, as importd);
+                // ProgressUpdate (newer than 252) carries it, rate-limited.
+                if let value = progressSignals.offer(fraction) { await emitProgressUpdate(id, value) }
             case .finished(let r):
                 result = r
             }
         }
+        if let value = progressSignals.flush() { await emitProgressUpdate(id, value) }
         transfers[id] = nil
         switch result {
         case .failed(let why): logger.warning("transfer \(id) failed: \(why)")

@@ -93,7 +93,7 @@ public final class TransferHandle: Sendable {
 /// atomically through the pool so that a failed, cancelled or crashed transfer leaves nothing.
 public actor TransferEngine {
     /// The pool of each image class served: transfers of a class go to its pool.
-    public let pools: [ImageClass: ImagePool]
+    public nonisolated let pools: [ImageClass: ImagePool]
     /// The machine pool (252's members): `pools[.machine]`.
     public nonisolated var pool: ImagePool? { pools[.machine] }
     /// The worker binary: berth-transfer beside berthd (`TransferWorker.executableBesideSelf()`) in production.
@@ -220,6 +220,9 @@ public actor TransferEngine {
         case .pulling(let url, let verify):
             arguments.url = url
             arguments.verify = verify
+            if request.flags.contains(.keepDownload) {
+                arguments.knownETags = KeptDownloads.kept(in: pool, prefix: KeptDownloads.prefix(request.type, url: url)).map(\.etag)
+            }
         case .importing: break
         }
         let worker = WorkerProcess(executable: workerExecutable, gracePeriod: cancelGracePeriod)
@@ -279,6 +282,10 @@ public actor TransferEngine {
         }
         let force = request.flags.contains(.force), readOnly = request.flags.contains(.readOnly)
         let type: ImageType = (request.type == .importRaw || request.type == .pullRaw) ? .raw : .directory
+        let kept: String? = if request.flags.contains(.keepDownload), case .pulling(let url, _) = request.operation {
+            KeptDownloads.prefix(request.type, url: url)
+        } else { nil }
+        let download = Mutex<DownloadNote?>(nil)
         do {
             let warn: @Sendable (String) -> Void = { handle.emit(.log(priority: LogPriority.warning, message: $0)) }
             _ = try await pool.install(request.local, type: type, force: force, readOnly: readOnly, warn: warn) { temp in
@@ -287,6 +294,14 @@ public actor TransferEngine {
                 let outcome = await runWorker(a)
                 if outcome.canceled { throw PoolError(.cancelled, "transfer canceled") }
                 if !outcome.succeeded { throw TransferError(outcome.failureMessage) }
+                download.withLock { $0 = outcome.download }
+                if let kept, let note = outcome.download, note.notModified {
+                    try await copyKept(prefix: kept, etag: note.etag, into: temp, tree: type != .raw, arguments: arguments,
+                                       handle: handle, pool: pool)
+                }
+            }
+            if let kept, let note = download.withLock({ $0 }), !note.notModified {
+                await keep(request.local, prefix: kept, etag: note.etag, handle: handle, pool: pool)
             }
             return .done
         } catch let e as PoolError where e.code == .cancelled {
@@ -298,6 +313,64 @@ public actor TransferEngine {
         } catch {
             handle.emit(.log(priority: LogPriority.error, message: "\(error)"))
             return .failed("\(error)")
+        }
+    }
+
+    /// keep-download, 304: the kept image of `etag` is copied into `temp` by a second worker
+    /// (import-fs of its tree, import-raw of its file), held for reading meanwhile.
+    private static func copyKept(prefix: String, etag: String, into temp: String, tree: Bool,
+                                 arguments: TransferWorker.Arguments, handle: TransferHandle, pool: ImagePool) async throws {
+        guard let name = KeptDownloads.name(prefix: prefix, etag: etag) else {
+            throw TransferError("no kept download for ETag \(etag)")
+        }
+        let hold = try await pool.holdForReading(name)
+        let outcome: WorkerProcess.Outcome
+        do {
+            let path = hold.image.path
+            let source = tree ? try FileDescriptor.openDirectory(path, followSymlinks: false)
+                : try FileDescriptor.open(path, flags: O_RDONLY | O_CLOEXEC | O_NOFOLLOW)
+            defer { source.close() }
+            var copy = arguments
+            copy.type = tree ? .importFileSystem : .importRaw
+            copy.target = temp
+            copy.url = nil
+            copy.knownETags = []
+            // The download is over (100 %): the copy's own progress would only run it back.
+            outcome = await handle.worker.run(arguments: copy.commandLine, data: source.rawValue) { event in
+                if case .progress = event { return }
+                handle.emit(event)
+            }
+        } catch {
+            await hold.release()
+            throw error
+        }
+        await hold.release()
+        if outcome.canceled { throw PoolError(.cancelled, "transfer canceled") }
+        if !outcome.succeeded { throw TransferError(outcome.failureMessage) }
+    }
+
+    /// keep-download, a fresh download: a read-only copy of the new image becomes the kept
+    /// download of its ETag (a snapshot on btrfs), replacing the ones kept for other ETags of
+    /// the URL. A failure here is a warning: the image itself is installed.
+    private static func keep(_ local: String, prefix: String, etag: String, handle: TransferHandle, pool: ImagePool) async {
+        func warn(_ text: String) { handle.emit(.log(priority: LogPriority.warning, message: text)) }
+        guard let name = KeptDownloads.name(prefix: prefix, etag: etag) else {
+            warn("download not kept: its name would be too long for an image name")
+            return
+        }
+        for old in KeptDownloads.kept(in: pool, prefix: prefix) {
+            do {
+                try await pool.setReadOnly(old.name, false)
+                try await pool.remove(old.name)
+            } catch {
+                warn("cannot remove the download kept before (\(old.name)): \(error)")
+            }
+        }
+        do {
+            _ = try await pool.clone(local, to: name, readOnly: true)
+            handle.emit(.log(priority: LogPriority.info, message: "download kept as \(name)"))
+        } catch {
+            warn("download not kept: \(error)")
         }
     }
 }
