@@ -26,8 +26,8 @@ enum KeptDownloads {
         }
     }
 
-    /// `\xNN` for '/', '\' and control bytes: the result is a file name (systemd's xescape with
-    /// its file-name set, so the names match what systemd-pull leaves).
+    /// `\xNN` for '/', '\' and control bytes, in the manner of systemd-pull's names: the
+    /// result is a file name, and `unescape` gives the text back.
     static func escape(_ s: String) -> String {
         let digits = Array("0123456789abcdef".utf8)
         var out: [UInt8] = []

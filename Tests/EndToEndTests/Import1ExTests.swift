@@ -227,6 +227,11 @@ struct Import1ExTests {
         #expect(before.isEmpty || before.allSatisfy { present.contains($0) })
         #expect(site.allPoolEntries() == present, "\(site.allPoolEntries())")
         #expect(try site.callEx("ListTransfersEx", [("s", ""), ("t", 0)]).rows.isEmpty)
+        // A caller who is not root is denied before anything is checked; listing is for everyone.
+        let denied = try site.callManager("PullTarEx", ["'http://127.0.0.1:1/x.tar'", "'x'", "'sysext'", "'no'", "uint64 0"], asUser: 65534)
+        #expect(!denied.succeeded && denied.stderr.contains("AccessDenied"), "\(denied)")
+        let listed = try site.callManager("ListImages", ["''", "uint64 0"], asUser: 65534)
+        #expect(listed.succeeded && listed.stdout.contains("'present'"), "\(listed)")
         let written = (try? FileManager.default.attributesOfItem(atPath: out)[.size] as? Int) ?? 0
         #expect(written == 0)
     }

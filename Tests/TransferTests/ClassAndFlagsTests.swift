@@ -76,4 +76,18 @@ struct ClassAndFlagsTests {
         await #expect(throws: TransferError.self) { _ = try await engine.start(bad) }
         #expect(!exists(root + "/var/lib/machines/y"))
     }
+
+    @Test("kept downloads: names from URL and ETag are file names under the URL's prefix and give the ETag back")
+    func keptNames() {
+        let prefix = KeptDownloads.prefix(.pullTar, url: "http://h:1/a\\b/c.tar")
+        #expect(prefix == ".tar-http:\\x2f\\x2fh:1\\x2fa\\x5cb\\x2fc.tar\\")
+        #expect(KeptDownloads.prefix(.pullRaw, url: "http://h/x").hasPrefix(".raw-"))
+        for etag in ["\"v1\"", "W/\"a\\b\"", "é\u{1}x", ""] {
+            let name = KeptDownloads.name(prefix: prefix, etag: etag)
+            #expect(name != nil && !(name?.contains("/") ?? true), "\(etag)")
+            #expect(name.map { KeptDownloads.unescape(String($0.dropFirst(prefix.count))) } == etag, "\(etag)")
+        }
+        #expect(KeptDownloads.name(prefix: prefix, etag: String(repeating: "e", count: 300)) == nil)
+        #expect(KeptDownloads.unescape("a\\x2") == nil && KeptDownloads.unescape("a\\q00") == nil)
+    }
 }
