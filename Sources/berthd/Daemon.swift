@@ -72,7 +72,14 @@ actor Daemon {
             }
             if options.services.contains(.import1) || options.services.contains(.portable1) { await cleanUp(portables) }
             if options.services.contains(.import1) {
-                for imageClass in [ImageClass.sysext, .confext] { if let p = pools[imageClass] { await cleanUp(p) } }
+                // Temp entries of killed transfers only: extension folders are commonly 0755
+                // (systemd-sysext's), so no warning about their mode.
+                for imageClass in [ImageClass.sysext, .confext] {
+                    guard let p = pools[imageClass] else { continue }
+                    let cleanup = await p.removeStaleTemporaryEntries()
+                    for path in cleanup.removed { logger.info("removed stale \(path)") }
+                    for f in cleanup.failed { logger.warning("cannot remove stale \(f.path): \(f.reason)") }
+                }
             }
             let engine = TransferEngine(pools: pools, workerExecutable: worker, root: options.root)
             for kind in options.services {
