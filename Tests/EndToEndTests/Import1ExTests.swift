@@ -191,6 +191,34 @@ struct Import1ExTests {
         #expect(site.allPoolEntries().filter { $0.contains(".#") }.isEmpty, "\(site.allPoolEntries())")
     }
 
+    @Test("on btrfs, a read-only import is a read-only subvolume: nothing inside it can be written, and force over a writable one swaps subvolumes")
+    func readOnlySubvolume() throws {
+        let site = try Import1Site()
+        defer { site.close() }
+        let fs = try LoopbackFilesystem(.btrfs)
+        defer { fs.remove() }
+        let folder = site.folder("confext")
+        try FileManager.default.createDirectory(atPath: folder, withIntermediateDirectories: true)
+        try run(["mount", "--bind", fs.mountPoint, folder], check: true)
+        defer { if (try? run(["umount", folder]))?.succeeded != true { _ = try? run(["umount", "-l", folder]) } }
+        let ro = try site.callEx("ImportTarEx", [("h", ["read", site.content.tar]), ("s", "sub"), ("s", "confext"), ("t", 2)])
+        #expect(ro.result == "done", "\(ro.description)")
+        let row = try site.listImages("confext").first { $0.name == "sub" }
+        #expect(row?.type == "subvolume" && row?.readOnly == true, "\(String(describing: row))")
+        #expect(try run(["btrfs", "property", "get", folder + "/sub", "ro"], check: true).stdout.contains("ro=true"))
+        for attempt in [["touch", folder + "/sub/etc/new"], ["rm", "-f", folder + "/sub/etc/hostname"], ["mv", folder + "/sub/etc", folder + "/sub/x"]] {
+            #expect(!(try run(attempt).succeeded), "\(attempt)")
+        }
+        #expect(try String(contentsOfFile: folder + "/sub/etc/hostname", encoding: .utf8) == "imported\n")
+        _ = try site.callEx("ImportTarEx", [("h", ["read", site.content.tar]), ("s", "rw"), ("s", "confext"), ("t", 0)])
+        _ = try shell("mkdir -p '\(site.folder.path)/new/etc' && echo new > '\(site.folder.path)/new/etc/hostname'")
+        let forced = try site.callEx("ImportFileSystemEx", [("h", ["dir", site.folder.path + "/new"]), ("s", "rw"), ("s", "confext"), ("t", 1)])
+        #expect(forced.result == "done", "\(forced.description)")
+        #expect(try String(contentsOfFile: folder + "/rw/etc/hostname", encoding: .utf8) == "new\n")
+        #expect(try site.listImages("confext").first { $0.name == "rw" }?.type == "subvolume")
+        #expect(site.allPoolEntries().filter { $0.contains(".#") }.isEmpty, "\(site.allPoolEntries())")
+    }
+
     @Test("bad classes and flags are InvalidArgs with importd's words, and change nothing")
     func badClassesAndFlags() throws {
         let site = try Import1Site()
