@@ -21,7 +21,7 @@ extension Import1Service {
             }
             let imageClass = try Self.imageClass(try call.string(2))
             let flags = try Self.flags(try call.uint64(3), for: type)
-            let local = try Self.checkedLocalName(try call.string(1))
+            let local = try Self.checkedLocalNameEx(try call.string(1))
             let request = TransferRequest(type: type, local: local, operation: .importing(fd: fd.rawValue),
                                           imageClass: imageClass, flags: flags, remote: "")
             return try await start(request, engine: engine)
@@ -30,7 +30,7 @@ extension Import1Service {
             let type: TransferType = method == .exportTarEx ? .exportTar : .exportRaw
             let imageClass = try Self.imageClass(try call.string(1))
             let flags = try Self.flags(try call.uint64(4), for: type)
-            let local = try Self.checkedLocalName(try call.string(0))
+            let local = try Self.checkedLocalNameEx(try call.string(0))
             let fd = try call.fileDescriptor(2)
             let formatName = try call.string(3)
             guard let format = ExportFormat(argument: formatName) else {
@@ -46,7 +46,7 @@ extension Import1Service {
             let flags = try Self.flags(try call.uint64(4), for: type)
             let url = try call.string(0)
             guard Pull.isValidURL(url) else { throw BusError.invalidArgs("URL \(url) is invalid") }
-            let local = try Self.checkedLocalName(try call.string(1))
+            let local = try Self.checkedLocalNameEx(try call.string(1))
             let verifyName = try call.string(3)
             guard let verify = verifyName.isEmpty ? .signature : VerifyMode(rawValue: verifyName) else {
                 throw BusError.invalidArgs("Unknown verification mode \(verifyName)")
@@ -83,6 +83,15 @@ extension Import1Service {
         default:
             throw Harness.unknownMethod(call)
         }
+    }
+
+    /// importd's check of `local_name` in the …Ex members, in its newer words ("Local image
+    /// name … is invalid"; 252's members keep 252's "Local name …").
+    static func checkedLocalNameEx(_ name: String) throws(BusError) -> String {
+        do { try ImagePool.validateName(name) } catch {
+            throw BusError.invalidArgs("Local image name \(name) is invalid")
+        }
+        return name
     }
 
     /// One ListImages row: class, name, type, path, read-only, crtime, mtime, usage,

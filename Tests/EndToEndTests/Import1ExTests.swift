@@ -244,7 +244,7 @@ struct Import1ExTests {
             ("ListTransfersEx", [("s", "machines"), ("t", 0)], "Image class 'machines' not known"),
             ("ListTransfersEx", [("s", "sysext"), ("t", 2)], "Flags 0x2 invalid"),
             // The 252 checks still apply to the …Ex forms.
-            ("ImportTarEx", [("h", ["read", c.tar]), ("s", "../x"), ("s", "machine"), ("t", 0)], "Local name ../x is invalid"),
+            ("ImportTarEx", [("h", ["read", c.tar]), ("s", "../x"), ("s", "machine"), ("t", 0)], "Local image name ../x is invalid"),
             ("PullTarEx", [("s", "file:///etc/passwd"), ("s", "x"), ("s", "machine"), ("s", "no"), ("t", 0)], "URL file:///etc/passwd is invalid"),
             ("PullRawEx", [("s", "http://127.0.0.1:1/x.raw"), ("s", "x"), ("s", "machine"), ("s", "maybe"), ("t", 0)], "Unknown verification mode maybe"),
         ]
