@@ -250,7 +250,15 @@ public enum TreeCopy {
             if type != UInt32(Glibc.S_IFDIR) && st.linkCount > 1 {
                 let key = InodeKey(device: st.device, inode: st.inode)
                 if let first = linked[key] {
-                    try sys("linkat", rel) { linkat(destinationRoot.rawValue, first, parent.destination.rawValue, target, 0) }
+                    // The first copy is found beneath the destination root with no symlink on
+                    // the way, then linked through its descriptor: a directory of the copy
+                    // swapped for a symlink meanwhile (by a process in the machine a copy goes
+                    // into) cannot make this link a file from elsewhere.
+                    let existing = try FileDescriptor.open(first, flags: TreeSupport.pathOnly | O_NOFOLLOW, relativeTo: destinationRoot,
+                                                           resolve: [.beneath, .noSymlinks])
+                    try sys("linkat", rel) {
+                        linkat(AT_FDCWD, "/proc/self/fd/\(existing.rawValue)", parent.destination.rawValue, target, AT_SYMLINK_FOLLOW)
+                    }
                     statistics.hardlinks += 1
                     return nil
                 }

@@ -16,9 +16,11 @@ struct MachineCopyTests {
     /// a parameter added to that one, so branches that change that helper merge cleanly.
     final class Container: @unchecked Sendable {
         let pid: pid_t
+        let name: String
         let groups: [String]
         let logFile: String
         init(name: String, root: String, bus: String, options: String, command: String) throws {
+            self.name = name
             var made: [String] = []
             for h in ["/sys/fs/cgroup/systemd", "/sys/fs/cgroup/unified"] where FileManager.default.fileExists(atPath: h + "/cgroup.procs") {
                 let dir = "\(h)/berth-test-\(name)"
@@ -33,7 +35,18 @@ struct MachineCopyTests {
                             environment: ["DBUS_SYSTEM_BUS_ADDRESS": bus])
         }
         var log: String { (try? String(contentsOfFile: logFile, encoding: .utf8)) ?? "" }
+        /// Kills nspawn and everything in the container (its init survives nspawn's SIGKILL, and
+        /// would keep its network namespace and veth), then removes the test's groups.
         func stop() {
+            for h in ["/sys/fs/cgroup/systemd", "/sys/fs/cgroup/unified"] {
+                let scope = "\(h)/machine.slice/machine-\(name).scope"
+                let groups = [scope] + ((try? FileManager.default.subpathsOfDirectory(atPath: scope)) ?? []).map { scope + "/" + $0 }
+                for group in groups {
+                    for line in ((try? String(contentsOfFile: group + "/cgroup.procs", encoding: .utf8)) ?? "").split(separator: "\n") {
+                        if let p = pid_t(line) { kill(p, SIGKILL) }
+                    }
+                }
+            }
             kill(pid, SIGKILL)
             var status: Int32 = 0
             _ = waitpid(pid, &status, 0)
@@ -89,7 +102,8 @@ struct MachineCopyTests {
         !(((try? FileManager.default.contentsOfDirectory(atPath: directory)) ?? []).contains { $0.hasPrefix(".#") })
     }
 
-    /// A host tree: file.txt (0640, 1234:2345), sub/deep.bin (0755), link → file.txt.
+    /// A host tree: file.txt (0640, 1234:2345), sub/deep.bin (0755), link → file.txt, sub/hard
+    /// (a hardlink of file.txt).
     func makeHostTree(_ dir: String) throws {
         try FileManager.default.createDirectory(atPath: dir + "/sub", withIntermediateDirectories: true)
         try "hello from the host\n".write(toFile: dir + "/file.txt", atomically: false, encoding: .utf8)
@@ -98,6 +112,7 @@ struct MachineCopyTests {
         try Data((0..<100_000).map { UInt8(truncatingIfNeeded: $0 &* 7) }).write(to: URL(fileURLWithPath: dir + "/sub/deep.bin"))
         chmod(dir + "/sub/deep.bin", 0o755)
         try FileManager.default.createSymbolicLink(atPath: dir + "/link", withDestinationPath: "file.txt")
+        #expect(link(dir + "/file.txt", dir + "/sub/hard") == 0)
         chmod(dir, 0o750)
         chown(dir, 42, 43)
     }
@@ -139,6 +154,9 @@ struct MachineCopyTests {
         #expect(owner(root + "/srv/tree/sub/deep.bin")?.mode == 0o755)
         #expect(FileManager.default.contentsEqual(atPath: root + "/srv/tree/sub/deep.bin", andPath: work.appending("tree/sub/deep.bin")))
         #expect((try? FileManager.default.destinationOfSymbolicLink(atPath: root + "/srv/tree/link")) == "file.txt")
+        var a = stat(), b = stat()
+        #expect(lstat(root + "/srv/tree/file.txt", &a) == 0 && lstat(root + "/srv/tree/sub/hard", &b) == 0 && a.st_ino == b.st_ino,
+                "the hardlink was not kept")
         // A tree replaced whole with --force (the old one's extra file is gone).
         try "extra".write(toFile: root + "/srv/tree/extra", atomically: false, encoding: .utf8)
         #expect(try machinectl(bus, ["copy-to", "--force", "bbcopy", work.appending("tree"), "/srv/tree"]).succeeded)
