@@ -303,4 +303,34 @@ struct MachineCopyTests {
         let hostReply = try busctl(bus, Self.manager + ["GetMachineAddresses", "s", ".host"])
         #expect(hostReply.succeeded && !hostReply.stdout.contains("4 127 0 0 1"), "\(hostReply)")
     }
+
+    /// A copy runs on a worker thread: with the copy stuck in the kernel (its destination
+    /// filesystem frozen with fsfreeze, so creating the file waits), berthd still answers.
+    @Test func aCopyInProgressDoesNotHoldUpOtherCalls() throws {
+        let host = try MachineRegistryTests.Host()
+        defer { host.stop() }
+        let bus = host.bus, root = host.root.path
+        try FileManager.default.createDirectory(atPath: root + "/srv", withIntermediateDirectories: true)
+        try "payload\n".write(toFile: root + "/srv/payload", atomically: false, encoding: .utf8)
+        let frozen = try LoopbackFilesystem(.ext4, size: 64 << 20)
+        defer { frozen.remove() }
+        let container = try start(host, name: "bbfreeze")
+        defer { container.stop() }
+
+        try #require(run(["fsfreeze", "--freeze", frozen.mountPoint]).succeeded)
+        var thawed = false
+        defer { if !thawed { _ = try? run(["fsfreeze", "--unfreeze", frozen.mountPoint]) } }
+        let copy = try spawn(["/usr/bin/machinectl", "copy-from", "bbfreeze", "/srv/payload", frozen.appending("payload")],
+                             stdout: "/dev/null", stderr: nil, environment: ["DBUS_SYSTEM_BUS_ADDRESS": bus.address])
+        // The copy is under way (its waitpid says it still runs) and machine1 answers meanwhile.
+        var status: Int32 = 0
+        #expect(try waitUntil { try busctl(bus, ["call", "org.freedesktop.machine1", "/org/freedesktop/machine1/machine/bbfreeze",
+                                                 "org.freedesktop.machine1.Machine", "GetUIDShift"]).succeeded })
+        #expect(try machinectl(bus, ["list", "--no-legend"]).stdout.contains("bbfreeze"))
+        #expect(waitpid(copy, &status, WNOHANG) == 0, "the copy ended while its destination was frozen")
+        #expect(try run(["fsfreeze", "--unfreeze", frozen.mountPoint]).succeeded)
+        thawed = true
+        #expect(waitUntil(60) { waitpid(copy, &status, WNOHANG) == copy })
+        #expect(status == 0 && (try? String(contentsOfFile: frozen.appending("payload"), encoding: .utf8)) == "payload\n")
+    }
 }
