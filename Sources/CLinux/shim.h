@@ -106,6 +106,14 @@ static inline int berth_fcntl_int(int fd, int cmd, int arg) { return fcntl(fd, c
 static inline int berth_openat2(int dirfd, const char *path, struct open_how *how, size_t size) {
     return (int)syscall(SYS_openat2, dirfd, path, how, size);
 }
+/* Machine addresses (Sources/Linux/Netlink.swift): rtnetlink's structures and constants, and
+   setns(2) into a network namespace for the calling thread only (glibc declares setns only
+   under _GNU_SOURCE; CLONE_NEWNET likewise). */
+#include <sys/socket.h>
+#include <linux/netlink.h>
+#include <linux/rtnetlink.h>
+#include <linux/if_addr.h>
+static inline int berth_enter_network_namespace(int fd) { return (int)syscall(SYS_setns, fd, 0x40000000 /* CLONE_NEWNET */); }
 /* Open file description locks (fcntl F_OFD_SETLK/F_OFD_SETLKW), systemd's lock-file locks:
  * glibc defines the commands only under _GNU_SOURCE. */
 static const int BERTH_F_OFD_GETLK = 36;

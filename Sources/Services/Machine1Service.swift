@@ -180,6 +180,9 @@ public actor Machine1Service: BusObjectHandler {
              .registerMachineWithNetwork, .unregisterMachine, .terminateMachine, .killMachine, .getMachineOSRelease,
              .getMachineUIDShift:
             return try await machineManager(method, call)
+        case .getMachineAddresses, .copyFromMachine, .copyToMachine, .copyFromMachineWithFlags, .copyToMachineWithFlags,
+             .mapFromMachineUser, .mapToMachineUser, .mapFromMachineGroup, .mapToMachineGroup:
+            return try await machineManager(method, call)
         case .cleanPool:
             let mode = try call.string(0)
             guard let cleanMode = ImagePool.CleanMode(rawValue: mode) else {
