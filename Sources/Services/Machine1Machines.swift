@@ -61,6 +61,8 @@ extension Machine1Service {
         case .killMachine: return try kill(try call.string(0), who: try call.string(1), signal: try call.int32(2))
         case .getMachineOSRelease: return try await osRelease(try call.string(0))
         case .getMachineUIDShift: return [.uint32(try uidShift(try call.string(0)))]
+        case .openMachinePTY, .openMachineLogin, .openMachineShell, .openMachineRootDirectory, .bindMountMachine:
+            return try await reach(method, try call.string(0), call, offset: 1)
         default: throw Harness.notImplemented(call)
         }
     }
@@ -72,6 +74,11 @@ extension Machine1Service {
         case .kill: return try kill(name, who: try call.string(0), signal: try call.int32(1))
         case .getOSRelease: return try await osRelease(name)
         case .getUIDShift: return [.uint32(try uidShift(name))]
+        case .openPTY: return try await reach(.openMachinePTY, name, call, offset: 0)
+        case .openLogin: return try await reach(.openMachineLogin, name, call, offset: 0)
+        case .openShell: return try await reach(.openMachineShell, name, call, offset: 0)
+        case .openRootDirectory: return try await reach(.openMachineRootDirectory, name, call, offset: 0)
+        case .bindMount: return try await reach(.bindMountMachine, name, call, offset: 0)
         default: throw Harness.notImplemented(call)
         }
     }
