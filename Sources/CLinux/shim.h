@@ -218,6 +218,7 @@ static inline int berth_machine_spawn(const struct berth_machine_spec *s) {
         gid_t groups[1] = { s->gid };
         if (syscall(SYS_setgroups, 1, groups) < 0 || syscall(SYS_setresgid, s->gid, s->gid, s->gid) < 0
             || syscall(SYS_setresuid, s->uid, s->uid, s->uid) < 0) berth_machine_fail(s->error_fd, BERTH_MACHINE_STEP_IDS);
+        umask(022);  /* as systemd starts a service, not berthd's own */
         if (chdir(s->directory) < 0) (void)!chdir("/");
         execve(s->path, s->argv, s->envp);
         berth_machine_fail(s->error_fd, BERTH_MACHINE_STEP_EXEC);

@@ -111,6 +111,8 @@ struct MachineReachTests {
         #expect(!ghost.succeeded && ghost.stdout.contains("No user 'ghost' in machine 'reachsh'"), "\(ghost.stdout)")
         let relative = try busctl(bus, manager + ["OpenMachineShell", "sssasas", "reachsh", "", "bin/sh", "0", "0"])
         #expect(!relative.succeeded && relative.stderr.contains("is not absolute"), "\(relative.stderr)")
+        let missingProgram = try busctl(bus, manager + ["OpenMachineShell", "sssasas", "reachsh", "", "/bin/nonexistent", "0", "0"])
+        #expect(!missingProgram.succeeded && missingProgram.stderr.contains("No such file or directory"), "\(missingProgram.stderr)")
         let badEnvironment = try busctl(bus, manager + ["OpenMachineShell", "sssasas", "reachsh", "", "/bin/sh", "0", "1", "NOEQUALS"])
         #expect(!badEnvironment.succeeded && badEnvironment.stderr.contains("Invalid environment assignments"), "\(badEnvironment.stderr)")
         let gone = try busctl(bus, manager + ["OpenMachineShell", "sssasas", "nosuch", "", "/bin/sh", "0", "0"])
@@ -215,9 +217,12 @@ struct MachineReachTests {
         #expect(flags & 0o10_200_000 == 0o10_200_000, "\(reply.stdout)")
         #expect(reply.stdout.contains("os ID=bb"), "\(reply.stdout)")
         #expect(reply.stdout.contains("read b'ping\\r\\n'"), "\(reply.stdout)")
-        // The pty was allocated in the container's own devpts: its ptmx, not the host's.
-        let link = try busctl(bus, manager + ["OpenMachinePTY", "s", "reachpty"])
-        #expect(link.succeeded && link.stdout.contains("/dev/pts/"), "\(link.stderr)")
+        // The same through the machine's object.
+        let object = ["call", "org.freedesktop.machine1", "/org/freedesktop/machine1/machine/reachpty", "org.freedesktop.machine1.Machine"]
+        let viaObject = try busctl(bus, object + ["OpenPTY"])
+        #expect(viaObject.succeeded && viaObject.stdout.hasPrefix("hs ") && viaObject.stdout.contains("\"/dev/pts/"), "\(viaObject.stdout)\(viaObject.stderr)")
+        let rootViaObject = try busctl(bus, object + ["OpenRootDirectory"])
+        #expect(rootViaObject.succeeded && rootViaObject.stdout.hasPrefix("h "), "\(rootViaObject.stdout)\(rootViaObject.stderr)")
 
         // The host's, and refusals.
         let hostPTY = try run(["/usr/bin/python3", script, ".host"], environment: environment)
