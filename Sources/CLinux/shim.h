@@ -155,13 +155,17 @@ struct berth_machine_spec {
     int tty_fd;             /* the pty slave: stdin, stdout, stderr and controlling terminal */
     int error_fd;           /* write end of a CLOEXEC pipe: (step, errno) is written there on failure */
     unsigned int uid, gid;
+    unsigned long long keep_caps; /* capability bounding set to keep (the leader's): the rest is dropped */
+    int last_cap;           /* /proc/sys/kernel/cap_last_cap; -1 keeps the bounding set as it is */
+    int no_new_privs;       /* PR_SET_NO_NEW_PRIVS, as the leader has it */
     const char *directory;  /* working directory, inside the machine; "/" if it cannot be entered */
     const char *path;       /* the program, resolved inside the machine */
     char *const *argv;
     char *const *envp;
 };
 static const int BERTH_MACHINE_STEP_CGROUP = 1, BERTH_MACHINE_STEP_SETNS = 2, BERTH_MACHINE_STEP_ROOT = 3,
-    BERTH_MACHINE_STEP_FORK = 4, BERTH_MACHINE_STEP_TTY = 5, BERTH_MACHINE_STEP_IDS = 6, BERTH_MACHINE_STEP_EXEC = 7;
+    BERTH_MACHINE_STEP_FORK = 4, BERTH_MACHINE_STEP_TTY = 5, BERTH_MACHINE_STEP_IDS = 6, BERTH_MACHINE_STEP_EXEC = 7,
+    BERTH_MACHINE_STEP_CAPS = 8;
 static inline void berth_machine_fail(int fd, int step) {
     int report[2] = { step, errno };
     if (fd >= 0) (void)!write(fd, report, sizeof report);
@@ -215,6 +219,13 @@ static inline int berth_machine_spawn(const struct berth_machine_spec *s) {
     if (shell == 0) {
         if (setsid() < 0 || ioctl(s->tty_fd, TIOCSCTTY, 0) < 0) berth_machine_fail(s->error_fd, BERTH_MACHINE_STEP_TTY);
         for (int fd = 0; fd < 3; fd++) if (dup2(s->tty_fd, fd) < 0) berth_machine_fail(s->error_fd, BERTH_MACHINE_STEP_TTY);
+        /* No more privilege than the machine's own processes: berthd's full capability set in
+         * their pid namespace would let the machine's root ptrace the shell and use it. */
+        for (int cap = 0; cap <= s->last_cap && cap < 64; cap++)
+            if (!((s->keep_caps >> cap) & 1ULL) && prctl(PR_CAPBSET_DROP, (unsigned long)cap, 0UL, 0UL, 0UL) < 0)
+                berth_machine_fail(s->error_fd, BERTH_MACHINE_STEP_CAPS);
+        (void)prctl(PR_CAP_AMBIENT, PR_CAP_AMBIENT_CLEAR_ALL, 0UL, 0UL, 0UL);
+        if (s->no_new_privs && prctl(PR_SET_NO_NEW_PRIVS, 1UL, 0UL, 0UL, 0UL) < 0) berth_machine_fail(s->error_fd, BERTH_MACHINE_STEP_CAPS);
         gid_t groups[1] = { s->gid };
         if (syscall(SYS_setgroups, 1, groups) < 0 || syscall(SYS_setresgid, s->gid, s->gid, s->gid) < 0
             || syscall(SYS_setresuid, s->uid, s->uid, s->uid) < 0) berth_machine_fail(s->error_fd, BERTH_MACHINE_STEP_IDS);

@@ -29,6 +29,10 @@ public final class MachineEntry: @unchecked Sendable {
     public let root: FileDescriptor
     /// The `cgroup.procs` files a program is moved into, one per hierarchy.
     public let controlGroupFiles: [FileDescriptor]
+    /// The leader's capability bounding set (CapBnd) and no_new_privs, which a program started in
+    /// the machine gets too: no more privilege than the machine's own processes have.
+    public let boundingSet: UInt64
+    public let noNewPrivileges: Bool
 
     /// Opens `leader`'s namespaces and root, and `cgroupProcs` (paths of `cgroup.procs` files).
     public init(leader: pid_t, cgroupProcs: [String]) throws(SystemCallError) {
@@ -47,6 +51,19 @@ public final class MachineEntry: @unchecked Sendable {
         var files: [FileDescriptor] = []
         for path in cgroupProcs.prefix(4) { files.append(try FileDescriptor.open(path, flags: O_WRONLY | O_NOCTTY)) }
         controlGroupFiles = files
+        guard let status = readSmall("/proc/\(leader)/status"),
+              let bounding = Self.field("CapBnd", in: status).flatMap({ UInt64($0, radix: 16) }) else {
+            throw SystemCallError("read", .ESRCH, subject: "/proc/\(leader)/status")
+        }
+        boundingSet = bounding
+        noNewPrivileges = Self.field("NoNewPrivs", in: status) == "1"
+    }
+
+    private static func field(_ name: String, in status: String) -> String? {
+        for line in status.split(separator: "\n") where line.hasPrefix(name + ":") {
+            return String(line.dropFirst(name.count + 1).drop { $0 == " " || $0 == "\t" })
+        }
+        return nil
     }
 
     /// Closes every descriptor.
@@ -121,10 +138,13 @@ public func spawnInMachine(_ machine: MachineEntry?, terminal: FileDescriptor, _
     defer { reader.close(); writer.close() }
 
     var spec = berth_machine_spec()
-    var ns: [Int32] = NamespaceKind.allCases.map { machine?.namespaces[$0]?.rawValue ?? -1 }
-    var groups: [Int32] = (machine?.controlGroupFiles.map(\.rawValue) ?? []) + [Int32](repeating: -1, count: 4)
-    withUnsafeMutableBytes(of: &spec.ns_fds) { $0.copyMemory(from: UnsafeRawBufferPointer(start: &ns, count: 7 * 4)) }
-    withUnsafeMutableBytes(of: &spec.cgroup_fds) { $0.copyMemory(from: UnsafeRawBufferPointer(start: &groups, count: 4 * 4)) }
+    let ns: [Int32] = NamespaceKind.allCases.map { machine?.namespaces[$0]?.rawValue ?? -1 }
+    let groups: [Int32] = Array(((machine?.controlGroupFiles.map(\.rawValue) ?? []) + [Int32](repeating: -1, count: 4)).prefix(4))
+    ns.withUnsafeBytes { source in withUnsafeMutableBytes(of: &spec.ns_fds) { $0.copyMemory(from: source) } }
+    groups.withUnsafeBytes { source in withUnsafeMutableBytes(of: &spec.cgroup_fds) { $0.copyMemory(from: source) } }
+    spec.keep_caps = machine?.boundingSet ?? UInt64.max
+    spec.last_cap = machine == nil ? -1 : (readSmall("/proc/sys/kernel/cap_last_cap")?.split(separator: "\n").first.flatMap { Int32($0) } ?? 63)
+    spec.no_new_privs = machine?.noNewPrivileges == true ? 1 : 0
     spec.root_fd = machine?.root.rawValue ?? -1
     spec.tty_fd = terminal.rawValue
     spec.error_fd = writer.rawValue
@@ -166,6 +186,7 @@ public func spawnInMachine(_ machine: MachineEntry?, terminal: FileDescriptor, _
     case BERTH_MACHINE_STEP_FORK: "fork"
     case BERTH_MACHINE_STEP_TTY: "ioctl(TIOCSCTTY)"
     case BERTH_MACHINE_STEP_IDS: "setresuid"
+    case BERTH_MACHINE_STEP_CAPS: "prctl(PR_CAPBSET_DROP)"
     default: "execve"
     }
     throw SystemCallError(call, Errno(report.1), subject: program.path)

@@ -13,7 +13,7 @@ struct MachineReachTests {
     /// berthd on a private bus and a busybox root with the applets these tests run.
     static func host() throws -> MachineRegistryTests.Host {
         let host = try MachineRegistryTests.Host()
-        for applet in ["hostname", "cat", "id", "readlink", "ls", "echo"] {
+        for applet in ["hostname", "cat", "id", "readlink", "ls", "echo", "grep"] {
             try FileManager.default.createSymbolicLink(atPath: host.root.appending("bin/\(applet)"), withDestinationPath: "busybox")
         }
         return host
@@ -51,6 +51,15 @@ struct MachineReachTests {
         return reply.split(separator: " ").last.map { String($0).trimmingCharacters(in: .whitespacesAndNewlines) } ?? ""
     }
 
+    /// The leader of machine `name` once it has finished setting up: nspawn registers the machine
+    /// from its inner child, which mounts the container's file systems and drops capabilities
+    /// before it execs the payload; until then, the namespaces and root are still being made.
+    private func settledLeader(_ bus: PrivateDBusDaemon, _ name: String) throws -> String {
+        let pid = try leader(bus, name)
+        _ = waitUntil { (try? String(contentsOfFile: "/proc/\(pid)/comm", encoding: .utf8)) != "systemd-nspawn\n" }
+        return pid
+    }
+
     /// berthd's children that are zombies (exited, not reaped).
     private func zombies(of parent: pid_t) -> [String] {
         ((try? FileManager.default.contentsOfDirectory(atPath: "/proc")) ?? []).filter { entry in
@@ -68,7 +77,7 @@ struct MachineReachTests {
         let container = try MachineRegistryTests.Container(name: "reachsh", root: host.root.path, bus: bus.address, command: "sleep 600")
         defer { container.stop() }
         #expect(try waitUntil { try machinectl(bus, ["list", "--no-legend"]).stdout.contains("reachsh") }, "\(container.log)\n\(berthd.log)")
-        let leaderPID = try leader(bus, "reachsh")
+        let leaderPID = try settledLeader(bus, "reachsh")
         let leaderPIDNamespace = try FileManager.default.destinationOfSymbolicLink(atPath: "/proc/\(leaderPID)/ns/pid")
 
         // The command runs in the container: its hostname, its os-release, its pid namespace, as root.
@@ -80,6 +89,14 @@ struct MachineReachTests {
         #expect(shell.stdout.contains("ns=\(leaderPIDNamespace)"), "\(shell.stdout)")
         #expect(shell.stdout.contains("uid=0 tty=/dev/pts/"), "\(shell.stdout)")
         #expect(shell.stdout.contains("term=") && shell.stdout.contains("home=/root"), "\(shell.stdout)")
+        // No more privilege than the container's own processes: the leader's capability bounding set.
+        let caps = try machinectlOnTerminal(bus, ["shell", "reachsh", "/bin/grep", "CapBnd", "/proc/self/status"])
+        let leaderStatus = try String(contentsOfFile: "/proc/\(leaderPID)/status", encoding: .utf8)
+        let leaderBounding = leaderStatus.split(separator: "\n").first { $0.hasPrefix("CapBnd:") }.map(String.init) ?? "?"
+        let hostBounding = try String(contentsOfFile: "/proc/self/status", encoding: .utf8).split(separator: "\n")
+            .first { $0.hasPrefix("CapBnd:") }.map(String.init) ?? "?"
+        #expect(caps.stdout.contains(leaderBounding), "\(caps.stdout) vs the leader's \(leaderBounding)")
+        #expect(leaderBounding != hostBounding, "nspawn's container keeps fewer capabilities than the host")
         let pid = shell.stdout.split(separator: "pid=").dropFirst().first.flatMap { Int($0.prefix { $0.isNumber }) } ?? -1
         #expect(pid > 1 && pid < 1000, "the shell's pid \(pid) is not one of the container's pid namespace")
 
@@ -144,7 +161,7 @@ struct MachineReachTests {
         let container = try MachineRegistryTests.Container(name: "reachbind", root: root.path, bus: bus.address, command: "sleep 600")
         defer { container.stop() }
         #expect(try waitUntil { try machinectl(bus, ["list", "--no-legend"]).stdout.contains("reachbind") }, "\(container.log)\n\(berthd.log)")
-        let leaderPID = try leader(bus, "reachbind")
+        let leaderPID = try settledLeader(bus, "reachbind")
         let inside = "/proc/\(leaderPID)/root"
 
         let bind = try machinectl(bus, ["bind", "reachbind", shared.path, "/mnt/shared", "--mkdir"])
@@ -191,6 +208,7 @@ struct MachineReachTests {
         let container = try MachineRegistryTests.Container(name: "reachpty", root: host.root.path, bus: bus.address, command: "sleep 600")
         defer { container.stop() }
         #expect(try waitUntil { try machinectl(bus, ["list", "--no-legend"]).stdout.contains("reachpty") }, "\(container.log)\n\(berthd.log)")
+        _ = try settledLeader(bus, "reachpty")
         let script = berthd.root + "/pty.py"
         // The pty's slave opened through the root directory fd, so both descriptors are proved at once.
         try """
