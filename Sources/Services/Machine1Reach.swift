@@ -19,6 +19,10 @@ extension Machine1Service {
     /// (`offset` 0): `member` is the manager's member name.
     func reach(_ method: Machine1Manager.Method, _ name: String, _ call: MethodCall, offset i: Int) async throws -> [BusValue] {
         guard machineExists(name) else { throw Self.noSuchMachine(name) }
+        // As machined 252: a VM's leader is a host process (qemu), whose namespaces are the host's.
+        if name != ".host", let m = machines[name]?.machine, m.class != "container" {
+            throw BusError(errno: .EOPNOTSUPP, "\(call.member) is only supported on container machines, not on \(m.class) '\(name)'.")
+        }
         switch method {
         case .openMachinePTY:
             let pty = try await openTerminal(name)

@@ -250,6 +250,16 @@ struct MachineReachTests {
         let nobody = try run(["setpriv", "--reuid=nobody", "--regid=nogroup", "--clear-groups", "busctl", "--address=\(bus.address)"]
                              + manager + ["OpenMachinePTY", "s", "reachpty"])
         #expect(!nobody.succeeded && nobody.stderr.contains("Access denied"), "\(nobody.stderr)")
+        // A VM's leader is a host process: nothing of this reaches into it.
+        let vmLeader = try spawn(["/bin/sleep", "600"], stdout: "/dev/null", stderr: nil)
+        defer { kill(vmLeader, SIGKILL); _ = waitpid(vmLeader, nil, 0) }
+        let registered = try busctl(bus, manager + ["RegisterMachine", "sayssus", "reachvm", "0", "qemu", "vm", "\(vmLeader)", ""])
+        #expect(registered.succeeded, "\(registered.stderr)")
+        for call in [["OpenMachinePTY", "s", "reachvm"], ["OpenMachineRootDirectory", "s", "reachvm"],
+                     ["OpenMachineShell", "sssasas", "reachvm", "", "/bin/sh", "0", "0"]] {
+            let refused = try busctl(bus, manager + call)
+            #expect(!refused.succeeded && refused.stderr.contains("only supported on container machines"), "\(call[0]): \(refused.stderr)")
+        }
         let nobodyRoot = try run(["setpriv", "--reuid=nobody", "--regid=nogroup", "--clear-groups", "busctl", "--address=\(bus.address)"]
                                  + manager + ["OpenMachineRootDirectory", "s", "reachpty"])
         #expect(!nobodyRoot.succeeded && nobodyRoot.stderr.contains("Access denied"), "\(nobodyRoot.stderr)")
