@@ -15,8 +15,9 @@ import PoolAPI
 /// Bind mounts use the kernel's mount API (open_tree on the host, move_mount inside the
 /// machine's mount namespace) rather than nspawn's propagation directory.
 extension Machine1Service {
-    /// The reaching-in methods of both the manager (by name, `offset` 1) and a machine object
-    /// (`offset` 0): `member` is the manager's member name.
+    /// The reaching-in methods of both the manager and a machine object: `method` names the
+    /// manager's member, and `offset` is where the arguments after the machine's name start (1 on
+    /// the manager, whose first argument is the name; 0 on a machine object).
     func reach(_ method: Machine1Manager.Method, _ name: String, _ call: MethodCall, offset i: Int) async throws -> [BusValue] {
         guard machineExists(name) else { throw Self.noSuchMachine(name) }
         // As machined 252: a VM's leader is a host process (qemu), whose namespaces are the host's.
