@@ -123,6 +123,12 @@ struct MachineReachTests {
         })
         #expect(sleeperGroup.contains("/machine.slice/machine-reachsh.scope"), "\(sleeperGroup)")
 
+        // .host: a shell on the host, as the user asked for.
+        let onHost = try machinectlOnTerminal(bus, ["shell", "nobody@.host", "/bin/sh", "-c", "echo host-$(hostname) uid-$(id -u)"])
+        let hostName = try run(["hostname"]).stdout.trimmingCharacters(in: .whitespacesAndNewlines)
+        #expect(onHost.stdout.contains("host-\(hostName) uid-65534"),
+                "\(onHost.stdout)")
+
         // Refusals, clear and with nothing started.
         let ghost = try machinectlOnTerminal(bus, ["shell", "ghost@reachsh", "/bin/sh", "-c", "id"])
         #expect(!ghost.succeeded && ghost.stdout.contains("No user 'ghost' in machine 'reachsh'"), "\(ghost.stdout)")
