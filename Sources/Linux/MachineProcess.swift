@@ -90,7 +90,16 @@ public func openPseudoTerminal(inRoot root: FileDescriptor?) throws(SystemCallEr
     let flags = O_RDWR | O_NOCTTY
     let master: FileDescriptor
     if let root {
-        master = try FileDescriptor.open("dev/ptmx", flags: flags, relativeTo: root, resolve: [.inRoot, .noMagicLinks])
+        // The machine's /dev is the machine's to fill: only its ptmx (5:2) is opened, checked
+        // through an O_PATH descriptor first, as opening another device can have effects of its
+        // own (a watchdog starts counting, a FIFO blocks).
+        let node = try FileDescriptor.open("dev/ptmx", flags: FileDescriptor.pathOnly, relativeTo: root, resolve: [.inRoot, .noMagicLinks])
+        defer { node.close() }
+        let status = try node.stat()
+        guard status.fileType == UInt32(Glibc.S_IFCHR), status.rdev == UInt64(berth_makedev(5, 2)) else {
+            throw SystemCallError("open", Errno(Glibc.ENODEV), subject: "/dev/ptmx is not the pseudo terminal multiplexer")
+        }
+        master = try node.reopen(flags: flags)
     } else {
         master = try FileDescriptor.open("/dev/ptmx", flags: flags)
     }
@@ -210,6 +219,13 @@ public func moveMount(_ tree: FileDescriptor, onto target: FileDescriptor, inNam
 }
 
 extension FileDescriptor {
+    /// Opens the file this (O_PATH) descriptor names anew, with `flags` (through
+    /// /proc/self/fd/N, the kernel's way to turn an O_PATH descriptor into an open file): what
+    /// was checked on the O_PATH descriptor is what gets opened, with no path lookup between.
+    public func reopen(flags: Int32) throws(SystemCallError) -> FileDescriptor {
+        try FileDescriptor.open("/proc/self/fd/\(rawValue)", flags: flags)
+    }
+
     /// O_PATH (GNU-only in glibc's headers): a descriptor that names a file without opening it
     /// for reading or writing (a machine's root, a mount target).
     public static let pathOnly: Int32 = BERTH_O_PATH

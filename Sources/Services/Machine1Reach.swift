@@ -341,12 +341,17 @@ struct PasswdEntry: Sendable {
     static func lookUp(_ user: String, root: FileDescriptor?) throws(SystemCallError) -> PasswdEntry? {
         var text = ""
         do throws(SystemCallError) {
-            let fd: FileDescriptor
+            // The machine's file is hostile: only a regular file is read (a FIFO would block, a
+            // device could do anything on open), checked on an O_PATH descriptor first.
+            let node: FileDescriptor
             if let root {
-                fd = try FileDescriptor.open("etc/passwd", flags: O_RDONLY | O_NOCTTY, relativeTo: root, resolve: [.inRoot, .noMagicLinks])
+                node = try FileDescriptor.open("etc/passwd", flags: FileDescriptor.pathOnly, relativeTo: root, resolve: [.inRoot, .noMagicLinks])
             } else {
-                fd = try FileDescriptor.open("/etc/passwd", flags: O_RDONLY | O_NOCTTY)
+                node = try FileDescriptor.open("/etc/passwd", flags: FileDescriptor.pathOnly)
             }
+            defer { node.close() }
+            guard try node.stat().isRegular else { throw SystemCallError("open", .EINVAL, subject: "/etc/passwd is not a regular file") }
+            let fd = try node.reopen(flags: O_RDONLY | O_NOCTTY)
             defer { fd.close() }
             text = String(decoding: try fd.readToEnd(limit: 16 << 20), as: UTF8.self)
         } catch where error.errno == .ENOENT {}

@@ -147,6 +147,12 @@ struct MachineReachTests {
         let noLogin = try machinectlOnTerminal(bus, ["login", "reachsh"])
         #expect(!noLogin.succeeded && noLogin.stdout.contains("There is no system bus in container reachsh"), "\(noLogin.stdout)")
 
+        // A hostile /etc/passwd (a FIFO, which would block whoever opens it) is refused, not read.
+        try FileManager.default.removeItem(atPath: host.root.appending("etc/passwd"))
+        #expect(mkfifo(host.root.appending("etc/passwd"), 0o644) == 0)
+        let fifo = try busctl(bus, manager + ["OpenMachineShell", "sssasas", "reachsh", "", "/bin/sh", "0", "0"])
+        #expect(!fifo.succeeded && fifo.stderr.contains("not a regular file"), "\(fifo.stderr)")
+
         // Every shell berthd started was reaped.
         kill(background, SIGKILL)
         _ = waitpid(background, nil, 0)
