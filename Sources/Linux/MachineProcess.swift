@@ -66,7 +66,7 @@ public final class MachineEntry: @unchecked Sendable {
         return nil
     }
 
-    /// Closes every descriptor.
+    /// Closes every descriptor (deinit does too).
     public func close() {
         for fd in namespaces.values { fd.close() }
         root.close()
@@ -78,7 +78,9 @@ public final class MachineEntry: @unchecked Sendable {
 
 /// A pseudo terminal master and its slave's path as the machine sees it (`/dev/pts/N`).
 public struct PseudoTerminal: Sendable {
+    /// The master side, for the caller (sent back over the bus).
     public let master: FileDescriptor
+    /// `/dev/pts/N`, the slave's path inside the machine.
     public let path: String
 }
 
@@ -117,13 +119,19 @@ public func openPeer(of master: FileDescriptor) throws(SystemCallError) -> FileD
 
 /// A program to start in a machine.
 public struct MachineProgram: Sendable {
+    /// The executable, an absolute path inside the machine.
     public var path: String
+    /// argv, argv[0] included; empty means `[path]`.
     public var arguments: [String]
+    /// `KEY=VALUE` entries, the program's whole environment.
     public var environment: [String]
+    /// The user and group it runs as, in the machine's user namespace.
     public var uid: UInt32
     public var gid: UInt32
+    /// Its working directory inside the machine (`/` if that cannot be entered).
     public var directory: String
 
+    /// A program with these values.
     public init(path: String, arguments: [String], environment: [String], uid: UInt32, gid: UInt32, directory: String) {
         self.path = path
         self.arguments = arguments
