@@ -128,10 +128,28 @@ extension Machine1Service {
         guard m.class == "container" else { throw BusError.notSupported("Login is only supported on container machines.") }
         let pty = try await openTerminal(name)
         let unit = "container-getty@" + pty.path.dropFirst("/dev/pts/".count) + ".service"
-        let address = "unix:path=/proc/\(m.leader)/root/run/dbus/system_bus_socket"
-        try await Blocking.run(.interactive) {
+        // .bulk: the container answers (or hangs) at its own pace, and must not hold the threads
+        // kept for quick calls.
+        try await Blocking.run(.bulk) {
+            let entry = try Self.enter(m, groups: false)
+            defer { entry.close() }
+            // The socket is found inside the container's root (RESOLVE_IN_ROOT) and connected to
+            // through its O_PATH descriptor: a path through /proc/LEADER/root would follow the
+            // container's absolute symlinks from the host's root, so a container could point
+            // berthd at the host's own bus (and have the host's systemd start a getty).
+            let socket: FileDescriptor
+            do throws(SystemCallError) {
+                socket = try FileDescriptor.open("run/dbus/system_bus_socket", flags: FileDescriptor.pathOnly, relativeTo: entry.root,
+                                                 resolve: [.inRoot, .noMagicLinks])
+                guard try socket.stat().fileType == UInt32(S_IFSOCK) else {
+                    throw SystemCallError("connect", .ENOENT, subject: "run/dbus/system_bus_socket is not a socket")
+                }
+            } catch {
+                throw BusError(errno: .ENOENT, "There is no system bus in container \(name).")
+            }
+            defer { socket.close() }
             let client: BusClient
-            do { client = try BusClient(address: address) } catch {
+            do { client = try BusClient(address: "unix:path=/proc/self/fd/\(socket.rawValue)") } catch {
                 throw BusError(errno: .ENOENT, "There is no system bus in container \(name).")
             }
             _ = try client.call(destination: "org.freedesktop.systemd1", path: "/org/freedesktop/systemd1",

@@ -146,6 +146,13 @@ struct MachineReachTests {
         // machined 252's login needs the container's own systemd: this one has none.
         let noLogin = try machinectlOnTerminal(bus, ["login", "reachsh"])
         #expect(!noLogin.succeeded && noLogin.stdout.contains("There is no system bus in container reachsh"), "\(noLogin.stdout)")
+        // Nor does a symlink to a bus outside the container count as one: it is followed inside
+        // the container's root (here: to nothing), never to the host's (here: berthd's own bus).
+        let busSocket = String(bus.address.split(separator: ",").first ?? "").replacingOccurrences(of: "unix:path=", with: "")
+        try FileManager.default.createDirectory(atPath: host.root.appending("run/dbus"), withIntermediateDirectories: true)
+        try FileManager.default.createSymbolicLink(atPath: host.root.appending("run/dbus/system_bus_socket"), withDestinationPath: busSocket)
+        let pointedOut = try machinectlOnTerminal(bus, ["login", "reachsh"])
+        #expect(!pointedOut.succeeded && pointedOut.stdout.contains("There is no system bus in container reachsh"), "\(pointedOut.stdout)")
 
         // A hostile /etc/passwd (a FIFO, which would block whoever opens it) is refused, not read.
         try FileManager.default.removeItem(atPath: host.root.appending("etc/passwd"))
