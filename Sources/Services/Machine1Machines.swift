@@ -69,6 +69,8 @@ extension Machine1Service {
         case .mapFromMachineUser, .mapFromMachineGroup:
             return try mapFromMachine(try call.string(0), UInt32(truncatingIfNeeded: try call.uint64(1)), groups: method == .mapFromMachineGroup)
         case .mapToMachineUser, .mapToMachineGroup: return try mapToMachine(UInt32(truncatingIfNeeded: try call.uint64(0)), groups: method == .mapToMachineGroup)
+        case .openMachinePTY, .openMachineLogin, .openMachineShell, .openMachineRootDirectory, .bindMountMachine:
+            return try await reach(method, try call.string(0), call, offset: 1)
         default: throw Harness.notImplemented(call)
         }
     }
@@ -85,6 +87,11 @@ extension Machine1Service {
             let withFlags = method == .copyFromWithFlags || method == .copyToWithFlags
             return try await copyFiles(machine: name, fromMachine: method == .copyFrom || method == .copyFromWithFlags,
                                        source: try call.string(0), destination: try call.string(1), flags: withFlags ? try call.uint64(2) : nil)
+        case .openPTY: return try await reach(.openMachinePTY, name, call, offset: 0)
+        case .openLogin: return try await reach(.openMachineLogin, name, call, offset: 0)
+        case .openShell: return try await reach(.openMachineShell, name, call, offset: 0)
+        case .openRootDirectory: return try await reach(.openMachineRootDirectory, name, call, offset: 0)
+        case .bindMount: return try await reach(.bindMountMachine, name, call, offset: 0)
         default: throw Harness.notImplemented(call)
         }
     }
