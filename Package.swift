@@ -41,7 +41,7 @@ let package = Package(
         .target(name: "DirectoryBackend", dependencies: ["PoolAPI", "Linux", "FileTree"],
                 path: "Sources/Backends/Directory"),
         // machine1's machine registry: machines, their names, their files under /run/berth.
-        .target(name: "Machines", dependencies: ["Linux"]),
+        .target(name: "Machines", dependencies: ["Linux", "FileTree"]),
         // portable1's logic over the portable image pool: unit files of images, attached state.
         .target(name: "Portable", dependencies: ["PoolAPI", "Linux"]),
         // The backend conformance suite, as a library vendors call from their own tests.

@@ -21,6 +21,8 @@ public struct ImageRow: Codable, Sendable, Equatable {
     public var path: String?
     /// portable1's attached state (`detached`, `attached`, `running-runtime`, …); nil for machine1.
     public var state: String?
+    /// The image class (`list-images --class`, import1's ListImages); nil otherwise.
+    public var imageClass: String? = nil
 }
 
 extension ImageRow {
@@ -75,6 +77,8 @@ public struct ListImages: ParsableCommand {
     @OptionGroup public var global: GlobalOptions
     @Flag(name: .shortAndLong, help: "Show hidden images (names starting with a dot) too.")
     public var all = false
+    @Option(name: .customLong("class"), help: "List import1's images of this class (machine, portable, sysext, confext or all) instead.")
+    public var imageClass: String?
     public init() {}
 
     /// The rows ListImages returns, sorted by name, hidden ones only with `all`.
@@ -85,6 +89,7 @@ public struct ListImages: ParsableCommand {
     }
 
     public func run() throws {
+        if let imageClass { return try runWithClass(imageClass) }
         try reporting {
             let rows = try Self.rows(try Machine1Client(global), all: all)
             if global.json {

@@ -22,6 +22,8 @@ public struct TransferOptions: ParsableArguments {
 public struct ImportOptions: ParsableArguments {
     @Flag(help: "Replace an existing image of that name.") public var force = false
     @Flag(help: "Make the imported image read-only.") public var readOnly = false
+    @Option(name: .customLong("class"), help: "machine (the default), portable, sysext or confext: the pool the image goes to (ImportTarEx…).")
+    public var imageClass: String?
 
     public init() {}
 }
@@ -39,7 +41,8 @@ public struct ImportTar: ParsableCommand {
     public init() {}
 
     public func run() throws {
-        try TransferVerb.importFile(.importTar, file: file, name: name, force: importing.force, readOnly: importing.readOnly, global: global, transfer: transfer)
+        try TransferVerb.importFile(.importTar, file: file, name: name, force: importing.force, readOnly: importing.readOnly,
+                                    imageClass: importing.imageClass, global: global, transfer: transfer)
     }
 }
 
@@ -56,7 +59,8 @@ public struct ImportRaw: ParsableCommand {
     public init() {}
 
     public func run() throws {
-        try TransferVerb.importFile(.importRaw, file: file, name: name, force: importing.force, readOnly: importing.readOnly, global: global, transfer: transfer)
+        try TransferVerb.importFile(.importRaw, file: file, name: name, force: importing.force, readOnly: importing.readOnly,
+                                    imageClass: importing.imageClass, global: global, transfer: transfer)
     }
 }
 
@@ -74,7 +78,7 @@ public struct ImportFileSystem: ParsableCommand {
 
     public func run() throws {
         try TransferVerb.importFile(.importFileSystem, file: directory, name: name, force: importing.force, readOnly: importing.readOnly,
-                                    global: global, transfer: transfer)
+                                    imageClass: importing.imageClass, global: global, transfer: transfer)
     }
 }
 
@@ -85,13 +89,15 @@ public struct ExportTar: ParsableCommand {
     @OptionGroup public var global: GlobalOptions
     @OptionGroup public var transfer: TransferOptions
     @Option(help: "uncompressed, xz, gzip, bzip2 or zstd (default: from the file suffix).") public var format: String?
+    @Option(name: .customLong("class"), help: "machine (the default), portable, sysext or confext: the pool the image is in (ExportTarEx…).")
+    public var imageClass: String?
     @Argument(help: "The image to export.") public var name: String
     @Argument(help: "The archive to write; \"-\" or absent for stdout.") public var file: String?
 
     public init() {}
 
     public func run() throws {
-        try TransferVerb.exportImage(.exportTar, name: name, file: file, format: format, global: global, transfer: transfer)
+        try TransferVerb.exportImage(.exportTar, name: name, file: file, format: format, imageClass: imageClass, global: global, transfer: transfer)
     }
 }
 
@@ -102,13 +108,15 @@ public struct ExportRaw: ParsableCommand {
     @OptionGroup public var global: GlobalOptions
     @OptionGroup public var transfer: TransferOptions
     @Option(help: "uncompressed, xz, gzip, bzip2 or zstd (default: from the file suffix).") public var format: String?
+    @Option(name: .customLong("class"), help: "machine (the default), portable, sysext or confext: the pool the image is in (ExportTarEx…).")
+    public var imageClass: String?
     @Argument(help: "The image to export.") public var name: String
     @Argument(help: "The file to write; \"-\" or absent for stdout.") public var file: String?
 
     public init() {}
 
     public func run() throws {
-        try TransferVerb.exportImage(.exportRaw, name: name, file: file, format: format, global: global, transfer: transfer)
+        try TransferVerb.exportImage(.exportRaw, name: name, file: file, format: format, imageClass: imageClass, global: global, transfer: transfer)
     }
 }
 
@@ -118,7 +126,7 @@ public struct PullTar: ParsableCommand {
 
     @OptionGroup public var global: GlobalOptions
     @OptionGroup public var transfer: TransferOptions
-    @Flag(help: "Replace an existing image of that name.") public var force = false
+    @OptionGroup public var pulling: PullOptions
     @Option(help: "no, checksum or signature (the default, as machinectl).") public var verify = "signature"
     @Argument(help: "The URL to download.") public var url: String
     @Argument(help: "The image name (default: from the URL's last component).") public var name: String?
@@ -126,7 +134,7 @@ public struct PullTar: ParsableCommand {
     public init() {}
 
     public func run() throws {
-        try TransferVerb.pull(.pullTar, url: url, name: name, verify: verify, force: force, global: global, transfer: transfer)
+        try TransferVerb.pull(.pullTar, url: url, name: name, verify: verify, options: pulling, global: global, transfer: transfer)
     }
 }
 
@@ -136,7 +144,7 @@ public struct PullRaw: ParsableCommand {
 
     @OptionGroup public var global: GlobalOptions
     @OptionGroup public var transfer: TransferOptions
-    @Flag(help: "Replace an existing image of that name.") public var force = false
+    @OptionGroup public var pulling: PullOptions
     @Option(help: "no, checksum or signature (the default, as machinectl).") public var verify = "signature"
     @Argument(help: "The URL to download.") public var url: String
     @Argument(help: "The image name (default: from the URL's last component).") public var name: String?
@@ -144,7 +152,7 @@ public struct PullRaw: ParsableCommand {
     public init() {}
 
     public func run() throws {
-        try TransferVerb.pull(.pullRaw, url: url, name: name, verify: verify, force: force, global: global, transfer: transfer)
+        try TransferVerb.pull(.pullRaw, url: url, name: name, verify: verify, options: pulling, global: global, transfer: transfer)
     }
 }
 
@@ -187,7 +195,7 @@ public enum TransferVerb {
     }
 
     static func importFile(_ method: Import1Manager.Method, file: String?, name: String?, force: Bool, readOnly: Bool,
-                           global: GlobalOptions, transfer: TransferOptions) throws {
+                           imageClass: String? = nil, global: GlobalOptions, transfer: TransferOptions) throws {
         let path = file == "-" ? nil : file
         let local: String
         if let name {
@@ -208,11 +216,18 @@ public enum TransferVerb {
             guard method != .importFileSystem else { throw ValidationError("import-fs needs a directory.") }
             fd = try dupStandard(STDIN_FILENO)
         }
+        if let imageClass {
+            // The class needs the …Ex form (systemd ≥ 256); without it berthctl speaks 252's.
+            try follow(method.withClassAndFlags, [.unixFD(fd), .string(local), .string(imageClass),
+                                                  .uint64(TransferVerb.flags(force: force, readOnly: readOnly))],
+                       local: local, global: global, transfer: transfer)
+            return
+        }
         try follow(method, [.unixFD(fd), .string(local), .boolean(force), .boolean(readOnly)], local: local, global: global, transfer: transfer)
     }
 
     static func exportImage(_ method: Import1Manager.Method, name: String, file: String?, format: String?,
-                            global: GlobalOptions, transfer: TransferOptions) throws {
+                            imageClass: String? = nil, global: GlobalOptions, transfer: TransferOptions) throws {
         let path = file == "-" ? nil : file
         var formatName = format ?? exportFormat(forFile: path)
         if formatName == "uncompressed" { formatName = "" }
@@ -229,17 +244,28 @@ public enum TransferVerb {
             guard isatty(STDOUT_FILENO) == 0 else { throw ValidationError("Refusing to write the archive to a terminal.") }
             fd = try dupStandard(STDOUT_FILENO)
         }
+        if let imageClass {
+            try follow(method.withClassAndFlags, [.string(name), .string(imageClass), .unixFD(fd), .string(formatName), .uint64(0)],
+                       local: name, global: global, transfer: transfer)
+            return
+        }
         try follow(method, [.string(name), .unixFD(fd), .string(formatName)], local: name, global: global, transfer: transfer)
     }
 
-    static func pull(_ method: Import1Manager.Method, url: String, name: String?, verify: String, force: Bool,
+    static func pull(_ method: Import1Manager.Method, url: String, name: String?, verify: String, options: PullOptions,
                      global: GlobalOptions, transfer: TransferOptions) throws {
         guard ["no", "checksum", "signature"].contains(verify) else {
             throw ValidationError("Unknown verification mode \(verify): use no, checksum or signature.")
         }
         let local = name ?? imageName(fromFileName: lastComponent(ofURL: url))
         guard !local.isEmpty else { throw ValidationError("Cannot derive an image name from \(url); give one.") }
-        try follow(method, [.string(url), .string(local), .string(verify), .boolean(force)], local: local, global: global, transfer: transfer)
+        if options.needsEx {
+            try follow(method.withClassAndFlags, [.string(url), .string(local), .string(options.imageClass ?? "machine"),
+                                                  .string(verify), .uint64(options.flags)],
+                       local: local, global: global, transfer: transfer)
+            return
+        }
+        try follow(method, [.string(url), .string(local), .string(verify), .boolean(options.force)], local: local, global: global, transfer: transfer)
     }
 
     /// Prints `message` to stderr; the exit code 1 to throw.

@@ -107,6 +107,14 @@ static inline int berth_fcntl_int(int fd, int cmd, int arg) { return fcntl(fd, c
 static inline int berth_openat2(int dirfd, const char *path, struct open_how *how, size_t size) {
     return (int)syscall(SYS_openat2, dirfd, path, how, size);
 }
+/* Machine addresses (Sources/Linux/Netlink.swift): rtnetlink's structures and constants, and
+   setns(2) into a network namespace for the calling thread only (glibc declares setns only
+   under _GNU_SOURCE; CLONE_NEWNET likewise). */
+#include <sys/socket.h>
+#include <linux/netlink.h>
+#include <linux/rtnetlink.h>
+#include <linux/if_addr.h>
+static inline int berth_enter_network_namespace(int fd) { return (int)syscall(SYS_setns, fd, 0x40000000 /* CLONE_NEWNET */); }
 /* Open file description locks (fcntl F_OFD_SETLK/F_OFD_SETLKW), systemd's lock-file locks:
  * glibc defines the commands only under _GNU_SOURCE. */
 static const int BERTH_F_OFD_GETLK = 36;
@@ -138,4 +146,149 @@ extern int unshare(int);
 extern int pipe2(int[2], int);
 static const int BERTH_CLONE_FS = 0x00000200;
 static const int BERTH_O_TMPFILE = __O_TMPFILE;
+/* O_PATH (GNU-only in glibc): descriptors that name a file without opening it (machine roots, mount targets). */
+static const int BERTH_O_PATH = __O_PATH;
+/* Reaching into a machine (Sources/Linux/MachineProcess.swift). berthd is multithreaded, so a
+ * child forked from it may run only async-signal-safe code until it execs: these routines are
+ * that code, in C, touching nothing but raw system calls and the memory the parent prepared
+ * (no malloc, no locks, no Swift runtime). setns(CLONE_NEWNS) and setns(CLONE_NEWUSER) are
+ * refused to a thread that shares its fs struct or its process with others, so they can only
+ * be made in a fresh single-threaded child anyway. */
+#include <errno.h>
+#include <signal.h>
+#include <termios.h>
+struct berth_machine_spec {
+    int ns_fds[7];          /* /proc/LEADER/ns/{user,cgroup,ipc,uts,net,pid,mnt}, joined in this order; -1 skips */
+    int cgroup_fds[4];      /* cgroup.procs files of the machine's groups: "0" is written to each; -1 skips */
+    int root_fd;            /* the machine's root (O_PATH): chroot'ed into after the mount namespace; -1 keeps / */
+    int tty_fd;             /* the pty slave: stdin, stdout, stderr and controlling terminal */
+    int error_fd;           /* write end of a CLOEXEC pipe: (step, errno) is written there on failure */
+    unsigned int uid, gid;
+    unsigned long long keep_caps; /* capability bounding set to keep (the leader's): the rest is dropped */
+    int last_cap;           /* /proc/sys/kernel/cap_last_cap; -1 keeps the bounding set as it is */
+    int no_new_privs;       /* PR_SET_NO_NEW_PRIVS, as the leader has it */
+    const char *directory;  /* working directory, inside the machine; "/" if it cannot be entered */
+    const char *path;       /* the program, resolved inside the machine */
+    char *const *argv;
+    char *const *envp;
+};
+static const int BERTH_MACHINE_STEP_CGROUP = 1, BERTH_MACHINE_STEP_SETNS = 2, BERTH_MACHINE_STEP_ROOT = 3,
+    BERTH_MACHINE_STEP_FORK = 4, BERTH_MACHINE_STEP_TTY = 5, BERTH_MACHINE_STEP_IDS = 6, BERTH_MACHINE_STEP_EXEC = 7,
+    BERTH_MACHINE_STEP_CAPS = 8;
+static inline void berth_machine_fail(int fd, int step) {
+    int report[2] = { step, errno };
+    if (fd >= 0) (void)!write(fd, report, sizeof report);
+    _exit(127);
+}
+/* Every signal back to its default and unblocked: berthd's handlers are Swift code that must
+ * not run in the child, and its blocked signals must not stay blocked in the shell. */
+static inline void berth_machine_reset_signals(void) {
+    struct sigaction dfl;
+    for (unsigned i = 0; i < sizeof dfl; i++) ((char *)&dfl)[i] = 0;
+    dfl.sa_handler = SIG_DFL;
+    for (int sig = 1; sig < 65; sig++) (void)sigaction(sig, &dfl, (void *)0);
+    sigset_t none;
+    sigemptyset(&none);
+    (void)sigprocmask(SIG_SETMASK, &none, (void *)0);
+}
+/* Closes every fd of the child but 0-2 and the ones in `keep` (unsorted, -1 entries ignored). */
+static inline void berth_machine_close_others(const int *keep, int count) {
+    int lo = 3;
+    for (;;) {
+        int next = -1;
+        for (int i = 0; i < count; i++) if (keep[i] >= lo && (next < 0 || keep[i] < next)) next = keep[i];
+        if (next < 0) break;
+        if (next > lo) (void)syscall(SYS_close_range, lo, next - 1, 0);
+        lo = next + 1;
+    }
+    (void)syscall(SYS_close_range, lo, ~0U, 0);
+}
+/* Forks a child that joins the machine (groups, namespaces, root) and forks again, so that the
+ * program is really in the machine's pid namespace (setns(CLONE_NEWPID) only moves children);
+ * the first child waits for it and exits with its status, so berthd reaps one process whose
+ * exit is the program's. The grandchild takes the pty as its session's controlling terminal,
+ * drops to uid/gid and execs. Returns the first child's pid, or -errno. */
+static inline int berth_machine_spawn(const struct berth_machine_spec *s) {
+    pid_t child = fork();
+    if (child < 0) return -errno;
+    if (child > 0) return child;
+    berth_machine_reset_signals();
+    int keep[14], n = 0;
+    for (int i = 0; i < 7; i++) keep[n++] = s->ns_fds[i];
+    for (int i = 0; i < 4; i++) keep[n++] = s->cgroup_fds[i];
+    keep[n++] = s->root_fd; keep[n++] = s->tty_fd; keep[n++] = s->error_fd;
+    berth_machine_close_others(keep, n);
+    for (int i = 0; i < 4; i++)
+        if (s->cgroup_fds[i] >= 0 && write(s->cgroup_fds[i], "0\n", 2) < 0) berth_machine_fail(s->error_fd, BERTH_MACHINE_STEP_CGROUP);
+    for (int i = 0; i < 7; i++)
+        if (s->ns_fds[i] >= 0 && syscall(SYS_setns, s->ns_fds[i], 0) < 0) berth_machine_fail(s->error_fd, BERTH_MACHINE_STEP_SETNS);
+    if (s->root_fd >= 0 && (fchdir(s->root_fd) < 0 || chroot(".") < 0)) berth_machine_fail(s->error_fd, BERTH_MACHINE_STEP_ROOT);
+    pid_t shell = fork();
+    if (shell < 0) berth_machine_fail(s->error_fd, BERTH_MACHINE_STEP_FORK);
+    if (shell == 0) {
+        if (setsid() < 0 || ioctl(s->tty_fd, TIOCSCTTY, 0) < 0) berth_machine_fail(s->error_fd, BERTH_MACHINE_STEP_TTY);
+        for (int fd = 0; fd < 3; fd++) if (dup2(s->tty_fd, fd) < 0) berth_machine_fail(s->error_fd, BERTH_MACHINE_STEP_TTY);
+        /* No more privilege than the machine's own processes: berthd's full capability set in
+         * their pid namespace would let the machine's root ptrace the shell and use it. */
+        for (int cap = 0; cap <= s->last_cap && cap < 64; cap++)
+            if (!((s->keep_caps >> cap) & 1ULL) && prctl(PR_CAPBSET_DROP, (unsigned long)cap, 0UL, 0UL, 0UL) < 0)
+                berth_machine_fail(s->error_fd, BERTH_MACHINE_STEP_CAPS);
+        (void)prctl(PR_CAP_AMBIENT, PR_CAP_AMBIENT_CLEAR_ALL, 0UL, 0UL, 0UL);
+        if (s->no_new_privs && prctl(PR_SET_NO_NEW_PRIVS, 1UL, 0UL, 0UL, 0UL) < 0) berth_machine_fail(s->error_fd, BERTH_MACHINE_STEP_CAPS);
+        gid_t groups[1] = { s->gid };
+        if (syscall(SYS_setgroups, 1, groups) < 0 || syscall(SYS_setresgid, s->gid, s->gid, s->gid) < 0
+            || syscall(SYS_setresuid, s->uid, s->uid, s->uid) < 0) berth_machine_fail(s->error_fd, BERTH_MACHINE_STEP_IDS);
+        umask(022);  /* as systemd starts a service, not berthd's own */
+        if (chdir(s->directory) < 0) (void)!chdir("/");
+        execve(s->path, s->argv, s->envp);
+        berth_machine_fail(s->error_fd, BERTH_MACHINE_STEP_EXEC);
+    }
+    /* Only the grandchild reports: berthd's read of the pipe ends at its exec. */
+    close(s->error_fd);
+    close(s->tty_fd);
+    for (int i = 0; i < 7; i++) if (s->ns_fds[i] >= 0) close(s->ns_fds[i]);
+    for (int i = 0; i < 4; i++) if (s->cgroup_fds[i] >= 0) close(s->cgroup_fds[i]);
+    if (s->root_fd >= 0) close(s->root_fd);
+    int status = 0;
+    while (waitpid(shell, &status, 0) < 0) if (errno != EINTR) _exit(127);
+    if (WIFEXITED(status)) _exit(WEXITSTATUS(status));
+    _exit(128 + WTERMSIG(status));
+}
+/* move_mount(2) of the detached tree `tree_fd` (open_tree OPEN_TREE_CLONE) onto `target_fd` (an
+ * O_PATH fd of a directory or file inside the machine), from a child that joined the mount
+ * namespace `mnt_fd`: the kernel moves a mount only into the caller's own namespace. Waits for
+ * the child; returns 0 or -errno. */
+static inline int berth_machine_move_mount(int mnt_fd, int tree_fd, int target_fd) {
+    pid_t child = fork();
+    if (child < 0) return -errno;
+    if (child == 0) {
+        berth_machine_reset_signals();
+        int keep[3] = { mnt_fd, tree_fd, target_fd };  /* -1 entries are ignored */
+        berth_machine_close_others(keep, 3);
+        if (mnt_fd >= 0 && syscall(SYS_setns, mnt_fd, 0) < 0) _exit(errno & 0xff);
+        if (syscall(SYS_move_mount, tree_fd, "", target_fd, "", MOVE_MOUNT_F_EMPTY_PATH | MOVE_MOUNT_T_EMPTY_PATH) < 0) _exit(errno & 0xff);
+        _exit(0);
+    }
+    int status = 0;
+    while (waitpid(child, &status, 0) < 0) if (errno != EINTR) return -errno;
+    if (WIFEXITED(status)) return -WEXITSTATUS(status);
+    return -EIO;
+}
+/* open_tree(2) with OPEN_TREE_CLONE|AT_RECURSIVE (a detached copy of the mount tree at `path`)
+ * and mount_setattr(2) of MOUNT_ATTR_RDONLY over a whole detached tree: raw syscalls, as
+ * AT_RECURSIVE and AT_EMPTY_PATH are GNU-only in glibc's headers. */
+static const unsigned int BERTH_AT_RECURSIVE = 0x8000;
+static const unsigned int BERTH_AT_EMPTY_PATH = 0x1000;
+static inline int berth_open_tree_clone(const char *path) {
+    return (int)syscall(SYS_open_tree, AT_FDCWD, path, OPEN_TREE_CLONE | OPEN_TREE_CLOEXEC | BERTH_AT_RECURSIVE);
+}
+static inline int berth_mount_set_read_only(int tree_fd) {
+    struct mount_attr attr = { MOUNT_ATTR_RDONLY, 0, 0, 0 };
+    return (int)syscall(SYS_mount_setattr, tree_fd, "", BERTH_AT_EMPTY_PATH | BERTH_AT_RECURSIVE, &attr, sizeof attr);
+}
+/* The pty ioctls: unlock (TIOCSPTLCK), number (TIOCGPTN), and the peer opened through the
+ * master (TIOCGPTPEER), which needs no path lookup in the machine's /dev/pts. */
+static inline int berth_pty_unlock(int master) { int zero = 0; return ioctl(master, TIOCSPTLCK, &zero); }
+static inline int berth_pty_number(int master, unsigned int *number) { return ioctl(master, TIOCGPTN, number); }
+static inline int berth_pty_peer(int master) { return ioctl(master, TIOCGPTPEER, O_RDWR | O_NOCTTY | O_CLOEXEC); }
 #endif

@@ -46,12 +46,19 @@ public enum TreeCopy {
         /// a mount point is: what a copy must not take along (the pool folder when the host's
         /// root is cloned). A handful at most: each directory is compared with every entry.
         public var leftEmpty: [DirectoryIdentity]
+        /// The owner and group each copied inode gets, from the source's; nil keeps them as they
+        /// are. A copy across a user-namespace boundary (into or out of a container started
+        /// with `--private-users`) maps them here, so the copy does not leave files owned by
+        /// ids that mean something else on the other side.
+        public var ownership: (@Sendable (_ uid: uid_t, _ gid: gid_t) -> (uid: uid_t, gid: gid_t))?
 
         /// Reflinks allowed, never cancelled, everything copied, unless told otherwise.
         public init(allowReflink: Bool = true, leftEmpty: [DirectoryIdentity] = [],
+                    ownership: (@Sendable (_ uid: uid_t, _ gid: gid_t) -> (uid: uid_t, gid: gid_t))? = nil,
                     isCancelled: @escaping @Sendable () -> Bool = { false }) {
             self.allowReflink = allowReflink
             self.leftEmpty = leftEmpty
+            self.ownership = ownership
             self.isCancelled = isCancelled
         }
     }
@@ -102,6 +109,20 @@ public enum TreeCopy {
                                     options: Options = Options()) throws -> Statistics {
         var copier = Copier(options: options, sourceRoot: source, destinationRoot: destination)
         try copier.run()
+        return copier.statistics
+    }
+
+    /// Copies the entry `name` of the directory `sourceDirectory`, whatever its type (a
+    /// directory with everything in it, a regular file, a symlink verbatim, a device node,
+    /// fifo or socket), to `destinationName` in `destinationDirectory`, which must not exist.
+    /// Neither `name` nor anything below it is followed if it is a symlink. A directory's
+    /// walk stays on the mount the directory itself is on. On failure the caller removes
+    /// `destinationName` (with `TreeRemoval`): what was copied so far is left there.
+    @discardableResult
+    public static func copyItem(_ name: String, in sourceDirectory: FileDescriptor, to destinationName: String,
+                                in destinationDirectory: FileDescriptor, options: Options = Options()) throws -> Statistics {
+        var copier = Copier(options: options, sourceRoot: sourceDirectory, destinationRoot: destinationDirectory)
+        try copier.runItem(name, as: destinationName)
         return copier.statistics
     }
 
@@ -162,12 +183,38 @@ public enum TreeCopy {
 
         mutating func run() throws {
             rootMount = TreeSupport.mountID("", in: sourceRoot)
-            let rootStatus = try sourceRoot.stat()
+            var rootStatus = try sourceRoot.stat()
+            if let map = options.ownership { (rootStatus.uid, rootStatus.gid) = map(rootStatus.uid, rootStatus.gid) }
             let rootDestination = try destinationRoot.stat()
             destinationRootIdentity = DirectoryIdentity(rootDestination)
-            var stack = [Frame(source: sourceRoot, destination: destinationRoot, status: rootStatus,
-                               destinationIdentity: [rootDestination.device, rootDestination.inode],
-                               names: try TreeSupport.names(in: sourceRoot), relativePath: "")]
+            try walk([Frame(source: sourceRoot, destination: destinationRoot, status: rootStatus,
+                            destinationIdentity: [rootDestination.device, rootDestination.inode],
+                            names: try TreeSupport.names(in: sourceRoot), relativePath: "")])
+        }
+
+        /// `copyItem`: the roots are the parents; the one entry is copied under its new name, and
+        /// if it is a directory, walked with itself as the bottom of the stack (the parents'
+        /// own metadata is never touched).
+        mutating func runItem(_ name: String, as destinationName: String) throws {
+            // The item's own mount (statx does not follow the final symlink, but does enter a
+            // mount on it), so copying a mount point copies what is mounted there.
+            rootMount = TreeSupport.mountID(name, in: sourceRoot)
+            let parentStatus = try sourceRoot.stat()
+            let parentDestination = try destinationRoot.stat()
+            let parent = Frame(source: sourceRoot, destination: destinationRoot, status: parentStatus,
+                               destinationIdentity: [parentDestination.device, parentDestination.inode],
+                               names: [name], relativePath: "")
+            guard try TreeSupport.statusIfPresent(name, in: sourceRoot) != nil else {
+                throw SystemCallError("fstatat", .ENOENT, subject: name)
+            }
+            guard let child = try copyEntry(name, from: parent, as: destinationName) else { return }
+            let made = try child.descriptors().destination.stat()
+            destinationRootIdentity = DirectoryIdentity(made)
+            try walk([child])
+        }
+
+        mutating func walk(_ initial: [Frame]) throws {
+            var stack = initial
             while !stack.isEmpty {
                 if options.isCancelled() { throw SystemCallError("copy", .ECANCELED) }
                 let top = stack.count - 1
@@ -190,17 +237,28 @@ public enum TreeCopy {
             }
         }
 
-        /// Copies one entry; for a directory returns its frame to walk next.
-        mutating func copyEntry(_ name: String, from parentFrame: Frame) throws -> Frame? {
+        /// Copies one entry; for a directory returns its frame to walk next. The copy is called
+        /// `destinationName` (default: `name`) in the destination.
+        mutating func copyEntry(_ name: String, from parentFrame: Frame, as destinationName: String? = nil) throws -> Frame? {
             let parent = try parentFrame.descriptors()
             // An entry that vanished while we copied is skipped.
-            guard let st = try TreeSupport.statusIfPresent(name, in: parent.source) else { return nil }
-            let rel = parentFrame.relativePath.isEmpty ? name : parentFrame.relativePath + "/" + name
+            guard var st = try TreeSupport.statusIfPresent(name, in: parent.source) else { return nil }
+            if let map = options.ownership { (st.uid, st.gid) = map(st.uid, st.gid) }
+            let target = destinationName ?? name
+            let rel = parentFrame.relativePath.isEmpty ? target : parentFrame.relativePath + "/" + target
             let type = st.fileType
             if type != UInt32(Glibc.S_IFDIR) && st.linkCount > 1 {
                 let key = InodeKey(device: st.device, inode: st.inode)
                 if let first = linked[key] {
-                    try sys("linkat", rel) { linkat(destinationRoot.rawValue, first, parent.destination.rawValue, name, 0) }
+                    // The first copy is found beneath the destination root with no symlink on
+                    // the way, then linked through its descriptor: a directory of the copy
+                    // swapped for a symlink meanwhile (by a process in the machine a copy goes
+                    // into) cannot make this link a file from elsewhere.
+                    let existing = try FileDescriptor.open(first, flags: TreeSupport.pathOnly | O_NOFOLLOW, relativeTo: destinationRoot,
+                                                           resolve: [.beneath, .noSymlinks])
+                    try sys("linkat", rel) {
+                        linkat(AT_FDCWD, "/proc/self/fd/\(existing.rawValue)", parent.destination.rawValue, target, AT_SYMLINK_FOLLOW)
+                    }
                     statistics.hardlinks += 1
                     return nil
                 }
@@ -211,9 +269,9 @@ public enum TreeCopy {
                 let identity = DirectoryIdentity(st)
                 // The destination inside the source: copying it would copy the copy, for ever.
                 if identity == destinationRootIdentity { return nil }
-                try Linux.makeDirectory(name, mode: 0o700, relativeTo: parent.destination)
+                try Linux.makeDirectory(target, mode: 0o700, relativeTo: parent.destination)
                 let src = try TreeSupport.openDirectoryForReading(name, in: parent.source)
-                let dst = try FileDescriptor.openDirectory(name, relativeTo: parent.destination, followSymlinks: false)
+                let dst = try FileDescriptor.openDirectory(target, relativeTo: parent.destination, followSymlinks: false)
                 statistics.directories += 1
                 let sameMount = rootMount == nil || TreeSupport.mountID("", in: src) == rootMount
                 let walked = sameMount && !options.leftEmpty.contains(identity)
@@ -222,15 +280,15 @@ public enum TreeCopy {
                              destinationIdentity: [dstStatus.device, dstStatus.inode],
                              names: walked ? try TreeSupport.names(in: src) : [], relativePath: rel)
             case UInt32(Glibc.S_IFREG):
-                try copyRegular(name, st, parent)
+                try copyRegular(name, to: target, st, parent)
             case UInt32(Glibc.S_IFLNK):
-                let target = try readLink(name, relativeTo: parent.source)
-                try sys("symlinkat", rel) { symlinkat(target, parent.destination.rawValue, name) }
-                try finishNonDirectory(name, st, parent, isSymlink: true)
+                let link = try readLink(name, relativeTo: parent.source)
+                try sys("symlinkat", rel) { symlinkat(link, parent.destination.rawValue, target) }
+                try finishNonDirectory(name, to: target, st, parent, isSymlink: true)
                 statistics.symlinks += 1
             case UInt32(Glibc.S_IFCHR), UInt32(Glibc.S_IFBLK), UInt32(Glibc.S_IFIFO), UInt32(Glibc.S_IFSOCK):
-                try sys("mknodat", rel) { mknodat(parent.destination.rawValue, name, mode_t(st.mode), dev_t(st.rdev)) }
-                try finishNonDirectory(name, st, parent, isSymlink: false)
+                try sys("mknodat", rel) { mknodat(parent.destination.rawValue, target, mode_t(st.mode), dev_t(st.rdev)) }
+                try finishNonDirectory(name, to: target, st, parent, isSymlink: false)
                 statistics.specialFiles += 1
             default:
                 throw SystemCallError("copy", .EOPNOTSUPP, subject: rel)
@@ -238,11 +296,11 @@ public enum TreeCopy {
             return nil
         }
 
-        mutating func copyRegular(_ name: String, _ st: FileStatus,
+        mutating func copyRegular(_ name: String, to target: String, _ st: FileStatus,
                                   _ parent: (source: FileDescriptor, destination: FileDescriptor)) throws {
             // TreeSupport.noAccessTime: reading must not disturb the source's access time (root may use it).
             let src = try TreeSupport.openForReading(name, in: parent.source)
-            let dst = try FileDescriptor.open(name, flags: O_WRONLY | O_CREAT | O_EXCL | O_NOFOLLOW, mode: 0o600,
+            let dst = try FileDescriptor.open(target, flags: O_WRONLY | O_CREAT | O_EXCL | O_NOFOLLOW, mode: 0o600,
                                               relativeTo: parent.destination)
             let method = try FileCopy.copyContents(from: src, to: dst, allowReflink: options.allowReflink)
             if method == .reflink { statistics.reflinkedFiles += 1 }
@@ -257,17 +315,17 @@ public enum TreeCopy {
             try sys("futimens") { futimens(dst.rawValue, &times) }
         }
 
-        func finishNonDirectory(_ name: String, _ st: FileStatus,
+        func finishNonDirectory(_ name: String, to target: String, _ st: FileStatus,
                                 _ parent: (source: FileDescriptor, destination: FileDescriptor), isSymlink: Bool) throws {
-            try sys("fchownat", name) { fchownat(parent.destination.rawValue, name, st.uid, st.gid, AT_SYMLINK_NOFOLLOW) }
+            try sys("fchownat", target) { fchownat(parent.destination.rawValue, target, st.uid, st.gid, AT_SYMLINK_NOFOLLOW) }
             if !isSymlink {
                 // mknodat applied the umask; a device node is not a symlink, so following is moot.
-                try sys("fchmodat", name) { fchmodat(parent.destination.rawValue, name, mode_t(st.mode & 0o7777), 0) }
+                try sys("fchmodat", target) { fchmodat(parent.destination.rawValue, target, mode_t(st.mode & 0o7777), 0) }
             }
             let attrs = try TreeSupport.xattrs(of: .path(TreeSupport.procPath(name, in: parent.source)))
-            try TreeSupport.setXattrs(attrs, on: .path(TreeSupport.procPath(name, in: parent.destination)))
+            try TreeSupport.setXattrs(attrs, on: .path(TreeSupport.procPath(target, in: parent.destination)))
             var times = [st.accessTime, st.modificationTime]
-            try sys("utimensat", name) { utimensat(parent.destination.rawValue, name, &times, AT_SYMLINK_NOFOLLOW) }
+            try sys("utimensat", target) { utimensat(parent.destination.rawValue, target, &times, AT_SYMLINK_NOFOLLOW) }
         }
 
         /// Applies a directory's own metadata once its contents are in place; ACLs last-but-one

@@ -7,6 +7,8 @@ enum TreeSupport {
     /// AT_EMPTY_PATH and O_NOATIME: glibc defines them only under _GNU_SOURCE.
     static let emptyPath: Int32 = 0x1000
     static let noAccessTime: Int32 = 0o1000000
+    /// O_PATH: a descriptor that names an inode without opening it (hidden likewise).
+    static let pathOnly: Int32 = 0o10000000
 
     /// How many directory levels a walk keeps open; deeper ancestors are closed and reopened
     /// through `..` when the walk comes back up. Two descriptors per level at most.

@@ -96,3 +96,9 @@ public func joinPath(_ base: String, _ components: String...) -> String {
     }
     return result
 }
+
+/// renameat2(2) with RENAME_EXCHANGE between two names relative to directories: swaps them
+/// atomically (both must exist), whatever their types.
+public func renameExchange(_ a: String, in aDirectory: FileDescriptor, with b: String, in bDirectory: FileDescriptor) throws(SystemCallError) {
+    try sys("renameat2", "\(a) ⇄ \(b)") { renameat2(aDirectory.rawValue, a, bDirectory.rawValue, b, BERTH_RENAME_EXCHANGE) }
+}

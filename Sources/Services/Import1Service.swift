@@ -12,6 +12,10 @@ extension Import1Manager.Method {
         // importd checks the pull action for cancelling too.
         case .pullTar, .pullRaw, .cancelTransfer: PolkitAction.pullImages
         case .listTransfers: nil
+        case .importTarEx, .importRawEx, .importFileSystemEx: PolkitAction.importImages
+        case .exportTarEx, .exportRawEx: PolkitAction.exportImages
+        case .pullTarEx, .pullRawEx: PolkitAction.pullImages
+        case .listTransfersEx, .listImages: nil
         }
     }
 }
@@ -36,10 +40,10 @@ public actor Import1Service: BusObjectHandler {
     private let info: DaemonInfo
     private let harness = Harness()
     private let engine: TransferEngine?
-    private let logger: Logger
+    let logger: Logger
     /// The running transfers, mirrored here so the synchronous property and find callbacks of
     /// sd-bus can answer without awaiting the engine.
-    private var transfers: [UInt32: TransferHandle] = [:]
+    var transfers: [UInt32: TransferHandle] = [:]
 
     /// Parent of the transfer objects.
     public static let transferPrefix: ObjectPath = "/org/freedesktop/import1/transfer"
@@ -102,8 +106,8 @@ public actor Import1Service: BusObjectHandler {
             default: .importFileSystem
             }
             // Remote is "" for fd imports, as systemd-importd 252 reports it (measured).
-            let request = TransferRequest(type: type, local: local,
-                                          operation: .importing(fd: fd.rawValue, force: force, readOnly: readOnly), remote: "")
+            let request = TransferRequest(type: type, local: local, operation: .importing(fd: fd.rawValue),
+                                          flags: TransferRequest.flags(force: force, readOnly: readOnly), remote: "")
             return try await start(request, engine: engine)
         case .exportTar, .exportRaw:
             // (s local_name, h fd, s format)
@@ -128,7 +132,8 @@ public actor Import1Service: BusObjectHandler {
             }
             let force = try call.bool(3)
             let type: TransferType = method == .pullTar ? .pullTar : .pullRaw
-            let request = TransferRequest(type: type, local: local, operation: .pulling(url: url, verify: verify, force: force))
+            let request = TransferRequest(type: type, local: local, operation: .pulling(url: url, verify: verify),
+                                          flags: TransferRequest.flags(force: force, readOnly: false))
             return try await start(request, engine: engine)
         case .listTransfers:
             let rows: [BusValue] = transfers.values.sorted { $0.id < $1.id }.map { t in
@@ -140,6 +145,9 @@ public actor Import1Service: BusObjectHandler {
             let id = UInt32(truncatingIfNeeded: try call.uint64(0))
             guard transfers[id] != nil, await engine.cancel(id: id) else { throw Self.noSuchTransfer(id) }
             return []
+        case .importTarEx, .importRawEx, .importFileSystemEx, .exportTarEx, .exportRawEx, .pullTarEx, .pullRawEx,
+             .listTransfersEx, .listImages:
+            return try await managerEx(method, call, engine: engine)
         }
     }
 
@@ -153,7 +161,7 @@ public actor Import1Service: BusObjectHandler {
     }
 
     /// importd's check of `local_name`: a valid image name, else InvalidArgs.
-    private static func checkedLocalName(_ name: String) throws(BusError) -> String {
+    static func checkedLocalName(_ name: String) throws(BusError) -> String {
         do { try ImagePool.validateName(name) } catch {
             throw BusError.invalidArgs("Local name \(name) is invalid")
         }
@@ -167,7 +175,7 @@ public actor Import1Service: BusObjectHandler {
 
     /// Starts `request`, publishes its object, announces it (TransferNew) and follows its events
     /// until TransferRemoved. A busy name is importd's TransferInProgress.
-    private func start(_ request: TransferRequest, engine: TransferEngine) async throws -> [BusValue] {
+    func start(_ request: TransferRequest, engine: TransferEngine) async throws -> [BusValue] {
         // Unlike importd 252, which starts a second import into a name already being written
         // (one of them then fails late), Berth refuses it up front.
         let handle: TransferHandle
@@ -199,6 +207,7 @@ public actor Import1Service: BusObjectHandler {
         let id = handle.id, path = Self.transferPath(id)
         var result = TransferResult.failed("the transfer ended without a result")
         var logSignalFailed = false
+        var progressSignals = ProgressThrottle()
         for await event in handle.events {
             switch event {
             case .log(let priority, let message):
@@ -214,13 +223,15 @@ public actor Import1Service: BusObjectHandler {
                     logSignalFailed = true
                     logger.warning("transfer \(id): cannot emit LogMessage (further failures not logged): \(error)")
                 } catch {}
-            case .progress:
-                // Progress does not emit PropertiesChanged (EmitsChangedSignal=false, as importd).
-                break
+            case .progress(let fraction):
+                // Progress does not emit PropertiesChanged (EmitsChangedSignal=false, as importd);
+                // ProgressUpdate (newer than 252) carries it, rate-limited.
+                if let value = progressSignals.offer(fraction) { await emitProgressUpdate(id, value) }
             case .finished(let r):
                 result = r
             }
         }
+        if let value = progressSignals.flush() { await emitProgressUpdate(id, value) }
         transfers[id] = nil
         switch result {
         case .failed(let why): logger.warning("transfer \(id) failed: \(why)")

@@ -61,6 +61,16 @@ extension Machine1Service {
         case .killMachine: return try kill(try call.string(0), who: try call.string(1), signal: try call.int32(2))
         case .getMachineOSRelease: return try await osRelease(try call.string(0))
         case .getMachineUIDShift: return [.uint32(try uidShift(try call.string(0)))]
+        case .getMachineAddresses: return try await addresses(try call.string(0))
+        case .copyFromMachine, .copyToMachine, .copyFromMachineWithFlags, .copyToMachineWithFlags:
+            let withFlags = method == .copyFromMachineWithFlags || method == .copyToMachineWithFlags
+            return try await copyFiles(machine: try call.string(0), fromMachine: method == .copyFromMachine || method == .copyFromMachineWithFlags,
+                                       source: try call.string(1), destination: try call.string(2), flags: withFlags ? try call.uint64(3) : nil)
+        case .mapFromMachineUser, .mapFromMachineGroup:
+            return try mapFromMachine(try call.string(0), UInt32(truncatingIfNeeded: try call.uint64(1)), groups: method == .mapFromMachineGroup)
+        case .mapToMachineUser, .mapToMachineGroup: return try mapToMachine(UInt32(truncatingIfNeeded: try call.uint64(0)), groups: method == .mapToMachineGroup)
+        case .openMachinePTY, .openMachineLogin, .openMachineShell, .openMachineRootDirectory, .bindMountMachine:
+            return try await reach(method, try call.string(0), call, offset: 1)
         default: throw Harness.notImplemented(call)
         }
     }
@@ -72,6 +82,16 @@ extension Machine1Service {
         case .kill: return try kill(name, who: try call.string(0), signal: try call.int32(1))
         case .getOSRelease: return try await osRelease(name)
         case .getUIDShift: return [.uint32(try uidShift(name))]
+        case .getAddresses: return try await addresses(name)
+        case .copyFrom, .copyTo, .copyFromWithFlags, .copyToWithFlags:
+            let withFlags = method == .copyFromWithFlags || method == .copyToWithFlags
+            return try await copyFiles(machine: name, fromMachine: method == .copyFrom || method == .copyFromWithFlags,
+                                       source: try call.string(0), destination: try call.string(1), flags: withFlags ? try call.uint64(2) : nil)
+        case .openPTY: return try await reach(.openMachinePTY, name, call, offset: 0)
+        case .openLogin: return try await reach(.openMachineLogin, name, call, offset: 0)
+        case .openShell: return try await reach(.openMachineShell, name, call, offset: 0)
+        case .openRootDirectory: return try await reach(.openMachineRootDirectory, name, call, offset: 0)
+        case .bindMount: return try await reach(.bindMountMachine, name, call, offset: 0)
         default: throw Harness.notImplemented(call)
         }
     }

@@ -178,7 +178,11 @@ public actor Machine1Service: BusObjectHandler {
             return []
         case .getMachine, .getMachineByPID, .listMachines, .createMachine, .createMachineWithNetwork, .registerMachine,
              .registerMachineWithNetwork, .unregisterMachine, .terminateMachine, .killMachine, .getMachineOSRelease,
-             .getMachineUIDShift:
+             .getMachineUIDShift,
+             .openMachinePTY, .openMachineLogin, .openMachineShell, .openMachineRootDirectory, .bindMountMachine:
+            return try await machineManager(method, call)
+        case .getMachineAddresses, .copyFromMachine, .copyToMachine, .copyFromMachineWithFlags, .copyToMachineWithFlags,
+             .mapFromMachineUser, .mapToMachineUser, .mapFromMachineGroup, .mapToMachineGroup:
             return try await machineManager(method, call)
         case .cleanPool:
             let mode = try call.string(0)

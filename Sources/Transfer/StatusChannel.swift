@@ -3,18 +3,21 @@ import Linux
 import Synchronization
 
 /// The line protocol on the status pipe from a worker to berthd:
-/// `P <fraction>` progress, `L <priority> <text>` a log line, `E <text>` why it failed.
+/// `P <fraction>` progress, `L <priority> <text>` a log line, `E <text>` why it failed,
+/// `D <0|1> <etag>` what a pull's server said of its download (1: not modified, reuse the kept copy).
 /// Lines are short (< PIPE_BUF), so writes from the worker's threads never interleave.
 enum StatusLine: Equatable {
     case progress(Double)
     case log(Int32, String)
     case error(String)
+    case download(DownloadNote)
 
     var encoded: String {
         switch self {
         case .progress(let p): "P \(p)\n"
         case .log(let priority, let text): "L \(priority) \(Self.flatten(text))\n"
         case .error(let text): "E \(Self.flatten(text))\n"
+        case .download(let note): "D \(note.notModified ? 1 : 0) \(Self.flatten(note.etag))\n"
         }
     }
 
@@ -30,6 +33,9 @@ enum StatusLine: Equatable {
             self = .log(min(max(priority, 0), 7), String(body[body.index(after: space)...]))
         case "E":
             self = .error(String(body))
+        case "D":
+            guard body.count >= 2, let flag = body.first, flag == "0" || flag == "1", body.dropFirst().first == " " else { return nil }
+            self = .download(DownloadNote(etag: String(body.dropFirst(2)), notModified: flag == "1"))
         default:
             return nil
         }
@@ -161,6 +167,10 @@ public final class StatusReporter: Sendable {
     /// A log line at syslog `priority`.
     package func log(_ priority: Int32, _ text: String) { sink(StatusLine.log(priority, text).encoded) }
 
+    /// What the server said of a pull's download: its ETag, and whether it answered 304 Not
+    /// Modified to one of the kept downloads' ETags (then nothing was written to the target).
+    package func download(_ note: DownloadNote) { sink(StatusLine.download(note).encoded) }
+
     /// The reason the worker fails, sent last.
     package func fail(_ text: String) { sink(StatusLine.error(text).encoded) }
 }
@@ -173,4 +183,18 @@ public struct TransferError: Error, CustomStringConvertible, Sendable {
     public init(_ message: String) { self.message = message }
     /// The message.
     public var description: String { message }
+}
+
+/// A pull's download as the server described it (keep-download): its entity tag, and whether
+/// the server answered a conditional request with 304 Not Modified.
+public struct DownloadNote: Sendable, Equatable {
+    /// The ETag header, as sent (quotes included).
+    public var etag: String
+    /// 304: the kept download of this ETag is current; the worker wrote nothing.
+    public var notModified: Bool
+
+    public init(etag: String, notModified: Bool) {
+        self.etag = etag
+        self.notModified = notModified
+    }
 }

@@ -27,6 +27,8 @@ public final class WorkerProcess: Sendable {
         /// The worker broke the status protocol (a line too long) and was killed: failed
         /// whatever its exit status, with `error` saying why.
         public var brokeProtocol = false
+        /// A pull's download as the server described it (its last `D` line), if it said.
+        public var download: DownloadNote?
 
         /// Exited 0, was not cancelled and kept to the protocol.
         public var succeeded: Bool { exit == .exited(0) && !canceled && !brokeProtocol }
@@ -196,6 +198,7 @@ public final class WorkerProcess: Sendable {
         let canceled = state.withLock { $0.canceled }
         var outcome = Outcome(exit: exit, error: reader.protocolError ?? waitError ?? reader.lastError, canceled: canceled)
         outcome.brokeProtocol = reader.protocolError != nil
+        outcome.download = reader.download
         return outcome
     }
 
@@ -215,6 +218,7 @@ public final class WorkerProcess: Sendable {
         /// The last error line was suppressed by the rate limit: it is sent at the end.
         var lastErrorUnsent = false
         var protocolError: String?
+        var download: DownloadNote?
 
         init(onMessage: @escaping @Sendable (TransferEvent) -> Void) { self.onMessage = onMessage }
 
@@ -231,6 +235,7 @@ public final class WorkerProcess: Sendable {
                     case .error(let text):
                         errorLine = text
                         logs.append((LogPriority.error, text))
+                    case .download(let note): download = note
                     case nil: break
                     }
                 }

@@ -69,6 +69,11 @@ private final class DownloadContext: @unchecked Sendable {
     let hash: SHA256?
     let reporter: StatusReporter
     let limit: Int
+    /// Request headers (If-None-Match for a kept download).
+    var headers: [String] = []
+    /// The response's status and ETag, once the request is over.
+    var status = 0
+    var etag: String?
     var memory: [UInt8] = []
     var writeFailed = false
     var tooLarge = false
@@ -89,8 +94,13 @@ extension Pull {
     /// verified as `verify` asks with keyrings under `root`. The checksum file and its
     /// signature are fetched and checked first; the image's hash is compared after the
     /// stream ends, before the worker reports success: nothing is installed unverified.
+    ///
+    /// With `knownETags` (the ETags of downloads kept before, keep-download) the request is
+    /// conditional: a 304 answer is reported as "not modified" and nothing is written to
+    /// `target` (berthd then copies the kept image); any answer's ETag is reported so berthd
+    /// can keep this download.
     public static func run(url: String, kind: TransferType, verify: VerifyMode, root: String,
-                           target: String, reporter: StatusReporter) throws {
+                           target: String, knownETags: [String] = [], reporter: StatusReporter) throws {
         guard isValidURL(url) else { throw TransferError("not an http or https URL: \(url)") }
         curl_global_init(Int(CURL_GLOBAL_DEFAULT))
         let (base, file) = split(url)
@@ -120,12 +130,15 @@ extension Pull {
         let downloadResult: Result<Void, TransferError>
         var importError: (any Error)?
         var stoppedByImport = false
+        var downloadContext: DownloadContext?
         if kind == .pullTar {
             // Download (and hash) → decompress → extract, each on a thread of its own, handing
             // big blocks on in-process: three stages on two cores, none waiting on a small
             // pipe buffer.
             let pipe = BlockPipe()
             let context = DownloadContext(output: nil, pipe: pipe, hash: hash, reporter: reporter, limit: .max)
+            context.headers = conditionalHeaders(knownETags)
+            downloadContext = context
             let download = try WorkerThread { () -> Result<Void, TransferError> in
                 let result = Pull.perform(url: url, context: context).mapError { TransferError($0.message) }
                 // The end of the stream for the importer: a failed download is a failed read
@@ -151,6 +164,8 @@ extension Pull {
             let readEnd = FileDescriptor(owning: fds[0])
             let writeEnd = fds[1]
             let context = DownloadContext(output: writeEnd, hash: hash, reporter: reporter, limit: .max)
+            context.headers = conditionalHeaders(knownETags)
+            downloadContext = context
             let download: WorkerThread<Result<Void, TransferError>>
             do {
                 download = try WorkerThread {
@@ -174,6 +189,16 @@ extension Pull {
             stoppedByImport = context.writeFailed
         }
 
+        // 304 to a conditional request: the kept download is current. The importer saw an empty
+        // stream and failed; nothing it wrote counts (berthd discards the target).
+        if let context = downloadContext, case .success = downloadResult, context.status == 304 {
+            let etag = context.etag ?? (knownETags.count == 1 ? knownETags[0] : "")
+            guard knownETags.contains(etag) else { throw TransferError("\(url): 304 Not Modified for no ETag asked about") }
+            reporter.log(LogPriority.info, "\(file) not modified (ETag \(etag)): reusing the kept download")
+            reporter.download(DownloadNote(etag: etag, notModified: true))
+            reporter.progress(1)
+            return
+        }
         // A download error explains a failed import better than "truncated archive" (unless
         // the download failed only because the import had already given up).
         if let importError, stoppedByImport { throw importError }
@@ -186,7 +211,15 @@ extension Pull {
             }
             reporter.log(LogPriority.info, "SHA-256 checksum of \(file) verified")
         }
+        if let etag = downloadContext?.etag { reporter.download(DownloadNote(etag: etag, notModified: false)) }
         reporter.progress(1)
+    }
+
+    /// `If-None-Match` naming the kept downloads' ETags (none: an unconditional request).
+    /// ETags with a line break or comma-less garbage are the server's; they are sent as kept.
+    static func conditionalHeaders(_ etags: [String]) -> [String] {
+        let usable = etags.filter { !$0.isEmpty && !$0.contains(where: { $0 == "\r" || $0 == "\n" }) }
+        return usable.isEmpty ? [] : ["If-None-Match: " + usable.joined(separator: ", ")]
     }
 
     private static func drain(_ fd: Int32) throws {
@@ -313,9 +346,20 @@ extension Pull {
             if total > 0 { c.reporter.progress(Double(now) / Double(total)) }
             return 0
         }
+        var list: UnsafeMutablePointer<curl_slist>?
+        for header in context.headers { list = curl_slist_append(list, header) }
+        defer { curl_slist_free_all(list) }
+        if let list { _ = berth_curl_setopt_ptr(curl.pointer, CURLOPT_HTTPHEADER, list) }
         let code = curl_easy_perform(curl.pointer)
         var status = 0
         _ = berth_curl_getinfo_long(curl.pointer, CURLINFO_RESPONSE_CODE, &status)
+        context.status = status
+        // The last response's ETag (after redirects): what a kept download is named by.
+        var header: UnsafeMutablePointer<curl_header>?
+        if curl_easy_header(curl.pointer, "ETag", 0, UInt32(CURLH_HEADER), -1, &header) == CURLHE_OK, let value = header?.pointee.value {
+            let etag = String(cString: value)
+            if !etag.isEmpty, etag.utf8.count <= 512 { context.etag = etag }
+        }
         if code == CURLE_OK { return .success(()) }
         if context.writeFailed { return .failure(DownloadFailure(message: "download of \(url) stopped: the import ended early", status: status)) }
         if context.tooLarge { return .failure(DownloadFailure(message: "\(url) is too large", status: status)) }

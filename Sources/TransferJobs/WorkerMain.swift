@@ -65,7 +65,8 @@ extension TransferWorker {
             try RawExport.run(path: try need(a.source, "--source"), to: data, format: a.format, reporter: reporter)
         case .pullTar, .pullRaw:
             try Pull.run(url: try need(a.url, "--url"), kind: a.type, verify: a.verify, root: a.root,
-                         target: try need(a.target, "--target"), reporter: reporter)
+                         target: try need(a.target, "--target"),
+                         knownETags: a.flags.contains(.keepDownload) ? a.knownETags : [], reporter: reporter)
         }
         reporter.log(LogPriority.info, "Operation completed successfully.")
     }

@@ -6,7 +6,10 @@ import Glibc
 /// - `/slow/X`: X with its Content-Length, in 4 KiB pieces 50 ms apart;
 /// - `/truncated/X`: announces X's full length and sends half;
 /// - `/stall/X`: announces X's length, sends a third, then nothing for 60 s (for cancels that
-///   must not race the download's end).
+///   must not race the download's end);
+/// - a file X with a sidecar `X.etag`: served with that ETag, and answered 304 Not Modified
+///   (no body) when the request's If-None-Match names it (keep-download tests). Each 200 and
+///   304 of such a file is appended to `requests.log` beside the script ("200 /X", "304 /X").
 public final class LoopbackHTTPServer: @unchecked Sendable {
     private let process = Process()
     /// The port it listens on.
@@ -38,9 +41,26 @@ public final class LoopbackHTTPServer: @unchecked Sendable {
                         except Exception: pass
                         self.close_connection = True
                         return
+                path = self.translate_path(self.path)
+                if os.path.isfile(path) and os.path.isfile(path + '.etag'):
+                    etag = open(path + '.etag').read().strip()
+                    asked = [t.strip() for t in self.headers.get('If-None-Match', '').split(',')]
+                    status = 304 if etag in asked else 200
+                    with open(LOG, 'a') as log: log.write('%d %s\\n' % (status, self.path))
+                    self.send_response(status)
+                    self.send_header('ETag', etag)
+                    if status == 304:
+                        self.end_headers()
+                        return
+                    data = open(path, 'rb').read()
+                    self.send_header('Content-Length', str(len(data)))
+                    self.end_headers()
+                    self.wfile.write(data)
+                    return
                 return super().do_GET()
         class S(socketserver.ThreadingMixIn, http.server.HTTPServer):
             daemon_threads = True
+        LOG = sys.argv[2]
         os.chdir(sys.argv[1])
         s = S(('127.0.0.1', 0), H)
         print(s.server_address[1], flush=True)
@@ -53,7 +73,7 @@ public final class LoopbackHTTPServer: @unchecked Sendable {
         let scriptPath = scriptDirectory.appending("server.py")
         try Self.script.write(toFile: scriptPath, atomically: true, encoding: .utf8)
         process.executableURL = URL(fileURLWithPath: "/usr/bin/python3")
-        process.arguments = [scriptPath, directory]
+        process.arguments = [scriptPath, directory, scriptDirectory.appending("requests.log")]
         let out = Pipe()
         process.standardOutput = out
         try process.run()
@@ -62,6 +82,12 @@ public final class LoopbackHTTPServer: @unchecked Sendable {
             throw TestSupportError("the HTTP server did not start")
         }
         port = p
+    }
+
+    /// The 200 and 304 answers to files with an ETag so far, one `STATUS /path` per line.
+    public var etagRequests: [String] {
+        let text = (try? String(contentsOfFile: scriptDirectory.appending("requests.log"), encoding: .utf8)) ?? ""
+        return text.split(separator: "\n").map(String.init)
     }
 
     /// `http://127.0.0.1:PORT/path`.

@@ -21,7 +21,24 @@ public enum Import1Manager {
         case pullRaw = "PullRaw"
         case listTransfers = "ListTransfers"
         case cancelTransfer = "CancelTransfer"
+        // Newer than systemd 252
+        case importTarEx = "ImportTarEx"
+        case importRawEx = "ImportRawEx"
+        case importFileSystemEx = "ImportFileSystemEx"
+        case exportTarEx = "ExportTarEx"
+        case exportRawEx = "ExportRawEx"
+        case pullTarEx = "PullTarEx"
+        case pullRawEx = "PullRawEx"
+        case listTransfersEx = "ListTransfersEx"
+        case listImages = "ListImages"
     }
+
+    /// The members Berth serves beside 252's, from newer systemd versions (v256's
+    /// `org.freedesktop.import1(5)`: image classes and flags), keyed as `IntrospectionXML` names them.
+    public static let newerMembers: Set<String> = [
+        "method ImportTarEx", "method ImportRawEx", "method ImportFileSystemEx", "method ExportTarEx", "method ExportRawEx",
+        "method PullTarEx", "method PullRawEx", "method ListTransfersEx", "method ListImages",
+    ]
 
     /// The signals of `org.freedesktop.import1.Manager`, each raw value the D-Bus member name.
     public enum Signal: String, CaseIterable, Sendable {
@@ -42,6 +59,16 @@ public enum Import1Manager {
             .init(Method.pullRaw, in: [("s", "url"), ("s", "local_name"), ("s", "verify_mode"), ("b", "force")], out: [("u", "transfer_id"), ("o", "transfer_path")]),
             .init(Method.listTransfers, out: [("a(usssdo)", "transfers")]),
             .init(Method.cancelTransfer, in: [("u", "transfer_id")]),
+            // Newer than systemd 252
+            .init(Method.importTarEx, in: [("h", "fd"), ("s", "local_name"), ("s", "class"), ("t", "flags")], out: [("u", "transfer_id"), ("o", "transfer_path")]),
+            .init(Method.importRawEx, in: [("h", "fd"), ("s", "local_name"), ("s", "class"), ("t", "flags")], out: [("u", "transfer_id"), ("o", "transfer_path")]),
+            .init(Method.importFileSystemEx, in: [("h", "fd"), ("s", "local_name"), ("s", "class"), ("t", "flags")], out: [("u", "transfer_id"), ("o", "transfer_path")]),
+            .init(Method.exportTarEx, in: [("s", "local_name"), ("s", "class"), ("h", "fd"), ("s", "format"), ("t", "flags")], out: [("u", "transfer_id"), ("o", "transfer_path")]),
+            .init(Method.exportRawEx, in: [("s", "local_name"), ("s", "class"), ("h", "fd"), ("s", "format"), ("t", "flags")], out: [("u", "transfer_id"), ("o", "transfer_path")]),
+            .init(Method.pullTarEx, in: [("s", "url"), ("s", "local_name"), ("s", "class"), ("s", "verify_mode"), ("t", "flags")], out: [("u", "transfer_id"), ("o", "transfer_path")]),
+            .init(Method.pullRawEx, in: [("s", "url"), ("s", "local_name"), ("s", "class"), ("s", "verify_mode"), ("t", "flags")], out: [("u", "transfer_id"), ("o", "transfer_path")]),
+            .init(Method.listTransfersEx, in: [("s", "class"), ("t", "flags")], out: [("a(ussssdo)", "transfers")]),
+            .init(Method.listImages, in: [("s", "class"), ("t", "flags")], out: [("a(ssssbtttttt)", "images")]),
         ],
         properties: [
         ],
@@ -77,7 +104,13 @@ public enum Import1Transfer {
     /// The signals of `org.freedesktop.import1.Transfer`, each raw value the D-Bus member name.
     public enum Signal: String, CaseIterable, Sendable {
         case logMessage = "LogMessage"
+        // Newer than systemd 252
+        case progressUpdate = "ProgressUpdate"
     }
+
+    /// The members Berth serves beside 252's, from newer systemd versions (v256), keyed as
+    /// `IntrospectionXML` names them.
+    public static let newerMembers: Set<String> = ["signal ProgressUpdate"]
 
     /// The whole interface.
     public static let interface = BusInterface(
@@ -91,6 +124,10 @@ public enum Import1Transfer {
             .init(Property.verify, "s", emitsChange: .const),
             .init(Property.progress, "d", emitsChange: .false),
         ],
-        signals: [.init(Signal.logMessage, [("u", "priority"), ("s", "line")])]
+        signals: [
+            .init(Signal.logMessage, [("u", "priority"), ("s", "line")]),
+            // Newer than systemd 252
+            .init(Signal.progressUpdate, [("d", "progress")]),
+        ]
     )
 }
