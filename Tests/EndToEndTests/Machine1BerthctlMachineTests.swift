@@ -170,6 +170,33 @@ struct Machine1BerthctlMachineTests {
         #expect(try waitUntil { !(try rows(bus).contains { $0.machine == "bbkill" }) })
     }
 
+    @Test func listAndStatusShowTheInterfaceAndAddressesOfAVethContainer() throws {
+        let host = try Self.host()
+        defer { host.stop() }
+        let bus = host.bus
+        let setup = "/bin/busybox ip link set lo up; /bin/busybox ip addr add 10.231.46.6/24 dev host0; "
+            + "/bin/busybox ip addr add 10.231.46.7/24 dev host0; /bin/busybox ip link set host0 up; exec sleep 600"
+        let container = try MachineCopyTests.Container(name: "bbnet", root: host.root.path, bus: bus.address,
+                                                       options: "--network-veth", command: setup)
+        defer { container.stop() }
+        #expect(try waitUntil {
+            try berthctl(bus, ["status", "bbnet"]).stdout.contains("10.231.46.7")
+        }, "\(container.log)\n\(host.berthd.log)")
+        // list: the first address and an ellipsis for the rest, as machinectl lists them.
+        let ours = try berthctl(bus, ["list", "--no-legend"]).stdout
+        let theirs = try machinectl(bus, ["list", "--no-legend"]).stdout
+        #expect(words(ours) == words(theirs) && ours.contains("10.231.46.6…"), "berthctl:\n\(ours)\nmachinectl:\n\(theirs)")
+        // status: the host side of the veth (Iface) and every address, in machinectl's lines.
+        let status = try berthctl(bus, ["status", "bbnet"]).stdout
+        let mcStatus = try machinectl(bus, ["status", "bbnet"]).stdout
+        for line in status.split(separator: "\n") where !line.contains("Since:") {
+            #expect(mcStatus.contains(line), "'\(line)' is not in machinectl's:\n\(mcStatus)")
+        }
+        #expect(status.contains("\t   Iface: ve-bbnet\n\t Address: 10.231.46.6\n\t          10.231.46.7\n"), "\(status)")
+        let rows = try JSONSerialization.jsonObject(with: Data(try berthctl(bus, ["list", "--json"]).stdout.utf8)) as? [[String: Any]]
+        #expect(rows?.first?["addresses"] as? [String] == ["10.231.46.6", "10.231.46.7"], "\(String(describing: rows))")
+    }
+
     // MARK: reaching in (the server side: branches m13/reach and m13/copy)
 
     @Test func shellRunsACommandInTheMachineAndPipedInputEnds() throws {
