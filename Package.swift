@@ -94,6 +94,7 @@ let package = Package(
             "DirectoryBackend", "TestSupport",
         ]),
         .testTarget(name: "BusTests", dependencies: ["Bus", "TestSupport"]),
+        .testTarget(name: "BerthCLITests", dependencies: ["BerthCLI", "Bus", "Linux", "TestSupport"]),
         .testTarget(name: "EndToEndTests", dependencies: ["TestSupport", "Bus", "Services", "Linux"]),
     ]
 )

@@ -9,7 +9,14 @@ public struct Berthctl: ParsableCommand {
     public static let configuration = CommandConfiguration(
         commandName: "berthctl",
         abstract: "Talk to berthd.",
-        subcommands: [Status.self, ListImages.self, ImageStatus.self, Clone.self, Rename.self, Remove.self, ReadOnly.self,
+        discussion: """
+            The machine verbs (list, status NAME, show, kill, terminate, shell, login, copy-to, copy-from, \
+            bind) are machinectl's; the image verbs are list-images, image-status, clone, …; the portable \
+            service verbs are under `berthctl portable`. Without a verb, or `status` without a name: which \
+            services answer. Options go after the verb: `berthctl list --bus-address ADDR`.
+            """,
+        subcommands: [Status.self, ListMachines.self, Show.self, Kill.self, Terminate.self, Shell.self, Login.self, CopyTo.self,
+                      CopyFrom.self, Bind.self, ListImages.self, ImageStatus.self, Clone.self, Rename.self, Remove.self, ReadOnly.self,
                       SetLimit.self, Clean.self, ListTransfers.self, CancelTransfer.self, ImportTar.self, ImportRaw.self,
                       ImportFileSystem.self, ExportTar.self, ExportRaw.self, PullTar.self, PullRaw.self, PortableCommand.self],
         defaultSubcommand: Status.self)
@@ -28,15 +35,32 @@ public struct GlobalOptions: ParsableArguments {
     public init() {}
 }
 
-/// `berthctl status`: which of the three services answer, the pool path, berthd's version.
+/// `berthctl status`: which of the three services answer, the pool path, berthd's version; with
+/// machine names, those machines' status as `machinectl status` shows it (as `systemctl status`
+/// shows the system without a unit and the unit with one).
 public struct Status: ParsableCommand {
-    public static let configuration = CommandConfiguration(abstract: "Show which services answer, the pool path and berthd's version.")
+    public static let configuration = CommandConfiguration(
+        abstract: "Show machines' status, or without a name which services answer, the pool path and berthd's version.")
 
     @OptionGroup public var global: GlobalOptions
 
+    @Argument(help: "Machine names.") public var names: [String] = []
+
     public init() {}
 
+    public func validate() throws {
+        // `berthctl --bus-address X list` lands here (status is the default verb): say where
+        // the options go rather than looking for a machine called "list".
+        if let verb = names.first, Berthctl.configuration.subcommands.contains(where: { $0._commandName == verb }) {
+            throw ValidationError("options go after the verb: berthctl \(verb) [OPTIONS] …")
+        }
+    }
+
     public func run() throws {
+        if !names.isEmpty {
+            try MachineStatusVerb.run(global, names)
+            return
+        }
         let client: BusClient
         do {
             client = try BusClient(address: global.busAddress)

@@ -119,6 +119,27 @@ public final class BusClient: @unchecked Sendable {
         }
     }
 
+    /// The connection's socket (sd_bus_get_fd), for a client that waits on it beside other
+    /// descriptors in its own poll loop and then calls `waitForSignals(timeoutMicroseconds: 0)`.
+    public var pollDescriptor: Int32 {
+        lock.lock()
+        defer { lock.unlock() }
+        return sd_bus_get_fd(handle)
+    }
+
+    /// All properties of `interface` on `path` (org.freedesktop.DBus.Properties.GetAll), each
+    /// unwrapped from its variant, in the order they came.
+    public func allProperties(destination: String, path: ObjectPath, interface: String) throws(BusError) -> [(String, BusValue)] {
+        let reply = try call(destination: destination, path: path, interface: "org.freedesktop.DBus.Properties", member: "GetAll",
+                             [.string(interface)])
+        guard let entries = reply.first?.dictionaryEntries else { throw BusError.failed("GetAll returned no dictionary") }
+        return entries.compactMap { e in
+            guard let name = e.key.stringValue else { return nil }
+            if case .variant(let v) = e.value { return (name, v) }
+            return (name, e.value)
+        }
+    }
+
     /// Reads property `name` of `interface` (org.freedesktop.DBus.Properties.Get), unwrapped from its variant.
     public func property(destination: String, path: ObjectPath, interface: String, name: String) throws(BusError) -> BusValue {
         let reply = try call(destination: destination, path: path, interface: "org.freedesktop.DBus.Properties", member: "Get",

@@ -15,6 +15,7 @@
 #include <sys/prctl.h>
 #include <sys/wait.h>
 #include <sys/eventfd.h>
+#include <sys/epoll.h>
 #include <malloc.h>
 #include <linux/fs.h>
 #include <linux/loop.h>
