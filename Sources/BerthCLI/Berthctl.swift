@@ -11,7 +11,7 @@ public struct Berthctl: ParsableCommand {
         abstract: "Talk to berthd.",
         subcommands: [Status.self, ListImages.self, ImageStatus.self, Clone.self, Rename.self, Remove.self, ReadOnly.self,
                       SetLimit.self, Clean.self, ListTransfers.self, CancelTransfer.self, ImportTar.self, ImportRaw.self,
-                      ImportFileSystem.self, ExportTar.self, ExportRaw.self, PullTar.self, PullRaw.self, PortableCommand.self],
+                      ImportFileSystem.self, ExportTar.self, ExportRaw.self, PullTar.self, PullRaw.self, PullOci.self, PortableCommand.self],
         defaultSubcommand: Status.self)
 
     public init() {}

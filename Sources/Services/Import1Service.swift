@@ -10,7 +10,7 @@ extension Import1Manager.Method {
         case .importTar, .importRaw, .importFileSystem: PolkitAction.importImages
         case .exportTar, .exportRaw: PolkitAction.exportImages
         // importd checks the pull action for cancelling too.
-        case .pullTar, .pullRaw, .cancelTransfer: PolkitAction.pullImages
+        case .pullTar, .pullRaw, .cancelTransfer, .pullOci: PolkitAction.pullImages
         case .listTransfers: nil
         }
     }
@@ -136,6 +136,8 @@ public actor Import1Service: BusObjectHandler {
                             .double(t.systemdProgress), .objectPath(Self.transferPath(t.id))])
             }
             return [.array(element: "(usssdo)", rows)]
+        case .pullOci:
+            return try await pullOci(call, engine: engine)
         case .cancelTransfer:
             let id = UInt32(truncatingIfNeeded: try call.uint64(0))
             guard transfers[id] != nil, await engine.cancel(id: id) else { throw Self.noSuchTransfer(id) }
@@ -153,7 +155,7 @@ public actor Import1Service: BusObjectHandler {
     }
 
     /// importd's check of `local_name`: a valid image name, else InvalidArgs.
-    private static func checkedLocalName(_ name: String) throws(BusError) -> String {
+    static func checkedLocalName(_ name: String) throws(BusError) -> String {
         do { try ImagePool.validateName(name) } catch {
             throw BusError.invalidArgs("Local name \(name) is invalid")
         }
@@ -167,7 +169,7 @@ public actor Import1Service: BusObjectHandler {
 
     /// Starts `request`, publishes its object, announces it (TransferNew) and follows its events
     /// until TransferRemoved. A busy name is importd's TransferInProgress.
-    private func start(_ request: TransferRequest, engine: TransferEngine) async throws -> [BusValue] {
+    func start(_ request: TransferRequest, engine: TransferEngine) async throws -> [BusValue] {
         // Unlike importd 252, which starts a second import into a name already being written
         // (one of them then fails late), Berth refuses it up front.
         let handle: TransferHandle

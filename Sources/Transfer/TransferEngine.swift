@@ -144,7 +144,11 @@ public actor TransferEngine {
             if !force { try await refuseExisting(name) }
             dataFD = fd
         case .pulling(let url, _, let force):
-            guard Pull.isValidURL(url) else { throw TransferError("URL \(url) is not valid") }
+            if request.type == .pullOci {
+                guard OciReference(url) != nil else { throw TransferError("image reference \(url) is not valid") }
+            } else {
+                guard Pull.isValidURL(url) else { throw TransferError("URL \(url) is not valid") }
+            }
             try refuseBusyWriter(name)
             if !force { try await refuseExisting(name) }
         case .exporting(let fd, _):
@@ -259,15 +263,20 @@ public actor TransferEngine {
             readOnly = false
         }
         let type: ImageType = (request.type == .importRaw || request.type == .pullRaw) ? .raw : .directory
+        // pull-oci: the worker writes the image's nspawn settings beside the temp entry.
+        let settings = Mutex<String?>(nil)
+        defer { OciSettingsFile.discard(settings.withLock { $0 }) }
         do {
             let warn: @Sendable (String) -> Void = { handle.emit(.log(priority: LogPriority.warning, message: $0)) }
-            _ = try await pool.install(request.local, type: type, force: force, readOnly: readOnly, warn: warn) { temp in
+            let image = try await pool.install(request.local, type: type, force: force, readOnly: readOnly, warn: warn) { temp in
                 var a = arguments
                 a.target = temp
+                if request.type == .pullOci { settings.withLock { $0 = OciSettingsFile.temporaryPath(for: temp) } }
                 let outcome = await runWorker(a)
                 if outcome.canceled { throw PoolError(.cancelled, "transfer canceled") }
                 if !outcome.succeeded { throw TransferError(outcome.failureMessage) }
             }
+            if let temp = settings.withLock({ $0 }) { OciSettingsFile.install(temp, for: image, warn: warn) }
             return .done
         } catch let e as PoolError where e.code == .cancelled {
             return .canceled

@@ -7,6 +7,9 @@ public enum TransferType: String, Sendable, Hashable, CaseIterable {
     case exportRaw = "export-raw"
     case pullTar = "pull-tar"
     case pullRaw = "pull-raw"
+    // Newer than systemd 252
+    /// PullOci (import1 of systemd v260): an image from an OCI registry.
+    case pullOci = "pull-oci"
 }
 
 /// PullTar/PullRaw's `verify_mode` argument (`Transfer.Verify`).
@@ -46,7 +49,8 @@ public struct TransferRequest: Sendable {
         case importing(fd: Int32, force: Bool, readOnly: Bool)
         /// ExportTar / ExportRaw: write the image to `fd` (a file or pipe).
         case exporting(fd: Int32, format: ExportFormat)
-        /// PullTar / PullRaw: download `url`, verify, import.
+        /// PullTar / PullRaw: download `url`, verify, import. PullOci: `url` is the image
+        /// reference (`OciReference`), `verify` unused (every blob is checked by its digest).
         case pulling(url: String, verify: VerifyMode, force: Bool)
     }
 
@@ -107,8 +111,15 @@ public struct TransferRequest: Sendable {
         TransferRequest(type: .pullRaw, local: local, operation: .pulling(url: url, verify: verify, force: force))
     }
 
-    /// `Transfer.Verify`: the pull's mode, "" for imports and exports.
+    /// PullOci(ref, local_name, class, flags) with force; the image is a tree.
+    public static func pullOci(reference: String, local: String, force: Bool = false) -> TransferRequest {
+        TransferRequest(type: .pullOci, local: local, operation: .pulling(url: reference, verify: .no, force: force))
+    }
+
+    /// `Transfer.Verify`: the pull's mode, "" for imports and exports (and for pull-oci, whose
+    /// blobs are always checked against their digests).
     public var verify: String {
+        if type == .pullOci { return "" }
         if case .pulling(_, let verify, _) = operation { return verify.rawValue }
         return ""
     }

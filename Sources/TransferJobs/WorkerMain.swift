@@ -48,6 +48,8 @@ extension TransferWorker {
             reporter.log(LogPriority.info, "Exporting image as \(a.format.rawValue) \(a.type == .exportTar ? "tar" : "raw").")
         case .pullTar, .pullRaw:
             reporter.log(LogPriority.info, "Pulling \(a.url ?? "?") (verify: \(a.verify.rawValue)).")
+        case .pullOci:
+            reporter.log(LogPriority.info, "Pulling OCI image \(a.url ?? "?").")
         }
         switch a.type {
         case .importTar:
@@ -66,6 +68,8 @@ extension TransferWorker {
         case .pullTar, .pullRaw:
             try Pull.run(url: try need(a.url, "--url"), kind: a.type, verify: a.verify, root: a.root,
                          target: try need(a.target, "--target"), reporter: reporter)
+        case .pullOci:
+            try OciPull.run(reference: try need(a.url, "--url"), root: a.root, target: try need(a.target, "--target"), reporter: reporter)
         }
         reporter.log(LogPriority.info, "Operation completed successfully.")
     }
