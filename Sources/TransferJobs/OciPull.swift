@@ -2,6 +2,7 @@ import CLinux
 import FileTree
 import Glibc
 import Linux
+import PoolAPI
 import Transfer
 
 /// PullOci's work in the worker: resolve the reference to the host's image manifest, fetch the
@@ -74,7 +75,9 @@ enum OciPull {
             done += layer.size
         }
         try writeConfig(configBytes, into: tree)
-        try writeSettings(OciSettings.nspawn(config, reference: reference.description), beside: target)
+        let settings = OciSettings.nspawn(config, reference: reference.description)
+        for warning in settings.warnings { reporter.log(LogPriority.warning, warning) }
+        try writeSettings(settings.text, beside: target)
         reporter.progress(1)
     }
 
@@ -143,7 +146,7 @@ enum OciPull {
 /// holds a shared flock on the cache folder; CleanPool removes the folder under an exclusive one.
 final class OciBlobCache {
     /// The cache folder's name in the pool folder.
-    static let folderName = ".#berth-oci-cache"
+    static let folderName = ImagePool.layerCacheEntry
     let folder: FileDescriptor
     let blobs: FileDescriptor
 
@@ -210,42 +213,50 @@ final class OciBlobCache {
     }
 }
 
-/// The nspawn settings file (systemd.nspawn(5)) that runs an OCI image as its config says.
+/// The nspawn settings file (systemd.nspawn(5)) that runs an OCI image as its config says:
+/// `Boot=no` (the image's command is not an init), `Parameters=` Entrypoint + Cmd,
+/// `Environment=` per Env entry, `WorkingDirectory=`, `User=`. Values are double-quoted with
+/// `"` and `\` escaped; a value with a control character cannot be written safely on one
+/// line and is left out (the returned warnings say which).
 enum OciSettings {
-    static func nspawn(_ config: OciImageConfig, reference: String) -> String {
-        var lines = ["# Written by berthd from the image config of \(reference)", "[Exec]"]
+    static func nspawn(_ config: OciImageConfig, reference: String) -> (text: String, warnings: [String]) {
+        var lines = ["# Written by berthd from the image config of \(reference)", "[Exec]", "Boot=no"]
+        var warnings: [String] = []
         let exec = config.config
         let command = (exec?.Entrypoint ?? []) + (exec?.Cmd ?? [])
-        if !command.isEmpty { lines.append("Parameters=" + command.map(quote).joined(separator: " ")) }
+        if !command.isEmpty {
+            let quoted = command.compactMap(quote)
+            if quoted.count == command.count {
+                lines.append("Parameters=" + quoted.joined(separator: " "))
+            } else {
+                warnings.append("the image's command has control characters: not written to the nspawn settings")
+            }
+        }
         for variable in exec?.Env ?? [] where variable.contains("=") && !variable.hasPrefix("=") {
-            lines.append("Environment=" + quote(variable))
+            if let q = quote(variable) { lines.append("Environment=" + q) } else {
+                warnings.append("an environment variable of the image has control characters: left out")
+            }
         }
-        if let dir = exec?.WorkingDir, dir.hasPrefix("/") { lines.append("WorkingDirectory=" + quote(dir)) }
+        // WorkingDirectory= takes the rest of the line as the path, unquoted.
+        if let dir = exec?.WorkingDir, dir.hasPrefix("/"), quote(dir) != nil { lines.append("WorkingDirectory=" + dir) }
         // nspawn's User= takes a user name (or number) of the image; "uid:gid" has no equivalent.
-        if let user = exec?.User, !user.isEmpty, !user.contains(":"),
-           user.unicodeScalars.allSatisfy({ $0.isASCII && $0.value > 0x20 && $0 != "\"" && $0 != "\\" }) {
-            lines.append("User=" + user)
+        if let user = exec?.User, !user.isEmpty {
+            if !user.contains(":"), user.unicodeScalars.allSatisfy({ $0.isASCII && $0.value > 0x20 && $0 != "\"" && $0 != "\\" }) {
+                lines.append("User=" + user)
+            } else {
+                warnings.append("the image's user '\(user.unicodeScalars.filter { $0.value >= 0x20 })' has no nspawn equivalent: left out")
+            }
         }
-        return lines.joined(separator: "\n") + "\n"
+        return (lines.joined(separator: "\n") + "\n", warnings)
     }
 
-    /// Double-quoted with C escapes, so a value can neither end the line nor the word.
-    static func quote(_ s: String) -> String {
+    /// Double-quoted, `"` and `\` escaped; nil for a value with a control character.
+    static func quote(_ s: String) -> String? {
+        guard s.unicodeScalars.allSatisfy({ $0.value >= 0x20 && $0.value != 0x7f }) else { return nil }
         var out = "\""
         for u in s.unicodeScalars {
-            switch u {
-            case "\\": out += "\\\\"
-            case "\"": out += "\\\""
-            case "\n": out += "\\n"
-            case "\t": out += "\\t"
-            default:
-                if u.value < 0x20 || u.value == 0x7f {
-                    let hex = String(u.value, radix: 16)
-                    out += "\\x" + (hex.count < 2 ? "0" : "") + hex
-                } else {
-                    out.unicodeScalars.append(u)
-                }
-            }
+            if u == "\\" || u == "\"" { out += "\\" }
+            out.unicodeScalars.append(u)
         }
         return out + "\""
     }
