@@ -156,14 +156,15 @@ public struct PullOci: ParsableCommand {
     @OptionGroup public var global: GlobalOptions
     @OptionGroup public var transfer: TransferOptions
     @Flag(help: "Replace an existing image of that name.") public var force = false
-    @Option(help: "The image class (machine).") public var `class` = "machine"
+    @Flag(help: "Make the pulled image read-only.") public var readOnly = false
+    @Option(help: "The image class: machine, portable, sysext or confext.") public var `class` = "machine"
     @Argument(help: "The image reference, e.g. registry.example:5000/team/app:1.0.") public var reference: String
     @Argument(help: "The image name (default: the repository's last component).") public var name: String?
 
     public init() {}
 
     public func run() throws {
-        let flags: UInt64 = force ? 1 : 0
+        let flags: UInt64 = (force ? 1 : 0) | (readOnly ? 2 : 0)
         // "" lets berthd derive the name from the repository, as it checks the reference.
         let local = name ?? ""
         let shown = name ?? String(reference.split(separator: "@").first?.split(separator: "/").last?.split(separator: ":").first ?? "")

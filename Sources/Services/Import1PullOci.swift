@@ -1,12 +1,12 @@
 import Bus
+import PoolAPI
 import Transfer
 
 /// import1's PullOci (systemd v260): `(s ref, s local_name, s class, t flags) → (u, o)`, a
 /// transfer of type `pull-oci` that the worker runs (Sources/TransferJobs/OciPull.swift).
+/// `local_name` "" means the repository's last component; flags are force, read-only and
+/// keep-download (an OCI pull always keeps its layers in the pool's layer cache).
 extension Import1Service {
-    /// PullOci's flag bits understood so far: bit 0 force (replace an image of that name).
-    static let pullOciFlagForce: UInt64 = 1 << 0
-
     func pullOci(_ call: MethodCall, engine: TransferEngine) async throws -> [BusValue] {
         let text = try call.string(0)
         guard let reference = OciReference(text) else {
@@ -14,16 +14,17 @@ extension Import1Service {
         }
         let requested = try call.string(1)
         let local = try Self.checkedLocalName(requested.isEmpty ? reference.defaultImageName : requested)
-        let imageClass = try call.string(2)
-        guard imageClass == "machine" else {
-            throw BusError.invalidArgs("Image class '\(imageClass)' not supported")
+        let className = try call.string(2)
+        guard let imageClass = ImageClass(argument: className) else {
+            throw BusError.invalidArgs("Image class '\(className)' not known")
         }
-        let flags = try call.uint64(3)
-        guard flags & ~Self.pullOciFlagForce == 0 else {
-            throw BusError.invalidArgs("Flags 0x\(String(flags, radix: 16)) invalid")
+        let flags: TransferFlags
+        do {
+            flags = try TransferFlags(validating: try call.uint64(3), allowed: TransferFlags.allowed(for: .pullOci))
+        } catch let e as TransferError {
+            throw BusError.invalidArgs(e.message)
         }
-        let request = TransferRequest.pullOci(reference: reference.description, local: local,
-                                              force: flags & Self.pullOciFlagForce != 0)
+        let request = TransferRequest.pullOci(reference: reference.description, local: local, imageClass: imageClass, flags: flags)
         return try await start(request, engine: engine)
     }
 }

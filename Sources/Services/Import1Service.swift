@@ -102,8 +102,8 @@ public actor Import1Service: BusObjectHandler {
             default: .importFileSystem
             }
             // Remote is "" for fd imports, as systemd-importd 252 reports it (measured).
-            let request = TransferRequest(type: type, local: local,
-                                          operation: .importing(fd: fd.rawValue, force: force, readOnly: readOnly), remote: "")
+            let request = TransferRequest(type: type, local: local, operation: .importing(fd: fd.rawValue),
+                                          flags: TransferRequest.flags(force: force, readOnly: readOnly), remote: "")
             return try await start(request, engine: engine)
         case .exportTar, .exportRaw:
             // (s local_name, h fd, s format)
@@ -128,7 +128,8 @@ public actor Import1Service: BusObjectHandler {
             }
             let force = try call.bool(3)
             let type: TransferType = method == .pullTar ? .pullTar : .pullRaw
-            let request = TransferRequest(type: type, local: local, operation: .pulling(url: url, verify: verify, force: force))
+            let request = TransferRequest(type: type, local: local, operation: .pulling(url: url, verify: verify),
+                                          flags: TransferRequest.flags(force: force, readOnly: false))
             return try await start(request, engine: engine)
         case .listTransfers:
             let rows: [BusValue] = transfers.values.sorted { $0.id < $1.id }.map { t in

@@ -16,6 +16,10 @@ public final class TransferHandle: Sendable {
     public let remote: String
     /// `Transfer.Verify`: a pull's verify mode, "" otherwise.
     public let verify: String
+    /// The image class (ListTransfersEx's `class` column).
+    public let imageClass: ImageClass
+    /// The flags it was started with.
+    public let flags: TransferFlags
     /// The events, in order; the last is `.finished`. One consumer.
     public let events: AsyncStream<TransferEvent>
 
@@ -34,6 +38,8 @@ public final class TransferHandle: Sendable {
         local = request.local
         remote = request.remote
         verify = request.verify
+        imageClass = request.imageClass
+        flags = request.flags
         self.worker = worker
         (events, continuation) = AsyncStream.makeStream(of: TransferEvent.self, bufferingPolicy: .unbounded)
     }
@@ -86,8 +92,10 @@ public final class TransferHandle: Sendable {
 /// them (ListTransfers), refuses a second writer of one image name, and installs imports
 /// atomically through the pool so that a failed, cancelled or crashed transfer leaves nothing.
 public actor TransferEngine {
-    /// The pool images are imported into and exported from.
-    public let pool: ImagePool
+    /// The pool of each image class served: transfers of a class go to its pool.
+    public let pools: [ImageClass: ImagePool]
+    /// The machine pool (252's members): `pools[.machine]`.
+    public nonisolated var pool: ImagePool? { pools[.machine] }
     /// The worker binary: berth-transfer beside berthd (`TransferWorker.executableBesideSelf()`) in production.
     public let workerExecutable: String
     /// berthd's `--root`: keyrings are read under it.
@@ -97,12 +105,22 @@ public actor TransferEngine {
 
     private var nextID: UInt32 = 1
     private var running: [UInt32: TransferHandle] = [:]
+    /// Images being written and read by transfers, by `key(class, name)`: one name may be
+    /// busy in one class and free in another.
     private var writing: Set<String> = []
     private var reading: [String: Int] = [:]
 
-    /// An engine over `pool`, spawning `workerExecutable` for each transfer.
+    /// `class/name`: '/' is in no image name, so no two pairs share a key.
+    private static func key(_ imageClass: ImageClass, _ name: String) -> String { "\(imageClass.rawValue)/\(name)" }
+
+    /// An engine over `pool` (machine images only), spawning `workerExecutable` for each transfer.
     public init(pool: ImagePool, workerExecutable: String, root: String, cancelGracePeriod: Double = 5) {
-        self.pool = pool
+        self.init(pools: [.machine: pool], workerExecutable: workerExecutable, root: root, cancelGracePeriod: cancelGracePeriod)
+    }
+
+    /// An engine over one pool per image class, spawning `workerExecutable` for each transfer.
+    public init(pools: [ImageClass: ImagePool], workerExecutable: String, root: String, cancelGracePeriod: Double = 5) {
+        self.pools = pools
         self.workerExecutable = workerExecutable
         self.root = root
         self.cancelGracePeriod = cancelGracePeriod
@@ -131,31 +149,37 @@ public actor TransferEngine {
     ///   writes (or, for imports, reads) that name; `.imageExists` for an existing name
     ///   without `force`; `.noSuchImage` for an export of a missing image; `.notSupported`
     ///   for a raw image in ExportTar or a tree in ExportRaw; `TransferError` for a bad URL
-    ///   or fd (InvalidArgs).
+    ///   or fd, or flags the type does not take (InvalidArgs); `.notSupported` for a class
+    ///   this engine has no pool for.
     public func start(_ request: TransferRequest) async throws -> TransferHandle {
         try ImagePool.validateName(request.local)
-        let name = request.local
+        _ = try TransferFlags(validating: request.flags.rawValue, allowed: .allowed(for: request.type))
+        guard let pool = pools[request.imageClass] else {
+            throw PoolError(.notSupported, "no pool for \(request.imageClass.rawValue) images")
+        }
+        let name = Self.key(request.imageClass, request.local)
+        let force = request.flags.contains(.force)
         var exportSource: String?
         var dataFD: Int32?
         var hold: ImageReadHold?
         switch request.operation {
-        case .importing(let fd, let force, _):
-            try refuseBusyWriter(name)
-            if !force { try await refuseExisting(name) }
+        case .importing(let fd):
+            try refuseBusyWriter(name, request.local)
+            if !force { try await refuseExisting(request.local, in: pool) }
             dataFD = fd
-        case .pulling(let url, _, let force):
+        case .pulling(let url, _):
             if request.type == .pullOci {
                 guard OciReference(url) != nil else { throw TransferError("image reference \(url) is not valid") }
             } else {
                 guard Pull.isValidURL(url) else { throw TransferError("URL \(url) is not valid") }
             }
-            try refuseBusyWriter(name)
-            if !force { try await refuseExisting(name) }
+            try refuseBusyWriter(name, request.local)
+            if !force { try await refuseExisting(request.local, in: pool) }
         case .exporting(let fd, _):
-            if writing.contains(name) { throw PoolError(.busy, "image '\(name)' is being written by another transfer") }
+            if writing.contains(name) { throw PoolError(.busy, "image '\(request.local)' is being written by another transfer") }
             // Held until the worker has ended: RemoveImage/RenameImage meanwhile are EBUSY
             // rather than cutting the export short.
-            let held = try await pool.holdForReading(name)
+            let held = try await pool.holdForReading(request.local)
             hold = held
             switch (request.type, held.image.type) {
             case (.exportTar, .directory), (.exportTar, .subvolume), (.exportRaw, .raw): break
@@ -175,10 +199,10 @@ public actor TransferEngine {
             // Re-checked after the awaits above, which let other starts in.
             switch request.operation {
             case .importing, .pulling:
-                try refuseBusyWriter(name)
+                try refuseBusyWriter(name, request.local)
                 writing.insert(name)
             case .exporting:
-                if writing.contains(name) { throw PoolError(.busy, "image '\(name)' is being written by another transfer") }
+                if writing.contains(name) { throw PoolError(.busy, "image '\(request.local)' is being written by another transfer") }
                 reading[name, default: 0] += 1
             }
         } catch {
@@ -192,9 +216,12 @@ public actor TransferEngine {
         arguments.parent = getpid()
         arguments.root = root
         arguments.source = exportSource
+        arguments.imageClass = request.imageClass
+        arguments.flags = request.flags
+        arguments.poolPath = pool.poolPath
         switch request.operation {
         case .exporting(_, let format): arguments.format = format
-        case .pulling(let url, let verify, _):
+        case .pulling(let url, let verify):
             arguments.url = url
             arguments.verify = verify
         case .importing: break
@@ -202,7 +229,6 @@ public actor TransferEngine {
         let worker = WorkerProcess(executable: workerExecutable, gracePeriod: cancelGracePeriod)
         let handle = TransferHandle(id: id, request: request, worker: worker)
         running[id] = handle
-        let pool = self.pool
         let heldImage = hold
         Task {
             let result = await Self.execute(request, arguments: arguments, data: ownFD, handle: handle, pool: pool)
@@ -215,13 +241,13 @@ public actor TransferEngine {
         return handle
     }
 
-    private func refuseBusyWriter(_ name: String) throws {
-        if writing.contains(name) || reading[name, default: 0] > 0 {
+    private func refuseBusyWriter(_ key: String, _ name: String) throws {
+        if writing.contains(key) || reading[key, default: 0] > 0 {
             throw PoolError(.busy, "image '\(name)' is already being transferred")
         }
     }
 
-    private func refuseExisting(_ name: String) async throws {
+    private func refuseExisting(_ name: String, in pool: ImagePool) async throws {
         do {
             _ = try await pool.image(named: name)
             throw PoolError(.imageExists, "image '\(name)' already exists")
@@ -232,12 +258,13 @@ public actor TransferEngine {
 
     private func finished(_ handle: TransferHandle, result: TransferResult) {
         running[handle.id] = nil
+        let key = Self.key(handle.imageClass, handle.local)
         switch handle.type {
         case .exportTar, .exportRaw:
-            reading[handle.local, default: 1] -= 1
-            if reading[handle.local] == 0 { reading[handle.local] = nil }
+            reading[key, default: 1] -= 1
+            if reading[key] == 0 { reading[key] = nil }
         default:
-            writing.remove(handle.local)
+            writing.remove(key)
         }
         handle.finish(result)
     }
@@ -249,19 +276,12 @@ public actor TransferEngine {
         @Sendable func runWorker(_ arguments: TransferWorker.Arguments) async -> WorkerProcess.Outcome {
             await handle.worker.run(arguments: arguments.commandLine, data: data?.rawValue) { event in handle.emit(event) }
         }
-        let force: Bool, readOnly: Bool
-        switch request.operation {
-        case .exporting:
+        if case .exporting = request.operation {
             let outcome = await runWorker(arguments)
             if outcome.succeeded { return .done }
             return outcome.canceled ? .canceled : .failed(outcome.failureMessage)
-        case .importing(_, let f, let ro):
-            force = f
-            readOnly = ro
-        case .pulling(_, _, let f):
-            force = f
-            readOnly = false
         }
+        let force = request.flags.contains(.force), readOnly = request.flags.contains(.readOnly)
         let type: ImageType = (request.type == .importRaw || request.type == .pullRaw) ? .raw : .directory
         // pull-oci: the worker writes the image's nspawn settings beside the temp entry.
         let settings = Mutex<String?>(nil)

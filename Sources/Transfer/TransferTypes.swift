@@ -1,3 +1,5 @@
+import PoolAPI
+
 /// The kinds of transfer, by the strings import1 reports (`Transfer.Type`, ListTransfers).
 public enum TransferType: String, Sendable, Hashable, CaseIterable {
     case importTar = "import-tar"
@@ -39,19 +41,56 @@ public enum ExportFormat: String, Sendable, Hashable, CaseIterable {
     }
 }
 
+/// import1's `flags` argument of the …Ex members (systemd's public `ImportFlags` bits, stable
+/// on the bus). 252's members map their `force`/`read_only` booleans onto the same bits.
+public struct TransferFlags: OptionSet, Sendable, Hashable {
+    public let rawValue: UInt64
+    public init(rawValue: UInt64) { self.rawValue = rawValue }
+
+    /// IMPORT_FORCE (bit 0): replace an existing image of that name atomically.
+    public static let force = TransferFlags(rawValue: 1 << 0)
+    /// IMPORT_READ_ONLY (bit 1): the new image is read-only.
+    public static let readOnly = TransferFlags(rawValue: 1 << 1)
+    /// IMPORT_PULL_KEEP_DOWNLOAD (bit 2, pulls only): keep the verified download as a hidden
+    /// image of the pool, reused by a later pull of the same URL while the server's ETag matches.
+    public static let keepDownload = TransferFlags(rawValue: 1 << 2)
+
+    /// What a transfer of `type` accepts (importd: imports force|read-only, pulls also
+    /// keep-download, exports nothing). A new kind of pull adds itself here.
+    public static func allowed(for type: TransferType) -> TransferFlags {
+        switch type {
+        case .importTar, .importRaw, .importFileSystem: [.force, .readOnly]
+        case .pullTar, .pullRaw: [.force, .readOnly, .keepDownload]
+        // keep-download: accepted; an OCI pull always keeps its verified layers in the pool's
+        // layer cache.
+        case .pullOci: [.force, .readOnly, .keepDownload]
+        case .exportTar, .exportRaw: []
+        }
+    }
+
+    /// `raw` if it holds only bits of `allowed`, else importd's InvalidArgs message
+    /// ("Flags 0x… invalid").
+    public init(validating raw: UInt64, allowed: TransferFlags) throws(TransferError) {
+        guard raw & ~allowed.rawValue == 0 else {
+            throw TransferError("Flags 0x\(String(raw, radix: 16)) invalid")
+        }
+        self.init(rawValue: raw)
+    }
+}
+
 /// One transfer to start (the arguments of import1's ImportTar, ImportRaw, ImportFileSystem,
-/// ExportTar, ExportRaw, PullTar and PullRaw).
+/// ExportTar, ExportRaw, PullTar and PullRaw, and of their …Ex forms).
 public struct TransferRequest: Sendable {
     /// What to do, with the arguments of that kind only.
     public enum Operation: Sendable {
         /// ImportTar / ImportRaw / ImportFileSystem: read `fd` (a file, pipe or socket; a
         /// directory for import-fs) into a new image.
-        case importing(fd: Int32, force: Bool, readOnly: Bool)
+        case importing(fd: Int32)
         /// ExportTar / ExportRaw: write the image to `fd` (a file or pipe).
         case exporting(fd: Int32, format: ExportFormat)
         /// PullTar / PullRaw: download `url`, verify, import. PullOci: `url` is the image
         /// reference (`OciReference`), `verify` unused (every blob is checked by its digest).
-        case pulling(url: String, verify: VerifyMode, force: Bool)
+        case pulling(url: String, verify: VerifyMode)
     }
 
     /// `Transfer.Type`.
@@ -62,65 +101,93 @@ public struct TransferRequest: Sendable {
     public var remote: String
     /// What to do, with its arguments.
     public var operation: Operation
+    /// The class of the image: which pool it is imported into or exported from (252's members:
+    /// `.machine`).
+    public var imageClass: ImageClass
+    /// force / read-only / keep-download, already checked against `TransferFlags.allowed(for:)`.
+    public var flags: TransferFlags
 
     /// A request; `remote` defaults to the URL for pulls, else to the fd's path in /proc.
     /// The fd stays the caller's: the engine duplicates it and the caller may close it after
     /// `start` returns.
-    public init(type: TransferType, local: String, operation: Operation, remote: String? = nil) {
+    public init(type: TransferType, local: String, operation: Operation, imageClass: ImageClass = .machine,
+                flags: TransferFlags = [], remote: String? = nil) {
         self.type = type
         self.local = local
         self.operation = operation
+        self.imageClass = imageClass
+        self.flags = flags
         switch operation {
-        case .pulling(let url, _, _): self.remote = remote ?? url
-        case .importing(let fd, _, _), .exporting(let fd, _): self.remote = remote ?? Self.describe(fd)
+        case .pulling(let url, _): self.remote = remote ?? url
+        case .importing(let fd), .exporting(let fd, _): self.remote = remote ?? Self.describe(fd)
         }
     }
 
+    /// 252's `force` and `read_only` booleans as the flag bits.
+    public static func flags(force: Bool, readOnly: Bool) -> TransferFlags {
+        var f: TransferFlags = []
+        if force { f.insert(.force) }
+        if readOnly { f.insert(.readOnly) }
+        return f
+    }
+
     /// ImportTar(fd, local_name, force, read_only).
-    public static func importTar(fd: Int32, local: String, force: Bool = false, readOnly: Bool = false) -> TransferRequest {
-        TransferRequest(type: .importTar, local: local, operation: .importing(fd: fd, force: force, readOnly: readOnly))
+    public static func importTar(fd: Int32, local: String, force: Bool = false, readOnly: Bool = false,
+                                 imageClass: ImageClass = .machine) -> TransferRequest {
+        TransferRequest(type: .importTar, local: local, operation: .importing(fd: fd), imageClass: imageClass,
+                        flags: flags(force: force, readOnly: readOnly))
     }
 
     /// ImportRaw(fd, local_name, force, read_only).
-    public static func importRaw(fd: Int32, local: String, force: Bool = false, readOnly: Bool = false) -> TransferRequest {
-        TransferRequest(type: .importRaw, local: local, operation: .importing(fd: fd, force: force, readOnly: readOnly))
+    public static func importRaw(fd: Int32, local: String, force: Bool = false, readOnly: Bool = false,
+                                 imageClass: ImageClass = .machine) -> TransferRequest {
+        TransferRequest(type: .importRaw, local: local, operation: .importing(fd: fd), imageClass: imageClass,
+                        flags: flags(force: force, readOnly: readOnly))
     }
 
     /// ImportFileSystem(fd, local_name, force, read_only): `fd` is a directory.
-    public static func importFileSystem(fd: Int32, local: String, force: Bool = false, readOnly: Bool = false) -> TransferRequest {
-        TransferRequest(type: .importFileSystem, local: local, operation: .importing(fd: fd, force: force, readOnly: readOnly))
+    public static func importFileSystem(fd: Int32, local: String, force: Bool = false, readOnly: Bool = false,
+                                        imageClass: ImageClass = .machine) -> TransferRequest {
+        TransferRequest(type: .importFileSystem, local: local, operation: .importing(fd: fd), imageClass: imageClass,
+                        flags: flags(force: force, readOnly: readOnly))
     }
 
     /// ExportTar(local_name, fd, format).
-    public static func exportTar(local: String, fd: Int32, format: ExportFormat) -> TransferRequest {
-        TransferRequest(type: .exportTar, local: local, operation: .exporting(fd: fd, format: format))
+    public static func exportTar(local: String, fd: Int32, format: ExportFormat, imageClass: ImageClass = .machine) -> TransferRequest {
+        TransferRequest(type: .exportTar, local: local, operation: .exporting(fd: fd, format: format), imageClass: imageClass)
     }
 
     /// ExportRaw(local_name, fd, format).
-    public static func exportRaw(local: String, fd: Int32, format: ExportFormat) -> TransferRequest {
-        TransferRequest(type: .exportRaw, local: local, operation: .exporting(fd: fd, format: format))
+    public static func exportRaw(local: String, fd: Int32, format: ExportFormat, imageClass: ImageClass = .machine) -> TransferRequest {
+        TransferRequest(type: .exportRaw, local: local, operation: .exporting(fd: fd, format: format), imageClass: imageClass)
     }
 
     /// PullTar(url, local_name, verify_mode, force).
-    public static func pullTar(url: String, local: String, verify: VerifyMode, force: Bool = false) -> TransferRequest {
-        TransferRequest(type: .pullTar, local: local, operation: .pulling(url: url, verify: verify, force: force))
+    public static func pullTar(url: String, local: String, verify: VerifyMode, force: Bool = false,
+                               imageClass: ImageClass = .machine, flags extra: TransferFlags = []) -> TransferRequest {
+        TransferRequest(type: .pullTar, local: local, operation: .pulling(url: url, verify: verify), imageClass: imageClass,
+                        flags: flags(force: force, readOnly: false).union(extra))
     }
 
     /// PullRaw(url, local_name, verify_mode, force).
-    public static func pullRaw(url: String, local: String, verify: VerifyMode, force: Bool = false) -> TransferRequest {
-        TransferRequest(type: .pullRaw, local: local, operation: .pulling(url: url, verify: verify, force: force))
+    public static func pullRaw(url: String, local: String, verify: VerifyMode, force: Bool = false,
+                               imageClass: ImageClass = .machine, flags extra: TransferFlags = []) -> TransferRequest {
+        TransferRequest(type: .pullRaw, local: local, operation: .pulling(url: url, verify: verify), imageClass: imageClass,
+                        flags: flags(force: force, readOnly: false).union(extra))
     }
 
-    /// PullOci(ref, local_name, class, flags) with force; the image is a tree.
-    public static func pullOci(reference: String, local: String, force: Bool = false) -> TransferRequest {
-        TransferRequest(type: .pullOci, local: local, operation: .pulling(url: reference, verify: .no, force: force))
+    /// PullOci(ref, local_name, class, flags): the image is a tree of the class's pool.
+    public static func pullOci(reference: String, local: String, imageClass: ImageClass = .machine,
+                               flags: TransferFlags = []) -> TransferRequest {
+        TransferRequest(type: .pullOci, local: local, operation: .pulling(url: reference, verify: .no), imageClass: imageClass,
+                        flags: flags)
     }
 
     /// `Transfer.Verify`: the pull's mode, "" for imports and exports (and for pull-oci, whose
     /// blobs are always checked against their digests).
     public var verify: String {
         if type == .pullOci { return "" }
-        if case .pulling(_, let verify, _) = operation { return verify.rawValue }
+        if case .pulling(_, let verify) = operation { return verify.rawValue }
         return ""
     }
 

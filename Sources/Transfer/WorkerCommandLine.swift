@@ -1,12 +1,14 @@
 import Glibc
 import Linux
+import PoolAPI
 
 /// berthd's transfer worker, `berth-transfer` (TransferJobs): one transfer in a child process,
 /// so hostile input can crash a worker but never the daemon, and the daemon itself never loads
 /// libarchive, libcurl, gpgme or OpenSSL. This is the contract between the two sides.
 ///
 /// Command line: `<exe> --berth-transfer-worker <type> --parent PID [--target PATH]
-/// [--source PATH] [--format F] [--url URL] [--verify MODE] [--root DIR]`.
+/// [--source PATH] [--format F] [--url URL] [--verify MODE] [--root DIR] [--class CLASS]
+/// [--flags N] [--pool PATH] [--etag ETAG]…`.
 /// fd 3 is the status pipe (StatusLine protocol), fd 4 the data fd (input for imports,
 /// output for exports; none for pulls). Exit status 0 is success; anything else is failure,
 /// with an `E` line saying why.
@@ -36,6 +38,15 @@ public enum TransferWorker {
         package var url: String?
         package var verify: VerifyMode = .no
         package var root: String = "/"
+        /// The image class (the pool the image goes to or comes from).
+        package var imageClass: ImageClass = .machine
+        /// The transfer's flags (checked by berthd already; the worker acts on keep-download).
+        package var flags: TransferFlags = []
+        /// The real path of the class's pool folder: where a worker may keep caches (kept
+        /// downloads, layers); nil where the worker needs none.
+        package var poolPath: String?
+        /// ETags of downloads already kept for this URL (keep-download): sent as If-None-Match.
+        package var knownETags: [String] = []
 
         package init(type: TransferType) { self.type = type }
 
@@ -61,6 +72,14 @@ public enum TransferWorker {
                     guard let v = VerifyMode(rawValue: value) else { throw TransferError("worker: bad verify mode \(value)") }
                     verify = v
                 case "--root": root = value
+                case "--class":
+                    guard let c = ImageClass(argument: value) else { throw TransferError("worker: bad class \(value)") }
+                    imageClass = c
+                case "--flags":
+                    guard let raw = UInt64(value) else { throw TransferError("worker: bad flags \(value)") }
+                    flags = TransferFlags(rawValue: raw)
+                case "--pool": poolPath = value
+                case "--etag": knownETags.append(value)
                 default: throw TransferError("worker: unknown option \(option)")
                 }
             }
@@ -68,7 +87,10 @@ public enum TransferWorker {
 
         package var commandLine: [String] {
             var a = [TransferWorker.flag, type.rawValue, "--parent", String(parent), "--root", root,
-                     "--format", format.rawValue, "--verify", verify.rawValue]
+                     "--format", format.rawValue, "--verify", verify.rawValue,
+                     "--class", imageClass.rawValue, "--flags", String(flags.rawValue)]
+            if let poolPath { a += ["--pool", poolPath] }
+            for etag in knownETags { a += ["--etag", etag] }
             if let target { a += ["--target", target] }
             if let source { a += ["--source", source] }
             if let url { a += ["--url", url] }

@@ -62,14 +62,24 @@ actor Daemon {
             if options.services.contains(.import1) && access(worker, X_OK) != 0 {
                 throw DaemonError("import1 needs the transfer worker \(worker), which is \(Errno.current): install it beside berthd")
             }
-            let engine = TransferEngine(pool: pool, workerExecutable: worker, root: options.root)
+            // One pool per image class (import1's `class`): portable1 serves the portable one,
+            // import1 routes each transfer to its class's pool.
+            let portables = ImagePool(configuration: .portables(root: options.root), registry: registry)
+            var pools: [ImageClass: ImagePool] = [.machine: pool, .portable: portables]
+            for imageClass in [ImageClass.sysext, .confext] {
+                pools[imageClass] = ImagePool(configuration: ImagePool.Configuration(class: imageClass, root: options.root),
+                                              registry: registry)
+            }
+            if options.services.contains(.import1) || options.services.contains(.portable1) { await cleanUp(portables) }
+            if options.services.contains(.import1) {
+                for imageClass in [ImageClass.sysext, .confext] { if let p = pools[imageClass] { await cleanUp(p) } }
+            }
+            let engine = TransferEngine(pools: pools, workerExecutable: worker, root: options.root)
             for kind in options.services {
                 switch kind {
                 case .machine1: try await Machine1Service(bus: bus, paths: paths, info: info, pool: pool).export()
                 case .import1: try await Import1Service(bus: bus, paths: paths, info: info, engine: engine, logger: logger).export()
                 case .portable1:
-                    let portables = ImagePool(configuration: .portables(root: options.root), registry: registry)
-                    await cleanUp(portables)
                     try await Portable1Service(bus: bus, paths: paths, info: info, pool: portables).export()
                 }
             }
