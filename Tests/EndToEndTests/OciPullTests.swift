@@ -179,4 +179,18 @@ struct OciPullTests {
         #expect(r.succeeded, "\(r.stderr)")
         #expect(FileManager.default.fileExists(atPath: host.pool + "/secure/etc/motd"))
     }
+
+    @Test("a registry that wants a bearer token: the token is fetched from the realm for the challenge's scope and sent with every request; blobs follow a redirect")
+    func pullsWithTokenAuth() throws {
+        let host = try Host()
+        defer { host.close() }
+        let registry = try TokenRegistry(layout: host.fixtures.layout("base"), name: "base")
+        defer { registry.stop() }
+        let r = try host.pull(["\(registry.address)/berth/base:v1", "tokened"])
+        #expect(r.succeeded, "\(r.stderr)\n\(registry.log)")
+        #expect(try String(contentsOfFile: host.pool + "/tokened/etc/motd", encoding: .utf8) == "layer three\n")
+        let log = registry.log
+        #expect(log.contains("GET /token?service=berth-test&scope=repository%3Aberth%2Fbase%3Apull"), "\(log)")
+        #expect(log.contains("/manifests/v1 Bearer berth-test-token") && log.contains("/blobs/sha256:"), "\(log)")
+    }
 }

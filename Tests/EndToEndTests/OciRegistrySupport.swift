@@ -90,10 +90,7 @@ final class OciRegistry: @unchecked Sendable {
     }
 
     func stop() {
-        if process.isRunning {
-            process.terminate()
-            process.waitUntilExit()
-        }
+        stopProcess(process)
         folder.remove()
     }
 }
@@ -209,4 +206,96 @@ func corruptCacheEntries(pool: String) throws -> [String] {
         if "sha256-" + sum.prefix(64) != name { bad.append(name) }
     }
     return bad
+}
+
+/// A small registry (python3) serving one OCI layout as `berth/<name>` that demands a bearer
+/// token as Docker Hub does: 401 with `WWW-Authenticate: Bearer realm=…,service=…,scope=…`
+/// until the client fetched a token from `/token` for that scope; blobs are answered with a
+/// redirect to an unauthenticated `/direct/…` (as registries send blobs to a CDN). Every
+/// request is logged to `log` as `METHOD PATH AUTHORIZATION`.
+final class TokenRegistry: @unchecked Sendable {
+    let folder: TemporaryDirectory
+    let port: Int
+    private let process = Process()
+    var address: String { "127.0.0.1:\(port)" }
+    var log: String { (try? String(contentsOfFile: folder.appending("requests.log"), encoding: .utf8)) ?? "" }
+
+    static let script = #"""
+        import http.server, json, os, sys, urllib.parse
+        layout, name, port, logpath = sys.argv[1], sys.argv[2], int(sys.argv[3]), sys.argv[4]
+        TOKEN = 'berth-test-token'
+        SCOPE = 'repository:berth/%s:pull' % name
+        def blob(d): return os.path.join(layout, 'blobs', 'sha256', d.split(':', 1)[1])
+        class H(http.server.BaseHTTPRequestHandler):
+            def log_message(self, *a): pass
+            def answer(self, code, body=b'', ctype='application/json', extra={}):
+                self.send_response(code)
+                self.send_header('Content-Type', ctype)
+                self.send_header('Content-Length', str(len(body)))
+                for k, v in extra.items(): self.send_header(k, v)
+                self.end_headers()
+                self.wfile.write(body)
+            def do_GET(self):
+                auth = self.headers.get('Authorization', '-')
+                open(logpath, 'a').write('GET %s %s\n' % (self.path, auth))
+                u = urllib.parse.urlparse(self.path)
+                realm = 'http://127.0.0.1:%d/token' % port
+                if u.path == '/token':
+                    q = urllib.parse.parse_qs(u.query)
+                    if q.get('service') == ['berth-test'] and q.get('scope') == [SCOPE]:
+                        return self.answer(200, json.dumps({'token': TOKEN}).encode())
+                    return self.answer(400, b'{"errors":[{"code":"DENIED","message":"bad scope"}]}')
+                if u.path.startswith('/direct/'):
+                    return self.answer(200, open(blob(u.path[8:]), 'rb').read(), 'application/octet-stream')
+                if auth != 'Bearer ' + TOKEN:
+                    challenge = 'Bearer realm="%s",service="berth-test"' % realm
+                    if u.path != '/v2/': challenge += ',scope="%s"' % SCOPE
+                    return self.answer(401, b'{"errors":[{"code":"UNAUTHORIZED","message":"token needed"}]}', extra={'WWW-Authenticate': challenge})
+                prefix = '/v2/berth/%s/' % name
+                if u.path == '/v2/': return self.answer(200, b'{}')
+                if u.path.startswith(prefix + 'manifests/'):
+                    ref = u.path[len(prefix + 'manifests/'):]
+                    for m in json.load(open(os.path.join(layout, 'index.json')))['manifests']:
+                        if ref in (m['digest'], m.get('annotations', {}).get('org.opencontainers.image.ref.name')):
+                            return self.answer(200, open(blob(m['digest']), 'rb').read(), m['mediaType'], {'Docker-Content-Digest': m['digest']})
+                    try:
+                        data = open(blob(ref), 'rb').read()
+                        return self.answer(200, data, json.loads(data).get('mediaType', 'application/vnd.oci.image.manifest.v1+json'))
+                    except Exception:
+                        return self.answer(404, b'{"errors":[{"code":"MANIFEST_UNKNOWN","message":"manifest unknown"}]}')
+                if u.path.startswith(prefix + 'blobs/'):
+                    return self.answer(307, extra={'Location': '/direct/' + u.path[len(prefix + 'blobs/'):]})
+                return self.answer(404, b'{"errors":[{"code":"NAME_UNKNOWN","message":"repository unknown"}]}')
+        http.server.ThreadingHTTPServer(('127.0.0.1', port), H).serve_forever()
+        """#
+
+    /// Serves `layout` as `berth/<name>`.
+    init(layout: String, name: String) throws {
+        folder = try TemporaryDirectory(prefix: "berth-oci-token-registry")
+        port = try freeLoopbackPort()
+        try Self.script.write(toFile: folder.appending("registry.py"), atomically: true, encoding: .utf8)
+        process.executableURL = URL(fileURLWithPath: "/usr/bin/python3")
+        process.arguments = [folder.appending("registry.py"), layout, name, String(port), folder.appending("requests.log")]
+        process.standardOutput = FileHandle.nullDevice
+        process.standardError = FileHandle.nullDevice
+        try process.run()
+        let address = self.address
+        guard eventually(timeout: 30, { (try? run(["curl", "-s", "-o", "/dev/null", "http://\(address)/v2/"]).succeeded) ?? false }) else {
+            stop()
+            throw TestSupportError("the token registry did not start")
+        }
+    }
+
+    func stop() {
+        stopProcess(process)
+        folder.remove()
+    }
+}
+
+/// SIGKILL and a bounded wait: the servers' children were seen to survive SIGTERM under the
+/// test runner, and waitUntilExit to hang on a killed child.
+func stopProcess(_ process: Process) {
+    guard process.isRunning else { return }
+    kill(process.processIdentifier, SIGKILL)
+    _ = eventually(timeout: 10) { !process.isRunning }
 }
