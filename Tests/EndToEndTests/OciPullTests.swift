@@ -119,6 +119,18 @@ struct OciPullTests {
         #expect(!r.succeeded && r.stderr.contains("404"), "\(r.stderr)")
         try host.expectNothingLeft(of: "nosuch", "unknown digest")
         #expect(try corruptCacheEntries(pool: host.pool).isEmpty)
+
+        // The cache outlives a berthd restart (its start-up clean-up removes other `.#` entries)…
+        let cache = host.pool + "/.#berth-oci-cache/blobs"
+        let cached = try FileManager.default.contentsOfDirectory(atPath: cache)
+        host.site.killBerthd()
+        try host.site.startBerthd()
+        #expect(try FileManager.default.contentsOfDirectory(atPath: cache) == cached)
+        // …and CleanPool removes it, leaving the images.
+        let clean = try host.site.machinectl(["clean"])
+        #expect(clean.succeeded, "\(clean.stderr)")
+        #expect(!FileManager.default.fileExists(atPath: host.pool + "/.#berth-oci-cache"))
+        #expect(try host.site.poolEntries().filter { !$0.hasPrefix(".") }.sorted() == ["base2", "base2.nspawn", "bydigest", "bydigest.nspawn", "multi", "multi.nspawn"])
     }
 
     @Test("a tampered blob, a missing tag and an unreachable registry each fail with a clear error and leave nothing in the pool; bad arguments are InvalidArgs")
