@@ -17,7 +17,7 @@
 #                  alternating between runs
 #   BENCH_ONLY     run only these items, e.g. "import pull" (of: list get clone import export pull
 #                  oci ext4; default all). For profiling one area; the documented run is all of them.
-#   BENCH_OCI_PORT loopback port of the OCI registry for PullOci (default 18735; PullOci is driven
+#   BENCH_OCI_PORT loopback port of the OCI registry for PullOci (default BENCH_PORT + 1; PullOci is driven
 #                  by /usr/bin/python3 with python3-dbus)
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -205,7 +205,7 @@ populate_big() { # POOL
 # `umoci unpack` of that (the reference tools' pull), in the same run. systemd 252 has no PullOci.
 # Each berthd run starts with an empty layer cache (it is removed with the image after a run).
 bench_oci() {
-    local oci=$work/oci oci_port=${BENCH_OCI_PORT:-18735} layer_mib=100 r item
+    local oci=$work/oci oci_port=${BENCH_OCI_PORT:-$((port + 1))} layer_mib=100 r item registry_pid
     [ "${BENCH_TINY:-0}" = 1 ] && layer_mib=1
     item="PullOci 3 layers × $layer_mib MiB (gzip)"
     mkdir -p "$oci/storage"
@@ -240,8 +240,14 @@ PY
     printf 'version: 0.1\nlog:\n  level: error\nstorage:\n  filesystem:\n    rootdirectory: %s\nhttp:\n  addr: 127.0.0.1:%s\n' \
         "$oci/storage" "$oci_port" > "$oci/registry.yml"
     docker-registry serve "$oci/registry.yml" >/dev/null 2>&1 &
-    pids+=("$!")
+    registry_pid=$!
+    pids+=("$registry_pid")
     for i in $(seq 200); do curl -sf -o /dev/null "http://127.0.0.1:$oci_port/v2/" && break; sleep 0.05; done
+    # Another server on the port would answer instead: ours must be the one (it exits if it cannot bind).
+    if ! kill -0 "$registry_pid" 2>/dev/null || ! curl -sf -o /dev/null "http://127.0.0.1:$oci_port/v2/"; then
+        echo "bench.sh: the OCI registry cannot use port $oci_port; set BENCH_OCI_PORT" >&2
+        exit 1
+    fi
     skopeo copy --quiet --dest-tls-verify=false "oci:$oci/layout:v1" "docker://127.0.0.1:$oci_port/bench/app:v1"
     echo "   OCI image: 3 layers, $(du -cm "$oci"/layout/blobs/sha256/* | tail -1 | cut -f1) MB compressed"
     local pool=$work/berth/var/lib/machines

@@ -65,14 +65,20 @@ enum OciPull {
             reporter.log(LogPriority.info, "\(layers.count - fetched) layer(s) found in the layer cache.")
         }
 
+        // On btrfs: start from the tree after the longest prefix of layers pulled before.
+        let chains = OciChainCache.chainIDs(layers)
+        let cacheFolder = pool + "/" + OciBlobCache.folderName
+        let reused = OciChainCache.start(target, cacheFolder: cacheFolder, ids: chains, reporter: reporter)
+        done += layers.prefix(reused).reduce(Int64(0)) { $0 + $1.size }
         let tree = try FileDescriptor.openDirectory(target, followSymlinks: false)
         defer { tree.close() }
-        for (i, layer) in layers.enumerated() {
+        for (i, layer) in layers.enumerated() where i >= reused {
             reporter.log(LogPriority.info, "Applying layer \(i + 1)/\(layers.count) (\(layer.digest)).")
             let blob = try cache.open(layer)
             defer { blob.close() }
             try OciLayers.apply(blob: blob, into: tree, reporter: reporter, progress: { report($0) })
             done += layer.size
+            OciChainCache.store(target, cacheFolder: cacheFolder, id: chains[i])
         }
         try writeConfig(configBytes, into: tree)
         let settings = OciSettings.nspawn(config, reference: reference.description)

@@ -205,4 +205,31 @@ struct OciPullTests {
         #expect(log.contains("GET /token?service=berth-test&scope=repository%3Aberth%2Fbase%3Apull"), "\(log)")
         #expect(log.contains("/manifests/v1 Bearer berth-test-token") && log.contains("/blobs/sha256:"), "\(log)")
     }
+
+    @Test("on a btrfs pool, a pull sharing its first two layers with an earlier one starts from a snapshot of the tree after them; CleanPool removes the snapshots with the cache",
+          .enabled(if: Privileges.canMakeLoopFilesystems || Privileges.underCI, "needs loop devices and btrfs"))
+    func btrfsPullStartsFromTheSharedLayersSnapshot() throws {
+        let host = try Host()
+        defer { host.close() }
+        let fs = try LoopbackFilesystem(.btrfs, size: 512 << 20)
+        defer { fs.remove() }
+        _ = try run(["mount", "--bind", fs.mountPoint, host.pool], check: true)
+        defer { _ = try? run(["umount", "-l", host.pool]) }
+        var r = try host.pull(["\(host.registry.address)/berth/base:v1", "first"])
+        #expect(r.succeeded, "\(r.stderr)")
+        r = try host.pull(["\(host.registry.address)/berth/base2:v1", "second"])
+        #expect(r.succeeded && r.stderr.contains("Starting from a snapshot of the tree after 2 layer(s)"), "\(r.stderr)")
+        #expect(!r.stderr.contains("Applying layer 1/3") && r.stderr.contains("Applying layer 3/3"), "\(r.stderr)")
+        let second = host.pool + "/second"
+        #expect(try String(contentsOfFile: second + "/etc/motd", encoding: .utf8) == "another layer three\n")
+        #expect(!FileManager.default.fileExists(atPath: second + "/etc/gone"))
+        #expect(try FileManager.default.contentsOfDirectory(atPath: second + "/opt/dir") == ["new"])
+        #expect(FileManager.default.fileExists(atPath: second + "/bin/busybox"))
+        #expect(try String(contentsOfFile: host.pool + "/first/etc/motd", encoding: .utf8) == "layer three\n")
+        #expect(try run(["btrfs", "subvolume", "show", second]).succeeded)
+        let clean = try host.site.machinectl(["clean"])
+        #expect(clean.succeeded, "\(clean.stderr)")
+        #expect(!FileManager.default.fileExists(atPath: host.pool + "/.#berth-oci-cache"))
+        #expect(FileManager.default.fileExists(atPath: second + "/etc/motd"))
+    }
 }
