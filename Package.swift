@@ -53,7 +53,7 @@ let package = Package(
         // What a transfer worker does (import, export, pull), with libarchive, libcurl, gpgme and
         // OpenSSL; run as the berth-transfer executable beside berthd.
         .target(name: "TransferJobs", dependencies: [
-            "Transfer", "FileTree", "Linux", "CLinux", "RawLoopBackend", "CArchive", "CCurl", "CGpgme", "CCrypto",
+            "Transfer", "FileTree", "Linux", "CLinux", "RawLoopBackend", "CArchive", "CCurl", "CGpgme", "CCrypto", "CBtrfsUtil",
         ], linkerSettings: [.linkedLibrary("z")]),  // zlib: gzip inflated and checked (ArchiveInput)
         .executableTarget(name: "berth-transfer", dependencies: ["TransferJobs"]),
         // TEST FIXTURE ONLY: a worker executable with an extra mode, a stand-in berthd for

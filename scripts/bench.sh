@@ -16,7 +16,9 @@
 #                  BENCH_TINY): the table shows the median and the spread, the daemons' order
 #                  alternating between runs
 #   BENCH_ONLY     run only these items, e.g. "import pull" (of: list get clone import export pull
-#                  ext4; default all). For profiling one area; the documented run is all of them.
+#                  oci ext4; default all). For profiling one area; the documented run is all of them.
+#   BENCH_OCI_PORT loopback port of the OCI registry for PullOci (default BENCH_PORT + 1; PullOci is driven
+#                  by /usr/bin/python3 with python3-dbus)
 set -euo pipefail
 cd "$(dirname "$0")/.."
 repo=$(pwd)
@@ -40,7 +42,7 @@ else
     btrfs_mib=4096 ext4_mib=3072 transfer_repeat=${BENCH_REPEAT:-3} quick_repeat=${BENCH_REPEAT:-5} ext4_repeat=${BENCH_REPEAT:-5}
 fi
 port=${BENCH_PORT:-18734}
-only=" ${BENCH_ONLY:-list get clone import export pull ext4} "
+only=" ${BENCH_ONLY:-list get clone import export pull oci ext4} "
 want() { [[ "$only" == *" $1 "* ]]; }
 
 if [ -n "${BENCH_BIN:-}" ]; then
@@ -198,6 +200,83 @@ populate_big() { # POOL
     done
 }
 
+# PullOci: a 3-layer image (gzip, hex of random bytes: ~2:1) from Debian's docker-registry on
+# loopback into berthd's btrfs pool, against `skopeo copy` of it to an OCI layout plus
+# `umoci unpack` of that (the reference tools' pull), in the same run. systemd 252 has no PullOci.
+# Each berthd run starts with an empty layer cache (it is removed with the image after a run).
+bench_oci() {
+    local oci=$work/oci oci_port=${BENCH_OCI_PORT:-$((port + 1))} layer_mib=100 r item registry_pid
+    [ "${BENCH_TINY:-0}" = 1 ] && layer_mib=1
+    item="PullOci 3 layers × $layer_mib MiB (gzip)"
+    mkdir -p "$oci/storage"
+    python3 - "$oci/layout" "$layer_mib" <<'PY'
+import hashlib, io, json, os, subprocess, sys, tarfile
+root, mib = sys.argv[1], int(sys.argv[2])
+os.makedirs(root + '/blobs/sha256')
+open(root + '/oci-layout', 'w').write('{"imageLayoutVersion":"1.0.0"}')
+def blob(data, media):
+    d = hashlib.sha256(data).hexdigest()
+    open(root + '/blobs/sha256/' + d, 'wb').write(data)
+    return {'mediaType': media, 'digest': 'sha256:' + d, 'size': len(data)}
+layers, diffs = [], []
+for n in range(3):
+    buf = io.BytesIO()
+    with tarfile.open(fileobj=buf, mode='w') as t:
+        for i in range(mib * 4):
+            data = os.urandom(128 << 10).hex().encode()
+            info = tarfile.TarInfo('usr/share/layer%d/f%05d' % (n, i)); info.size = len(data)
+            t.addfile(info, io.BytesIO(data))
+    raw = buf.getvalue()
+    diffs.append('sha256:' + hashlib.sha256(raw).hexdigest())
+    gz = subprocess.run(['gzip', '-1', '-nc'], input=raw, capture_output=True, check=True).stdout
+    layers.append(blob(gz, 'application/vnd.oci.image.layer.v1.tar+gzip'))
+config = blob(json.dumps({'architecture': 'amd64', 'os': 'linux', 'config': {'Cmd': ['/bin/sh']},
+                          'rootfs': {'type': 'layers', 'diff_ids': diffs}}).encode(), 'application/vnd.oci.image.config.v1+json')
+m = blob(json.dumps({'schemaVersion': 2, 'mediaType': 'application/vnd.oci.image.manifest.v1+json',
+                     'config': config, 'layers': layers}).encode(), 'application/vnd.oci.image.manifest.v1+json')
+m['annotations'] = {'org.opencontainers.image.ref.name': 'v1'}
+json.dump({'schemaVersion': 2, 'manifests': [m]}, open(root + '/index.json', 'w'))
+PY
+    printf 'version: 0.1\nlog:\n  level: error\nstorage:\n  filesystem:\n    rootdirectory: %s\nhttp:\n  addr: 127.0.0.1:%s\n' \
+        "$oci/storage" "$oci_port" > "$oci/registry.yml"
+    docker-registry serve "$oci/registry.yml" >/dev/null 2>&1 &
+    registry_pid=$!
+    pids+=("$registry_pid")
+    for i in $(seq 200); do curl -sf -o /dev/null "http://127.0.0.1:$oci_port/v2/" && break; sleep 0.05; done
+    # Another server on the port would answer instead: ours must be the one (it exits if it cannot bind).
+    if ! kill -0 "$registry_pid" 2>/dev/null || ! curl -sf -o /dev/null "http://127.0.0.1:$oci_port/v2/"; then
+        echo "bench.sh: the OCI registry cannot use port $oci_port; set BENCH_OCI_PORT" >&2
+        exit 1
+    fi
+    skopeo copy --quiet --dest-tls-verify=false "oci:$oci/layout:v1" "docker://127.0.0.1:$oci_port/bench/app:v1"
+    echo "   OCI image: 3 layers, $(du -cm "$oci"/layout/blobs/sha256/* | tail -1 | cut -f1) MB compressed"
+    local pool=$work/berth/var/lib/machines
+    for ((r = 0; r < repeat; r++)); do
+        "$bench" time --item "$item" --who berth --results "$results" "${settle[@]}" -- \
+            /usr/bin/python3 - "$berth_bus" "127.0.0.1:$oci_port/bench/app:v1" ocipull <<'PY'
+import dbus, sys, time
+bus = dbus.bus.BusConnection(sys.argv[1])
+m = dbus.Interface(bus.get_object('org.freedesktop.import1', '/org/freedesktop/import1'), 'org.freedesktop.import1.Manager')
+tid, _ = m.PullOci(sys.argv[2], sys.argv[3], 'machine', dbus.UInt64(0))
+while any(t[0] == tid for t in m.ListTransfers()):
+    time.sleep(0.02)
+machines = dbus.Interface(bus.get_object('org.freedesktop.machine1', '/org/freedesktop/machine1'), 'org.freedesktop.machine1.Manager')
+sys.exit(0 if any(i[0] == sys.argv[3] for i in machines.ListImages()) else 1)
+PY
+        busctl --address="$berth_bus" call org.freedesktop.machine1 /org/freedesktop/machine1 \
+            org.freedesktop.machine1.Manager RemoveImage s ocipull >/dev/null || true
+        rm -rf "$pool/.#berth-oci-cache"
+        btrfs filesystem sync "$pool" >/dev/null
+    done
+    for ((r = 0; r < repeat; r++)); do
+        btrfs subvolume create "$work/ref/oci" >/dev/null
+        "$bench" time --item "$item" --who "ref:skopeo+umoci" --results "$results" "${settle[@]}" -- \
+            sh -c 'skopeo copy --quiet --src-tls-verify=false "docker://$1" "oci:$2/layout:v1" && umoci unpack --image "$2/layout:v1" "$2/bundle" >/dev/null' \
+            sh "127.0.0.1:$oci_port/bench/app:v1" "$work/ref/oci"
+        btrfs subvolume delete "$work/ref/oci" >/dev/null && btrfs filesystem sync "$work/ref" >/dev/null
+    done
+}
+
 machine() {
     echo "machine: $(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2 | sed 's/^ *//'), $(nproc) cores," \
          "$(free -g | awk '/^Mem:/ {print $2}') GiB RAM, kernel $(uname -r), $(. /etc/os-release; echo "$PRETTY_NAME")"
@@ -314,6 +393,13 @@ reference "ImportTar gzip ($tree_files files)" "tar -xz" tar --numeric-owner -xz
 fi
 ! want export || run export --name tree --out-dir "$work/src"
 ! want pull || run pull --url "http://127.0.0.1:$port/tree.tar.gz" --name treepull
+if want oci; then
+    if command -v docker-registry >/dev/null && command -v skopeo >/dev/null && command -v umoci >/dev/null; then
+        bench_oci
+    else
+        echo "== PullOci skipped: docker-registry, skopeo and umoci are needed (scripts/install-packages.sh)"
+    fi
+fi
 memory "at the end"
 stop_daemons "$berthd_pid" "$machined_pid" "$importd_pid"
 

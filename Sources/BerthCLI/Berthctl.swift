@@ -18,7 +18,7 @@ public struct Berthctl: ParsableCommand {
         subcommands: [Status.self, ListMachines.self, Show.self, Kill.self, Terminate.self, Shell.self, Login.self, CopyTo.self,
                       CopyFrom.self, Bind.self, ListImages.self, ImageStatus.self, Clone.self, Rename.self, Remove.self, ReadOnly.self,
                       SetLimit.self, Clean.self, ListTransfers.self, CancelTransfer.self, ImportTar.self, ImportRaw.self,
-                      ImportFileSystem.self, ExportTar.self, ExportRaw.self, PullTar.self, PullRaw.self, PortableCommand.self],
+                      ImportFileSystem.self, ExportTar.self, ExportRaw.self, PullTar.self, PullRaw.self, PullOci.self, PortableCommand.self],
         defaultSubcommand: Status.self)
 
     public init() {}

@@ -156,6 +156,31 @@ public struct PullRaw: ParsableCommand {
     }
 }
 
+/// `berthctl pull-oci REF [NAME]`: Manager.PullOci (import1 of systemd v260).
+public struct PullOci: ParsableCommand {
+    public static let configuration = CommandConfiguration(
+        commandName: "pull-oci", abstract: "Download an image from an OCI registry (registry/repository:tag or …@sha256:…).")
+
+    @OptionGroup public var global: GlobalOptions
+    @OptionGroup public var transfer: TransferOptions
+    @Flag(help: "Replace an existing image of that name.") public var force = false
+    @Flag(help: "Make the pulled image read-only.") public var readOnly = false
+    @Option(help: "The image class: machine, portable, sysext or confext.") public var `class` = "machine"
+    @Argument(help: "The image reference, e.g. registry.example:5000/team/app:1.0.") public var reference: String
+    @Argument(help: "The image name (default: the repository's last component).") public var name: String?
+
+    public init() {}
+
+    public func run() throws {
+        let flags: UInt64 = (force ? 1 : 0) | (readOnly ? 2 : 0)
+        // "" lets berthd derive the name from the repository, as it checks the reference.
+        let local = name ?? ""
+        let shown = name ?? String(reference.split(separator: "@").first?.split(separator: "/").last?.split(separator: ":").first ?? "")
+        try TransferVerb.follow(.pullOci, [.string(reference), .string(local), .string(`class`), .uint64(flags)], local: shown,
+                                global: global, transfer: transfer)
+    }
+}
+
 /// What the transfer verbs share: name and format derivation, and starting and following a transfer.
 public enum TransferVerb {
     /// Suffixes machinectl strips from a file or URL name to make an image name, compression ones included.

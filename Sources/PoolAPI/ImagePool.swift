@@ -630,9 +630,27 @@ public actor ImagePool {
         }
     }
 
+    /// The pool's OCI layer cache (PullOci's verified blobs by digest): a `.#` entry, so never
+    /// listed as an image, and kept by the start-up clean-up of temp entries. CleanPool removes
+    /// it unless a pull holds it (a shared flock on the folder).
+    public static let layerCacheEntry = ".#berth-oci-cache"
+
+    /// Removes the layer cache if no pull uses it (an exclusive flock taken without waiting).
+    private func removeLayerCache() async {
+        let path = joinPath(realPoolPath, Self.layerCacheEntry)
+        _ = try? await Blocking.run {
+            let folder = try FileDescriptor.openDirectory(path, followSymlinks: false)
+            defer { folder.close() }
+            guard flock(folder.rawValue, LOCK_EX | LOCK_NB) == 0 else { return }
+            try TreeRemoval.remove(at: path)
+        }
+    }
+
     /// CleanPool: removes hidden images (or all), never `.host` or vendor images; images in use
-    /// are kept. Returns what went with the usage each had.
+    /// are kept, and so is the OCI layer cache, which goes too unless a pull is using it.
+    /// Returns what went with the usage each had (the cache is not an image and not listed).
     public func clean(_ mode: CleanMode) async throws -> [(name: String, usage: UInt64)] {
+        await removeLayerCache()
         var removed: [(name: String, usage: UInt64)] = []
         for image in try await images() {
             if image.name == ".host" || (mode == .hidden && !image.isHidden) { continue }
@@ -691,7 +709,7 @@ public actor ImagePool {
                     report.failed.append(.init(path: path, reason: "\(error)"))
                 }
             }
-            for file in (try? directoryEntries(pool)) ?? [] where file.hasPrefix(".#") {
+            for file in (try? directoryEntries(pool)) ?? [] where file.hasPrefix(".#") && file != ImagePool.layerCacheEntry {
                 let path = joinPath(pool, file)
                 guard let st = try? fileStatus(path, followSymlinks: false) else { continue }
                 if st.isRegular && file.hasSuffix(".lck") {

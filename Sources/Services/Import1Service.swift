@@ -10,7 +10,7 @@ extension Import1Manager.Method {
         case .importTar, .importRaw, .importFileSystem: PolkitAction.importImages
         case .exportTar, .exportRaw: PolkitAction.exportImages
         // importd checks the pull action for cancelling too.
-        case .pullTar, .pullRaw, .cancelTransfer: PolkitAction.pullImages
+        case .pullTar, .pullRaw, .cancelTransfer, .pullOci: PolkitAction.pullImages
         case .listTransfers: nil
         case .importTarEx, .importRawEx, .importFileSystemEx: PolkitAction.importImages
         case .exportTarEx, .exportRawEx: PolkitAction.exportImages
@@ -141,6 +141,8 @@ public actor Import1Service: BusObjectHandler {
                             .double(t.systemdProgress), .objectPath(Self.transferPath(t.id))])
             }
             return [.array(element: "(usssdo)", rows)]
+        case .pullOci:
+            return try await pullOci(call, engine: engine)
         case .cancelTransfer:
             let id = UInt32(truncatingIfNeeded: try call.uint64(0))
             guard transfers[id] != nil, await engine.cancel(id: id) else { throw Self.noSuchTransfer(id) }

@@ -168,7 +168,11 @@ public actor TransferEngine {
             if !force { try await refuseExisting(request.local, in: pool) }
             dataFD = fd
         case .pulling(let url, _):
-            guard Pull.isValidURL(url) else { throw TransferError("URL \(url) is not valid") }
+            if request.type == .pullOci {
+                guard OciReference(url) != nil else { throw TransferError("image reference \(url) is not valid") }
+            } else {
+                guard Pull.isValidURL(url) else { throw TransferError("URL \(url) is not valid") }
+            }
             try refuseBusyWriter(name, request.local)
             if !force { try await refuseExisting(request.local, in: pool) }
         case .exporting(let fd, _):
@@ -286,11 +290,15 @@ public actor TransferEngine {
             KeptDownloads.prefix(request.type, url: url)
         } else { nil }
         let download = Mutex<DownloadNote?>(nil)
+        // pull-oci: the worker writes the image's nspawn settings beside the temp entry.
+        let settings = Mutex<String?>(nil)
+        defer { OciSettingsFile.discard(settings.withLock { $0 }) }
         do {
             let warn: @Sendable (String) -> Void = { handle.emit(.log(priority: LogPriority.warning, message: $0)) }
-            _ = try await pool.install(request.local, type: type, force: force, readOnly: readOnly, warn: warn) { temp in
+            let image = try await pool.install(request.local, type: type, force: force, readOnly: readOnly, warn: warn) { temp in
                 var a = arguments
                 a.target = temp
+                if request.type == .pullOci { settings.withLock { $0 = OciSettingsFile.temporaryPath(for: temp) } }
                 let outcome = await runWorker(a)
                 if outcome.canceled { throw PoolError(.cancelled, "transfer canceled") }
                 if !outcome.succeeded { throw TransferError(outcome.failureMessage) }
@@ -303,6 +311,7 @@ public actor TransferEngine {
             if let kept, let note = download.withLock({ $0 }), !note.notModified {
                 await keep(request.local, prefix: kept, etag: note.etag, handle: handle, pool: pool)
             }
+            if let temp = settings.withLock({ $0 }) { OciSettingsFile.install(temp, for: image, warn: warn) }
             return .done
         } catch let e as PoolError where e.code == .cancelled {
             return .canceled

@@ -9,6 +9,9 @@ public enum TransferType: String, Sendable, Hashable, CaseIterable {
     case exportRaw = "export-raw"
     case pullTar = "pull-tar"
     case pullRaw = "pull-raw"
+    // Newer than systemd 252
+    /// PullOci (import1 of systemd v260): an image from an OCI registry.
+    case pullOci = "pull-oci"
 }
 
 /// PullTar/PullRaw's `verify_mode` argument (`Transfer.Verify`).
@@ -58,6 +61,9 @@ public struct TransferFlags: OptionSet, Sendable, Hashable {
         switch type {
         case .importTar, .importRaw, .importFileSystem: [.force, .readOnly]
         case .pullTar, .pullRaw: [.force, .readOnly, .keepDownload]
+        // keep-download: accepted; an OCI pull always keeps its verified layers in the pool's
+        // layer cache.
+        case .pullOci: [.force, .readOnly, .keepDownload]
         case .exportTar, .exportRaw: []
         }
     }
@@ -82,7 +88,8 @@ public struct TransferRequest: Sendable {
         case importing(fd: Int32)
         /// ExportTar / ExportRaw: write the image to `fd` (a file or pipe).
         case exporting(fd: Int32, format: ExportFormat)
-        /// PullTar / PullRaw: download `url`, verify, import.
+        /// PullTar / PullRaw: download `url`, verify, import. PullOci: `url` is the image
+        /// reference (`OciReference`), `verify` unused (every blob is checked by its digest).
         case pulling(url: String, verify: VerifyMode)
     }
 
@@ -169,8 +176,17 @@ public struct TransferRequest: Sendable {
                         flags: flags(force: force, readOnly: false).union(extra))
     }
 
-    /// `Transfer.Verify`: the pull's mode, "" for imports and exports.
+    /// PullOci(ref, local_name, class, flags): the image is a tree of the class's pool.
+    public static func pullOci(reference: String, local: String, imageClass: ImageClass = .machine,
+                               flags: TransferFlags = []) -> TransferRequest {
+        TransferRequest(type: .pullOci, local: local, operation: .pulling(url: reference, verify: .no), imageClass: imageClass,
+                        flags: flags)
+    }
+
+    /// `Transfer.Verify`: the pull's mode, "" for imports and exports (and for pull-oci, whose
+    /// blobs are always checked against their digests).
     public var verify: String {
+        if type == .pullOci { return "" }
         if case .pulling(_, let verify) = operation { return verify.rawValue }
         return ""
     }

@@ -22,6 +22,11 @@ final class SHA256: @unchecked Sendable {
 
     deinit { EVP_MD_CTX_free(context) }
 
+    /// Starts over (a download retried from its first byte).
+    func reset() {
+        _ = EVP_DigestInit_ex(context, EVP_sha256(), nil)
+    }
+
     func update(_ data: UnsafeRawBufferPointer) {
         _ = EVP_DigestUpdate(context, data.baseAddress, data.count)
     }

@@ -154,7 +154,7 @@ public enum TarImport {
         if count == 0 { throw TransferError("the archive holds no entries") }
     }
 
-    private static func copyData(_ reader: ArchiveHandle, _ disk: ArchiveHandle, _ name: String) throws {
+    static func copyData(_ reader: ArchiveHandle, _ disk: ArchiveHandle, _ name: String) throws {
         var buffer: UnsafeRawPointer?
         var size = 0
         var offset: la_int64_t = 0

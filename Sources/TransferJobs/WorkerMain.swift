@@ -48,6 +48,8 @@ extension TransferWorker {
             reporter.log(LogPriority.info, "Exporting image as \(a.format.rawValue) \(a.type == .exportTar ? "tar" : "raw").")
         case .pullTar, .pullRaw:
             reporter.log(LogPriority.info, "Pulling \(a.url ?? "?") (verify: \(a.verify.rawValue)).")
+        case .pullOci:
+            reporter.log(LogPriority.info, "Pulling OCI image \(a.url ?? "?").")
         }
         switch a.type {
         case .importTar:
@@ -67,6 +69,8 @@ extension TransferWorker {
             try Pull.run(url: try need(a.url, "--url"), kind: a.type, verify: a.verify, root: a.root,
                          target: try need(a.target, "--target"),
                          knownETags: a.flags.contains(.keepDownload) ? a.knownETags : [], reporter: reporter)
+        case .pullOci:
+            try OciPull.run(reference: try need(a.url, "--url"), root: a.root, target: try need(a.target, "--target"), reporter: reporter)
         }
         reporter.log(LogPriority.info, "Operation completed successfully.")
     }

@@ -34,6 +34,8 @@ struct BenchSmokeTests {
             #expect(cells[2].hasSuffix(" s") || cells[2].hasSuffix(" MiB"), "systemd: \(row)")
             #expect(cells[1].hasSuffix(" s") || cells[1].hasSuffix(" MiB") || cells[1] == "n/a (not implemented)", "berthd: \(row)")
         }
+        // PullOci (systemd 252 has none): Berth's figure beside skopeo + umoci's.
+        #expect(rows.contains { $0.hasPrefix("| PullOci") && $0.contains(" s |") && $0.contains("skopeo+umoci: ") }, "\(r.stdout)")
         // Physical references beside import, the subvolume clones and the ext4 clone.
         #expect(rows.contains { $0.hasPrefix("| ImportTar plain") && $0.contains("tar -x: ") })
         #expect(rows.contains { $0.hasPrefix("| CloneImage directory") && $0.contains("cp -a: ") })

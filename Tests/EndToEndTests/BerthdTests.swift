@@ -14,8 +14,10 @@ let references: [(service: String, path: String, fixture: String)] = [
     ("org.freedesktop.portable1", "/org/freedesktop/portable1", "systemd252-portable1-manager.xml"),
 ]
 
-/// The members of newer systemd versions each interface serves beside 252's, from its enum's `newerMembers`.
-let newerMembersByInterface: [String: Set<String>] = [Import1Manager.name: Import1Manager.newerMembers]
+/// Members newer than systemd 252 that an interface carries beside 252's, by interface name.
+let newerMembersByInterface: [String: Set<String>] = [
+    Import1Manager.name: Import1Manager.newerMembers,
+]
 
 func fixture(_ name: String) throws -> String {
     let here = URL(fileURLWithPath: #filePath).deletingLastPathComponent()
@@ -51,7 +53,7 @@ struct BerthdTests {
             let live = try IntrospectionXML.interfaces(xml)
             for (name, interface) in expected {
                 let got = try #require(live[name], "\(r.service) lacks interface \(name)")
-                // 252's members exactly; each listed newer member present, and nothing else beside them.
+                // 252's members exactly; the newer members each interface lists, and nothing else.
                 let newer = newerMembersByInterface[name] ?? []
                 for key in Set(interface.members.keys).union(got.members.keys).sorted() where !newer.contains(key) {
                     #expect(got.members[key] == interface.members[key], "\(name) \(key)")

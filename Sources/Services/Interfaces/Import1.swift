@@ -31,13 +31,14 @@ public enum Import1Manager {
         case pullRawEx = "PullRawEx"
         case listTransfersEx = "ListTransfersEx"
         case listImages = "ListImages"
+        case pullOci = "PullOci"
     }
 
     /// The members Berth serves beside 252's, from newer systemd versions (v256's
     /// `org.freedesktop.import1(5)`: image classes and flags), keyed as `IntrospectionXML` names them.
     public static let newerMembers: Set<String> = [
         "method ImportTarEx", "method ImportRawEx", "method ImportFileSystemEx", "method ExportTarEx", "method ExportRawEx",
-        "method PullTarEx", "method PullRawEx", "method ListTransfersEx", "method ListImages",
+        "method PullTarEx", "method PullRawEx", "method ListTransfersEx", "method ListImages", "method PullOci",
     ]
 
     /// The signals of `org.freedesktop.import1.Manager`, each raw value the D-Bus member name.
@@ -69,6 +70,7 @@ public enum Import1Manager {
             .init(Method.pullRawEx, in: [("s", "url"), ("s", "local_name"), ("s", "class"), ("s", "verify_mode"), ("t", "flags")], out: [("u", "transfer_id"), ("o", "transfer_path")]),
             .init(Method.listTransfersEx, in: [("s", "class"), ("t", "flags")], out: [("a(ussssdo)", "transfers")]),
             .init(Method.listImages, in: [("s", "class"), ("t", "flags")], out: [("a(ssssbtttttt)", "images")]),
+            .init(Method.pullOci, in: [("s", "ref"), ("s", "local_name"), ("s", "class"), ("t", "flags")], out: [("u", "transfer_id"), ("o", "transfer_path")]),
         ],
         properties: [
         ],
