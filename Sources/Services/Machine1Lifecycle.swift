@@ -36,12 +36,33 @@ struct MachineLifecycle {
     var jobWaits: [String: JobWait] = [:]
 }
 
-/// One StartTransientUnit job waited for: its JobRemoved result may come before or after the
-/// method's reply, so whichever comes second finishes it. Only used on the bus thread.
+/// One StartTransientUnit job waited for: its JobRemoved may come before the method's reply has
+/// named the job, so results of the unit's jobs that come first are kept until it is known.
+/// Only used on the bus thread.
 final class JobWait {
-    var job: String?
+    /// The job StartTransientUnit answered with; nil until its reply is in.
+    private(set) var job: String?
     private var result: String?
+    /// Results of this unit's jobs that ended before the reply named ours (a stop job of an
+    /// earlier scope of the same name, say), by job path.
+    private var early: [String: String] = [:]
     private var continuation: CheckedContinuation<String, Never>?
+
+    /// The reply named the job: a result that came before it is taken now.
+    func named(_ job: String) {
+        self.job = job
+        if let result = early[job] { finish(result) }
+        early = [:]
+    }
+
+    /// JobRemoved of `job` of this unit with `result`.
+    func ended(_ job: String, _ result: String) {
+        if self.job == nil {
+            if early.count < 16 { early[job] = result }
+        } else if self.job == job {
+            finish(result)
+        }
+    }
 
     /// The job ended with `result` (`done`, `failed`, `timeout`, …); later calls do nothing.
     func finish(_ result: String) {
@@ -125,8 +146,7 @@ extension Machine1Service {
     private func jobRemoved(_ signal: BusSignal) {
         guard signal.arguments.count == 4, let job = signal.arguments[1].stringValue, let unit = signal.arguments[2].stringValue,
               let result = signal.arguments[3].stringValue, let wait = lifecycle.jobWaits[unit] else { return }
-        // Before the reply names the job, a job of this unit can only be ours: its name is reserved.
-        if wait.job == nil || wait.job == job { wait.finish(result) }
+        wait.ended(job, result)
     }
 
     /// UnitRemoved(s unit, o path): the machines in that unit go with it.
@@ -161,9 +181,9 @@ extension Machine1Service {
         let reply = try await bus.call(destination: Systemd1.name, path: Systemd1.path, interface: Systemd1.manager,
                                        member: "StartTransientUnit",
                                        [.string(unit), .string("fail"), .array(element: "(sv)", properties), .array(element: "(sa(sv))", [])])
-        wait.job = reply.first?.stringValue
+        guard let job = reply.first?.stringValue else { throw BusError.failed("StartTransientUnit of \(unit) named no job") }
+        wait.named(job)
         // A start job that never ends would hold the caller forever: give up after a minute.
-        let job = wait.job
         Task {
             try? await Task.sleep(for: .seconds(60))
             self.jobTimedOut(unit: unit, job: job)
@@ -178,7 +198,7 @@ extension Machine1Service {
     }
 
     /// The start job of `unit` did not end within its time: its waiter gives up.
-    private func jobTimedOut(unit: String, job: String?) {
+    private func jobTimedOut(unit: String, job: String) {
         if let wait = lifecycle.jobWaits[unit], wait.job == job { wait.finish("timeout") }
     }
 
