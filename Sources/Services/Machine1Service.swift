@@ -112,7 +112,9 @@ public actor Machine1Service: BusObjectHandler {
         // The first measurement, so the first read of PoolUsage has a value to answer with.
         _ = poolUsage.current()
         restoreMachines()
-        await watchSystemd()
+        // Not awaited: start-up (and READY=1) does not wait on systemd; until the answer is in,
+        // the first CreateMachine asks the bus itself (systemdAnswers).
+        Task { await self.watchSystemd() }
     }
 
     /// GetImage, answered on the bus thread as machined does: a lookup is a few statx calls,
