@@ -30,8 +30,9 @@ struct MachineLifecycle {
     var systemdPresent: Bool?
     /// Whether the signal matches are installed.
     var watching = false
-    /// Machine names between the start of their registration and their entry in the registry.
+    /// Machine names and leaders between the start of their registration and their entry in the registry.
     var reservedNames: Set<String> = []
+    var reservedLeaders: Set<pid_t> = []
     /// The scope start jobs waited for, by unit name.
     var jobWaits: [String: JobWait] = [:]
 }

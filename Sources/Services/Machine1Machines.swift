@@ -15,7 +15,8 @@ struct RegisteredMachine {
 
 /// machine1's machine members: the registry of running containers and VMs.
 ///
-/// A machine is created (CreateMachine: berthd makes `machine.slice/machine-NAME.scope` in the
+/// A machine is created (CreateMachine: systemd starts `machine-NAME.scope` for berthd when it is on
+/// the bus, `Machine1Lifecycle`; else berthd makes `machine.slice/machine-NAME.scope` in the
 /// host's control-group hierarchies and moves the leader into it) or registered (RegisterMachine:
 /// the leader stays in the registrar's own unit). Its leader is tracked by a pidfd on the event
 /// loop: when it exits, the machine goes, with MachineRemoved. The registry is kept in files
@@ -113,7 +114,7 @@ extension Machine1Service {
             throw BusError.invalidArgs("Root directory must be empty or an absolute path")
         }
         guard leader > 1 else { throw BusError.invalidArgs("Invalid leader PID") }
-        if machines.values.contains(where: { $0.machine.leader == leader }) {
+        if machines.values.contains(where: { $0.machine.leader == leader }) || lifecycle.reservedLeaders.contains(leader) {
             // machined 252 answers a taken leader with plain EEXIST (measured).
             throw BusError(name: BusError.Name.fileExists, message: "File exists")
         }
@@ -123,9 +124,13 @@ extension Machine1Service {
             pidfd.close()
             throw BusError(errno: .ESRCH, "Leader PID \(leader) is gone")
         }
-        // The name is taken while systemd starts the scope, so a second call cannot race this one.
+        // The name and the leader are taken while systemd starts the scope, so a second call cannot race this one.
         lifecycle.reservedNames.insert(name)
-        defer { lifecycle.reservedNames.remove(name) }
+        lifecycle.reservedLeaders.insert(leader)
+        defer {
+            lifecycle.reservedNames.remove(name)
+            lifecycle.reservedLeaders.remove(leader)
+        }
         var unit = "", group = ""
         if create {
             if await systemdAnswers() {
