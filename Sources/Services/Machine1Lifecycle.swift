@@ -30,6 +30,8 @@ struct MachineLifecycle {
     var systemdPresent: Bool?
     /// Whether the signal matches are installed.
     var watching = false
+    /// Whether berthd has called Subscribe on the systemd that answers now.
+    var subscribed = false
     /// Machine names and leaders between the start of their registration and their entry in the registry.
     var reservedNames: Set<String> = []
     var reservedLeaders: Set<pid_t> = []
@@ -89,13 +91,15 @@ final class JobWait {
 /// start job is done (JobRemoved); TerminateMachine stops the machine's unit (StopUnit) and
 /// KillMachine's `all` is systemd's KillUnit. A machine whose unit goes (UnitRemoved), or whose
 /// leader exits (the pidfd watch), is removed. Without systemd, berthd keeps the groups itself
-/// (`Machine1Machines`). Whether systemd is there is asked once and then followed through
-/// NameOwnerChanged, so it costs no call anything.
+/// (`Machine1Machines`). Whether systemd is there is asked once, when first needed, and then
+/// followed through NameOwnerChanged, so it costs no call anything.
 extension Machine1Service {
     // MARK: systemd on the bus
 
     /// Installs the signal matches the lifecycle follows (NameOwnerChanged of systemd1, its
-    /// JobRemoved and UnitRemoved) and learns whether systemd is there. Called once at export.
+    /// JobRemoved and UnitRemoved): messages sent without waiting, so start-up (and READY=1) pays
+    /// no round trip. Whether systemd is there is asked when first needed (`systemdAnswers`), at
+    /// once only when machines restored from a previous run may be in systemd's units.
     func watchSystemd() async {
         guard !lifecycle.watching else { return }
         lifecycle.watching = true
@@ -117,17 +121,26 @@ extension Machine1Service {
         } catch {
             Logger(label: "berth.machine1").warning("cannot follow systemd on the bus: \(error)")
         }
-        let present = await Systemd1(bus: bus).isPresent()
-        if lifecycle.systemdPresent == nil { lifecycle.systemdPresent = present }
-        if present { await subscribeToSystemd() }
+        // Restored machines in systemd's units want UnitRemoved from the start.
+        if machines.values.contains(where: { $0.machine.cgroup.isEmpty && Self.isUnitName($0.machine.unit) }) {
+            _ = await systemdAnswers()
+        }
     }
 
-    /// Whether systemd answers on the bus: the followed answer, asked of the bus only before
-    /// the first answer is in.
+    /// Whether systemd answers on the bus: the followed answer, asked of the bus only before the
+    /// first answer is in; systemd present, berthd subscribes to its signals (once per systemd).
     func systemdAnswers() async -> Bool {
-        if let known = lifecycle.systemdPresent { return known }
-        let present = await Systemd1(bus: bus).isPresent()
-        lifecycle.systemdPresent = present
+        let present: Bool
+        if let known = lifecycle.systemdPresent {
+            present = known
+        } else {
+            present = await Systemd1(bus: bus).isPresent()
+            if lifecycle.systemdPresent == nil { lifecycle.systemdPresent = present }
+        }
+        if present && !lifecycle.subscribed {
+            lifecycle.subscribed = true
+            await subscribeToSystemd()
+        }
         return present
     }
 
@@ -138,9 +151,9 @@ extension Machine1Service {
 
     private func systemdOwnerChanged(_ signal: BusSignal) {
         guard signal.arguments.count == 3, signal.arguments[0].stringValue == Systemd1.name else { return }
-        let present = !(signal.arguments[2].stringValue ?? "").isEmpty
-        lifecycle.systemdPresent = present
-        if present { Task { await subscribeToSystemd() } }
+        // A new systemd (restarted, re-executed) knows no subscribers: subscribe again when needed.
+        lifecycle.systemdPresent = !(signal.arguments[2].stringValue ?? "").isEmpty
+        lifecycle.subscribed = false
     }
 
     /// JobRemoved(u id, o job, s unit, s result): finishes the wait for a scope's start job.
