@@ -209,6 +209,8 @@ public actor Bus {
     private let logger: Logger
     /// `credentials(of:)`'s answers for unique names, at most `knownCredentialsLimit` of them.
     private var knownCredentials: [String: Credentials] = [:]
+    /// The handlers of `addSignalMatch`, alive as long as their slots.
+    private var signalMatches: [SignalMatchBox] = []
     private static let knownCredentialsLimit = 256
 
     /// Connects to `address` (a D-Bus address such as `unix:path=/run/x/sock`), or when nil to the
@@ -471,6 +473,24 @@ public actor Bus {
         if r < 0 { throw BusError(errno: Errno(-r), "cannot emit PropertiesChanged") }
     }
 
+    // MARK: Receiving signals
+
+    /// Calls `handler` on the loop thread with every signal that matches `rule` (a D-Bus match
+    /// rule such as `type='signal',sender='org.freedesktop.systemd1',member='JobRemoved'`), for as
+    /// long as the connection lives. The match is sent to the bus without waiting for its answer
+    /// (sd_bus_add_match_async), so the loop never blocks; a signal sent after the bus has
+    /// processed the AddMatch is delivered. The handler runs inside sd-bus's dispatch: it must
+    /// not block.
+    public func addSignalMatch(_ rule: String, _ handler: @escaping (BusSignal) -> Void) throws(BusError) {
+        guard let handle else { throw BusError(errno: .ENOTCONN, "the bus connection is closed") }
+        let box = SignalMatchBox(handler)
+        var slot: OpaquePointer? = nil
+        let r = sd_bus_add_match_async(handle, &slot, rule, signalThunk, nil, Unmanaged.passUnretained(box).toOpaque())
+        if r < 0 { throw BusError(errno: Errno(-r), "cannot add the match \(rule)") }
+        signalMatches.append(box)
+        if let slot { slots.append(slot) }
+    }
+
     // MARK: Calling other services
 
     /// The bus driver, `org.freedesktop.DBus`.
@@ -548,6 +568,7 @@ public actor Bus {
         for slot in slots { sd_bus_slot_unref(slot) }
         slots = []
         exports = []
+        signalMatches = []
         for message in pending.values { message.release() }
         pending = [:]
         if let handle {
@@ -635,6 +656,27 @@ struct MessageHandle: @unchecked Sendable {
 /// An sd_bus_error out-parameter, passed like `MessageHandle` (same reasoning).
 struct ErrorHandle: @unchecked Sendable {
     let pointer: UnsafeMutablePointer<sd_bus_error>?
+}
+
+/// What one `Bus.addSignalMatch` needs on the loop thread: the handler.
+///
+/// `@unchecked Sendable`: created on the loop thread and only called there, by sd-bus.
+final class SignalMatchBox: @unchecked Sendable {
+    let handler: (BusSignal) -> Void
+    init(_ handler: @escaping (BusSignal) -> Void) { self.handler = handler }
+}
+
+private func signalThunk(_ m: OpaquePointer?, _ userdata: UnsafeMutableRawPointer?, _ error: UnsafeMutablePointer<sd_bus_error>?) -> Int32 {
+    guard let m, let userdata, sd_bus_message_is_signal(m, nil, nil) > 0,
+          let interface = sd_bus_message_get_interface(m), let member = sd_bus_message_get_member(m),
+          let path = sd_bus_message_get_path(m) else { return 0 }
+    let box = Unmanaged<SignalMatchBox>.fromOpaque(userdata).takeUnretainedValue()
+    // A signal whose body does not decode (or is absurdly large) is dropped rather than handed on half-read.
+    var budget = DecodeBudget.methodCall
+    guard let arguments = try? Marshal.readAll(m, budget: &budget) else { return 0 }
+    box.handler(BusSignal(path: ObjectPath(String(cString: path)), interface: String(cString: interface),
+                          member: String(cString: member), arguments: arguments))
+    return 0
 }
 
 /// Holds a pending reply's continuation across sd_bus_call_async.

@@ -28,10 +28,14 @@ public struct Machine: Sendable, Equatable {
     /// Registration time, µs since the epoch (CLOCK_REALTIME) and since boot (CLOCK_MONOTONIC).
     public var timestamp: UInt64
     public var timestampMonotonic: UInt64
+    /// Where to reach the machine over SSH and the key to use (RegisterMachineEx's `SSHAddress`
+    /// and `SSHPrivateKeyPath`), "" when not given.
+    public var sshAddress: String
+    public var sshPrivateKeyPath: String
 
     public init(name: String, id: [UInt8], service: String, class: String, leader: pid_t, leaderStartTime: UInt64,
                 rootDirectory: String, networkInterfaces: [Int32], unit: String, cgroup: String,
-                timestamp: UInt64, timestampMonotonic: UInt64) {
+                timestamp: UInt64, timestampMonotonic: UInt64, sshAddress: String = "", sshPrivateKeyPath: String = "") {
         self.name = name
         self.id = id
         self.service = service
@@ -44,6 +48,8 @@ public struct Machine: Sendable, Equatable {
         self.cgroup = cgroup
         self.timestamp = timestamp
         self.timestampMonotonic = timestampMonotonic
+        self.sshAddress = sshAddress
+        self.sshPrivateKeyPath = sshPrivateKeyPath
     }
 }
 

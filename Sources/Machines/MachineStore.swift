@@ -17,6 +17,7 @@ public struct MachineStore: Sendable {
             ("LEADER", "\(machine.leader)"), ("LEADER_START", "\(machine.leaderStartTime)"), ("ROOT", machine.rootDirectory),
             ("NETIF", machine.networkInterfaces.map(String.init).joined(separator: " ")), ("UNIT", machine.unit),
             ("CGROUP", machine.cgroup), ("TIMESTAMP", "\(machine.timestamp)"), ("TIMESTAMP_MONOTONIC", "\(machine.timestampMonotonic)"),
+            ("SSH_ADDRESS", machine.sshAddress), ("SSH_PRIVATE_KEY_PATH", machine.sshPrivateKeyPath),
         ]
         let text = fields.map { "\($0.0)=\(hex(Array($0.1.utf8)))\n" }.joined()
         let final = joinPath(directory, machine.name)
@@ -61,7 +62,8 @@ public struct MachineStore: Sendable {
         return Machine(name: name, id: id, service: f["SERVICE"] ?? "", class: f["CLASS"] ?? "container", leader: leader,
                        leaderStartTime: start, rootDirectory: f["ROOT"] ?? "",
                        networkInterfaces: (f["NETIF"] ?? "").split(separator: " ").compactMap { Int32($0) },
-                       unit: f["UNIT"] ?? "", cgroup: f["CGROUP"] ?? "", timestamp: timestamp, timestampMonotonic: monotonic)
+                       unit: f["UNIT"] ?? "", cgroup: f["CGROUP"] ?? "", timestamp: timestamp, timestampMonotonic: monotonic,
+                       sshAddress: f["SSH_ADDRESS"] ?? "", sshPrivateKeyPath: f["SSH_PRIVATE_KEY_PATH"] ?? "")
     }
 }
 

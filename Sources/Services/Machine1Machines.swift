@@ -15,7 +15,8 @@ struct RegisteredMachine {
 
 /// machine1's machine members: the registry of running containers and VMs.
 ///
-/// A machine is created (CreateMachine: berthd makes `machine.slice/machine-NAME.scope` in the
+/// A machine is created (CreateMachine: systemd starts `machine-NAME.scope` for berthd when it is on
+/// the bus, `Machine1Lifecycle`; else berthd makes `machine.slice/machine-NAME.scope` in the
 /// host's control-group hierarchies and moves the leader into it) or registered (RegisterMachine:
 /// the leader stays in the registrar's own unit). Its leader is tracked by a pidfd on the event
 /// loop: when it exits, the machine goes, with MachineRemoved. The registry is kept in files
@@ -45,20 +46,21 @@ extension Machine1Service {
         case .createMachine, .createMachineWithNetwork, .registerMachine, .registerMachineWithNetwork:
             let withNetwork = method == .createMachineWithNetwork || method == .registerMachineWithNetwork
             let interfaces: [Int32] = withNetwork ? try call.int32s(6) : []
+            let create = method == .createMachine || method == .createMachineWithNetwork
+            let scopeProperties = create ? try call.value(withNetwork ? 7 : 6).arrayValue ?? [] : []
             var leader = pid_t(bitPattern: UInt32(truncatingIfNeeded: try call.uint64(4)))
             if leader == 0 { leader = pid_t(try await call.credentials().pid ?? 0) }
             let path = try await addMachine(name: try call.string(0), id: try call.bytes(1), service: try call.string(2),
                                             class: try call.string(3), leader: leader, rootDirectory: try call.string(5),
-                                            networkInterfaces: interfaces,
-                                            create: method == .createMachine || method == .createMachineWithNetwork)
+                                            networkInterfaces: interfaces, scopeProperties: scopeProperties, create: create)
             return [.objectPath(path)]
         case .unregisterMachine:
             let name = try call.string(0)
             guard machines[name] != nil else { throw Self.noSuchMachine(name) }
             removeMachine(name)
             return []
-        case .terminateMachine: return try terminate(try call.string(0))
-        case .killMachine: return try kill(try call.string(0), who: try call.string(1), signal: try call.int32(2))
+        case .terminateMachine: return try await terminate(try call.string(0))
+        case .killMachine: return try await kill(try call.string(0), who: try call.string(1), signal: try call.int32(2))
         case .getMachineOSRelease: return try await osRelease(try call.string(0))
         case .getMachineUIDShift: return [.uint32(try uidShift(try call.string(0)))]
         case .getMachineAddresses: return try await addresses(try call.string(0))
@@ -71,6 +73,9 @@ extension Machine1Service {
         case .mapToMachineUser, .mapToMachineGroup: return try mapToMachine(UInt32(truncatingIfNeeded: try call.uint64(0)), groups: method == .mapToMachineGroup)
         case .openMachinePTY, .openMachineLogin, .openMachineShell, .openMachineRootDirectory, .bindMountMachine:
             return try await reach(method, try call.string(0), call, offset: 1)
+        case .registerMachineEx: return [.objectPath(try await addMachineEx(call, create: false))]
+        case .createMachineEx: return [.objectPath(try await addMachineEx(call, create: true))]
+        case .getMachineSSHInfo: return try sshInfo(try call.string(0))
         default: throw Harness.notImplemented(call)
         }
     }
@@ -78,8 +83,8 @@ extension Machine1Service {
     func machineObject(_ name: String, _ method: Machine1Machine.Method, _ call: MethodCall) async throws -> [BusValue] {
         guard machineExists(name) else { throw Harness.unknownObject(call.path) }
         switch method {
-        case .terminate: return try terminate(name)
-        case .kill: return try kill(name, who: try call.string(0), signal: try call.int32(1))
+        case .terminate: return try await terminate(name)
+        case .kill: return try await kill(name, who: try call.string(0), signal: try call.int32(1))
         case .getOSRelease: return try await osRelease(name)
         case .getUIDShift: return [.uint32(try uidShift(name))]
         case .getAddresses: return try await addresses(name)
@@ -92,6 +97,7 @@ extension Machine1Service {
         case .openShell: return try await reach(.openMachineShell, name, call, offset: 0)
         case .openRootDirectory: return try await reach(.openMachineRootDirectory, name, call, offset: 0)
         case .bindMount: return try await reach(.bindMountMachine, name, call, offset: 0)
+        case .getSSHInfo: return try sshInfo(name)
         default: throw Harness.notImplemented(call)
         }
     }
@@ -108,47 +114,71 @@ extension Machine1Service {
 
     /// CreateMachine(WithNetwork) and RegisterMachine(WithNetwork), checked as machined checks them.
     private func addMachine(name: String, id: [UInt8], service: String, class: String, leader: pid_t, rootDirectory: String,
-                            networkInterfaces: [Int32], create: Bool) async throws -> ObjectPath {
+                            networkInterfaces: [Int32], scopeProperties: [BusValue], create: Bool) async throws -> ObjectPath {
+        try await addMachine(MachineRequest(name: name, id: id, service: service, class: `class`, leader: leader, rootDirectory: rootDirectory,
+                                            networkInterfaces: networkInterfaces, scopeProperties: scopeProperties), create: create)
+    }
+
+    /// Adds the machine `request` describes: CreateMachine puts its leader in a scope of its own
+    /// (systemd's `machine-NAME.scope` when systemd answers on the bus, else a group berthd makes),
+    /// RegisterMachine leaves it in the registrar's unit.
+    func addMachine(_ request: MachineRequest, create: Bool) async throws -> ObjectPath {
+        let name = request.name, id = request.id, rootDirectory = request.rootDirectory, leader = request.leader
         guard MachineName.isValid(name) else { throw BusError.invalidArgs("Invalid machine name") }
-        guard machines[name] == nil else {
+        guard machines[name] == nil, !lifecycle.reservedNames.contains(name) else {
             throw BusError(name: "org.freedesktop.machine1.MachineExists", message: "Machine '\(name)' already exists")
         }
         guard id.isEmpty || id.count == 16 else { throw BusError.invalidArgs("Invalid machine ID parameter") }
-        guard ["container", "vm", ""].contains(`class`) else { throw BusError.invalidArgs("Invalid machine class parameter") }
+        guard ["container", "vm", ""].contains(request.class) else { throw BusError.invalidArgs("Invalid machine class parameter") }
         guard rootDirectory.isEmpty || (rootDirectory.hasPrefix("/") && !rootDirectory.utf8.contains(0)) else {
             throw BusError.invalidArgs("Root directory must be empty or an absolute path")
         }
         guard leader > 1 else { throw BusError.invalidArgs("Invalid leader PID") }
-        if machines.values.contains(where: { $0.machine.leader == leader }) {
+        if machines.values.contains(where: { $0.machine.leader == leader }) || lifecycle.reservedLeaders.contains(leader) {
             // machined 252 answers a taken leader with plain EEXIST (measured).
             throw BusError(name: BusError.Name.fileExists, message: "File exists")
         }
         // The pidfd first: from here on the leader cannot be swapped for another process with its pid.
-        let pidfd: FileDescriptor
-        do { pidfd = try openProcessDescriptor(leader) } catch { throw BusError(errno: error.errno, "Failed to pin leader PID \(leader)") }
+        let pidfd = try pinLeader(request)
         guard let start = processStartTime(leader) else {
             pidfd.close()
             throw BusError(errno: .ESRCH, "Leader PID \(leader) is gone")
         }
+        // The name and the leader are taken while systemd starts the scope, so a second call cannot race this one.
+        lifecycle.reservedNames.insert(name)
+        lifecycle.reservedLeaders.insert(leader)
+        defer {
+            lifecycle.reservedNames.remove(name)
+            lifecycle.reservedLeaders.remove(leader)
+        }
         var unit = "", group = ""
         if create {
-            // Without systemd as PID 1: a group of berthd's own in machine.slice, named as systemd names the scope.
-            unit = MachineName.scopeUnit(name)
-            group = "machine.slice/" + unit
-            do { try controlGroups.create(group, moving: leader) } catch {
-                pidfd.close()
-                throw BusError(errno: error.errno, "Failed to make the control group \(group) for machine '\(name)'")
+            if await systemdAnswers() {
+                // systemd owns the scope: berthd records no group of its own for it.
+                do { unit = try await startScope(request) } catch {
+                    pidfd.close()
+                    throw error
+                }
+            } else {
+                // Without systemd as PID 1: a group of berthd's own in machine.slice, named as systemd names the scope.
+                unit = MachineName.scopeUnit(name)
+                group = "machine.slice/" + unit
+                do { try controlGroups.create(group, moving: leader) } catch {
+                    pidfd.close()
+                    throw BusError(errno: error.errno, "Failed to make the control group \(group) for machine '\(name)'")
+                }
             }
         } else {
-            unit = controlGroups.group(of: leader).flatMap { $0.split(separator: "/").last.map(String.init) } ?? ""
+            unit = Self.unit(ofGroup: controlGroups.group(of: leader) ?? "")
         }
         var now = timespec(), boot = timespec()
         clock_gettime(CLOCK_REALTIME, &now)
         clock_gettime(CLOCK_MONOTONIC, &boot)
-        let machine = Machine(name: name, id: id.allSatisfy { $0 == 0 } ? [] : id, service: service,
-                              class: `class`.isEmpty ? "container" : `class`, leader: leader, leaderStartTime: start,
-                              rootDirectory: rootDirectory, networkInterfaces: networkInterfaces, unit: unit, cgroup: group,
-                              timestamp: Self.microseconds(now), timestampMonotonic: Self.microseconds(boot))
+        let machine = Machine(name: name, id: id.allSatisfy { $0 == 0 } ? [] : id, service: request.service,
+                              class: request.class.isEmpty ? "container" : request.class, leader: leader, leaderStartTime: start,
+                              rootDirectory: rootDirectory, networkInterfaces: request.networkInterfaces, unit: unit, cgroup: group,
+                              timestamp: Self.microseconds(now), timestampMonotonic: Self.microseconds(boot),
+                              sshAddress: request.sshAddress, sshPrivateKeyPath: request.sshPrivateKeyPath)
         do { try track(machine, pidfd: pidfd) } catch {
             pidfd.close()
             if !group.isEmpty { controlGroups.remove(group) }
@@ -187,6 +217,7 @@ extension Machine1Service {
         entry.pidfd.close()
         machineStore.remove(name)
         if !entry.machine.cgroup.isEmpty { controlGroups.remove(entry.machine.cgroup) }
+        releaseScope(entry.machine)
         let bus = self.bus
         Task {
             try? await bus.emitSignal(path: ServiceKind.machine1.managerPath, interface: Machine1Manager.name,
@@ -214,8 +245,12 @@ extension Machine1Service {
     private func machine(holding pid: pid_t) -> String? {
         if let m = machines.values.first(where: { $0.machine.leader == pid }) { return m.machine.name }
         guard let group = controlGroups.group(of: pid) else { return nil }
-        return machines.values.first { !$0.machine.cgroup.isEmpty && (group == "/" + $0.machine.cgroup || group.hasPrefix("/" + $0.machine.cgroup + "/")) }?
-            .machine.name
+        if let m = machines.values.first(where: { !$0.machine.cgroup.isEmpty && (group == "/" + $0.machine.cgroup || group.hasPrefix("/" + $0.machine.cgroup + "/")) }) {
+            return m.machine.name
+        }
+        // A scope systemd made: the machine whose unit the pid's group names.
+        let unit = Self.unit(ofGroup: group)
+        return !Self.isUnitName(unit) ? nil : machines.values.first { $0.machine.cgroup.isEmpty && $0.machine.unit == unit }?.machine.name
     }
 
     // MARK: members on one machine
@@ -228,8 +263,9 @@ extension Machine1Service {
 
     /// TerminateMachine / Machine.Terminate: SIGTERM to every process of the machine (its group,
     /// else its leader), and SIGKILL to what is left 10 s later, as a scope is stopped.
-    private func terminate(_ name: String) throws(BusError) -> [BusValue] {
+    private func terminate(_ name: String) async throws -> [BusValue] {
         let m = try registered(name)
+        if try await stopThroughSystemd(m) { return [] }
         signalMachine(m, all: true, SIGTERM)
         let leader = m.leader
         Task {
@@ -240,7 +276,7 @@ extension Machine1Service {
     }
 
     /// KillMachine / Machine.Kill: `who` is `leader` or `all`.
-    private func kill(_ name: String, who: String, signal: Int32) throws(BusError) -> [BusValue] {
+    private func kill(_ name: String, who: String, signal: Int32) async throws -> [BusValue] {
         let all: Bool
         switch who {
         case "leader": all = false
@@ -249,6 +285,7 @@ extension Machine1Service {
         }
         guard signal > 0 && signal < 65 else { throw BusError.invalidArgs("Invalid signal \(signal)") }
         let m = try registered(name)
+        if all, try await killThroughSystemd(m, signal) { return [] }
         signalMachine(m, all: all, signal)
         return []
     }
@@ -308,5 +345,5 @@ extension Machine1Service {
         }
     }
 
-    private static func microseconds(_ t: timespec) -> UInt64 { UInt64(t.tv_sec) * 1_000_000 + UInt64(t.tv_nsec / 1000) }
+    static func microseconds(_ t: timespec) -> UInt64 { UInt64(t.tv_sec) * 1_000_000 + UInt64(t.tv_nsec / 1000) }
 }

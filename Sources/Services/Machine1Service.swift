@@ -80,6 +80,8 @@ public actor Machine1Service: BusObjectHandler {
     /// The registry's files under ROOT/run/berth/machines.
     let machineStore: MachineStore
     let controlGroups = ControlGroups()
+    /// Whether systemd answers on the bus, and the scope starts in flight (Machine1Lifecycle).
+    var lifecycle = MachineLifecycle()
 
     /// Parent of the image objects: `/org/freedesktop/machine1/image/<escaped name>`.
     public static let imagePrefix: ObjectPath = "/org/freedesktop/machine1/image"
@@ -110,6 +112,9 @@ public actor Machine1Service: BusObjectHandler {
         // The first measurement, so the first read of PoolUsage has a value to answer with.
         _ = poolUsage.current()
         restoreMachines()
+        // Not awaited: start-up (and READY=1) does not wait on systemd; until the answer is in,
+        // the first CreateMachine asks the bus itself (systemdAnswers).
+        Task { await self.watchSystemd() }
     }
 
     /// GetImage, answered on the bus thread as machined does: a lookup is a few statx calls,
@@ -178,7 +183,7 @@ public actor Machine1Service: BusObjectHandler {
             return []
         case .getMachine, .getMachineByPID, .listMachines, .createMachine, .createMachineWithNetwork, .registerMachine,
              .registerMachineWithNetwork, .unregisterMachine, .terminateMachine, .killMachine, .getMachineOSRelease,
-             .getMachineUIDShift,
+             .getMachineUIDShift, .registerMachineEx, .createMachineEx, .getMachineSSHInfo,
              .openMachinePTY, .openMachineLogin, .openMachineShell, .openMachineRootDirectory, .bindMountMachine:
             return try await machineManager(method, call)
         case .getMachineAddresses, .copyFromMachine, .copyToMachine, .copyFromMachineWithFlags, .copyToMachineWithFlags,

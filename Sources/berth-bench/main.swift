@@ -498,6 +498,98 @@ struct Samples {
     }
 }
 
+/// RegisterMachine of `count` machines, each led by a sleeping child of this process, then
+/// TerminateMachine of each, until the daemon has said MachineRemoved for all of them: one figure
+/// (with the daemon's CPU time meanwhile). The sleepers are started before the clock starts.
+/// machined 252 registers nothing where PID 1 is not systemd (no unit to find for the leader),
+/// so its side records the error it answers. With `inUnits` (under a booted systemd) each leader
+/// is a service of its own, `berth-bench-leader-N.service`, started with systemd-run: machined
+/// 252 keeps one machine per unit.
+func benchMachines(_ ds: [Daemon], file: String?, count: Int, inUnits: Bool) {
+    let item = "RegisterMachine + TerminateMachine ×\(count)"
+    let names = (0..<count).map { String(format: "bench%03d", $0) }
+    for d in ds {
+        var sleepers: [Process] = []
+        var leaders: [Int32] = []
+        if inUnits {
+            leaders = (0..<count).compactMap { startLeaderUnit($0) }
+        } else {
+            for _ in 0..<count {
+                let p = Process()
+                p.executableURL = URL(fileURLWithPath: "/bin/sleep")
+                p.arguments = ["600"]
+                if (try? p.run()) != nil { sleepers.append(p) }
+            }
+            leaders = sleepers.map(\.processIdentifier)
+        }
+        defer {
+            // SIGKILL: a leader TerminateMachine did not end must not hold this loop for its 600 s.
+            for p in sleepers where p.isRunning { kill(p.processIdentifier, SIGKILL) }
+            for p in sleepers { p.waitUntilExit() }
+            if inUnits { stopLeaderUnits(count) }
+        }
+        guard leaders.count == count else {
+            record(file, item: item, who: d.who, .failed("could not start \(count) sleeping leaders"))
+            continue
+        }
+        timed(file, item: item, d, cpu: true) { start in
+            try d.client.matchSignal(sender: machine1, path: machine1Path, interface: machine1Manager, member: "MachineRemoved")
+            // Signals a previous round left behind are not this round's.
+            while !(try d.client.waitForSignals(timeoutMicroseconds: 1_000)).isEmpty {}
+            start()
+            for (name, leader) in zip(names, leaders) {
+                do {
+                    _ = try d.manager("RegisterMachine", [.string(name), .bytes([]), .string("berth-bench"), .string("container"),
+                                                          .uint32(UInt32(bitPattern: leader)), .string("")])
+                } catch {
+                    throw BenchError("cannot register: \(error)")
+                }
+            }
+            for name in names { _ = try d.manager("TerminateMachine", [.string(name)]) }
+            var left = Set(names)
+            let deadline = now() + 60
+            while !left.isEmpty {
+                guard now() < deadline else { throw BenchError("\(left.count) machines still listed 60 s after TerminateMachine") }
+                for signal in try d.client.waitForSignals(timeoutMicroseconds: 100_000) where signal.member == "MachineRemoved" {
+                    if let name = signal.arguments.first?.stringValue { left.remove(name) }
+                }
+            }
+        }
+        // Whatever a failed round left registered goes, untimed.
+        for name in names { _ = try? d.manager("UnregisterMachine", [.string(name)]) }
+    }
+}
+
+/// Runs `argv` (looked up in PATH) and returns its standard output, nil if it failed.
+func output(_ argv: [String]) -> String? {
+    let p = Process()
+    p.executableURL = URL(fileURLWithPath: "/usr/bin/env")
+    p.arguments = argv
+    let pipe = Pipe()
+    p.standardOutput = pipe
+    p.standardError = FileHandle.nullDevice
+    guard (try? p.run()) != nil else { return nil }
+    let data = pipe.fileHandleForReading.readDataToEndOfFile()
+    p.waitUntilExit()
+    return p.terminationStatus == 0 ? String(decoding: data, as: UTF8.self) : nil
+}
+
+/// `sleep 600` as the service berth-bench-leader-N (systemd-run); its pid.
+func startLeaderUnit(_ n: Int) -> Int32? {
+    let unit = "berth-bench-leader-\(n).service"
+    guard output(["systemd-run", "--quiet", "--unit=\(unit)", "--property=Type=exec", "/bin/sleep", "600"]) != nil,
+          let pid = output(["systemctl", "show", "-p", "MainPID", "--value", unit]).flatMap({ Int32($0.filter { !$0.isWhitespace }) }),
+          pid > 0 else { return nil }
+    return pid
+}
+
+/// Stops the leader services that are left and forgets the failed ones.
+func stopLeaderUnits(_ count: Int) {
+    let units = (0..<count).map { "berth-bench-leader-\($0).service" }
+    _ = output(["systemctl", "stop"] + units)
+    _ = output(["systemctl", "reset-failed"] + units)
+}
+
 /// Prints the results file as a Markdown table: each figure for both daemons (the median of its
 /// runs, with their spread), the ratio Berth/systemd of the medians, the physical reference
 /// where there is one, and whether the target is met.
@@ -554,6 +646,10 @@ let usage = """
       import --archive F --name N --label L   ImportTar, until the transfer ends
       export --name N --out-dir D [--format F]  ExportTar
       pull --url U --name N                   PullTar with verify=checksum
+      machines --count N [--leaders-in-units yes]   RegisterMachine of N sleeping leaders, then
+                                              TerminateMachine of each until MachineRemoved for all; with
+                                              yes, each leader a service of its own (systemd-run), for a
+                                              booted systemd, where machined needs one unit per machine
     --berth-pid PID, --systemd-pid PID: the machine1 daemons, whose CPU time list and get also
       record
     --settle PATH (repeatable): a btrfs filesystem to let settle (btrfs subvolume sync) before each
@@ -581,6 +677,11 @@ func parse(_ args: ArraySlice<String>) -> (options: [String: [String]], rest: [S
 }
 
 func main() throws {
+    // A test runner may start this with signals blocked, and the machine leaders spawned here
+    // would inherit that, ignoring TerminateMachine's SIGTERM: they get the default mask.
+    var none = sigset_t()
+    sigemptyset(&none)
+    pthread_sigmask(SIG_SETMASK, &none, nil)
     let argv = CommandLine.arguments
     guard argv.count >= 2 else { print(usage); exit(2) }
     let command = argv[1]
@@ -630,8 +731,16 @@ func main() throws {
         benchSnapshotReference(file: file, pool: try one("pool"), names: try names(), label: try one("label"), rounds: rounds)
         return
     }
-    let pair = [Daemon(who: "berth", client: try BusClient(address: try one("berth")), pid: o["berth-pid"]?.last.flatMap { Int32($0) }),
-                Daemon(who: "systemd", client: try BusClient(address: try one("systemd")), pid: o["systemd-pid"]?.last.flatMap { Int32($0) })]
+    // Both daemons as a rule; one alone where only one can run at a time (the machine registry
+    // under a booted systemd, where berthd and machined take turns on the one system bus).
+    var pair: [Daemon] = []
+    if let address = o["berth"]?.last {
+        pair.append(Daemon(who: "berth", client: try BusClient(address: address), pid: o["berth-pid"]?.last.flatMap { Int32($0) }))
+    }
+    if let address = o["systemd"]?.last {
+        pair.append(Daemon(who: "systemd", client: try BusClient(address: address), pid: o["systemd-pid"]?.last.flatMap { Int32($0) }))
+    }
+    guard !pair.isEmpty else { throw BenchError("missing --berth or --systemd\n\(usage)") }
     let daemons = (0..<max(rounds, 1)).flatMap { r in r % 2 == 0 ? pair : pair.reversed() }
     switch command {
     case "list": benchList(daemons, file: file, calls: try int("calls"), expect: try int("expect"))
@@ -641,6 +750,7 @@ func main() throws {
     case "import": benchImport(daemons, file: file, archive: try one("archive"), name: try one("name"), label: try one("label"))
     case "export": benchExport(daemons, file: file, name: try one("name"), outDir: try one("out-dir"), format: o["format"]?.last ?? "")
     case "pull": benchPull(daemons, file: file, url: try one("url"), name: try one("name"))
+    case "machines": benchMachines(daemons, file: file, count: try int("count"), inUnits: o["leaders-in-units"]?.last == "yes")
     default: throw BenchError("unknown item \(command)\n\(usage)")
     }
 }

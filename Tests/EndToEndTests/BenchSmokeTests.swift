@@ -41,8 +41,15 @@ struct BenchSmokeTests {
         #expect(rows.contains { $0.hasPrefix("| CloneImage directory") && $0.contains("cp -a: ") })
         #expect(rows.contains { $0.hasPrefix("| CloneImage ×") && $0.contains("snapshot ioctl: ") })
         #expect(rows.contains { $0.hasPrefix("| RemoveImage ×") && $0.contains("delete ioctl: ") })
+        // The machine registry row: berthd's figure; machined 252 registers nothing where PID 1 is
+        // not systemd, and its cell says what it answered.
+        let machines = rows.first { $0.hasPrefix("| RegisterMachine + TerminateMachine ×") && !$0.contains(", daemon CPU") }
+        let machineCells = machines?.split(separator: "|").map { $0.trimmingCharacters(in: .whitespaces) } ?? []
+        #expect(machineCells.count == 7 && machineCells[1].hasSuffix(" s"), "no machine registry row in\n\(r.stdout)")
+        #expect(machineCells.count == 7 && (machineCells[2].hasSuffix(" s") || machineCells[2].hasPrefix("failed: cannot register")),
+                "\(machines ?? "")")
         // The daemons' own CPU time beside the bus items, without a target of its own.
-        for item in ["ListImages", "GetImage + GetAll"] {
+        for item in ["ListImages", "GetImage + GetAll", "RegisterMachine + TerminateMachine"] {
             let row = rows.first { $0.hasPrefix("| \(item)") && $0.contains(", daemon CPU") }
             #expect(row?.hasSuffix("| – |") == true, "no CPU row for \(item) in\n\(r.stdout)")
         }

@@ -17,6 +17,7 @@ let references: [(service: String, path: String, fixture: String)] = [
 /// Members newer than systemd 252 that an interface carries beside 252's, by interface name.
 let newerMembersByInterface: [String: Set<String>] = [
     Import1Manager.name: Import1Manager.newerMembers,
+    Machine1Manager.name: Machine1Manager.newerMembers,
 ]
 
 func fixture(_ name: String) throws -> String {

@@ -25,7 +25,8 @@ struct MachinesTests {
         let store = MachineStore(root: root.path)
         let machine = Machine(name: "m1", id: Array(0..<16), service: "systemd-nspawn", class: "container", leader: 1234,
                               leaderStartTime: 987_654, rootDirectory: "/srv/odd\nname=x", networkInterfaces: [3, 7],
-                              unit: "machine-m1.scope", cgroup: "machine.slice/machine-m1.scope", timestamp: 1, timestampMonotonic: 2)
+                              unit: "machine-m1.scope", cgroup: "machine.slice/machine-m1.scope", timestamp: 1, timestampMonotonic: 2,
+                              sshAddress: "vsock%3", sshPrivateKeyPath: "/run/m1/key")
         try store.save(machine)
         #expect(store.loadAll() == [machine])
         try "NAME=zz\n".write(toFile: store.directory + "/broken", atomically: false, encoding: .utf8)

@@ -3,12 +3,17 @@ import Glibc
 
 /// berthd running under `--root` on a private bus, for end-to-end tests.
 public final class BerthdProcess: @unchecked Sendable {
-    /// berthd's pid.
-    public let pid: pid_t
+    /// berthd's pid (a new one after `restart`).
+    public private(set) var pid: pid_t
     private var exitStatus: Int32?  // wait status once reaped
     public let root: String
     private let stderrFile: String
     private let folder: TemporaryDirectory
+    /// What `restart` starts berthd with again.
+    private let command: [String]
+    private let environment: [String: String]
+    private let busAddress: String
+    private let names: [String]
 
     /// A built product of this package (berthd, berthctl): next to the test bundle in
     /// `.build/<config>/`, or in `swift build --show-bin-path`.
@@ -40,19 +45,44 @@ public final class BerthdProcess: @unchecked Sendable {
         stderrFile = folder.appending("berthd.log")
         FileManager.default.createFile(atPath: stderrFile, contents: nil)
         let arguments = ["--root", root, "--bus-address", bus.address, "--services", services.joined(separator: ",")] + extraArguments
-        // posix_spawn and waitpid rather than Foundation's Process, whose exit detection needs
-        // threads that blocked test threads may be holding.
-        pid = try spawn([try BerthdProcess.binaryPath()] + arguments, stdout: "/dev/null", stderr: stderrFile,
-                    environment: environment)
-        let names = services.map { "org.freedesktop.\($0)" }
+        command = [try BerthdProcess.binaryPath()] + arguments
+        self.environment = environment
+        busAddress = bus.address
+        names = services.map { "org.freedesktop.\($0)" }
+        pid = 0
+        try start()
+    }
+
+    /// Starts berthd (posix_spawn and waitpid rather than Foundation's Process, whose exit
+    /// detection needs threads that blocked test threads may be holding) and waits until it owns
+    /// its bus names.
+    private func start() throws {
+        exitStatus = nil
+        pid = try spawn(command, stdout: "/dev/null", stderr: stderrFile, environment: environment)
         for _ in 0..<500 {
-            let listed = try run(["busctl", "--address=\(bus.address)", "list", "--acquired", "--no-legend"])
+            let listed = try run(["busctl", "--address=\(busAddress)", "list", "--acquired", "--no-legend"])
             if names.allSatisfy({ listed.stdout.contains($0) }) { return }
             if !isRunning { throw TestSupportError("berthd exited (wait status \(exitStatus ?? -1)): \(log)") }
             usleep(20_000)
         }
         stop()
         throw TestSupportError("berthd did not take its bus names within 10 s: \(log)")
+    }
+
+    /// Stops berthd (SIGTERM) and starts a new berthd over the same root, on the same bus with
+    /// the same arguments, as after a restart of the service; its log goes on in the same file.
+    /// Returns the first berthd's exit status (nil if it had to be killed).
+    @discardableResult
+    public func restart() throws -> Int32? {
+        let status = terminate()
+        // Wait for the bus to drop the first berthd's names, so the new one can take them.
+        for _ in 0..<500 {
+            let listed = try run(["busctl", "--address=\(busAddress)", "list", "--acquired", "--no-legend"])
+            if !names.contains(where: { listed.stdout.contains($0) }) { break }
+            usleep(20_000)
+        }
+        try start()
+        return status
     }
 
     /// What berthd wrote to stderr.

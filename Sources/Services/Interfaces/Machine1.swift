@@ -51,7 +51,15 @@ public enum Machine1Manager {
         case mapToMachineUser = "MapToMachineUser"
         case mapFromMachineGroup = "MapFromMachineGroup"
         case mapToMachineGroup = "MapToMachineGroup"
+        // Newer than systemd 252
+        case registerMachineEx = "RegisterMachineEx"
+        case createMachineEx = "CreateMachineEx"
+        case getMachineSSHInfo = "GetMachineSSHInfo"
     }
+
+    /// The members Berth serves beside 252's, from newer systemd versions (v259's
+    /// `org.freedesktop.machine1(5)`), keyed as `IntrospectionXML` names them.
+    public static let newerMembers: Set<String> = ["method RegisterMachineEx", "method CreateMachineEx", "method GetMachineSSHInfo"]
 
     /// The properties of `org.freedesktop.machine1.Manager`, each raw value the D-Bus member name.
     public enum Property: String, CaseIterable, Sendable {
@@ -109,6 +117,11 @@ public enum Machine1Manager {
             .init(Method.mapToMachineUser, in: [("u", "uid_outer")], out: [("s", "machine_name"), ("o", "machine_path"), ("u", "uid_inner")]),
             .init(Method.mapFromMachineGroup, in: [("s", "name"), ("u", "gid_inner")], out: [("u", "gid_outer")]),
             .init(Method.mapToMachineGroup, in: [("u", "gid_outer")], out: [("s", "machine_name"), ("o", "machine_path"), ("u", "gid_inner")]),
+            // Newer than systemd 252: root only here, as 252's CreateMachine and RegisterMachine.
+            .init(Method.registerMachineEx, in: [("s", "name"), ("a(sv)", "properties")], out: [("o", "path")], privileged: true),
+            .init(Method.createMachineEx, in: [("s", "name"), ("a(sv)", "properties"), ("a(sv)", "scope_properties")],
+                  out: [("o", "path")], privileged: true),
+            .init(Method.getMachineSSHInfo, in: [("s", "name")], out: [("s", "ssh_address"), ("s", "ssh_private_key_path")]),
         ],
         properties: [
             .init(Property.poolPath, "s", emitsChange: .false),
@@ -209,7 +222,13 @@ public enum Machine1Machine {
         case copyFromWithFlags = "CopyFromWithFlags"
         case copyToWithFlags = "CopyToWithFlags"
         case openRootDirectory = "OpenRootDirectory"
+        // Newer than systemd 252
+        case getSSHInfo = "GetSSHInfo"
     }
+
+    /// The members Berth serves beside 252's, from newer systemd versions, keyed as
+    /// `IntrospectionXML` names them.
+    public static let newerMembers: Set<String> = ["method GetSSHInfo"]
 
     /// The properties of `org.freedesktop.machine1.Machine`, each raw value the D-Bus member name.
     public enum Property: String, CaseIterable, Sendable {
@@ -245,6 +264,8 @@ public enum Machine1Machine {
             .init(Method.copyFromWithFlags, in: [("s", "source"), ("s", "destination"), ("t", "flags")]),
             .init(Method.copyToWithFlags, in: [("s", "source"), ("s", "destination"), ("t", "flags")]),
             .init(Method.openRootDirectory, out: [("h", "fd")]),
+            // Newer than systemd 252
+            .init(Method.getSSHInfo, out: [("s", "ssh_address"), ("s", "ssh_private_key_path")]),
         ],
         properties: [
             .init(Property.name, "s", emitsChange: .const),
