@@ -163,20 +163,20 @@ public struct PullOci: ParsableCommand {
 
     @OptionGroup public var global: GlobalOptions
     @OptionGroup public var transfer: TransferOptions
-    @Flag(help: "Replace an existing image of that name.") public var force = false
-    @Flag(help: "Make the pulled image read-only.") public var readOnly = false
-    @Option(help: "The image class: machine, portable, sysext or confext.") public var `class` = "machine"
+    /// The same --force, --read-only, --keep-download and --class as pull-tar and pull-raw (an OCI pull
+    /// keeps its verified layers in the pool's layer cache in any case).
+    @OptionGroup public var options: PullOptions
     @Argument(help: "The image reference, e.g. registry.example:5000/team/app:1.0.") public var reference: String
     @Argument(help: "The image name (default: the repository's last component).") public var name: String?
 
     public init() {}
 
     public func run() throws {
-        let flags: UInt64 = (force ? 1 : 0) | (readOnly ? 2 : 0)
+        let flags = options.flags
         // "" lets berthd derive the name from the repository, as it checks the reference.
         let local = name ?? ""
         let shown = name ?? String(reference.split(separator: "@").first?.split(separator: "/").last?.split(separator: ":").first ?? "")
-        try TransferVerb.follow(.pullOci, [.string(reference), .string(local), .string(`class`), .uint64(flags)], local: shown,
+        try TransferVerb.follow(.pullOci, [.string(reference), .string(local), .string(options.imageClass ?? "machine"), .uint64(flags)], local: shown,
                                 global: global, transfer: transfer)
     }
 }

@@ -27,6 +27,7 @@ struct MachineRegistryTests {
     final class Container: @unchecked Sendable {
         let pid: pid_t
         let groups: [String]
+        let name: String
         let logFile: String
         init(name: String, root: String, bus: String, command: String, keepUnit: Bool = false) throws {
             var made: [String] = []
@@ -36,6 +37,7 @@ struct MachineRegistryTests {
                 made.append(dir)
             }
             groups = made
+            self.name = name
             logFile = "/tmp/berth-nspawn-\(name).log"
             let enter = made.map { "echo $$ > \($0)/cgroup.procs" }.joined(separator: "; ")
             let nspawn = "exec systemd-nspawn -q -D '\(root)' --register=yes \(keepUnit ? "--keep-unit " : "")-M \(name) /bin/sh -c '\(command)'"
@@ -53,8 +55,18 @@ struct MachineRegistryTests {
             }
             return true
         }
+        /// Ends the container whatever state the test left it in: every process in its groups (and in the
+        /// scope berthd made for it) is killed first, since a container's init outlives nspawn's SIGKILL.
         func stop() {
-            _ = wait(timeout: 0.1)
+            let scopes = ["/sys/fs/cgroup/systemd", "/sys/fs/cgroup/unified"].map { "\($0)/machine.slice/machine-\(name).scope" }
+            for dir in groups + scopes {
+                let subgroups = ((try? FileManager.default.subpathsOfDirectory(atPath: dir)) ?? []).filter { $0.hasSuffix("cgroup.procs") }
+                for procs in ["cgroup.procs"] + subgroups {
+                    let text = (try? String(contentsOfFile: dir + "/" + procs, encoding: .utf8)) ?? ""
+                    for line in text.split(separator: "\n") { if let p = pid_t(line) { kill(p, SIGKILL) } }
+                }
+            }
+            _ = wait(timeout: 5)
             for dir in groups {
                 for child in ((try? FileManager.default.subpathsOfDirectory(atPath: dir)) ?? []).sorted().reversed() { rmdir(dir + "/" + child) }
                 rmdir(dir)
