@@ -11,7 +11,7 @@ import TestSupport
                              "needs root, systemd-nspawn, busybox (apt-get install systemd-container busybox-static) and a bus"))
 struct Machine1BerthctlMachineTests {
     typealias Host = MachineRegistryTests.Host
-    typealias Container = MachineRegistryTests.Container
+    typealias Container = NspawnContainer
 
     /// One row of `berthctl list --json`.
     struct Row: Decodable, Equatable {
@@ -50,26 +50,13 @@ struct Machine1BerthctlMachineTests {
                 input: input)
     }
 
-    func machinectl(_ bus: PrivateDBusDaemon, _ args: [String]) throws -> CommandResult {
-        try run(["machinectl", "--no-pager"] + args, environment: ["DBUS_SYSTEM_BUS_ADDRESS": bus.address, "SYSTEMD_COLORS": "0"])
-    }
-
-    func waitUntil(_ timeout: Double = 30, _ condition: () throws -> Bool) rethrows -> Bool {
-        let deadline = Date().addingTimeInterval(timeout)
-        while Date() < deadline {
-            if try condition() { return true }
-            usleep(100_000)
-        }
-        return false
-    }
-
     /// Ends a container still running at the end of a test the way berthd sees it go (SIGKILL to
     /// its leader, then the machine's removal), so berthd removes its scope's control groups
     /// before it is stopped itself.
     func finish(_ container: Container, _ name: String, _ bus: PrivateDBusDaemon) {
         _ = try? berthctl(bus, ["kill", name, "--kill-whom", "leader", "--signal", "KILL"])
         _ = container.wait(timeout: 30)
-        _ = waitUntil { !((try? rows(bus))?.contains { $0.machine == name } ?? false) }
+        _ = waitUntil(30) { !((try? rows(bus))?.contains { $0.machine == name } ?? false) }
         container.stop()
     }
 
@@ -93,7 +80,7 @@ struct Machine1BerthctlMachineTests {
         let container = try Container(name: "bbctl", root: host.root.path, bus: bus.address,
                                       command: "trap \"touch /tmp/usr1\" USR1; trap \"exit 0\" TERM; while :; do sleep 1; done")
         defer { container.stop() }
-        #expect(try waitUntil { try rows(bus).contains { $0.machine == "bbctl" } }, "\(container.log)\n\(host.berthd.log)")
+        #expect(try waitUntil(30) { try rows(bus).contains { $0.machine == "bbctl" } }, "\(container.log)\n\(host.berthd.log)")
 
         // list: the rows machinectl lists, in its columns; .host only with --all.
         #expect(try rows(bus) == [Row(machine: "bbctl", class: "container", service: "systemd-nspawn", os: "bb", version: nil)])
@@ -147,12 +134,12 @@ struct Machine1BerthctlMachineTests {
         // kill by name (default: all processes) reaches the container's trap.
         #expect(try berthctl(bus, ["kill", "bbctl", "--signal", "SIGUSR1"]).succeeded)
         // (nspawn mounts a tmpfs on the container's /tmp: seen through the leader's root.)
-        #expect(waitUntil { FileManager.default.fileExists(atPath: "/proc/\(json.leader)/root/tmp/usr1") })
+        #expect(waitUntil(30) { FileManager.default.fileExists(atPath: "/proc/\(json.leader)/root/tmp/usr1") })
         // terminate: SIGTERM ends it, nspawn exits, the machine is gone.
         let terminate = try berthctl(bus, ["terminate", "bbctl"])
         #expect(terminate.succeeded, "\(terminate.stderr)")
         #expect(container.wait(timeout: 30), "nspawn did not end")
-        #expect(try waitUntil { !(try rows(bus, all: true).contains { $0.machine == "bbctl" }) })
+        #expect(try waitUntil(30) { !(try rows(bus, all: true).contains { $0.machine == "bbctl" }) })
         #expect(try berthctl(bus, ["list"]).stdout == "No machines.\n")
     }
 
@@ -162,12 +149,12 @@ struct Machine1BerthctlMachineTests {
         let bus = host.bus
         let container = try Container(name: "bbkill", root: host.root.path, bus: bus.address, command: "sleep 600")
         defer { container.stop() }
-        #expect(try waitUntil { try rows(bus).contains { $0.machine == "bbkill" } }, "\(container.log)")
+        #expect(try waitUntil(30) { try rows(bus).contains { $0.machine == "bbkill" } }, "\(container.log)")
         // SIGKILL (9) to the leader alone: the container's init dies and with it the machine.
         let kill = try berthctl(bus, ["kill", "bbkill", "--kill-whom", "leader", "-s", "9"])
         #expect(kill.succeeded, "\(kill.stderr)")
         #expect(container.wait(timeout: 30))
-        #expect(try waitUntil { !(try rows(bus).contains { $0.machine == "bbkill" }) })
+        #expect(try waitUntil(30) { !(try rows(bus).contains { $0.machine == "bbkill" }) })
     }
 
     @Test func listAndStatusShowTheInterfaceAndAddressesOfAVethContainer() throws {
@@ -176,10 +163,10 @@ struct Machine1BerthctlMachineTests {
         let bus = host.bus
         let setup = "/bin/busybox ip link set lo up; /bin/busybox ip addr add 10.231.46.6/24 dev host0; "
             + "/bin/busybox ip addr add 10.231.46.7/24 dev host0; /bin/busybox ip link set host0 up; exec sleep 600"
-        let container = try MachineCopyTests.Container(name: "bbnet", root: host.root.path, bus: bus.address,
+        let container = try NspawnContainer(name: "bbnet", root: host.root.path, bus: bus.address,
                                                        options: "--network-veth", command: setup)
         defer { container.stop() }
-        #expect(try waitUntil {
+        #expect(try waitUntil(30) {
             try berthctl(bus, ["status", "bbnet"]).stdout.contains("10.231.46.7")
         }, "\(container.log)\n\(host.berthd.log)")
         // list: the first address and an ellipsis for the rest, as machinectl lists them.
@@ -205,7 +192,7 @@ struct Machine1BerthctlMachineTests {
         let bus = host.bus
         let container = try Container(name: "bbsh", root: host.root.path, bus: bus.address, command: "sleep 600")
         defer { finish(container, "bbsh", bus) }
-        #expect(try waitUntil { try rows(bus).contains { $0.machine == "bbsh" } }, "\(container.log)")
+        #expect(try waitUntil(30) { try rows(bus).contains { $0.machine == "bbsh" } }, "\(container.log)")
 
         // PATH with ARGS: the command runs inside (the container's hostname and os-release).
         let shell = try berthctl(bus, ["shell", "bbsh", "/bin/sh", "-c", "echo in-$(hostname); cat /usr/lib/os-release"])
@@ -240,7 +227,7 @@ struct Machine1BerthctlMachineTests {
         let bus = host.bus
         let container = try Container(name: "bbcp", root: host.root.path, bus: bus.address, command: "sleep 600")
         defer { finish(container, "bbcp", bus) }
-        #expect(try waitUntil { try rows(bus).contains { $0.machine == "bbcp" } }, "\(container.log)")
+        #expect(try waitUntil(30) { try rows(bus).contains { $0.machine == "bbcp" } }, "\(container.log)")
         let work = try TemporaryDirectory(prefix: "berth-cp")
         defer { work.remove() }
 
@@ -275,7 +262,7 @@ struct Machine1BerthctlMachineTests {
         let bus = host.bus
         let container = try Container(name: "bbbind", root: host.root.path, bus: bus.address, command: "sleep 600")
         defer { finish(container, "bbbind", bus) }
-        #expect(try waitUntil { try rows(bus).contains { $0.machine == "bbbind" } }, "\(container.log)")
+        #expect(try waitUntil(30) { try rows(bus).contains { $0.machine == "bbbind" } }, "\(container.log)")
         let work = try TemporaryDirectory(prefix: "berth-bind")
         defer { work.remove() }
         let leader = try berthctl(bus, ["show", "bbbind", "-p", "Leader", "--value"]).stdout.trimmingCharacters(in: .whitespacesAndNewlines)
@@ -306,25 +293,9 @@ struct Machine1BerthctlMachineTests {
         let debian = try BootedSystemd.preparedRoot()
         // The cached Debian 12 (root without a password) booted by the real nspawn and registered
         // with berthd; its changes land in a tmpfs (--volatile=overlay).
-        var groups: [String] = []
-        for h in ["/sys/fs/cgroup/systemd", "/sys/fs/cgroup/unified"] where FileManager.default.fileExists(atPath: h + "/cgroup.procs") {
-            let dir = "\(h)/berth-test-ctllogin"
-            mkdir(dir, 0o755)
-            groups.append(dir)
-        }
-        let enter = groups.map { "echo $$ > \($0)/cgroup.procs" }.joined(separator: "; ")
-        let nspawn = try spawn(["/bin/sh", "-c", "\(enter); exec systemd-nspawn -q -D '\(debian)' --volatile=overlay -b --register=yes "
-                                + "-M ctllogin --console=read-only"],
-                               stdout: "/tmp/berth-nspawn-ctllogin.log", stderr: "/tmp/berth-nspawn-ctllogin.log",
-                               environment: ["DBUS_SYSTEM_BUS_ADDRESS": bus.address])
-        defer {
-            kill(nspawn, SIGKILL)
-            _ = waitpid(nspawn, nil, 0)
-            for dir in groups {
-                for child in ((try? FileManager.default.subpathsOfDirectory(atPath: dir)) ?? []).sorted().reversed() { rmdir(dir + "/" + child) }
-                rmdir(dir)
-            }
-        }
+        let container = try Container(name: "ctllogin", root: debian, bus: bus.address,
+                                      options: "--volatile=overlay --console=read-only", command: nil, logStdout: true)
+        defer { container.stop() }
         #expect(try waitUntil(180) { try rows(bus).contains { $0.machine == "ctllogin" } }, "\(host.berthd.log)")
         let leader = try berthctl(bus, ["show", "ctllogin", "-p", "Leader", "--value"]).stdout.trimmingCharacters(in: .whitespacesAndNewlines)
         #expect(waitUntil(180) { FileManager.default.fileExists(atPath: "/proc/\(leader)/root/run/dbus/system_bus_socket") })

@@ -11,75 +11,11 @@ import TestSupport
                                    && FileManager.default.isExecutableFile(atPath: "/bin/busybox")) || Privileges.underCI,
                              "needs root, systemd-nspawn, busybox (apt-get install systemd-container busybox-static) and a bus"))
 struct MachineCopyTests {
-    /// systemd-nspawn --register=yes with extra `options` (-U, --network-veth), in control groups
-    /// of its own as MachineRegistryTests.Container makes them. A helper of this file rather than
-    /// a parameter added to that one, so branches that change that helper merge cleanly.
-    final class Container: @unchecked Sendable {
-        let pid: pid_t
-        let name: String
-        let groups: [String]
-        let logFile: String
-        init(name: String, root: String, bus: String, options: String, command: String) throws {
-            self.name = name
-            var made: [String] = []
-            for h in ["/sys/fs/cgroup/systemd", "/sys/fs/cgroup/unified"] where FileManager.default.fileExists(atPath: h + "/cgroup.procs") {
-                let dir = "\(h)/berth-test-\(name)"
-                mkdir(dir, 0o755)
-                made.append(dir)
-            }
-            groups = made
-            logFile = "/tmp/berth-nspawn-\(name).log"
-            let enter = made.map { "echo $$ > \($0)/cgroup.procs" }.joined(separator: "; ")
-            let nspawn = "exec systemd-nspawn -q -D '\(root)' --register=yes \(options) -M \(name) /bin/sh -c '\(command)'"
-            pid = try spawn(["/bin/sh", "-c", "\(enter); \(nspawn)"], stdout: "/dev/null", stderr: logFile,
-                            environment: ["DBUS_SYSTEM_BUS_ADDRESS": bus])
-        }
-        var log: String { (try? String(contentsOfFile: logFile, encoding: .utf8)) ?? "" }
-        /// Kills nspawn and everything in the container (its init survives nspawn's SIGKILL, and
-        /// would keep its network namespace and veth), then removes the test's groups.
-        func stop() {
-            for h in ["/sys/fs/cgroup/systemd", "/sys/fs/cgroup/unified"] {
-                let scope = "\(h)/machine.slice/machine-\(name).scope"
-                let groups = [scope] + ((try? FileManager.default.subpathsOfDirectory(atPath: scope)) ?? []).map { scope + "/" + $0 }
-                for group in groups {
-                    for line in ((try? String(contentsOfFile: group + "/cgroup.procs", encoding: .utf8)) ?? "").split(separator: "\n") {
-                        if let p = pid_t(line) { kill(p, SIGKILL) }
-                    }
-                }
-            }
-            kill(pid, SIGKILL)
-            var status: Int32 = 0
-            _ = waitpid(pid, &status, 0)
-            for dir in groups {
-                for child in ((try? FileManager.default.subpathsOfDirectory(atPath: dir)) ?? []).sorted().reversed() { rmdir(dir + "/" + child) }
-                // The container's processes may take a moment to go after nspawn is killed.
-                for _ in 0..<50 where rmdir(dir) != 0 { usleep(100_000) }
-            }
-        }
-    }
-
-    func machinectl(_ bus: PrivateDBusDaemon, _ args: [String]) throws -> CommandResult {
-        try run(["machinectl", "--no-pager"] + args, environment: ["DBUS_SYSTEM_BUS_ADDRESS": bus.address, "SYSTEMD_COLORS": "0"])
-    }
-
     static let manager = ["call", "org.freedesktop.machine1", "/org/freedesktop/machine1", "org.freedesktop.machine1.Manager"]
 
-    func busctl(_ bus: PrivateDBusDaemon, _ args: [String]) throws -> CommandResult {
-        try run(["busctl", "--address=\(bus.address)"] + args)
-    }
-
-    func waitUntil(_ timeout: Double = 20, _ condition: () throws -> Bool) rethrows -> Bool {
-        let deadline = Date().addingTimeInterval(timeout)
-        while Date() < deadline {
-            if try condition() { return true }
-            usleep(100_000)
-        }
-        return false
-    }
-
     /// Starts a container and waits until machinectl lists it.
-    func start(_ host: MachineRegistryTests.Host, name: String, options: String = "", command: String = "sleep 600") throws -> Container {
-        let container = try Container(name: name, root: host.root.path, bus: host.bus.address, options: options, command: command)
+    func start(_ host: MachineRegistryTests.Host, name: String, options: String = "", command: String = "sleep 600") throws -> NspawnContainer {
+        let container = try NspawnContainer(name: name, root: host.root.path, bus: host.bus.address, options: options, command: command)
         let listed = try waitUntil { try machinectl(host.bus, ["list", "--no-legend"]).stdout.contains(name) }
         if !listed { container.stop() }
         try #require(listed, "\(container.log)\n\(host.berthd.log)")

@@ -12,23 +12,6 @@ import TestSupport
 struct MachineLifecycleTests {
     private let manager = ["call", "org.freedesktop.machine1", "/org/freedesktop/machine1", "org.freedesktop.machine1.Manager"]
 
-    private func machinectl(_ bus: PrivateDBusDaemon, _ args: [String]) throws -> CommandResult {
-        try run(["machinectl", "--no-pager"] + args, environment: ["DBUS_SYSTEM_BUS_ADDRESS": bus.address, "SYSTEMD_COLORS": "0"])
-    }
-
-    private func busctl(_ bus: PrivateDBusDaemon, _ args: [String]) throws -> CommandResult {
-        try run(["busctl", "--address=\(bus.address)"] + args)
-    }
-
-    private func waitUntil(_ timeout: Double = 20, _ condition: () throws -> Bool) rethrows -> Bool {
-        let deadline = Date().addingTimeInterval(timeout)
-        while Date() < deadline {
-            if try condition() { return true }
-            usleep(100_000)
-        }
-        return false
-    }
-
     /// A sleeping process to be a machine's leader, reaped when the test ends.
     private func sleeper() throws -> pid_t { try spawn(["/bin/sleep", "600"], stdout: "/dev/null", stderr: nil) }
 
@@ -42,7 +25,7 @@ struct MachineLifecycleTests {
         defer { host.stop() }
         let (bus, berthd, root) = (host.bus, host.berthd, host.root)
         try FileManager.default.createDirectory(atPath: "/run/systemd/system", withIntermediateDirectories: true)
-        let container = try MachineRegistryTests.Container(name: "bbkeep", root: root.path, bus: bus.address, command: "sleep 600")
+        let container = try NspawnContainer(name: "bbkeep", root: root.path, bus: bus.address, command: "sleep 600")
         defer { container.stop() }
         #expect(try waitUntil { try machinectl(bus, ["list", "--no-legend"]).stdout.contains("bbkeep") }, "\(container.log)\n\(berthd.log)")
         // A second machine whose leader is a plain sleeping process, to die while berthd is down.

@@ -19,10 +19,6 @@ struct MachineReachTests {
         return host
     }
 
-    private func machinectl(_ bus: PrivateDBusDaemon, _ args: [String]) throws -> CommandResult {
-        try run(["machinectl", "--no-pager"] + args, environment: ["DBUS_SYSTEM_BUS_ADDRESS": bus.address, "SYSTEMD_COLORS": "0"])
-    }
-
     /// machinectl on a terminal of its own (`script`), as shell and login need one to forward.
     private func machinectlOnTerminal(_ bus: PrivateDBusDaemon, _ args: [String]) throws -> CommandResult {
         let command = (["machinectl", "--no-pager"] + args).map { "'" + $0.replacingOccurrences(of: "'", with: "'\\''") + "'" }
@@ -30,20 +26,7 @@ struct MachineReachTests {
         return try run(["script", "-qec", command, "/dev/null"], environment: ["DBUS_SYSTEM_BUS_ADDRESS": bus.address, "SYSTEMD_COLORS": "0"])
     }
 
-    private func busctl(_ bus: PrivateDBusDaemon, _ args: [String]) throws -> CommandResult {
-        try run(["busctl", "--address=\(bus.address)"] + args)
-    }
-
     private let manager = ["call", "org.freedesktop.machine1", "/org/freedesktop/machine1", "org.freedesktop.machine1.Manager"]
-
-    private func waitUntil(_ timeout: Double = 30, _ condition: () throws -> Bool) rethrows -> Bool {
-        let deadline = Date().addingTimeInterval(timeout)
-        while Date() < deadline {
-            if try condition() { return true }
-            usleep(100_000)
-        }
-        return false
-    }
 
     private func leader(_ bus: PrivateDBusDaemon, _ name: String) throws -> String {
         let reply = try busctl(bus, ["get-property", "org.freedesktop.machine1", "/org/freedesktop/machine1/machine/\(name)",
@@ -56,7 +39,7 @@ struct MachineReachTests {
     /// before it execs the payload; until then, the namespaces and root are still being made.
     private func settledLeader(_ bus: PrivateDBusDaemon, _ name: String) throws -> String {
         let pid = try leader(bus, name)
-        _ = waitUntil { (try? String(contentsOfFile: "/proc/\(pid)/comm", encoding: .utf8)) != "systemd-nspawn\n" }
+        _ = waitUntil(30) { (try? String(contentsOfFile: "/proc/\(pid)/comm", encoding: .utf8)) != "systemd-nspawn\n" }
         return pid
     }
 
@@ -74,9 +57,9 @@ struct MachineReachTests {
         let host = try Self.host()
         defer { host.stop() }
         let (bus, berthd) = (host.bus, host.berthd)
-        let container = try MachineRegistryTests.Container(name: "reachsh", root: host.root.path, bus: bus.address, command: "sleep 600")
+        let container = try NspawnContainer(name: "reachsh", root: host.root.path, bus: bus.address, command: "sleep 600")
         defer { container.stop() }
-        #expect(try waitUntil { try machinectl(bus, ["list", "--no-legend"]).stdout.contains("reachsh") }, "\(container.log)\n\(berthd.log)")
+        #expect(try waitUntil(30) { try machinectl(bus, ["list", "--no-legend"]).stdout.contains("reachsh") }, "\(container.log)\n\(berthd.log)")
         let leaderPID = try settledLeader(bus, "reachsh")
         let leaderPIDNamespace = try FileManager.default.destinationOfSymbolicLink(atPath: "/proc/\(leaderPID)/ns/pid")
 
@@ -177,9 +160,9 @@ struct MachineReachTests {
         // Symlinks in the container's tree that lead out of it, absolutely and by climbing.
         try FileManager.default.createSymbolicLink(atPath: root.appending("out"), withDestinationPath: "/tmp")
         try FileManager.default.createSymbolicLink(atPath: root.appending("climb"), withDestinationPath: "../../../../../../../../tmp")
-        let container = try MachineRegistryTests.Container(name: "reachbind", root: root.path, bus: bus.address, command: "sleep 600")
+        let container = try NspawnContainer(name: "reachbind", root: root.path, bus: bus.address, command: "sleep 600")
         defer { container.stop() }
-        #expect(try waitUntil { try machinectl(bus, ["list", "--no-legend"]).stdout.contains("reachbind") }, "\(container.log)\n\(berthd.log)")
+        #expect(try waitUntil(30) { try machinectl(bus, ["list", "--no-legend"]).stdout.contains("reachbind") }, "\(container.log)\n\(berthd.log)")
         let leaderPID = try settledLeader(bus, "reachbind")
         let inside = "/proc/\(leaderPID)/root"
 
@@ -224,9 +207,9 @@ struct MachineReachTests {
         let host = try Self.host()
         defer { host.stop() }
         let (bus, berthd) = (host.bus, host.berthd)
-        let container = try MachineRegistryTests.Container(name: "reachpty", root: host.root.path, bus: bus.address, command: "sleep 600")
+        let container = try NspawnContainer(name: "reachpty", root: host.root.path, bus: bus.address, command: "sleep 600")
         defer { container.stop() }
-        #expect(try waitUntil { try machinectl(bus, ["list", "--no-legend"]).stdout.contains("reachpty") }, "\(container.log)\n\(berthd.log)")
+        #expect(try waitUntil(30) { try machinectl(bus, ["list", "--no-legend"]).stdout.contains("reachpty") }, "\(container.log)\n\(berthd.log)")
         _ = try settledLeader(bus, "reachpty")
         let script = berthd.root + "/pty.py"
         // The pty's slave opened through the root directory fd, so both descriptors are proved at once.
@@ -292,29 +275,10 @@ struct MachineReachTests {
         let debian = try BootedSystemd.preparedRoot()
         // The cached Debian 12 booted by the real nspawn and registered with berthd; its changes
         // land in a tmpfs (--volatile=overlay).
-        var groups: [String] = []
-        for h in ["/sys/fs/cgroup/systemd", "/sys/fs/cgroup/unified"] where FileManager.default.fileExists(atPath: h + "/cgroup.procs") {
-            let dir = "\(h)/berth-test-reachlogin"
-            mkdir(dir, 0o755)
-            groups.append(dir)
-        }
-        let enter = groups.map { "echo $$ > \($0)/cgroup.procs" }.joined(separator: "; ")
-        let nspawn = try spawn(["/bin/sh", "-c", "\(enter); exec systemd-nspawn -q -D '\(debian)' --volatile=overlay -b --register=yes "
-                                + "-M reachlogin --console=read-only"],
-                               stdout: "/tmp/berth-nspawn-reachlogin.log", stderr: "/tmp/berth-nspawn-reachlogin.log",
-                               environment: ["DBUS_SYSTEM_BUS_ADDRESS": bus.address])
-        defer {
-            kill(nspawn, SIGTERM)
-            let deadline = Date().addingTimeInterval(30)
-            while waitpid(nspawn, nil, WNOHANG) == 0 {
-                if Date() > deadline { kill(nspawn, SIGKILL); _ = waitpid(nspawn, nil, 0); break }
-                usleep(100_000)
-            }
-            for dir in groups {
-                for child in ((try? FileManager.default.subpathsOfDirectory(atPath: dir)) ?? []).sorted().reversed() { rmdir(dir + "/" + child) }
-                rmdir(dir)
-            }
-        }
+        let container = try NspawnContainer(name: "reachlogin", root: debian, bus: bus.address,
+                                            options: "--volatile=overlay --console=read-only", command: nil, logStdout: true)
+        // SIGTERM to nspawn first, and up to 30 s for the booted container to shut down.
+        defer { container.stop(gracePeriod: 30) }
         #expect(try waitUntil(180) { try machinectl(bus, ["list", "--no-legend"]).stdout.contains("reachlogin") }, "\(berthd.log)")
         let leaderPID = try leader(bus, "reachlogin")
         // Its system bus is up once its dbus.service made the socket.

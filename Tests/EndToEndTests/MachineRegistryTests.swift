@@ -22,58 +22,6 @@ struct MachineRegistryTests {
         return root
     }
 
-    /// systemd-nspawn --register=yes running `command` in `root` as machine `name`, from a
-    /// control group of its own in each hierarchy (nspawn makes its groups below its own).
-    final class Container: @unchecked Sendable {
-        let pid: pid_t
-        let groups: [String]
-        let name: String
-        let logFile: String
-        init(name: String, root: String, bus: String, command: String, keepUnit: Bool = false) throws {
-            var made: [String] = []
-            for h in ["/sys/fs/cgroup/systemd", "/sys/fs/cgroup/unified"] where FileManager.default.fileExists(atPath: h + "/cgroup.procs") {
-                let dir = "\(h)/berth-test-\(name)"
-                mkdir(dir, 0o755)
-                made.append(dir)
-            }
-            groups = made
-            self.name = name
-            logFile = "/tmp/berth-nspawn-\(name).log"
-            let enter = made.map { "echo $$ > \($0)/cgroup.procs" }.joined(separator: "; ")
-            let nspawn = "exec systemd-nspawn -q -D '\(root)' --register=yes \(keepUnit ? "--keep-unit " : "")-M \(name) /bin/sh -c '\(command)'"
-            pid = try spawn(["/bin/sh", "-c", "\(enter); \(nspawn)"], stdout: "/dev/null", stderr: logFile,
-                            environment: ["DBUS_SYSTEM_BUS_ADDRESS": bus])
-        }
-        var log: String { (try? String(contentsOfFile: logFile, encoding: .utf8)) ?? "" }
-        /// Waits for nspawn to exit (at most `timeout` s), killing it after that.
-        func wait(timeout: Double = 30) -> Bool {
-            let deadline = Date().addingTimeInterval(timeout)
-            var status: Int32 = 0
-            while waitpid(pid, &status, WNOHANG) == 0 {
-                if Date() > deadline { kill(pid, SIGKILL); _ = waitpid(pid, &status, 0); return false }
-                usleep(50_000)
-            }
-            return true
-        }
-        /// Ends the container whatever state the test left it in: every process in its groups (and in the
-        /// scope berthd made for it) is killed first, since a container's init outlives nspawn's SIGKILL.
-        func stop() {
-            let scopes = ["/sys/fs/cgroup/systemd", "/sys/fs/cgroup/unified"].map { "\($0)/machine.slice/machine-\(name).scope" }
-            for dir in groups + scopes {
-                let subgroups = ((try? FileManager.default.subpathsOfDirectory(atPath: dir)) ?? []).filter { $0.hasSuffix("cgroup.procs") }
-                for procs in ["cgroup.procs"] + subgroups {
-                    let text = (try? String(contentsOfFile: dir + "/" + procs, encoding: .utf8)) ?? ""
-                    for line in text.split(separator: "\n") { if let p = pid_t(line) { kill(p, SIGKILL) } }
-                }
-            }
-            _ = wait(timeout: 5)
-            for dir in groups {
-                for child in ((try? FileManager.default.subpathsOfDirectory(atPath: dir)) ?? []).sorted().reversed() { rmdir(dir + "/" + child) }
-                rmdir(dir)
-            }
-        }
-    }
-
     /// berthd serving machine1 on a private bus, and a busybox root for containers.
     final class Host: @unchecked Sendable {
         let bus: PrivateDBusDaemon
@@ -91,23 +39,6 @@ struct MachineRegistryTests {
         }
     }
 
-    private func machinectl(_ bus: PrivateDBusDaemon, _ args: [String]) throws -> CommandResult {
-        try run(["machinectl", "--no-pager"] + args, environment: ["DBUS_SYSTEM_BUS_ADDRESS": bus.address, "SYSTEMD_COLORS": "0"])
-    }
-
-    private func busctl(_ bus: PrivateDBusDaemon, _ args: [String]) throws -> CommandResult {
-        try run(["busctl", "--address=\(bus.address)"] + args)
-    }
-
-    private func waitUntil(_ timeout: Double = 20, _ condition: () throws -> Bool) rethrows -> Bool {
-        let deadline = Date().addingTimeInterval(timeout)
-        while Date() < deadline {
-            if try condition() { return true }
-            usleep(100_000)
-        }
-        return false
-    }
-
     @Test func nspawnRegistersAndMachinectlSeesAndTerminatesTheContainer() throws {
         let host = try Host()
         defer { host.stop() }
@@ -119,7 +50,7 @@ struct MachineRegistryTests {
         defer { kill(monitor, SIGTERM); _ = waitpid(monitor, nil, 0) }
         usleep(300_000)
 
-        let container = try Container(name: "bbreg", root: root.path, bus: bus.address, command: "sleep 600")
+        let container = try NspawnContainer(name: "bbreg", root: root.path, bus: bus.address, command: "sleep 600")
         defer { container.stop() }
         #expect(try waitUntil { try machinectl(bus, ["list", "--no-legend"]).stdout.contains("bbreg") }, "\(container.log)\n\(berthd.log)")
         let status = try machinectl(bus, ["status", "bbreg"]).stdout
@@ -172,7 +103,7 @@ struct MachineRegistryTests {
         let host = try Host()
         defer { host.stop() }
         let (bus, berthd, root) = (host.bus, host.berthd, host.root)
-        let container = try Container(name: "bbexit", root: root.path, bus: bus.address, command: "sleep 2", keepUnit: true)
+        let container = try NspawnContainer(name: "bbexit", root: root.path, bus: bus.address, options: "--keep-unit", command: "sleep 2")
         defer { container.stop() }
         // --keep-unit: RegisterMachineWithNetwork, the leader stays in nspawn's own group.
         #expect(try waitUntil { try machinectl(bus, ["list", "--no-legend"]).stdout.contains("bbexit") }, "\(container.log)")
