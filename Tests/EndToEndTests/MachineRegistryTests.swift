@@ -111,4 +111,34 @@ struct MachineRegistryTests {
         #expect(try waitUntil { !(try machinectl(bus, ["list", "--no-legend"]).stdout.contains("bbexit")) })
         #expect(!FileManager.default.fileExists(atPath: berthd.root + "/run/berth/machines/bbexit"))
     }
+
+    @Test func machinectlShowAndKillReachTheLeaderOrTheWholeMachine() throws {
+        let host = try Host()
+        defer { host.stop() }
+        let (bus, berthd, root) = (host.bus, host.berthd, host.root)
+        // The payload (the machine's leader) notes a SIGUSR1 in the container's /tmp.
+        let container = try NspawnContainer(name: "bbkill", root: root.path, bus: bus.address,
+                                            command: "trap \"echo usr1 > /tmp/got-usr1\" USR1; while :; do sleep 1; done")
+        defer { container.stop() }
+        #expect(try waitUntil { try machinectl(bus, ["list", "--no-legend"]).stdout.contains("bbkill") }, "\(container.log)\n\(berthd.log)")
+        let show = try machinectl(bus, ["show", "bbkill"])
+        #expect(show.succeeded && show.stdout.contains("Name=bbkill\n") && show.stdout.contains("Class=container\n")
+                && show.stdout.contains("Service=systemd-nspawn\n") && show.stdout.contains("State=running\n"), "\(show.stdout)\(show.stderr)")
+        let leader = try #require(show.stdout.split(separator: "\n").first { $0.hasPrefix("Leader=") }.map { String($0.dropFirst(7)) })
+
+        // --kill-whom=leader: only the leader, with the signal asked for.
+        let usr1 = try machinectl(bus, ["kill", "bbkill", "--kill-whom=leader", "--signal=USR1"])
+        #expect(usr1.succeeded, "\(usr1.stderr)")
+        #expect(try waitUntil { FileManager.default.fileExists(atPath: "/proc/\(leader)/root/tmp/got-usr1") }, "\(container.log)")
+        #expect(try machinectl(bus, ["list", "--no-legend"]).stdout.contains("bbkill"))
+        // A bad signal is refused by machinectl itself; an unknown machine by berthd.
+        let unknown = try machinectl(bus, ["kill", "nosuch", "--signal=TERM"])
+        #expect(!unknown.succeeded && unknown.stderr.contains("No machine 'nosuch' known"), "\(unknown.stderr)")
+
+        // The default, all: every process of the machine gets SIGKILL, and the machine goes.
+        #expect(try machinectl(bus, ["kill", "bbkill", "--signal=KILL"]).succeeded)
+        #expect(container.wait(timeout: 30), "nspawn did not end")
+        #expect(try waitUntil { !(try machinectl(bus, ["list", "--no-legend"]).stdout.contains("bbkill")) })
+        #expect(!FileManager.default.fileExists(atPath: berthd.root + "/run/berth/machines/bbkill"))
+    }
 }

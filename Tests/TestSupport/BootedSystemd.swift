@@ -72,14 +72,15 @@ public final class BootedSystemd: @unchecked Sendable {
                 stop()
                 throw TestSupportError(why)
             }
-            initPID = Self.firstChild(of: nspawnPID) ?? 0
+            initPID = Self.containerInit(of: nspawnPID) ?? 0
             if initPID == 0 { usleep(50_000) }
         }
         while true {
-            let state = (try? shell("systemctl is-system-running"))?.stdout.trimmingCharacters(in: .whitespacesAndNewlines)
+            let answer = try? shell("systemctl is-system-running")
+            let state = answer?.stdout.trimmingCharacters(in: .whitespacesAndNewlines)
             if state == "running" || state == "degraded" { break }
             guard Date() < deadline, Self.isAlive(nspawnPID) else {
-                let why = "systemd did not finish booting (state \(state ?? "?")): \(bootLog)"
+                let why = "systemd did not finish booting (state \(state ?? "?"), \(answer?.stderr ?? "")): \(bootLog)"
                 stop()
                 throw TestSupportError(why)
             }
@@ -122,9 +123,17 @@ public final class BootedSystemd: @unchecked Sendable {
         return waitpid(pid, &status, WNOHANG) == 0
     }
 
-    private static func firstChild(of pid: pid_t) -> pid_t? {
+    /// The container's init among nspawn's children: the one that is PID 1 in a namespace of its own
+    /// (the last field of its `NSpid:` line). nspawn's first child is its short-lived outer child,
+    /// and a busy machine can show it long enough to be taken for the init, so the first child will not do.
+    private static func containerInit(of pid: pid_t) -> pid_t? {
         let text = (try? String(contentsOfFile: "/proc/\(pid)/task/\(pid)/children", encoding: .utf8)) ?? ""
-        return text.split(separator: " ").first.flatMap { pid_t($0) }
+        return text.split(separator: " ").compactMap { pid_t($0) }.first { child in
+            let status = (try? String(contentsOfFile: "/proc/\(child)/status", encoding: .utf8)) ?? ""
+            guard let line = status.split(separator: "\n").first(where: { $0.hasPrefix("NSpid:") }) else { return false }
+            let ids = line.dropFirst("NSpid:".count).split(whereSeparator: { $0 == " " || $0 == "\t" })
+            return ids.count > 1 && ids.last == "1"
+        }
     }
 
     /// Removes an empty cgroup and the empty ones below it, depth first.
