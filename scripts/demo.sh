@@ -71,5 +71,38 @@ step b portable attach --profile strict hello_1.0
 step cat "$demo/etc/systemd/system.attached/hello.service.d/20-portable.conf"
 step b portable list
 step b portable detach hello_1.0
+
+# machine1: the real systemd-nspawn registers a container with berthd (no systemd as PID 1 is
+# needed), berthctl and machinectl see it, a shell runs inside it, and terminate ends it.
+if [ "$(id -u)" = 0 ] && command -v systemd-nspawn >/dev/null && [ -x /bin/busybox ]; then
+    printf '\n# machine1: a busybox container started by the real systemd-nspawn registers with berthd\n'
+    bb="$demo/var/lib/machines/bb"
+    mkdir -p "$bb/bin" "$bb/etc" "$bb/usr/lib" "$bb/proc" "$bb/sys" "$bb/dev" "$bb/run" "$bb/tmp"
+    cp /bin/busybox "$bb/bin/busybox"
+    for applet in sh sleep cat hostname ps; do ln -sf busybox "$bb/bin/$applet"; done
+    printf 'ID=busybox\nPRETTY_NAME="Busybox demo"\n' > "$bb/usr/lib/os-release"
+    # nspawn makes its control groups below its own: give it one of its own in each hierarchy.
+    groups=""
+    for h in /sys/fs/cgroup/systemd /sys/fs/cgroup/unified /sys/fs/cgroup; do
+        [ -e "$h/cgroup.procs" ] && mkdir -p "$h/berth-demo" && groups="$groups $h/berth-demo"
+    done
+    sh -c 'for g in $0; do echo $$ > "$g/cgroup.procs"; done; exec systemd-nspawn -q -D "$1" -M bb --register=yes /bin/sleep 600' \
+        "$groups" "$bb" > "$demo/nspawn.log" 2>&1 &
+    nspawn_pid=$!
+    i=0
+    until "$bin/berthctl" list --no-legend 2>/dev/null | grep -q '^bb '; do
+        i=$((i + 1)); [ "$i" -lt 200 ] || { echo "the container did not register:" >&2; cat "$demo/nspawn.log" >&2; break; }
+        sleep 0.05
+    done
+    sleep 1  # nspawn registers before it has finished setting the container up
+    step b list
+    step b status bb
+    inside() { "$bin/berthctl" shell bb /bin/sh -c 'echo "in $(hostname): pid $$, $(cat /usr/lib/os-release | tail -1)"; ps' < /dev/null; }
+    step inside
+    step machinectl list
+    step b terminate bb
+    wait "$nspawn_pid" 2>/dev/null || true
+    for g in $groups; do rmdir "$g" 2>/dev/null || true; done
+fi
 printf '\nStopping berthd (SIGTERM)...\n'
 kill "$berthd_pid"; wait "$berthd_pid" && echo "berthd exited 0"
