@@ -141,16 +141,7 @@ final class RegistryClient: @unchecked Sendable {
         throws -> (response: Response, challenge: String?)
     {
         curl_easy_reset(curl.pointer)
-        curl.set(CURLOPT_URL, url)
-        curl.set(CURLOPT_PROTOCOLS_STR, "http,https")
-        curl.set(CURLOPT_REDIR_PROTOCOLS_STR, "http,https")
-        curl.set(CURLOPT_FOLLOWLOCATION, 1)
-        curl.set(CURLOPT_MAXREDIRS, 5)
-        curl.set(CURLOPT_NOSIGNAL, 1)
-        curl.set(CURLOPT_CONNECTTIMEOUT, 30)
-        curl.set(CURLOPT_LOW_SPEED_LIMIT, 1)
-        curl.set(CURLOPT_LOW_SPEED_TIME, 120)
-        curl.set(CURLOPT_USERAGENT, "berth-import")
+        curl.prepareDownload(url, connectSeconds: 30, stallSeconds: 120, maxRedirects: 5)
         curl.set(CURLOPT_BUFFERSIZE, 512 << 10)
         if let caFile { curl.set(CURLOPT_CAINFO, caFile) }
         var headers: UnsafeMutablePointer<curl_slist>?

@@ -63,6 +63,23 @@ final class CurlHandle: @unchecked Sendable {
     func set(_ option: CURLoption, _ value: String) {
         _ = value.withCString { berth_curl_setopt_ptr(pointer, option, $0) }  // curl copies strings
     }
+
+    /// What every download of a transfer sets: `url`, HTTP(S) only (redirects too, at most
+    /// `maxRedirects`), no signals (worker threads), a connect timeout, and a stall limit: a server
+    /// that sends nothing for `stallSeconds` without closing must not hold a transfer forever.
+    /// `maxRedirects` nil keeps libcurl's own limit.
+    func prepareDownload(_ url: String, connectSeconds: Int, stallSeconds: Int, maxRedirects: Int? = nil) {
+        set(CURLOPT_URL, url)
+        set(CURLOPT_PROTOCOLS_STR, "http,https")
+        set(CURLOPT_REDIR_PROTOCOLS_STR, "http,https")
+        set(CURLOPT_FOLLOWLOCATION, 1)
+        if let maxRedirects { set(CURLOPT_MAXREDIRS, maxRedirects) }
+        set(CURLOPT_NOSIGNAL, 1)
+        set(CURLOPT_CONNECTTIMEOUT, connectSeconds)
+        set(CURLOPT_LOW_SPEED_LIMIT, 1)
+        set(CURLOPT_LOW_SPEED_TIME, stallSeconds)
+        set(CURLOPT_USERAGENT, "berth-import")
+    }
 }
 
 /// What a download thread hands back.
@@ -301,17 +318,8 @@ extension Pull {
     /// One GET with curl: follows redirects, fails on HTTP ≥ 400 and short bodies.
     fileprivate static func perform(url: String, context: DownloadContext) -> Result<Void, DownloadFailure> {
         guard let curl = try? CurlHandle() else { return .failure(DownloadFailure(message: "cannot initialise libcurl", status: 0)) }
-        curl.set(CURLOPT_URL, url)
-        curl.set(CURLOPT_PROTOCOLS_STR, "http,https")
-        curl.set(CURLOPT_REDIR_PROTOCOLS_STR, "http,https")
-        curl.set(CURLOPT_FOLLOWLOCATION, 1)
+        curl.prepareDownload(url, connectSeconds: 60, stallSeconds: 300)
         curl.set(CURLOPT_FAILONERROR, 1)
-        curl.set(CURLOPT_NOSIGNAL, 1)
-        curl.set(CURLOPT_CONNECTTIMEOUT, 60)
-        // A server that stops sending without closing must not hold a transfer forever.
-        curl.set(CURLOPT_LOW_SPEED_LIMIT, 1)
-        curl.set(CURLOPT_LOW_SPEED_TIME, 300)
-        curl.set(CURLOPT_USERAGENT, "berth-import")
         curl.set(CURLOPT_NOPROGRESS, 0)
         // Bigger reads: fewer calls into the hash and the pipe (curl caps it at 10 MiB).
         curl.set(CURLOPT_BUFFERSIZE, 512 << 10)
