@@ -496,6 +496,9 @@ public actor ImagePool {
                 } catch {
                     throw Self.poolError(error, "cannot rename image '\(name)' to '\(newName)'")
                 }
+                // Its nspawn settings beside it follow it, as systemd's image rename does (best effort:
+                // the image is renamed already, and an existing NEW.nspawn is not replaced).
+                try? renameNoReplace(Self.settingsPath(folder, name), Self.settingsPath(folder, newName))
             }
         }
     }
@@ -518,6 +521,7 @@ public actor ImagePool {
         let nameLock = try lockName(found.name)
         defer { nameLock.release() }
         let path = found.path, name = found.name, isSymlink = found.isSymlink
+        let folder = String(path[..<(path.lastIndex(of: "/") ?? path.endIndex)])
         try await Blocking.run {
             do {
                 // A symlinked image: the link goes, what it points to stays.
@@ -525,8 +529,15 @@ public actor ImagePool {
             } catch {
                 throw Self.poolError(error, "cannot remove image '\(name)'")
             }
+            // Its nspawn settings beside it go with it, as systemd's image remove does: left behind,
+            // they would apply to the next image of that name.
+            try? removeFile(Self.settingsPath(folder, name))
         }
     }
+
+    /// `FOLDER/NAME.nspawn`: where systemd-nspawn looks for the settings of image NAME kept in
+    /// FOLDER (an OCI pull writes one there).
+    static func settingsPath(_ folder: String, _ name: String) -> String { joinPath(folder, name + ".nspawn") }
 
     /// MarkImageReadOnly.
     public func setReadOnly(_ name: String, _ readOnly: Bool) async throws {

@@ -79,6 +79,27 @@ import Testing
         #expect(r.temporaryEntries().isEmpty)
     }
 
+    /// An image's nspawn settings beside it (what an OCI pull writes) follow a rename and go with a
+    /// remove, as systemd's image rename and remove do: left behind, they would configure the next
+    /// image of that name. A settings file the new name already has is not replaced.
+    @Test func theNspawnSettingsBesideAnImageFollowItsRenameAndGoWithItsRemoval() async throws {
+        let r = try PoolRoot()
+        try r.makeTree("var/lib/machines/app", files: ["etc/os-release": "ID=x\n"])
+        try r.makeTree("var/lib/machines/other", files: ["etc/os-release": "ID=y\n"])
+        let settings = r.path("var/lib/machines/app.nspawn"), otherSettings = r.path("var/lib/machines/other2.nspawn")
+        try "[Exec]\nParameters=/bin/app\n".write(toFile: settings, atomically: false, encoding: .utf8)
+        try "[Exec]\nParameters=/bin/keep\n".write(toFile: otherSettings, atomically: false, encoding: .utf8)
+        let pool = r.pool()
+        try await pool.rename("app", to: "app2")
+        #expect(!r.exists("var/lib/machines/app.nspawn"))
+        #expect((try? String(contentsOfFile: r.path("var/lib/machines/app2.nspawn"), encoding: .utf8)) == "[Exec]\nParameters=/bin/app\n")
+        try await pool.rename("other", to: "other2")
+        #expect((try? String(contentsOfFile: otherSettings, encoding: .utf8)) == "[Exec]\nParameters=/bin/keep\n")
+        try await pool.remove("app2")
+        #expect(!r.exists("var/lib/machines/app2") && !r.exists("var/lib/machines/app2.nspawn"))
+        #expect(r.exists("var/lib/machines/other2.nspawn"))
+    }
+
     /// The pool folder made on first use is 0700 whichever backend makes it (here the
     /// directory backend, whose mkdir of an image root is 0755): images hold device nodes.
     @Test func thePoolFolderMadeOnFirstUseIsPrivate() async throws {
