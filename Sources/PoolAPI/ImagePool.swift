@@ -486,7 +486,7 @@ public actor ImagePool {
             defer { oldNameLock.release() }
             let newNameLock = try lockName(newName)
             defer { newNameLock.release() }
-            let folder = String(source.path[..<(source.path.lastIndex(of: "/") ?? source.path.endIndex)])
+            let folder = Self.folder(of: source.path)
             let destination = joinPath(folder, backend.entryName(forImage: newName))
             let from = source.path, isSymlink = source.isSymlink
             try await Blocking.run {
@@ -521,7 +521,7 @@ public actor ImagePool {
         let nameLock = try lockName(found.name)
         defer { nameLock.release() }
         let path = found.path, name = found.name, isSymlink = found.isSymlink
-        let folder = String(path[..<(path.lastIndex(of: "/") ?? path.endIndex)])
+        let folder = Self.folder(of: path)
         try await Blocking.run {
             do {
                 // A symlinked image: the link goes, what it points to stays.
@@ -538,6 +538,9 @@ public actor ImagePool {
     /// `FOLDER/NAME.nspawn`: where systemd-nspawn looks for the settings of image NAME kept in
     /// FOLDER (an OCI pull writes one there).
     static func settingsPath(_ folder: String, _ name: String) -> String { joinPath(folder, name + ".nspawn") }
+
+    /// The folder part of an absolute `path`: everything before its last `/` (the whole path if it has none).
+    static func folder(of path: String) -> String { String(path[..<(path.lastIndex(of: "/") ?? path.endIndex)]) }
 
     /// MarkImageReadOnly.
     public func setReadOnly(_ name: String, _ readOnly: Bool) async throws {
@@ -860,7 +863,7 @@ public actor ImagePool {
         if (try? entryStatus(pool, followSymlinks: true))?.isDirectory == true { return }
         try await Blocking.run {
             if (try? fileStatus(pool))?.isDirectory == true { return }
-            let parent = String(pool[..<(pool.lastIndex(of: "/") ?? pool.endIndex)])
+            let parent = Self.folder(of: pool)
             do { try makeDirectories(parent) } catch { throw Self.poolError(error, "cannot create \(parent)") }
             do {
                 if let tree = registry.treeBackend(for: parent) {

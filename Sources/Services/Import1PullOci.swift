@@ -14,16 +14,8 @@ extension Import1Service {
         }
         let requested = try call.string(1)
         let local = try Self.checkedLocalName(requested.isEmpty ? reference.defaultImageName : requested)
-        let className = try call.string(2)
-        guard let imageClass = ImageClass(argument: className) else {
-            throw BusError.invalidArgs("Image class '\(className)' not known")
-        }
-        let flags: TransferFlags
-        do {
-            flags = try TransferFlags(validating: try call.uint64(3), allowed: TransferFlags.allowed(for: .pullOci))
-        } catch let e as TransferError {
-            throw BusError.invalidArgs(e.message)
-        }
+        let imageClass = try Self.imageClass(try call.string(2))
+        let flags = try Self.flags(try call.uint64(3), for: .pullOci)
         let request = TransferRequest.pullOci(reference: reference.description, local: local, imageClass: imageClass, flags: flags)
         return try await start(request, engine: engine)
     }

@@ -308,13 +308,11 @@ extension Machine1Service {
         if name == ".host" { return 0 }
         let m = try registered(name)
         guard let text = readSmall("/proc/\(m.leader)/uid_map") else { throw BusError(errno: .ESRCH, "Cannot read the UID map of machine '\(name)'") }
-        let lines = text.split(separator: "\n")
-        guard lines.count == 1 else { throw BusError(errno: .ENXIO, "Machine '\(name)' has a complex UID mapping") }
-        let f = lines[0].split(separator: " ", omittingEmptySubsequences: true)
-        guard f.count == 3, f[0] == "0", let outer = UInt32(f[1]) else {
-            throw BusError(errno: .ENXIO, "Machine '\(name)' has no UID 0 in its mapping")
-        }
-        return outer
+        let noZero = BusError(errno: .ENXIO, "Machine '\(name)' has no UID 0 in its mapping")
+        guard let mapping = IDMapping(parsing: text) else { throw noZero }
+        guard mapping.ranges.count == 1 else { throw BusError(errno: .ENXIO, "Machine '\(name)' has a complex UID mapping") }
+        guard mapping.ranges[0].inside == 0 else { throw noZero }
+        return mapping.ranges[0].outside
     }
 
     // MARK: properties
