@@ -150,10 +150,9 @@ public struct Qcow2Image: Sendable {
     /// - Parameter progress: called after each L2 table with the bytes of the virtual disk done so
     ///   far and the total.
     /// - Throws: `PoolError`; `.noSpace` when the output filesystem fills up.
-    public func convert(to output: FileDescriptor, progress: (_ done: UInt64, _ total: UInt64) -> Void = { _, _ in }) throws {
+    public func convert(to output: some RawImageOutput, progress: (_ done: UInt64, _ total: UInt64) -> Void = { _, _ in }) throws {
         try io("cannot size the raw image") { () throws(SystemCallError) in
-            try output.truncate(to: 0)
-            try output.truncate(to: Int64(virtualSize))
+            try output.makeZeroed(size: virtualSize)
         }
         let l2Entries = clusterSize / (extendedL2 ? 16 : 8)
         let entrySize = extendedL2 ? 16 : 8
@@ -274,7 +273,7 @@ public struct Qcow2Image: Sendable {
 
     /// Writes `data` at `offset` except its all-zero 4 KiB blocks, which stay holes of the
     /// freshly truncated output.
-    private func writeNonZero(_ data: UnsafeRawBufferPointer, to output: FileDescriptor, at offset: UInt64) throws {
+    private func writeNonZero(_ data: UnsafeRawBufferPointer, to output: some RawImageOutput, at offset: UInt64) throws {
         let block = 4096
         var runStart: Int? = nil
         var position = 0
@@ -307,5 +306,23 @@ public struct Qcow2Image: Sendable {
         }
         for k in (words * 8)..<bytes.count where bytes[k] != 0 { return false }
         return true
+    }
+}
+
+/// Where a raw disk image is written at offsets: a file (`FileDescriptor`), or an RBD image
+/// written by the transfer worker (import1 onto an RBD pool).
+public protocol RawImageOutput {
+    /// Makes the output exactly `size` bytes that all read as zero (a file: truncated to 0, then
+    /// to `size`, all holes).
+    func makeZeroed(size: UInt64) throws(SystemCallError)
+    /// Writes all of `buffer` at `offset`.
+    func writeAll(_ buffer: UnsafeRawBufferPointer, at offset: Int64) throws(SystemCallError)
+}
+
+extension FileDescriptor: RawImageOutput {
+    /// ftruncate(2) to 0, then to `size`.
+    public func makeZeroed(size: UInt64) throws(SystemCallError) {
+        try truncate(to: 0)
+        try truncate(to: Int64(size))
     }
 }
