@@ -1,106 +1,30 @@
 import CArchive
 import CLinux
+import FileTree
 import Glibc
 import Linux
 import RawLoopBackend
 import Transfer
 
-/// Writes a stream to a file leaving holes where whole 4 KiB blocks are zero; `finish` sets
-/// the size (ftruncate), so trailing zeros are holes too.
-final class SparseWriter {
-    /// Writes bytes at an absolute position of the output.
-    private let writeAt: (UnsafeRawBufferPointer, Int64) throws -> Void
-    /// Sets the output's final size.
-    private let setSize: (Int64) throws -> Void
-    private let base: Int64
-    /// Bytes of the stream so far (the file offset is `base + offset`).
-    private(set) var offset: Int64 = 0
-    static let granule = 4096
-
-    init(fd: Int32, base: Int64 = 0) {
-        self.base = base
-        writeAt = { data, position in try SparseWriter.pwriteAll(fd, data, at: position) }
-        setSize = { size in
-            if ftruncate(fd, off_t(size)) != 0 { throw SystemCallError("ftruncate", .current) }
-        }
-    }
-
-    /// Into any random-access output (an RBD image): `setSize` is called once, by `finish`.
-    init(output: some RawImageOutput, setSize: @escaping (Int64) throws -> Void) {
-        base = 0
-        writeAt = { data, position in try output.writeAll(data, at: position) }
-        self.setSize = setSize
-    }
-
-    /// A hole of `count` bytes.
-    func advance(by count: Int64) { offset += count }
-
-    func write(_ data: UnsafeRawBufferPointer) throws {
-        var start = 0
-        while start < data.count {
-            let end = min(start + Self.granule, data.count)
-            let chunk = UnsafeRawBufferPointer(rebasing: data[start..<end])
-            if Self.isZero(chunk) {
-                start = end
-                continue
-            }
-            // A run of non-zero granules goes out in one pwrite.
-            var runEnd = end
-            while runEnd < data.count {
-                let next = min(runEnd + Self.granule, data.count)
-                if Self.isZero(UnsafeRawBufferPointer(rebasing: data[runEnd..<next])) { break }
-                runEnd = next
-            }
-            try writeAt(UnsafeRawBufferPointer(rebasing: data[start..<runEnd]), base + offset + Int64(start))
-            start = runEnd
-        }
-        offset += Int64(data.count)
-    }
-
-    func finish() throws {
-        try setSize(base + offset)
-    }
-
-    private static func pwriteAll(_ fd: Int32, _ data: UnsafeRawBufferPointer, at position: Int64) throws {
-        var done = 0
-        while done < data.count {
-            let n = pwrite(fd, data.baseAddress.map { $0 + done }, data.count - done, off_t(position + Int64(done)))
-            if n < 0 {
-                if errno == EINTR { continue }
-                throw SystemCallError("pwrite", .current)
-            }
-            done += n
-        }
-    }
-
-    static func isZero(_ data: UnsafeRawBufferPointer) -> Bool {
-        guard let base = data.baseAddress else { return true }
-        let words = data.count / 8
-        var i = 0
-        while i < words {
-            if base.loadUnaligned(fromByteOffset: i * 8, as: UInt64.self) != 0 { return false }
-            i += 1
-        }
-        for j in (words * 8)..<data.count where data[j] != 0 { return false }
-        return true
-    }
-}
-
-/// Where ImportRaw writes: random access, a final size, and a local folder for the unnamed
-/// temporary file a streamed qcow2 image is made seekable in.
+/// Where ImportRaw writes: a raw image at offsets (zero blocks left unallocated), a final size,
+/// and a local folder for the unnamed temporary file a streamed qcow2 image is made seekable in.
 protocol ImportDestination: RawImageOutput {
+    /// Writes a piece of the stream at `offset` (zero blocks left holes), growing the output as
+    /// needed: a streamed image's size is known only at its end.
+    func writeGrowing(_ data: UnsafeRawBufferPointer, at offset: Int64) throws
     /// Sets the image's final size (after the last write).
     func setSize(_ size: Int64) throws
     /// A folder for O_TMPFILE scratch files (a qcow2 image read from a stream).
     var scratchDirectory: String { get }
 }
 
-/// A file in the pool folder.
+/// A file in the pool folder: a file grows by itself; its size is set by ftruncate at the end.
 struct FileDestination: ImportDestination {
     let fd: FileDescriptor
     let scratchDirectory: String
     func makeZeroed(size: UInt64) throws(SystemCallError) { try fd.makeZeroed(size: size) }
-    func writeAll(_ buffer: UnsafeRawBufferPointer, at offset: Int64) throws(SystemCallError) { try fd.writeAll(buffer, at: offset) }
+    func writeSparse(_ data: UnsafeRawBufferPointer, at offset: Int64) throws(SystemCallError) { try fd.writeSparse(data, at: offset) }
+    func writeGrowing(_ data: UnsafeRawBufferPointer, at offset: Int64) throws { try fd.writeSparse(data, at: offset) }
     func setSize(_ size: Int64) throws { try fd.truncate(to: size) }
 }
 
@@ -158,16 +82,27 @@ public enum RawImport {
         // The raw data, or a qcow2 image made seekable in an unnamed temporary file.
         let staging: FileDescriptor? = isQcow2
             ? try FileDescriptor.open(output.scratchDirectory, flags: BERTH_O_TMPFILE | O_RDWR | O_CLOEXEC, mode: 0o600) : nil
-        let writer = staging.map { SparseWriter(fd: $0.rawValue) } ?? SparseWriter(output: output, setSize: output.setSize)
-        while first > 0 {
-            try writer.write(UnsafeRawBufferPointer(rebasing: buffer[0..<first]))
-            if let total, total > 0 { reporter.progress(Double(stream.sourceBytes) / Double(total) * (isQcow2 ? 0.5 : 1)) }
-            first = try readFull(reader, buffer)
+        defer { staging?.close() }
+        if let staging {
+            let writer = SparseWriter(fd: staging.rawValue)
+            while first > 0 {
+                try writer.write(UnsafeRawBufferPointer(rebasing: buffer[0..<first]))
+                if let total, total > 0 { reporter.progress(Double(stream.sourceBytes) / Double(total) * 0.5) }
+                first = try readFull(reader, buffer)
+            }
+            try writer.finish()
+        } else {
+            var offset: Int64 = 0
+            while first > 0 {
+                try output.writeGrowing(UnsafeRawBufferPointer(rebasing: buffer[0..<first]), at: offset)
+                offset += Int64(first)
+                if let total, total > 0 { reporter.progress(Double(stream.sourceBytes) / Double(total)) }
+                first = try readFull(reader, buffer)
+            }
+            try output.setSize(offset)
         }
-        try writer.finish()
         try reader.check(archive_read_close(reader.pointer), "cannot finish reading the image")
         if let staging {
-            defer { staging.close() }
             reporter.log(LogPriority.info, "converting qcow2 image")
             try convertQcow2(staging, into: output, reporter: reporter)
         }

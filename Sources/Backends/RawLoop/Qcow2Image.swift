@@ -1,5 +1,6 @@
 import CLinux
 import Glibc
+import FileTree
 import Linux
 import PoolAPI
 
@@ -271,41 +272,12 @@ public struct Qcow2Image: Sendable {
         }
     }
 
-    /// Writes `data` at `offset` except its all-zero 4 KiB blocks, which stay holes of the
-    /// freshly truncated output.
+    /// Writes `data` at `offset` except its all-zero blocks, which stay holes of the freshly
+    /// truncated output (`SparseWriter`).
     private func writeNonZero(_ data: UnsafeRawBufferPointer, to output: some RawImageOutput, at offset: UInt64) throws {
-        let block = 4096
-        var runStart: Int? = nil
-        var position = 0
-        func flush(upTo end: Int) throws {
-            guard let start = runStart else { return }
-            try io("cannot write the raw image") { () throws(SystemCallError) in
-                try output.writeAll(UnsafeRawBufferPointer(rebasing: data[start..<end]), at: Int64(offset) + Int64(start))
-            }
-            runStart = nil
+        try io("cannot write the raw image") { () throws(SystemCallError) in
+            try output.writeSparse(data, at: Int64(offset))
         }
-        while position < data.count {
-            let end = min(position + block, data.count)
-            let zero = Qcow2Image.isZero(UnsafeRawBufferPointer(rebasing: data[position..<end]))
-            if zero {
-                try flush(upTo: position)
-            } else if runStart == nil {
-                runStart = position
-            }
-            position = end
-        }
-        try flush(upTo: data.count)
-    }
-
-    private static func isZero(_ bytes: UnsafeRawBufferPointer) -> Bool {
-        var i = 0
-        let words = bytes.count / 8
-        while i < words {
-            if bytes.loadUnaligned(fromByteOffset: i * 8, as: UInt64.self) != 0 { return false }
-            i += 1
-        }
-        for k in (words * 8)..<bytes.count where bytes[k] != 0 { return false }
-        return true
     }
 }
 
@@ -315,8 +287,8 @@ public protocol RawImageOutput {
     /// Makes the output exactly `size` bytes that all read as zero (a file: truncated to 0, then
     /// to `size`, all holes).
     func makeZeroed(size: UInt64) throws(SystemCallError)
-    /// Writes all of `buffer` at `offset`.
-    func writeAll(_ buffer: UnsafeRawBufferPointer, at offset: Int64) throws(SystemCallError)
+    /// Writes `data` at `offset` except its all-zero blocks, which stay holes (unallocated).
+    func writeSparse(_ data: UnsafeRawBufferPointer, at offset: Int64) throws(SystemCallError)
 }
 
 extension FileDescriptor: RawImageOutput {
@@ -324,5 +296,10 @@ extension FileDescriptor: RawImageOutput {
     public func makeZeroed(size: UInt64) throws(SystemCallError) {
         try truncate(to: 0)
         try truncate(to: Int64(size))
+    }
+
+    /// `SparseWriter.write` into this file.
+    public func writeSparse(_ data: UnsafeRawBufferPointer, at offset: Int64) throws(SystemCallError) {
+        try SparseWriter.write(data, to: rawValue, at: offset)
     }
 }
