@@ -25,11 +25,15 @@ let package = Package(
         .systemLibrary(name: "CCurl", pkgConfig: "libcurl", providers: [.apt(["libcurl4-openssl-dev"])]),
         .systemLibrary(name: "CGpgme", pkgConfig: "gpgme", providers: [.apt(["libgpgme-dev"])]),
         .systemLibrary(name: "CCrypto", pkgConfig: "libcrypto", providers: [.apt(["libssl-dev"])]),
+        // Ceph's client headers for their types only: no pkg-config, no link; Rbd dlopens the libraries.
+        .systemLibrary(name: "CRbd", providers: [.apt(["librbd-dev", "librados-dev"])]),
         // Kernel headers: ioctl numbers and structs exported as typed constants.
         .systemLibrary(name: "CLinux"),
 
         // Thin, typed, errno-throwing syscall layer.
         .target(name: "Linux", dependencies: ["CLinux"]),
+        // librados/librbd in Swift, loaded with dlopen at first use (berthd links no Ceph library).
+        .target(name: "Rbd", dependencies: ["CRbd", "Linux"]),
         // Faithful tree and file copies (ownership, modes, xattrs, ACLs, hardlinks, sparse, reflink).
         .target(name: "FileTree", dependencies: ["Linux"]),
         // Image model, ImageBackend protocol, backend registry and the pool.
@@ -86,6 +90,7 @@ let package = Package(
         .testTarget(name: "PoolAPITests", dependencies: ["PoolAPI", "DirectoryBackend", "TestSupport"]),
         .testTarget(name: "PortableTests", dependencies: ["Portable", "Linux", "TestSupport"]),
         .testTarget(name: "MachinesTests", dependencies: ["Machines", "TestSupport"]),
+        .testTarget(name: "RbdTests", dependencies: ["Rbd", "Linux", "TestSupport"]),
         .testTarget(name: "BackendTests", dependencies: [
             "PoolAPI", "BtrfsBackend", "RawLoopBackend", "DirectoryBackend", "BackendConformance", "TestSupport",
         ]),
