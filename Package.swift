@@ -44,6 +44,8 @@ let package = Package(
                 path: "Sources/Backends/RawLoop", linkerSettings: [.linkedLibrary("z")]),
         .target(name: "DirectoryBackend", dependencies: ["PoolAPI", "Linux", "FileTree"],
                 path: "Sources/Backends/Directory"),
+        // Images as Ceph RBD images in a shared RADOS pool (libraries dlopen'ed by Rbd).
+        .target(name: "RbdBackend", dependencies: ["PoolAPI", "Linux", "Rbd"], path: "Sources/Backends/Rbd"),
         // machine1's machine registry: machines, their names, their files under /run/berth.
         .target(name: "Machines", dependencies: ["Linux", "FileTree"]),
         // portable1's logic over the portable image pool: unit files of images, attached state.
@@ -90,7 +92,9 @@ let package = Package(
         .testTarget(name: "PoolAPITests", dependencies: ["PoolAPI", "DirectoryBackend", "TestSupport"]),
         .testTarget(name: "PortableTests", dependencies: ["Portable", "Linux", "TestSupport"]),
         .testTarget(name: "MachinesTests", dependencies: ["Machines", "TestSupport"]),
-        .testTarget(name: "RbdTests", dependencies: ["Rbd", "Linux", "TestSupport"]),
+        .testTarget(name: "RbdTests", dependencies: [
+            "Rbd", "RbdBackend", "PoolAPI", "DirectoryBackend", "RawLoopBackend", "BackendConformance", "Linux", "TestSupport",
+        ]),
         .testTarget(name: "BackendTests", dependencies: [
             "PoolAPI", "BtrfsBackend", "RawLoopBackend", "DirectoryBackend", "BackendConformance", "TestSupport",
         ]),

@@ -11,6 +11,12 @@ enum RbdTestCluster {
 
     static let poolName = ProcessInfo.processInfo.environment["BERTH_TEST_CEPH_POOL"] ?? "berth"
 
+    /// How a backend under test connects.
+    static func clusterConfiguration() throws -> RadosCluster.Configuration {
+        guard let conf = externalConf else { throw ClusterMissing() }
+        return .init(configFile: conf)
+    }
+
     nonisolated(unsafe) private static var cluster: RadosCluster?
     private static let lock = NSLock()
 
