@@ -47,7 +47,7 @@ public final class RbdBackend: ExternalImageBackend, @unchecked Sendable {
         public var cacheSeconds: Double
 
         public init(cluster: RadosCluster.Configuration, pool: String, receivesNewImages: Bool = true,
-                    hostName: String = RbdBackend.localHostName(), cacheSeconds: Double = 2) {
+                    hostName: String = RbdBackend.localHostName(), cacheSeconds: Double = 10) {
             self.cluster = cluster
             self.pool = pool
             self.receivesNewImages = receivesNewImages
@@ -60,6 +60,9 @@ public final class RbdBackend: ExternalImageBackend, @unchecked Sendable {
     /// way to reach RBD bytes: rbd-fuse + loop here, `rbd map` where krbd exists). Given the
     /// image's pool, name and locator.
     public typealias Inspector = @Sendable (_ pool: RbdPool, _ name: String, _ locator: String) throws -> any InspectionRoot
+
+    /// How many images new to this host a listing describes at once (one open each).
+    public static let eagerDescriptions = 64
 
     /// The image metadata key marking an image read-only for Berth.
     public static let readOnlyKey = "berth.read-only"
@@ -97,8 +100,29 @@ public final class RbdBackend: ExternalImageBackend, @unchecked Sendable {
 
     // MARK: listing
 
+    /// One rbd_list2. A few images not seen before are described as they are listed (one open
+    /// each); where more than `eagerDescriptions` are new at once (a first ListImages of 1,000
+    /// images), they get a placeholder (size and usage unknown) and are described in the
+    /// background, so that listing opens none of them.
     public func externalImageNames() throws -> [String] {
-        do { return try pool.listImages().map(\.name) } catch { throw Self.poolError(error, "cannot list RBD pool '\(pool.name)'") }
+        let names: [String]
+        do { names = try pool.listImages().map(\.name) } catch { throw Self.poolError(error, "cannot list RBD pool '\(pool.name)'") }
+        let unseen = cache.withLock { entries -> [String] in
+            // Images gone from the pool (removed by another host) leave the cache.
+            let present = Set(names)
+            for name in entries.keys where !present.contains(name) { entries[name] = nil }
+            let new = names.filter { entries[$0] == nil && !$0.hasPrefix(".#") }
+            guard new.count > Self.eagerDescriptions else { return [] }
+            var unseen: [String] = []
+            for name in new {
+                entries[name] = Cached(image: Image(name: name, path: locator(of: name), type: .raw, readOnly: false),
+                                       refreshed: 0, refreshing: true)
+                unseen.append(name)
+            }
+            return unseen
+        }
+        for name in unseen { refreshLater(name) }
+        return names
     }
 
     public func hasExternalImage(named name: String) -> Bool {
@@ -118,7 +142,8 @@ public final class RbdBackend: ExternalImageBackend, @unchecked Sendable {
             return entry
         }
         if let cached { return cached.image }
-        // First sight of this image: its size and flags now (one open), usage in the background.
+        // First sight of this image outside a listing (GetImage, a mutation): its size and
+        // flags now (one open), usage in the background.
         let image = try describe(name, withUsage: false)
         cache.withLock { $0[name] = Cached(image: image, refreshed: 0, refreshing: true) }
         refreshLater(name)
