@@ -46,6 +46,8 @@ let package = Package(
                 path: "Sources/Backends/Directory"),
         // Images as Ceph RBD images in a shared RADOS pool (libraries dlopen'ed by Rbd).
         .target(name: "RbdBackend", dependencies: ["PoolAPI", "Linux", "Rbd"], path: "Sources/Backends/Rbd"),
+        // Reaching an RBD image's bytes on a host: rbd-fuse mounts (+ loop via RawLoop's inspection).
+        .target(name: "RbdHost", dependencies: ["PoolAPI", "Linux"]),
         // machine1's machine registry: machines, their names, their files under /run/berth.
         .target(name: "Machines", dependencies: ["Linux", "FileTree"]),
         // portable1's logic over the portable image pool: unit files of images, attached state.
@@ -90,6 +92,7 @@ let package = Package(
         .target(name: "TestSupport", dependencies: ["Linux"], path: "Tests/TestSupport"),
         .testTarget(name: "LinuxTests", dependencies: ["Linux", "FileTree", "TestSupport"]),
         .testTarget(name: "PoolAPITests", dependencies: ["PoolAPI", "DirectoryBackend", "TestSupport"]),
+        .testTarget(name: "RbdHostTests", dependencies: ["RbdHost", "PoolAPI", "RawLoopBackend", "Linux", "TestSupport"]),
         .testTarget(name: "PortableTests", dependencies: ["Portable", "Linux", "TestSupport"]),
         .testTarget(name: "MachinesTests", dependencies: ["Machines", "TestSupport"]),
         .testTarget(name: "RbdTests", dependencies: [

@@ -15,8 +15,8 @@ import Transfer
 actor Daemon {
     nonisolated let loop: EventLoop
     nonisolated var unownedExecutor: UnownedSerialExecutor { loop.asUnownedSerialExecutor() }
-    private let options: BerthdOptions
-    private let logger: Logger
+    let options: BerthdOptions
+    let logger: Logger
     private var bus: Bus?
     private var stopping = false
     /// The process exit status once the loop ends; read by the synchronous main after `join()`.
@@ -44,6 +44,7 @@ actor Daemon {
             self.bus = bus
             if stopping { return await stop() }
             let paths = ServicePaths(root: options.root)
+            _ = try loadBackendConfiguration()
             let info = DaemonInfo(root: options.root, services: options.services)
             // Composition point: the storage backends in claim priority order (a directory that
             // is a subvolume is a subvolume), and the machine image pool over them.

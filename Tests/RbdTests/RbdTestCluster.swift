@@ -2,19 +2,24 @@ import Foundation
 import Rbd
 import TestSupport
 
-/// The Ceph cluster the RBD tests use: one per test process, shared by the suites.
+/// The Ceph cluster the RBD tests use: the test process's shared one-node cluster
+/// (`CephCluster.shared()`), or one started by hand (BERTH_TEST_CEPH_CONF, with a keyring in it).
 enum RbdTestCluster {
-    /// A cluster someone started by hand (BERTH_TEST_CEPH_CONF, admin keyring in it).
     static var externalConf: String? { ProcessInfo.processInfo.environment["BERTH_TEST_CEPH_CONF"] }
 
-    static var available: Bool { externalConf != nil }
+    /// Whether the tests can run here (root and Ceph's daemons, or a cluster given by hand).
+    static var available: Bool { externalConf != nil || (Privileges.isRoot && CephCluster.isAvailable) }
 
-    static let poolName = ProcessInfo.processInfo.environment["BERTH_TEST_CEPH_POOL"] ?? "berth"
+    static var poolName: String {
+        if externalConf != nil { return ProcessInfo.processInfo.environment["BERTH_TEST_CEPH_POOL"] ?? "berth" }
+        return (try? CephCluster.shared().pool) ?? "berth"
+    }
 
-    /// How a backend under test connects.
+    /// How a client connects: as berthd does, with the cluster's client identity.
     static func clusterConfiguration() throws -> RadosCluster.Configuration {
-        guard let conf = externalConf else { throw ClusterMissing() }
-        return .init(configFile: conf)
+        if let conf = externalConf { return .init(configFile: conf) }
+        let cluster = try CephCluster.shared()
+        return .init(configFile: cluster.clientConf, clientID: cluster.clientID)
     }
 
     nonisolated(unsafe) private static var cluster: RadosCluster?
@@ -23,19 +28,15 @@ enum RbdTestCluster {
     /// The shared connection's pool, or (`newConnection`) a pool on a connection of its own, as
     /// a second host would have.
     static func pool(newConnection: Bool = false) throws -> RbdPool {
-        guard let conf = externalConf else { throw ClusterMissing() }
+        let configuration = try clusterConfiguration()
         if newConnection {
-            return try RadosCluster(.init(configFile: conf)).pool(poolName)
+            return try RadosCluster(configuration).pool(poolName)
         }
         lock.lock()
         defer { lock.unlock() }
         if let cluster { return try cluster.pool(poolName) }
-        let made = try RadosCluster(.init(configFile: conf))
+        let made = try RadosCluster(configuration)
         cluster = made
         return try made.pool(poolName)
-    }
-
-    struct ClusterMissing: Error, CustomStringConvertible {
-        var description: String { "no Ceph cluster for the RBD tests" }
     }
 }

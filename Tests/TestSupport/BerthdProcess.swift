@@ -38,10 +38,16 @@ public final class BerthdProcess: @unchecked Sendable {
     /// Starts berthd with `--root` in a fresh temp folder on `bus` and waits until it owns the bus
     /// names of `services` (default all three).
     ///   `environment` is added to this process's environment for berthd (e.g. NOTIFY_SOCKET).
+    ///   `prepare` is called with the new root folder before berthd starts (to write configuration
+    ///   such as `etc/berth/backends.d/*.conf`).
     public init(bus: PrivateDBusDaemon, services: [String] = ["machine1", "import1", "portable1"], extraArguments: [String] = [],
-                environment: [String: String] = [:]) throws {
-        folder = try TemporaryDirectory(prefix: "berth-root")
-        root = folder.path
+                environment: [String: String] = [:], prepare: ((String) throws -> Void)? = nil) throws {
+        let made = try TemporaryDirectory(prefix: "berth-root")
+        if let prepare {
+            do { try prepare(made.path) } catch { made.remove(); throw error }
+        }
+        folder = made
+        root = made.path
         stderrFile = folder.appending("berthd.log")
         FileManager.default.createFile(atPath: stderrFile, contents: nil)
         let arguments = ["--root", root, "--bus-address", bus.address, "--services", services.joined(separator: ",")] + extraArguments
