@@ -25,11 +25,15 @@ let package = Package(
         .systemLibrary(name: "CCurl", pkgConfig: "libcurl", providers: [.apt(["libcurl4-openssl-dev"])]),
         .systemLibrary(name: "CGpgme", pkgConfig: "gpgme", providers: [.apt(["libgpgme-dev"])]),
         .systemLibrary(name: "CCrypto", pkgConfig: "libcrypto", providers: [.apt(["libssl-dev"])]),
+        // Ceph's client headers for their types only: no pkg-config, no link; Rbd dlopens the libraries.
+        .systemLibrary(name: "CRbd", providers: [.apt(["librbd-dev", "librados-dev"])]),
         // Kernel headers: ioctl numbers and structs exported as typed constants.
         .systemLibrary(name: "CLinux"),
 
         // Thin, typed, errno-throwing syscall layer.
         .target(name: "Linux", dependencies: ["CLinux"]),
+        // librados/librbd in Swift, loaded with dlopen at first use (berthd links no Ceph library).
+        .target(name: "Rbd", dependencies: ["CRbd", "Linux"]),
         // Faithful tree and file copies (ownership, modes, xattrs, ACLs, hardlinks, sparse, reflink).
         .target(name: "FileTree", dependencies: ["Linux"]),
         // Image model, ImageBackend protocol, backend registry and the pool.
@@ -40,6 +44,8 @@ let package = Package(
                 path: "Sources/Backends/RawLoop", linkerSettings: [.linkedLibrary("z")]),
         .target(name: "DirectoryBackend", dependencies: ["PoolAPI", "Linux", "FileTree"],
                 path: "Sources/Backends/Directory"),
+        // Images as Ceph RBD images in a shared RADOS pool (libraries dlopen'ed by Rbd).
+        .target(name: "RbdBackend", dependencies: ["PoolAPI", "Linux", "Rbd"], path: "Sources/Backends/Rbd"),
         // Reaching an RBD image's bytes on a host: rbd-fuse mounts (+ loop via RawLoop's inspection).
         .target(name: "RbdHost", dependencies: ["PoolAPI", "Linux"]),
         // machine1's machine registry: machines, their names, their files under /run/berth.
@@ -89,6 +95,9 @@ let package = Package(
         .testTarget(name: "RbdHostTests", dependencies: ["RbdHost", "PoolAPI", "RawLoopBackend", "Linux", "TestSupport"]),
         .testTarget(name: "PortableTests", dependencies: ["Portable", "Linux", "TestSupport"]),
         .testTarget(name: "MachinesTests", dependencies: ["Machines", "TestSupport"]),
+        .testTarget(name: "RbdTests", dependencies: [
+            "Rbd", "RbdBackend", "PoolAPI", "DirectoryBackend", "RawLoopBackend", "BackendConformance", "Linux", "TestSupport",
+        ]),
         .testTarget(name: "BackendTests", dependencies: [
             "PoolAPI", "BtrfsBackend", "RawLoopBackend", "DirectoryBackend", "BackendConformance", "TestSupport",
         ]),

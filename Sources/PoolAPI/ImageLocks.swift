@@ -26,6 +26,9 @@ struct ImageLocks: Sendable {
     /// exclusively (EBUSY, as in systemd) and is not locked shared.
     func lockPath(_ path: String, _ mode: LockFile.Mode) throws(SystemCallError) -> Held {
         if !Self.enabled { return Held([]) }
+        // An external backend's image (rbd://…) has no file to lock: its backend's own locks,
+        // which other hosts see, stand for these.
+        if isImageLocator(path) { return Held([]) }
         if path == root || path == "/" {
             if mode == .exclusive { throw SystemCallError("image_path_lock", .EBUSY, subject: path) }
             return Held([])

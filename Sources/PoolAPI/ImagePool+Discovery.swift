@@ -98,6 +98,7 @@ extension ImagePool {
                 result.append(Found(name: name, entry: entry, backend: backend, isVendor: vendor, root: c.root))
             }
         }
+        appendExternalImages(to: &result, seen: &seen, c)
         return result
     }
 
@@ -144,7 +145,7 @@ extension ImagePool {
                 }
             }
         }
-        return nil
+        return findExternal(name, c)
     }
 
     static func describe(_ f: Found, _ c: DiscoveryContext) throws -> Image {
@@ -195,6 +196,7 @@ extension ImagePool {
     }
 
     static func find(path: String, _ c: DiscoveryContext) -> Found? {
+        if isImageLocator(path) { return findExternal(locator: path, c) }
         guard path.hasPrefix("/"), let real = realPath(path), real != "/" else { return nil }
         let slash = real.lastIndex(of: "/") ?? real.startIndex
         let directory = slash == real.startIndex ? "/" : String(real[..<slash])

@@ -28,13 +28,17 @@ extension ImagePool {
             defer { nameLock.release() }
             try await ensurePoolFolder()
             let pool = realPoolPath
-            let chosen = registry.isTree(type) ? registry.treeBackend(for: pool) : registry.backend(for: type, in: pool)
+            // An external backend configured to receive new images of this type (an RBD pool)
+            // gets them instead of the pool folder.
+            let external = registry.isTree(type) ? nil : registry.externalBackend(receiving: type)
+            let chosen = external ?? (registry.isTree(type) ? registry.treeBackend(for: pool) : registry.backend(for: type, in: pool))
             guard let backend = chosen else {
                 throw PoolError(.notSupported, "no backend makes \(type.rawValue) images in \(pool)")
             }
             let entry = backend.entryName(forImage: name)
-            let temp = joinPath(pool, Self.temporaryName(for: entry))
-            let finalPath = joinPath(pool, entry)
+            let folder = external?.locatorFolder ?? pool
+            let temp = joinPath(folder, Self.temporaryName(for: entry))
+            let finalPath = joinPath(folder, entry)
             do {
                 try await Blocking.run { try backend.createEmpty(at: temp) }
                 try await fill(temp)
@@ -42,13 +46,27 @@ extension ImagePool {
                 // The replaced image must not be in use; it keeps its lock until it is gone.
                 // The replaced image (if in the pool folder) must not be in use; it keeps its
                 // lock until it is gone.
-                let replaced = current.flatMap { joinPath(pool, Self.fileName(of: $0.path)) == $0.path ? $0 : nil }
+                let replaced = current.flatMap { joinPath(folder, Self.fileName(of: $0.path)) == $0.path ? $0 : nil }
                 let replacedLock = try replaced.map { try lockPath($0.path, .exclusive, name) }
                 defer { replacedLock?.release() }
                 try await Blocking.run {
                     if readOnly { try backend.setReadOnly(true, at: temp) }
                     guard let replaced, let oldBackend = replaced.backend else {
                         try backend.rename(from: temp, to: finalPath)
+                        return
+                    }
+                    if replaced.path == finalPath, isImageLocator(finalPath) {
+                        // External storage has no atomic exchange: the old image moves aside
+                        // under a temp name, the new one takes the name, then the old one goes.
+                        let aside = joinPath(folder, Self.temporaryName(for: entry))
+                        try oldBackend.rename(from: finalPath, to: aside)
+                        do { try backend.rename(from: temp, to: finalPath) } catch {
+                            try? oldBackend.rename(from: aside, to: finalPath)
+                            throw error
+                        }
+                        do { try oldBackend.remove(at: aside) } catch {
+                            warn("image '\(name)' was replaced, but its previous version could not be removed and is left at \(aside): \(error)")
+                        }
                         return
                     }
                     if replaced.path == finalPath {
@@ -106,6 +124,10 @@ extension ImagePool {
     /// then fd-relative with flags lifted for whatever is still there.
     static func discard(_ temp: String, _ backend: (any ImageBackend)?) async {
         _ = try? await Blocking.run {
+            if isImageLocator(temp) {
+                try? backend?.remove(at: temp)
+                return
+            }
             guard (try? fileStatus(temp, followSymlinks: false)) != nil else { return }
             try? backend?.remove(at: temp)
             if (try? fileStatus(temp, followSymlinks: false)) != nil { try? TreeRemoval.remove(at: temp) }

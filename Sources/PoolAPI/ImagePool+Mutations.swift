@@ -24,7 +24,12 @@ extension ImagePool {
             let treeBackend = registry.treeBackend(for: pool)
             let creator: any ImageBackend
             let copyIntoEmpty: Bool
-            if source.isTree, let tree = treeBackend,
+            if let external = source.backend as? any ExternalImageBackend {
+                // An external image is cloned by its own storage (an RBD copy-on-write clone),
+                // next to its source: never into the pool folder.
+                creator = external
+                copyIntoEmpty = false
+            } else if source.isTree, let tree = treeBackend,
                source.isHost || tree.identifier != source.backend?.identifier {
                 // e.g. a plain directory image into a btrfs pool: a new subvolume, filled by copy.
                 creator = tree
@@ -35,7 +40,8 @@ extension ImagePool {
             } else {
                 throw PoolError(.notSupported, "cannot clone \(source.type.rawValue) image '\(name)' into \(pool)")
             }
-            let finalPath = joinPath(pool, creator.entryName(forImage: newName))
+            let finalPath = (creator as? any ExternalImageBackend)?.locator(of: newName)
+                ?? joinPath(pool, creator.entryName(forImage: newName))
             let sourcePath = source.path, isHost = source.isHost
             if !copyIntoEmpty && creator.clonesInOneStep(from: sourcePath) {
                 // Atomic (a snapshot): straight to the final name, nothing half-made to hide.
@@ -106,7 +112,9 @@ extension ImagePool {
                 }
                 // Its nspawn settings beside it follow it, as systemd's image rename does (best effort:
                 // the image is renamed already, and an existing NEW.nspawn is not replaced).
-                try? renameNoReplace(Self.settingsPath(folder, name), Self.settingsPath(folder, newName))
+                if !isImageLocator(folder) {
+                    try? renameNoReplace(Self.settingsPath(folder, name), Self.settingsPath(folder, newName))
+                }
             }
         }
     }
@@ -139,7 +147,7 @@ extension ImagePool {
             }
             // Its nspawn settings beside it go with it, as systemd's image remove does: left behind,
             // they would apply to the next image of that name.
-            try? removeFile(Self.settingsPath(folder, name))
+            if !isImageLocator(folder) { try? removeFile(Self.settingsPath(folder, name)) }
         }
     }
 

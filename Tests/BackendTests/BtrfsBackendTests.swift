@@ -75,7 +75,7 @@ struct BtrfsBackendTests {
     @Test func declaresSubvolumeTypeAndCapabilities() {
         #expect(backend.identifier == "btrfs")
         #expect(backend.imageType == .subvolume)
-        #expect(backend.capabilities == [.constantTimeClone, .quota, .reflink, .tree])
+        #expect(backend.capabilities == [.constantTimeClone, .quota, .reflink, .tree, .enforcedReadOnly])
         #expect(backend.entryName(forImage: "a b") == "a b")
     }
 

@@ -118,7 +118,7 @@ struct RawLoopBackendTests {
         let b = RawLoopBackend(runtimeDirectory: "/run/berth")
         #expect(b.identifier == "raw")
         #expect(b.imageType == .raw)
-        #expect(b.capabilities == [.reflink])
+        #expect(b.capabilities == [.reflink, .blockBacked, .enforcedReadOnly])
         #expect(b.entryName(forImage: "fedora") == "fedora.raw")
         #expect(b.canCreate(in: NSTemporaryDirectory()))
         #expect(!b.canCreate(in: "/nonexistent-berth-dir"))

@@ -18,7 +18,7 @@ public struct BtrfsBackend: ImageBackend {
     /// `subvolume`, machine1's `Image.Type` of every image this backend claims.
     public var imageType: ImageType { .subvolume }
     /// Snapshots are O(1) and share extents; limits are qgroups; images are trees.
-    public var capabilities: BackendCapabilities { [.constantTimeClone, .quota, .reflink, .tree] }
+    public var capabilities: BackendCapabilities { [.constantTimeClone, .quota, .reflink, .tree, .enforcedReadOnly] }
 
     /// Claims a directory (not a symlink) that is a subvolume: inode 256 on btrfs, from the
     /// status the pool took.

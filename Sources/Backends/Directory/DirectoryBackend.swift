@@ -17,7 +17,7 @@ public struct DirectoryBackend: ImageBackend {
     public let imageType = ImageType.directory
     /// `.reflink`: files of a clone share extents with the source where the filesystem allows
     /// (btrfs, xfs with reflink); elsewhere the copy is a sparse-aware data copy.
-    public let capabilities: BackendCapabilities = [.tree, .reflink]
+    public let capabilities: BackendCapabilities = [.tree, .reflink, .enforcedReadOnly]
 
     private let usage: UsageCache
 

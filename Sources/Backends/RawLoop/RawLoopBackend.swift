@@ -27,7 +27,7 @@ public struct RawLoopBackend: ImageBackend {
     /// `raw`, the `Image.Type` of every image here.
     public var imageType: ImageType { .raw }
     /// Clones reflink where the filesystem allows; no O(1) snapshots, no quota, not a tree.
-    public var capabilities: BackendCapabilities { [.reflink] }
+    public var capabilities: BackendCapabilities { [.reflink, .blockBacked, .enforcedReadOnly] }
 
     /// A regular file (not followed through a symlink) named `NAME.raw` is the image `NAME`.
     public func claim(_ entry: PoolEntry) -> String? {

@@ -1,0 +1,42 @@
+import Foundation
+import Rbd
+import TestSupport
+
+/// The Ceph cluster the RBD tests use: the test process's shared one-node cluster
+/// (`CephCluster.shared()`), or one started by hand (BERTH_TEST_CEPH_CONF, with a keyring in it).
+enum RbdTestCluster {
+    static var externalConf: String? { ProcessInfo.processInfo.environment["BERTH_TEST_CEPH_CONF"] }
+
+    /// Whether the tests can run here (root and Ceph's daemons, or a cluster given by hand).
+    static var available: Bool { externalConf != nil || (Privileges.isRoot && CephCluster.isAvailable) }
+
+    static var poolName: String {
+        if externalConf != nil { return ProcessInfo.processInfo.environment["BERTH_TEST_CEPH_POOL"] ?? "berth" }
+        return (try? CephCluster.shared().pool) ?? "berth"
+    }
+
+    /// How a client connects: as berthd does, with the cluster's client identity.
+    static func clusterConfiguration() throws -> RadosCluster.Configuration {
+        if let conf = externalConf { return .init(configFile: conf) }
+        let cluster = try CephCluster.shared()
+        return .init(configFile: cluster.clientConf, clientID: cluster.clientID)
+    }
+
+    nonisolated(unsafe) private static var cluster: RadosCluster?
+    private static let lock = NSLock()
+
+    /// The shared connection's pool, or (`newConnection`) a pool on a connection of its own, as
+    /// a second host would have.
+    static func pool(newConnection: Bool = false) throws -> RbdPool {
+        let configuration = try clusterConfiguration()
+        if newConnection {
+            return try RadosCluster(configuration).pool(poolName)
+        }
+        lock.lock()
+        defer { lock.unlock() }
+        if let cluster { return try cluster.pool(poolName) }
+        let made = try RadosCluster(configuration)
+        cluster = made
+        return try made.pool(poolName)
+    }
+}
