@@ -62,6 +62,7 @@ let package = Package(
         // OpenSSL; run as the berth-transfer executable beside berthd.
         .target(name: "TransferJobs", dependencies: [
             "Transfer", "FileTree", "Linux", "CLinux", "RawLoopBackend", "CArchive", "CCurl", "CGpgme", "CCrypto", "CBtrfsUtil",
+            "Rbd", "RbdBackend",
         ], linkerSettings: [.linkedLibrary("z")]),  // zlib: gzip inflated and checked (ArchiveInput)
         .executableTarget(name: "berth-transfer", dependencies: ["TransferJobs"]),
         // TEST FIXTURE ONLY: a worker executable with an extra mode, a stand-in berthd for
@@ -81,6 +82,7 @@ let package = Package(
         ]),
         .executableTarget(name: "berthd", dependencies: [
             "Services", "Bus", "Linux", "PoolAPI", "BtrfsBackend", "RawLoopBackend", "DirectoryBackend", "Transfer",
+            "Rbd", "RbdBackend", "RbdHost",
             .product(name: "ArgumentParser", package: "swift-argument-parser"),
             .product(name: "Logging", package: "swift-log"),
         ]),

@@ -3,6 +3,8 @@ import CLinux
 import FileTree
 import Glibc
 import Linux
+import PoolAPI
+import Rbd
 import Transfer
 
 /// ExportTar's work: an image tree as a pax tar stream (numeric owners, modes, times, xattrs,
@@ -203,25 +205,44 @@ enum Compressor {
 /// stay holes when the output is a plain file), compressed as asked.
 public enum RawExport {
     /// Writes the raw image file at `path` to `output` in `format`.
-    public static func run(path: String, to output: Int32, format: ExportFormat, reporter: StatusReporter = .silent) throws {
+    /// An RBD image's locator (`rbd://…`) is read through librbd, as berthd's `[rbd]` section
+    /// under `root` says to connect.
+    public static func run(path: String, to output: Int32, format: ExportFormat, root: String = "/",
+                           reporter: StatusReporter = .silent) throws {
+        let buffer = UnsafeMutableRawBufferPointer.allocate(byteCount: transferBlockSize, alignment: 4096)
+        defer { buffer.deallocate() }
+        if let locator = RbdLocator(path) {
+            let image = try RbdTransfer.open(locator, root: root, readOnly: true)
+            let size = Int64(try RbdTransfer.call("rbd_get_size") { () throws(RbdError) in try image.size() })
+            try emit(size: size, to: output, format: format, reporter: reporter) { _, body in
+                try RbdTransfer.forEachChunk(of: image, size: size, buffer: buffer, reporter: reporter, body)
+            }
+            return
+        }
         let source = try FileDescriptor.open(path, flags: O_RDONLY | O_NOFOLLOW)
         defer { source.close() }
         let size = try source.stat().size
-        let buffer = UnsafeMutableRawBufferPointer.allocate(byteCount: transferBlockSize, alignment: 4096)
-        defer { buffer.deallocate() }
+        try emit(size: size, to: output, format: format, reporter: reporter) { holesAsZeros, body in
+            try forEachSegment(source, size: size, buffer: buffer, reporter: reporter, holesAsZeros: holesAsZeros, body)
+        }
+    }
+
+    /// Writes an image of `size` bytes, whose bytes `segments` hands out in order, to `output`.
+    private static func emit(size: Int64, to output: Int32, format: ExportFormat, reporter: StatusReporter,
+                             segments: (_ holesAsZeros: Bool, _ body: (UnsafeRawBufferPointer, Int64) throws -> Void) throws -> Void) throws {
 
         var outputStatus = stat()
         let outputIsFile = fstat(output, &outputStatus) == 0 && (outputStatus.st_mode & S_IFMT) == S_IFREG
         if format == .uncompressed && outputIsFile {
             let start = Int64(lseek(output, 0, SEEK_CUR))
             let writer = SparseWriter(fd: output, base: max(start, 0))
-            try forEachSegment(source, size: size, buffer: buffer, reporter: reporter, holesAsZeros: false) { data, hole in
+            try segments(false) { data, hole in
                 if hole > 0 { writer.advance(by: hole) } else { try writer.write(data) }
             }
             try writer.finish()
             _ = lseek(output, off_t(max(start, 0) + size), SEEK_SET)
         } else if format == .uncompressed {
-            try forEachSegment(source, size: size, buffer: buffer, reporter: reporter, holesAsZeros: true) { data, _ in
+            try segments(true) { data, _ in
                 try writeAll(output, data)
             }
         } else {
@@ -236,7 +257,7 @@ public enum RawExport {
             archive_entry_set_perm(entry.pointer, 0o644)
             archive_entry_set_size(entry.pointer, size)
             try writer.check(archive_write_header(writer.pointer, entry.pointer), "cannot start the output")
-            try forEachSegment(source, size: size, buffer: buffer, reporter: reporter, holesAsZeros: true) { data, _ in
+            try segments(true) { data, _ in
                 if archive_write_data(writer.pointer, data.baseAddress, data.count) < 0 {
                     throw TransferError("cannot write the image: \(writer.errorString)")
                 }

@@ -200,7 +200,7 @@ extension Pull {
                 throw error
             }
             do {
-                try RawImport.run(from: readEnd.rawValue, to: target, reporter: .silent)
+                try RawImport.run(from: readEnd.rawValue, to: target, root: root, reporter: .silent)
                 // Whatever trailing bytes the importer did not need still count for the hash.
                 try drain(readEnd.rawValue)
             } catch {

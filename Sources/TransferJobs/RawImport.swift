@@ -3,6 +3,7 @@ import CLinux
 import FileTree
 import Glibc
 import Linux
+import PoolAPI
 import RawLoopBackend
 import Transfer
 
@@ -31,8 +32,18 @@ struct FileDestination: ImportDestination {
 /// ImportRaw's work (and PullRaw's): a raw or qcow2 disk image, gzip/bzip2/xz/zstd-compressed
 /// or plain, into the (empty) `NAME.raw` file, sparse: zero blocks become holes.
 public enum RawImport {
-    /// Reads `input` (file, pipe or socket) into `outputPath`.
-    public static func run(from input: Int32, to outputPath: String, reporter: StatusReporter = .silent) throws {
+    /// Reads `input` (file, pipe or socket) into `outputPath`, or into the RBD image it names
+    /// when it is a locator (`rbd://…`: connected as `root`'s backends.d says).
+    public static func run(from input: Int32, to outputPath: String, root: String = "/", scratchDirectory: String? = nil,
+                           reporter: StatusReporter = .silent) throws {
+        if let locator = RbdLocator(outputPath) {
+            let image = try RbdTransfer.open(locator, root: root, readOnly: false)
+            let destination = try RbdDestination(image: image, scratchDirectory: scratchDirectory ?? "/var/tmp")
+            defer { destination.unlock() }
+            try run(from: input, into: destination, reporter: reporter)
+            try destination.finish()
+            return
+        }
         let output = try FileDescriptor.open(outputPath, flags: O_RDWR | O_NOFOLLOW | O_CLOEXEC)
         defer { output.close() }
         let directory = outputPath.lastIndex(of: "/").map { String(outputPath[..<$0]) } ?? "."

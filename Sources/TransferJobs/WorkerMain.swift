@@ -55,7 +55,7 @@ extension TransferWorker {
         case .importTar:
             try TarImport.extract(from: data, into: try need(a.target, "--target"), reporter: reporter)
         case .importRaw:
-            try RawImport.run(from: data, to: try need(a.target, "--target"), reporter: reporter)
+            try RawImport.run(from: data, to: try need(a.target, "--target"), root: a.root, scratchDirectory: a.poolPath, reporter: reporter)
         case .importFileSystem:
             let into = try FileDescriptor.openDirectory(try need(a.target, "--target"), followSymlinks: false)
             let from = try FileDescriptor(owning: sys("dup") { dup(data) })
@@ -64,7 +64,7 @@ extension TransferWorker {
         case .exportTar:
             try TarExport.run(directory: try need(a.source, "--source"), to: data, format: a.format, reporter: reporter)
         case .exportRaw:
-            try RawExport.run(path: try need(a.source, "--source"), to: data, format: a.format, reporter: reporter)
+            try RawExport.run(path: try need(a.source, "--source"), to: data, format: a.format, root: a.root, reporter: reporter)
         case .pullTar, .pullRaw:
             try Pull.run(url: try need(a.url, "--url"), kind: a.type, verify: a.verify, root: a.root,
                          target: try need(a.target, "--target"),

@@ -44,14 +44,17 @@ actor Daemon {
             self.bus = bus
             if stopping { return await stop() }
             let paths = ServicePaths(root: options.root)
-            _ = try loadBackendConfiguration()
+            let backendConfiguration = try loadBackendConfiguration()
             let info = DaemonInfo(root: options.root, services: options.services)
             // Composition point: the storage backends in claim priority order (a directory that
             // is a subvolume is a subvolume), and the machine image pool over them.
             let raw = RawLoopBackend(runtimeDirectory: paths.runtimeDirectory)
             let logger = self.logger
             let registry = BackendRegistry([BtrfsBackend(), raw, DirectoryBackend(report: { logger.warning("\($0)") })])
-            let pool = ImagePool(configuration: ImagePool.Configuration(root: options.root), registry: registry)
+            // Optional backends (RBD pools) serve machine images only.
+            let optional = try await connectRbdPools(backendConfiguration, runtimeDirectory: paths.runtimeDirectory, raw: raw)
+            let machineRegistry = optional.isEmpty ? registry : BackendRegistry(registry.backends + optional)
+            let pool = ImagePool(configuration: ImagePool.Configuration(root: options.root), registry: machineRegistry)
             // What a previous run left: temp entries of transfers killed with berthd, stale locks,
             // inspection mounts.
             raw.cleanUpStaleInspections()
