@@ -42,7 +42,7 @@ else
     btrfs_mib=4096 ext4_mib=3072 transfer_repeat=${BENCH_REPEAT:-3} quick_repeat=${BENCH_REPEAT:-5} ext4_repeat=${BENCH_REPEAT:-5}
 fi
 port=${BENCH_PORT:-18734}
-only=" ${BENCH_ONLY:-list get clone machines import export pull oci ext4} "
+only=" ${BENCH_ONLY:-list get clone machines import export pull oci ext4 rbd} "
 want() { [[ "$only" == *" $1 "* ]]; }
 
 if [ -n "${BENCH_BIN:-}" ]; then
@@ -424,8 +424,15 @@ done
 stop_daemons "$berthd_pid" "$machined_pid" "$importd_pid"
 fi
 
+# RBD rows (a one-node Ceph cluster of its own; scripts/bench-rbd.sh, docs/rbd.md).
+rbd_rows=""
+if want rbd; then
+    echo "== RBD pool: clone of a 1 GiB image, ListImages with 200 RBD images"
+    rbd_rows=$(BENCH_BIN="$bin" BENCH_OUT="" "$(dirname "$0")/bench-rbd.sh" | grep '^|' || echo "| RBD rows | failed (scripts/bench-rbd.sh) |")
+fi
+
 echo
 echo "== results (wall-clock, CLOCK_MONOTONIC; caches dropped before each clone/import/export/pull and reference)"
-report=$( machine; echo "run took $(( $(date +%s) - t0 )) s"; echo; "$bench" table "$results" )
+report=$( machine; echo "run took $(( $(date +%s) - t0 )) s"; echo; "$bench" table "$results"; [ -z "$rbd_rows" ] || echo "$rbd_rows" )
 echo "$report"
 [ -z "${BENCH_OUT:-}" ] || echo "$report" > "$BENCH_OUT"
