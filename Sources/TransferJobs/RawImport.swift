@@ -39,7 +39,6 @@ public enum RawImport {
         if let locator = RbdLocator(outputPath) {
             let image = try RbdTransfer.open(locator, root: root, readOnly: false)
             let destination = try RbdDestination(image: image, scratchDirectory: scratchDirectory ?? "/var/tmp")
-            defer { destination.unlock() }
             try run(from: input, into: destination, reporter: reporter)
             try destination.finish()
             return

@@ -53,14 +53,16 @@ enum RbdTransfer {
 
 /// An import's new RBD image (created empty by berthd under a temp name), written in place:
 /// grown as the stream goes, zero blocks left unallocated, cut to the stream's size at the end.
-/// While it writes, the worker holds the image's advisory lock (cookie `berth:<host>:import`),
-/// so no other host's berthd removes it (its start-up clean-up of temp images, say) meanwhile.
+/// While it writes, the worker holds the image open and owns its exclusive-lock feature's lock
+/// (rbd_lock_acquire): another client's writes fail instead of taking it over, and another
+/// host's berthd cannot remove it (librbd refuses to remove an image with watchers) — its
+/// start-up clean-up of temp images, say. Both end with the worker, however it ends. (Not an
+/// advisory `rbd lock`: librbd makes an image with an exclusive advisory lock read-only for
+/// every client, its holder too, so that lock is for running machines, not for a writer.)
 final class RbdDestination: ImportDestination {
     let image: RbdImage
     let scratchDirectory: String
-    private let cookie: String
     private var size: UInt64
-    private var locked = false
 
     /// Growth steps: at least this much at a time, so a stream of small writes resizes rarely.
     static let growthStep: UInt64 = 256 << 20
@@ -68,25 +70,16 @@ final class RbdDestination: ImportDestination {
     init(image: RbdImage, scratchDirectory: String) throws {
         self.image = image
         self.scratchDirectory = scratchDirectory
-        cookie = RbdBackend.cookie(host: RbdBackend.localHostName(), purpose: RbdBackend.importPurpose)
         size = try RbdTransfer.call("size RBD image '\(image.name)'") { () throws(RbdError) in try image.size() }
-        try RbdTransfer.call("lock RBD image '\(image.name)'") { () throws(RbdError) in try image.lockExclusive(cookie: cookie) }
-        locked = true
+        try RbdTransfer.call("take the exclusive lock of RBD image '\(image.name)'") { () throws(RbdError) in
+            try image.acquireExclusiveLock()
+        }
     }
 
-    /// Flushes and gives up the lock (berthd renames the image once the worker has ended).
+    /// Flushes what librbd still buffers (berthd renames the image once the worker has ended).
     func finish() throws {
         try RbdTransfer.call("flush RBD image '\(image.name)'") { () throws(RbdError) in try image.flush() }
-        unlock()
     }
-
-    func unlock() {
-        guard locked else { return }
-        locked = false
-        try? image.unlock(cookie: cookie)
-    }
-
-    deinit { unlock() }
 
     func makeZeroed(size: UInt64) throws(SystemCallError) {
         do {

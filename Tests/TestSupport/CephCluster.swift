@@ -231,9 +231,9 @@ public final class CephCluster: @unchecked Sendable {
 
     /// Runs the `rbd` CLI, as client.admin or (`asClient`) as berthd's client, on `pool` by default.
     @discardableResult
-    public func rbd(_ arguments: [String], asClient: Bool = false, check: Bool = true) throws -> CommandResult {
+    public func rbd(pool: String? = nil, _ arguments: [String], asClient: Bool = false, check: Bool = true) throws -> CommandResult {
         let identity = asClient ? ["-c", clientConf, "--id", clientID] : ["-c", adminConf]
-        return try run(["timeout", "120", "rbd"] + identity + ["-p", pool] + arguments, check: check)
+        return try run(["timeout", "120", "rbd"] + identity + ["-p", pool ?? self.pool] + arguments, check: check)
     }
 
     /// The names of the RBD images in `pool` (default: the cluster's pool).
@@ -242,10 +242,21 @@ public final class CephCluster: @unchecked Sendable {
             .split(separator: "\n").map(String.init)
     }
 
-    /// The text of a berthd backend configuration (`ROOT/etc/berth/backends.d/NAME.conf`) for
-    /// `pool` of this cluster, as berthd's client.
-    public func backendConfig(pool: String? = nil) -> String {
-        "[rbd]\npool=\(pool ?? self.pool)\ncluster=ceph\nconf=\(clientConf)\nid=\(clientID)\n"
+    /// Configures berthd under `root` for `pool` of this cluster as its client: the client
+    /// conf copied to `ROOT/etc/ceph/ceph.conf` (berthd resolves `conf=` under its root; the
+    /// keyring path inside stays absolute) and `ROOT/etc/berth/backends.d/rbd.conf`.
+    public func configureBerthd(root: String, pool: String? = nil, extra: String = "required=yes\ntimeout=20\n") throws {
+        try FileManager.default.createDirectory(atPath: root + "/etc/ceph", withIntermediateDirectories: true)
+        try FileManager.default.createDirectory(atPath: root + "/etc/berth/backends.d", withIntermediateDirectories: true)
+        _ = try? FileManager.default.removeItem(atPath: root + "/etc/ceph/ceph.conf")
+        try FileManager.default.copyItem(atPath: clientConf, toPath: root + "/etc/ceph/ceph.conf")
+        try backendConfig(pool: pool, extra: extra).write(toFile: root + "/etc/berth/backends.d/rbd.conf", atomically: true, encoding: .utf8)
+    }
+
+    /// The text of berthd's `backends.d/rbd.conf` for `pool` (default: the cluster's pool) with
+    /// the conf at `/etc/ceph/ceph.conf` under berthd's root (`configureBerthd` puts it there).
+    public func backendConfig(pool: String? = nil, extra: String = "") -> String {
+        "[rbd]\npool=\(pool ?? self.pool)\ncluster=ceph\nconf=/etc/ceph/ceph.conf\nid=\(clientID)\n" + extra
     }
 
     /// The pid of a daemon (`mon.a`, `mgr.x`, `osd.0`) from its pid file, if it runs.

@@ -257,7 +257,6 @@ public final class RbdBackend: ExternalImageBackend, @unchecked Sendable {
         var parentLink: (image: RbdLinkedImage, snapshot: String)?
         do {
             let image = try pool.openImage(name)
-            try breakStaleImportLocks(image)
             try refuseInUse(image, "remove")
             let children = try image.children()
             if !children.isEmpty {
@@ -346,21 +345,6 @@ public final class RbdBackend: ExternalImageBackend, @unchecked Sendable {
             return image
         } catch {
             throw Self.poolError(error, "cannot lock RBD image '\(name)'")
-        }
-    }
-
-    /// The purpose in the lock cookie of a transfer worker writing an import into a temp image.
-    public static let importPurpose = "import"
-
-    /// A temp image (`.#…`) is removed by the pool only once its import's worker has ended (or
-    /// at start-up, when this host's workers died with the previous berthd): a lock this host's
-    /// import worker still holds then is stale (a worker killed on cancel cannot unlock) and is
-    /// broken. Another host's import lock is kept, so that host's import in flight is refused.
-    private func breakStaleImportLocks(_ image: RbdImage) throws {
-        guard image.name.hasPrefix(".#") else { return }
-        let own = Self.cookie(host: configuration.hostName, purpose: Self.importPurpose)
-        for locker in try image.lockers().lockers where locker.cookie == own {
-            try image.breakLock(client: locker.client, cookie: locker.cookie)
         }
     }
 
