@@ -28,6 +28,12 @@ cleanup() {
         p=$(cat "$D/run/$n.pid" 2>/dev/null) && kill "$p" 2>/dev/null
     done
     sleep 3
+    # Started from a test runner, the daemons inherit its blocked signals and never see SIGTERM.
+    for p in "${pids[@]}"; do kill -9 "$p" 2>/dev/null; done
+    for n in osd.0 mgr.x mon.a; do
+        p=$(cat "$D/run/$n.pid" 2>/dev/null) && kill -9 "$p" 2>/dev/null
+    done
+    sleep 1
     # Never a recursive delete through a mount: only when nothing is mounted below.
     findmnt -rno TARGET | grep -q "^$D/" || rm -rf "$D"
 }
