@@ -96,7 +96,8 @@ let package = Package(
         .testTarget(name: "PortableTests", dependencies: ["Portable", "Linux", "TestSupport"]),
         .testTarget(name: "MachinesTests", dependencies: ["Machines", "TestSupport"]),
         .testTarget(name: "RbdTests", dependencies: [
-            "Rbd", "RbdBackend", "PoolAPI", "DirectoryBackend", "RawLoopBackend", "BackendConformance", "Linux", "TestSupport",
+            "Rbd", "RbdBackend", "RbdHost", "PoolAPI", "DirectoryBackend", "RawLoopBackend", "BackendConformance", "Linux",
+            "TestSupport",
         ]),
         .testTarget(name: "BackendTests", dependencies: [
             "PoolAPI", "BtrfsBackend", "RawLoopBackend", "DirectoryBackend", "BackendConformance", "TestSupport",
