@@ -6,9 +6,7 @@ import TestSupport
 /// scripts/bench.sh still runs end to end (tiny inputs: BENCH_TINY=1) against berthd and systemd
 /// 252's daemons. It checks that every item produced a figure or an honest "n/a (not
 /// implemented)" for both — never how fast anything was.
-@Suite(.serialized, .enabled(if: (Privileges.canMakeLoopFilesystems && ReferenceDaemon.skipReason == nil
-                              && commandExists("dbus-daemon") && commandExists("mkfs.btrfs") && commandExists("mkfs.ext4")) || Privileges.underCI,
-                              "needs root, loop devices, btrfs-progs, e2fsprogs, dbus and systemd-container"))
+@Suite(.serialized, .requires(.loopFilesystems, .referenceDaemons, .commands("dbus-daemon")))
 struct BenchSmokeTests {
     @Test func benchScriptRunsOnTinyInputs() throws {
         let berthd = try BerthdProcess.binaryPath()

@@ -6,8 +6,7 @@ import Testing
 import TestSupport
 
 /// org.freedesktop.import1 served by berthd, driven by the real machinectl on a private bus.
-@Suite(.serialized, .enabled(if: (import1ToolsAvailable) || Privileges.underCI,
-                             "needs root, dbus-daemon, busctl, gdbus, machinectl (systemd-container), gpg, qemu-img, xz, /usr/bin/python3"))
+@Suite(.serialized, .requires(import1Requirements))
 struct Import1Tests {
     @Test("machinectl import-tar from a file and from stdin, import-fs, import-raw of raw.xz and qcow2, export-tar, export-raw")
     func importsAndExports() throws {

@@ -6,9 +6,7 @@ import TestSupport
 /// The machine lifecycle beyond registration: berthd restarted keeps its machines and drops those
 /// whose leader died meanwhile, and the newer members (RegisterMachineEx, CreateMachineEx,
 /// GetMachineSSHInfo) answer as systemd v259 does, here where systemd is not on the bus.
-@Suite(.serialized, .enabled(if: (endToEndToolsAvailable && Privileges.isRoot && commandExists("systemd-nspawn")
-                                   && FileManager.default.isExecutableFile(atPath: "/bin/busybox")) || Privileges.underCI,
-                             "needs root, systemd-nspawn, busybox (apt-get install systemd-container busybox-static) and a bus"))
+@Suite(.serialized, .requires(nspawnRequirements))
 struct MachineLifecycleTests {
     private let manager = ["call", "org.freedesktop.machine1", "/org/freedesktop/machine1", "org.freedesktop.machine1.Manager"]
 

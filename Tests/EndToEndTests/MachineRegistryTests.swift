@@ -6,9 +6,7 @@ import TestSupport
 /// machine1's machine registry with the real systemd-nspawn registering a busybox container with
 /// berthd on a private bus, here where PID 1 is not systemd (machined 252 can register nothing
 /// then), and the real machinectl reading and terminating it.
-@Suite(.serialized, .enabled(if: (endToEndToolsAvailable && Privileges.isRoot && commandExists("systemd-nspawn")
-                                   && FileManager.default.isExecutableFile(atPath: "/bin/busybox")) || Privileges.underCI,
-                             "needs root, systemd-nspawn, busybox (apt-get install systemd-container busybox-static) and a bus"))
+@Suite(.serialized, .requires(nspawnRequirements))
 struct MachineRegistryTests {
     /// A busybox root with an os-release, in a new folder.
     static func busyboxRoot() throws -> TemporaryDirectory {

@@ -10,7 +10,7 @@ import Testing
 @Suite("import-tar, import-raw, import-fs through worker processes")
 struct ImportTests {
     @Test("import-tar from a file keeps owners, setuid, times, xattrs, ACLs, hardlinks, devices, sparse; progress moves",
-          .enabled(if: (Privileges.isRoot) || Privileges.underCI, "needs root for owners and device nodes"))
+          .requires(.root))  // owners and device nodes
     func importTarFidelity() async throws {
         let tmp = try TemporaryDirectory()
         defer { tmp.remove() }
@@ -194,7 +194,7 @@ struct ImportTests {
     }
 
     @Test("import-fs copies a directory tree faithfully",
-          .enabled(if: (Privileges.isRoot) || Privileges.underCI, "needs root for owners and device nodes"))
+          .requires(.root))  // owners and device nodes
     func importFileSystem() async throws {
         let tmp = try TemporaryDirectory()
         defer { tmp.remove() }
@@ -210,7 +210,7 @@ struct ImportTests {
     }
 
     @Test("import-tar into a btrfs pool makes a subvolume",
-          .enabled(if: (Privileges.canMakeLoopFilesystems) || Privileges.underCI, "needs root and loop devices for a btrfs pool"))
+          .requires(.loopFilesystems))
     func importTarOnBtrfs() async throws {
         let fs = try LoopbackFilesystem(.btrfs)
         defer { fs.remove() }
