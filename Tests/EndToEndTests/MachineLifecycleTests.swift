@@ -35,11 +35,9 @@ struct MachineLifecycleTests {
 
         #expect(try berthd.restart() == 0, "\(berthd.log)")
         // Only on the restarted berthd's bus connection from here on.
-        let monitor = try spawn(["/usr/bin/busctl", "--address=\(bus.address)", "monitor", "--match",
-                                 "type=signal,interface=org.freedesktop.machine1.Manager"],
-                                stdout: berthd.root + "/signals.log", stderr: nil)
+        let monitor = try startBusMonitor(address: bus.address, match: "type=signal,interface=org.freedesktop.machine1.Manager",
+                                          log: berthd.root + "/signals.log")
         defer { kill(monitor, SIGTERM); _ = waitpid(monitor, nil, 0) }
-        usleep(300_000)
         reap(doomed)
         // The pidfd watch of the restarted berthd sees the leader go.
         #expect(try waitUntil { !(try machinectl(bus, ["list", "--no-legend"]).stdout.contains("doomed")) }, "\(berthd.log)")

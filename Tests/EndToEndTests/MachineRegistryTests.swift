@@ -42,11 +42,9 @@ struct MachineRegistryTests {
         defer { host.stop() }
         let (bus, berthd, root) = (host.bus, host.berthd, host.root)
         try FileManager.default.createDirectory(atPath: "/run/systemd/system", withIntermediateDirectories: true)
-        let monitor = try spawn(["/usr/bin/busctl", "--address=\(bus.address)", "monitor", "--match",
-                                 "type=signal,interface=org.freedesktop.machine1.Manager"],
-                                stdout: berthd.root + "/signals.log", stderr: nil)
+        let monitor = try startBusMonitor(address: bus.address, match: "type=signal,interface=org.freedesktop.machine1.Manager",
+                                          log: berthd.root + "/signals.log")
         defer { kill(monitor, SIGTERM); _ = waitpid(monitor, nil, 0) }
-        usleep(300_000)
 
         let container = try NspawnContainer(name: "bbreg", root: root.path, bus: bus.address, command: "sleep 600")
         defer { container.stop() }
