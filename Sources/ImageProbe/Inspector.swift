@@ -4,11 +4,13 @@ import Linux
 
 /// `berth-inspect`: the child berthd's RawLoop backend starts for each inspection of a raw image
 /// (InspectorAnswer has the conversation). Everything that reads the untrusted image or changes
-/// kernel state for it happens here, never in berthd: the libblkid probe, the loop device, the
-/// mounts — in a mount namespace of this process's own, so berthd's never sees them.
+/// kernel state for it happens here, never in berthd: the libblkid probe (in a further child
+/// without privileges, `UnprivilegedProbe`), the loop device, the mounts — in a mount namespace
+/// of this process's own, so berthd's never sees them.
 public enum Inspector {
     /// The child's entry: probes and mounts, answers, holds the mount until released, exits.
     public static func main(arguments: [String]) -> Never {
+        if arguments == [UnprivilegedProbe.option] { UnprivilegedProbe.main() }
         // A closed answer pipe (berthd gone) is a write error here, not a silent death midway.
         signal(SIGPIPE, SIG_IGN)
         let answer = FileDescriptor(owning: InspectorAnswer.answerDescriptor)
@@ -60,8 +62,9 @@ public enum Inspector {
             let status: FileStatus
             do { status = try image.stat() } catch { throw .init(error, "cannot stat the image") }
             guard status.isRegular else { throw .init(kind: .invalidImage, message: "the image is not a regular file") }
-            // Decide everything that reading the file can decide before any kernel state exists.
-            let plan = try InspectionPlan.make(image: image, size: UInt64(max(status.size, 0)))
+            // Decide everything that reading the file can decide before any kernel state exists,
+            // in a process without privileges: libblkid's parsers never run as root.
+            let plan = try UnprivilegedProbe.run(image: image, size: UInt64(max(status.size, 0)))
             do {
                 try enterPrivateMountNamespace()
             } catch {

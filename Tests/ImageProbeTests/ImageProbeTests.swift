@@ -1,6 +1,6 @@
 import Foundation
 import Glibc
-import ImageProbe
+@testable import ImageProbe
 import InspectProtocol
 import Linux
 import Testing
@@ -252,5 +252,63 @@ struct InspectorAnswerTests {
     @Test func overlongAndInvalidUTF8AnswersAreRefused() {
         #expect(InspectorAnswer.parse(Array(("error system - 0 " + String(repeating: "x", count: 2000) + "\n").utf8)) == nil)
         #expect(InspectorAnswer.parse(Array("error system - 0 ".utf8) + [0xff, 0xfe, 0x0a]) == nil)
+    }
+}
+
+@Suite("the unprivileged probe's plan")
+struct ProbePlanWireTests {
+    private let root = ProbedPartition(number: 1, type: "", flags: 0, start: 1 << 20, length: 48 << 20)
+    private let usr = ProbedPartition(number: 2, type: "", flags: 0, start: 49 << 20, length: 8 << 20)
+
+    @Test func plansRoundTrip() {
+        let plans = [
+            InspectionPlan(sectorSize: 512, mounts: [.init(partition: root, filesystem: .ext4, isUsr: false)]),
+            InspectionPlan(sectorSize: 4096, mounts: [.init(partition: root, filesystem: .btrfs, isUsr: false),
+                                                      .init(partition: usr, filesystem: .erofs, isUsr: true)]),
+            InspectionPlan(sectorSize: 512, mounts: [.init(partition: usr, filesystem: .squashfs, isUsr: true)]),
+            InspectionPlan(sectorSize: 512, mounts: [.init(partition: nil, filesystem: .xfs, isUsr: false)]),
+        ]
+        for plan in plans {
+            #expect(InspectionPlan(wire: Array(plan.wire.utf8), imageSize: 64 << 20) == plan, "\(plan.wire)")
+        }
+    }
+
+    @Test(arguments: [
+        "", "plan 512\nend\n", "plan 513\nmount 1 1048576 1048576 ext4 root\nend\n",
+        "plan 512\nmount 1 1048576 1048576 ext4 root\n", "plan 512\nmount 1 1048576 1048576 ext4 root\nend",
+        "plan 512\nmount 1 67108864 1 ext4 root\nend\n",  // past the end of a 64 MiB image
+        "plan 512\nmount 1 1 18446744073709551615 ext4 root\nend\n",  // overflows
+        "plan 512\nmount 1 1048576 0 ext4 root\nend\n", "plan 512\nmount 1 1048576 1048576 ntfs root\nend\n",
+        "plan 512\nmount 1 1048576 1048576 ext4 boot\nend\n", "plan 512\nmount 70000 1048576 1048576 ext4 root\nend\n",
+        "plan 512\nmount 1 1048576 1048576 ext4 root\nmount 2 2097152 1048576 ext4 root\nend\n",
+        "plan 512\nmount 2 2097152 1048576 ext4 usr\nmount 1 1048576 1048576 ext4 root\nend\n",
+        "plan 512\nmount 0 0 0 ext4 root\nmount 2 2097152 1048576 ext4 usr\nend\n", "plan 512\nmount 0 512 0 ext4 root\nend\n",
+        "plan 512\nmount -1 1048576 1048576 ext4 root\nend\n", "plan 512\nmount +1 1048576 1048576 ext4 root\nend\n",
+        "plan 512\nmount 1  1048576 1048576 ext4 root\nend\n", "plan 512\r\nmount 1 1048576 1048576 ext4 root\nend\n",
+        "plan 512\nmount 1 1048576 1048576 ext4 root\nend\nend\n",
+    ])
+    func malformedPlansAreRefused(text: String) {
+        #expect(InspectionPlan(wire: Array(text.utf8), imageSize: 64 << 20) == nil, "\(text.debugDescription)")
+    }
+}
+
+@Suite("berth-inspect --probe")
+struct UnprivilegedProbeProcessTests {
+    /// The probe refuses to read the image unless it is uid/gid 65534 with empty capability sets
+    /// and no_new_privs (it checks /proc/self/status), so a plan from it is a plan made unprivileged.
+    @Test(.enabled(if: Privileges.isRoot || Privileges.underCI, "dropping to uid 65534 needs root"))
+    func theProbeAnswersAPlanOnlyAfterDroppingEveryPrivilege() throws {
+        let i = try Images()
+        let image = try i.partitioned("probe.raw", table: "label: gpt\nstart=2048, size=98304, type=\(rootX86_64)\n")
+        let file = try FileDescriptor.open(image, flags: O_RDONLY)
+        var fds: [Int32] = [-1, -1]
+        #expect(pipe(&fds) == 0)
+        let pid = try spawnProcess(try BerthdProcess.binaryPath("berth-inspect"), arguments: ["--probe"],
+                                   descriptors: [file.rawValue, fds[1]])
+        Glibc.close(fds[1])
+        let out = FileDescriptor(owning: fds[0])
+        let answer = String(decoding: try out.readToEnd(limit: 4096), as: UTF8.self)
+        #expect(try waitForExit(pid) == .exited(0), "\(answer)")
+        #expect(answer == "plan 512\nmount 1 1048576 50331648 ext4 root\nend\n")
     }
 }
