@@ -8,15 +8,22 @@ import PoolAPI
 ///
 /// Clones share extents where the filesystem can (FICLONE) and stay sparse where it cannot.
 /// Read-only is the immutable inode flag (FS_IMMUTABLE_FL), so it holds against root too, where
-/// systemd only drops the write bits. Inspection attaches the file read-only to a loop device and
-/// mounts its root filesystem read-only in a private folder under the runtime directory.
+/// systemd only drops the write bits. Inspection runs in a `berth-inspect` child: it probes the
+/// file with libblkid, attaches it read-only to a loop device and mounts its root filesystem
+/// read-only in a mount namespace of its own, where berthd reads it through /proc/CHILD/root.
 public struct RawLoopBackend: ImageBackend {
-    /// Berth's runtime folder (`<root>/run/berth`): inspection mounts go in `inspect/` below it.
+    /// Berth's runtime folder (`<root>/run/berth`): inspection children mount a private tmpfs
+    /// over `inspect/` below it, in their own namespaces.
     public let runtimeDirectory: String
+    /// The `berth-inspect` executable that probes and mounts images for inspection.
+    public let inspectorExecutable: String
 
-    /// - Parameter runtimeDirectory: where private mount points may be made (`<root>/run/berth`).
-    public init(runtimeDirectory: String) {
+    /// - Parameters:
+    ///   - runtimeDirectory: Berth's runtime folder (`<root>/run/berth`).
+    ///   - inspector: the `berth-inspect` executable (default: the one beside this executable).
+    public init(runtimeDirectory: String, inspector: String = RawLoopBackend.inspectorBesideSelf()) {
         self.runtimeDirectory = runtimeDirectory
+        self.inspectorExecutable = inspector
     }
 
     /// The suffix that makes a regular file in a pool folder a raw image.
@@ -206,10 +213,11 @@ public struct RawLoopBackend: ImageBackend {
         throw PoolError(.notSupported, "raw images have no size limits")
     }
 
-    /// Attaches the image read-only to a loop device and mounts its root filesystem (the DPS
-    /// root and /usr partitions of a GPT disk, or a bare filesystem) read-only, nosuid, nodev,
-    /// noexec under `runtimeDirectory/inspect/`. Nothing stays attached or mounted if this
-    /// throws; the returned root's `close()` releases everything.
+    /// Has a `berth-inspect` child probe the image with libblkid, attach it read-only to a loop
+    /// device and mount its root filesystem (the DPS root and /usr partitions of a GPT disk, the
+    /// one Linux partition of an MBR disk, or a bare filesystem) read-only, nosuid, nodev, noexec
+    /// in the child's own mount namespace; the returned root reads it through /proc/CHILD/root.
+    /// Nothing stays attached, mounted or running if this throws; the root's `close()` ends it all.
     public func openForInspection(at path: String) throws -> any InspectionRoot {
         try inspect(path: path)
     }
