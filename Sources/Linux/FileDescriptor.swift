@@ -55,24 +55,14 @@ public final class FileDescriptor: @unchecked Sendable {
         try sys("pread") { Glibc.pread(rawValue, buffer.baseAddress, buffer.count, off_t(offset)) }
     }
 
-    /// Writes all of `buffer`, looping over short writes.
+    /// Writes all of `buffer`, looping over short writes (`writeAll(_:to:)`).
     public func writeAll(_ buffer: UnsafeRawBufferPointer) throws(SystemCallError) {
-        var done = 0
-        while done < buffer.count {
-            let base = buffer.baseAddress! + done
-            let n = try sys("write") { Glibc.write(rawValue, base, buffer.count - done) }
-            done += n
-        }
+        try Linux.writeAll(buffer, to: rawValue)
     }
 
-    /// Writes all of `buffer` at `offset` (pwrite(2)), looping over short writes.
+    /// Writes all of `buffer` at `offset`, looping over short writes (`writeAll(_:to:at:)`).
     public func writeAll(_ buffer: UnsafeRawBufferPointer, at offset: Int64) throws(SystemCallError) {
-        var done = 0
-        while done < buffer.count {
-            let base = buffer.baseAddress! + done
-            let n = try sys("pwrite") { Glibc.pwrite(rawValue, base, buffer.count - done, off_t(offset) + off_t(done)) }
-            done += n
-        }
+        try Linux.writeAll(buffer, to: rawValue, at: offset)
     }
 
     /// Reads the whole rest of the file (for small files: os-release, machine-id).
@@ -158,6 +148,25 @@ public final class FileDescriptor: @unchecked Sendable {
     /// Whether FS_IMMUTABLE_FL is set.
     public func isImmutable() throws(SystemCallError) -> Bool {
         try inodeFlags() & BERTH_FS_IMMUTABLE_FL != 0
+    }
+}
+
+/// write(2) of all of `buffer` to `fd` (a descriptor the caller owns: a pipe or file handed in),
+/// continuing after short writes; EINTR is retried (`sys`).
+public func writeAll(_ buffer: UnsafeRawBufferPointer, to fd: Int32) throws(SystemCallError) {
+    guard let base = buffer.baseAddress else { return }
+    var done = 0
+    while done < buffer.count {
+        done += try sys("write") { Glibc.write(fd, base + done, buffer.count - done) }
+    }
+}
+
+/// pwrite(2) of all of `buffer` at `offset` of `fd`, continuing after short writes.
+public func writeAll(_ buffer: UnsafeRawBufferPointer, to fd: Int32, at offset: Int64) throws(SystemCallError) {
+    guard let base = buffer.baseAddress else { return }
+    var done = 0
+    while done < buffer.count {
+        done += try sys("pwrite") { Glibc.pwrite(fd, base + done, buffer.count - done, off_t(offset) + off_t(done)) }
     }
 }
 
