@@ -24,6 +24,59 @@ enum TreeSupport {
         return parent
     }
 
+    /// A directory the walk goes into: what `walk`'s `visit` returns for an entry to descend.
+    struct Descent {
+        var fd: FileDescriptor
+        /// (device, inode), checked when the directory is reopened through `..` of a child.
+        var identity: [UInt64]
+        var names: [String]
+    }
+
+    /// The depth-first, fd-relative walk of TreeRemoval and DiskUsage: an explicit stack (a deep
+    /// tree cannot overflow the thread's stack), at most `openLevels` directories open at once
+    /// (ancestors are closed and reopened through `..`, checked against their identity).
+    /// - Parameters:
+    ///   - top: the directory the walk starts in, its identity and entry names, and its name in
+    ///     its parent (handed back to `leave`).
+    ///   - visit: called for each entry name with its directory; returns the directory to walk
+    ///     into next, or nil to go on with the next entry.
+    ///   - leave: called once a directory's entries are done, with its name, its descriptor
+    ///     (nil if parked) and its parent's (nil for `top`), deepest first.
+    static func walk(_ top: Descent, named topName: String,
+                     visit: (_ name: String, _ dir: FileDescriptor) throws -> Descent?,
+                     leave: (_ name: String, _ fd: FileDescriptor?, _ parent: FileDescriptor?) throws -> Void) throws {
+        var stack = [WalkLevel(fd: top.fd, identity: top.identity, names: top.names, nameInParent: topName)]
+        while !stack.isEmpty {
+            let i = stack.count - 1
+            if stack[i].next >= stack[i].names.count {
+                let done = stack.removeLast()
+                if let p = stack.indices.last, stack[p].fd == nil, let child = done.fd {
+                    stack[p].fd = try reopenParent(of: child, expecting: stack[p].identity)
+                }
+                try leave(done.nameInParent, done.fd, stack.last?.fd)
+                continue
+            }
+            let name = stack[i].names[stack[i].next]
+            stack[i].next += 1
+            // The deepest level is never parked.
+            guard let dir = stack[i].fd else { throw SystemCallError("openat", .EBADF, subject: name) }
+            guard let next = try visit(name, dir) else { continue }
+            stack.append(WalkLevel(fd: next.fd, identity: next.identity, names: next.names, nameInParent: name))
+            // Only the deepest levels stay open (index 0 is reopened like any other).
+            let park = stack.count - 1 - openLevels
+            if park >= 0 { stack[park].fd?.close(); stack[park].fd = nil }
+        }
+    }
+
+    /// One directory of `walk`; `fd` is nil while parked.
+    private struct WalkLevel {
+        var fd: FileDescriptor?
+        var identity: [UInt64]
+        var names: [String]
+        var next = 0
+        var nameInParent: String
+    }
+
     /// fstatat(2) with AT_SYMLINK_NOFOLLOW; nil if the entry does not exist (any more).
     static func statusIfPresent(_ name: String, in dir: FileDescriptor) throws -> FileStatus? {
         do {
