@@ -4,12 +4,6 @@ import Linux
 
 /// Small fd-relative helpers shared by the tree walkers of this module.
 enum TreeSupport {
-    /// AT_EMPTY_PATH and O_NOATIME: glibc defines them only under _GNU_SOURCE.
-    static let emptyPath: Int32 = 0x1000
-    static let noAccessTime: Int32 = 0o1000000
-    /// O_PATH: a descriptor that names an inode without opening it (hidden likewise).
-    static let pathOnly: Int32 = 0o10000000
-
     /// How many directory levels a walk keeps open; deeper ancestors are closed and reopened
     /// through `..` when the walk comes back up. Two descriptors per level at most.
     static let openLevels = 64
@@ -87,35 +81,24 @@ enum TreeSupport {
         }
     }
 
-    /// Opens a regular file for copying with O_NOATIME, so reading does not disturb the
-    /// source's access time; O_NOATIME needs ownership or CAP_FOWNER, so EPERM retries without.
-    static func openForReading(_ name: String, in dir: FileDescriptor) throws -> FileDescriptor {
-        do {
-            return try FileDescriptor.open(name, flags: O_RDONLY | O_NOFOLLOW | noAccessTime, relativeTo: dir)
-        } catch {
-            guard error.errno == .EPERM else { throw error }
-            return try FileDescriptor.open(name, flags: O_RDONLY | O_NOFOLLOW, relativeTo: dir)
-        }
+    /// Opens a regular file for copying with O_NOATIME where allowed, so reading does not
+    /// disturb the source's access time.
+    static func openForReading(_ name: String, in dir: FileDescriptor) throws(SystemCallError) -> FileDescriptor {
+        try FileDescriptor.openPreservingAccessTime(name, flags: O_RDONLY | O_NOFOLLOW, relativeTo: dir)
     }
 
-    /// Opens a directory for listing with O_NOATIME (no symlink followed), so walking a tree
-    /// (a usage scan, the source of a copy) leaves its access times alone: listing a directory
-    /// is a read that would otherwise dirty its inode. EPERM retries without, as for files.
-    static func openDirectoryForReading(_ name: String, in dir: FileDescriptor?, followSymlinks: Bool = false) throws -> FileDescriptor {
-        let flags = O_RDONLY | O_DIRECTORY | (followSymlinks ? 0 : O_NOFOLLOW)
-        do {
-            return try FileDescriptor.open(name, flags: flags | noAccessTime, relativeTo: dir)
-        } catch {
-            guard error.errno == .EPERM else { throw error }
-            return try FileDescriptor.open(name, flags: flags, relativeTo: dir)
-        }
+    /// Opens a directory for listing with O_NOATIME where allowed (no symlink followed), so
+    /// walking a tree (a usage scan, the source of a copy) leaves its access times alone:
+    /// listing a directory is a read that would otherwise dirty its inode.
+    static func openDirectoryForReading(_ name: String, in dir: FileDescriptor?, followSymlinks: Bool = false) throws(SystemCallError) -> FileDescriptor {
+        try FileDescriptor.openPreservingAccessTime(name, flags: O_RDONLY | O_DIRECTORY | (followSymlinks ? 0 : O_NOFOLLOW), relativeTo: dir)
     }
 
     /// statx(2) STATX_MNT_ID: which mount `name` in `dir` (or `dir` itself for "") is on, so
     /// walkers stay on one mount and never copy or delete what is mounted inside a tree.
     static func mountID(_ name: String, in dir: FileDescriptor) -> UInt64? {
         var stx = CLinux.statx()
-        let flags = AT_SYMLINK_NOFOLLOW | (name.isEmpty ? emptyPath : 0)
+        let flags = AT_SYMLINK_NOFOLLOW | (name.isEmpty ? FileDescriptor.emptyPath : 0)
         guard statx(dir.rawValue, name, flags, UInt32(STATX_MNT_ID), &stx) == 0,
               stx.stx_mask & UInt32(STATX_MNT_ID) != 0 else { return nil }
         return stx.stx_mnt_id
