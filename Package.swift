@@ -10,6 +10,7 @@ let package = Package(
         .executable(name: "berthd", targets: ["berthd"]),
         .executable(name: "berthctl", targets: ["berthctl"]),
         .executable(name: "berth-transfer", targets: ["berth-transfer"]),
+        .executable(name: "berth-inspect", targets: ["berth-inspect"]),
         .library(name: "PoolAPI", targets: ["PoolAPI"]),
         .library(name: "BackendConformance", targets: ["BackendConformance"]),
     ],
@@ -27,6 +28,7 @@ let package = Package(
         .systemLibrary(name: "CCrypto", pkgConfig: "libcrypto", providers: [.apt(["libssl-dev"])]),
         // Ceph's client headers for their types only: no pkg-config, no link; Rbd dlopens the libraries.
         .systemLibrary(name: "CRbd", providers: [.apt(["librbd-dev", "librados-dev"])]),
+        .systemLibrary(name: "CBlkid", pkgConfig: "blkid", providers: [.apt(["libblkid-dev"])]),
         // Kernel headers: ioctl numbers and structs exported as typed constants.
         .systemLibrary(name: "CLinux"),
 
@@ -40,8 +42,14 @@ let package = Package(
         .target(name: "PoolAPI", dependencies: ["Linux", "FileTree"]),
         .target(name: "BtrfsBackend", dependencies: ["PoolAPI", "Linux", "FileTree", "CBtrfsUtil"],
                 path: "Sources/Backends/Btrfs"),
-        .target(name: "RawLoopBackend", dependencies: ["PoolAPI", "Linux", "FileTree"],
+        .target(name: "RawLoopBackend", dependencies: ["PoolAPI", "Linux", "FileTree", "InspectProtocol"],
                 path: "Sources/Backends/RawLoop", linkerSettings: [.linkedLibrary("z")]),
+        // berthd ↔ berth-inspect: the child's one-line answer, parsed strictly on berthd's side.
+        .target(name: "InspectProtocol", dependencies: ["Linux"]),
+        // What berth-inspect does: libblkid probing (partition tables, DPS, filesystems), the loop
+        // device and the mounts, in the child's own mount namespace. berthd never links libblkid.
+        .target(name: "ImageProbe", dependencies: ["InspectProtocol", "Linux", "CBlkid"]),
+        .executableTarget(name: "berth-inspect", dependencies: ["ImageProbe"]),
         .target(name: "DirectoryBackend", dependencies: ["PoolAPI", "Linux", "FileTree"],
                 path: "Sources/Backends/Directory"),
         // Images as Ceph RBD images in a shared RADOS pool (libraries dlopen'ed by Rbd).
@@ -93,12 +101,16 @@ let package = Package(
         // Shared test helpers: private dbus-daemon, loopback filesystems, berthd under --root.
         .target(name: "TestSupport", dependencies: ["Linux"], path: "Tests/TestSupport"),
         .testTarget(name: "LinuxTests", dependencies: ["Linux", "FileTree", "TestSupport"]),
+        .testTarget(name: "FileTreeTests", dependencies: ["FileTree", "Linux", "TestSupport"]),
+        .testTarget(name: "ServicesTests", dependencies: ["Services", "Bus", "PoolAPI", "Transfer", "Portable", "Linux"]),
         .testTarget(name: "PoolAPITests", dependencies: ["PoolAPI", "DirectoryBackend", "TestSupport"]),
         .testTarget(name: "RbdHostTests", dependencies: ["RbdHost", "PoolAPI", "RawLoopBackend", "Linux", "TestSupport"]),
         .testTarget(name: "PortableTests", dependencies: ["Portable", "Linux", "TestSupport"]),
+        .testTarget(name: "ImageProbeTests", dependencies: ["ImageProbe", "InspectProtocol", "Linux", "TestSupport"]),
         .testTarget(name: "MachinesTests", dependencies: ["Machines", "TestSupport"]),
         .testTarget(name: "RbdTests", dependencies: [
-            "Rbd", "RbdBackend", "PoolAPI", "DirectoryBackend", "RawLoopBackend", "BackendConformance", "Linux", "TestSupport",
+            "Rbd", "RbdBackend", "RbdHost", "PoolAPI", "DirectoryBackend", "RawLoopBackend", "BackendConformance", "Linux",
+            "TestSupport",
         ]),
         .testTarget(name: "BackendTests", dependencies: [
             "PoolAPI", "BtrfsBackend", "RawLoopBackend", "DirectoryBackend", "BackendConformance", "TestSupport",

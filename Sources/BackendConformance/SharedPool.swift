@@ -131,27 +131,43 @@ struct SharedContext {
         Set(try await pool.images().map(\.name))
     }
 
+    /// Waits, bounded (a host's view of shared storage may lag by its cache time), until `name`
+    /// is listed by `pool` (or, `present` false, no longer is).
+    func eventuallyListed(_ pool: ImagePool, _ name: String, present: Bool = true, _ what: String) async throws {
+        for _ in 0..<60 {
+            if try await names(pool).contains(name) == present { return }
+            try await Task.sleep(for: .milliseconds(250))
+        }
+        throw ConformanceFailure("\(what): did not happen within 15 s")
+    }
+
     func secondInstanceSeesImages() async throws {
         let made = try await makeImage("seen")
         try require(made.path.hasPrefix(a.locatorFolder), "the image is not on the shared storage: \(made.path)")
         let there = try await poolB.image(named: made.name)
         try require(there.type == made.type, "host B sees type \(there.type), A made \(made.type)")
         try require(there.limit == made.limit, "host B sees size \(there.limit), A made \(made.limit)")
-        try require(try await names(poolB).contains(made.name), "host B does not list \(made.name)")
+        try await eventuallyListed(poolB, made.name, "host B lists \(made.name)")
         try await poolB.remove(made.name)
-        try await expect(.noSuchImage, "host A looking up an image host B removed") { _ = try await poolA.image(named: made.name) }
+        try await eventuallyListed(poolA, made.name, present: false, "host A no longer lists \(made.name) once host B removed it")
+        try await expect(.noSuchImage, "host A looking up an image host B removed") {
+            for _ in 0..<40 {
+                _ = try await poolA.image(named: made.name)
+                try await Task.sleep(for: .milliseconds(250))
+            }
+        }
     }
 
     func cloneAppearsElsewhere() async throws {
         let source = try await makeImage("source")
         let clone = try await poolA.clone(source.name, to: prefix + "clone", readOnly: false)
-        try require(try await names(poolB).contains(clone.name), "host B does not list the clone made on host A")
+        try await eventuallyListed(poolB, clone.name, "host B lists the clone made on host A")
         try require(try await poolB.image(named: clone.name).limit == source.limit, "the clone's size differs from its source's")
         try await expect(.busy, "removing a source with a clone (host B)") { try await poolB.remove(source.name) }
         try require(try await names(poolA).contains(source.name), "a refused remove removed the source")
         try await poolB.remove(clone.name)
         try await poolA.remove(source.name)
-        try require(try await !names(poolB).contains(source.name), "the source is still listed after removal")
+        try await eventuallyListed(poolB, source.name, present: false, "the source is no longer listed after removal")
     }
 
     func lockHeldElsewhereBlocks() async throws {

@@ -52,6 +52,7 @@ struct RbdBackendTests {
     @Test(arguments: SharedCheck.allCases)
     func sharedPoolConformance(_ check: SharedCheck) async throws {
         let a = try TemporaryDirectory(), b = try TemporaryDirectory()
+        defer { a.remove(); b.remove() }
         let outcome = try await Conformance.run(check, subject: Self.subject, rootA: a.path, rootB: b.path,
                                                 folderBackend: { DirectoryBackend() })
         #expect(outcome == .passed)
@@ -59,6 +60,7 @@ struct RbdBackendTests {
 
     @Test func cloneIsCopyOnWriteAndItsSnapshotGoesWithTheLastClone() async throws {
         let root = try TemporaryDirectory()
+        defer { root.remove() }
         try makeDirectories(root.path + "/var/lib/machines")
         let backend = try Self.backend()
         let pool = ImagePool(configuration: .init(root: root.path), registry: BackendRegistry([DirectoryBackend(), backend]))
@@ -84,6 +86,7 @@ struct RbdBackendTests {
 
     @Test func limitIsTheSizeAndOnlyGrows() async throws {
         let root = try TemporaryDirectory()
+        defer { root.remove() }
         try makeDirectories(root.path + "/var/lib/machines")
         let backend = try Self.backend()
         let pool = ImagePool(configuration: .init(root: root.path), registry: BackendRegistry([DirectoryBackend(), backend]))
@@ -117,6 +120,7 @@ struct RbdBackendTests {
 
     @Test func failedImportLeavesNoTempImage() async throws {
         let root = try TemporaryDirectory()
+        defer { root.remove() }
         try makeDirectories(root.path + "/var/lib/machines")
         let backend = try Self.backend()
         let pool = ImagePool(configuration: .init(root: root.path), registry: BackendRegistry([DirectoryBackend(), backend]))

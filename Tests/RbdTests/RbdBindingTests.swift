@@ -183,6 +183,7 @@ struct RbdBindingTests {
     @Test func unreachableClusterFailsWithinItsTimeout() throws {
         // A monitor nobody listens on: rados_connect gives up after the timeout, never hangs.
         let directory = try TemporaryDirectory()
+        defer { directory.remove() }
         let conf = directory.path + "/ceph.conf"
         try "[global]\nmon host = [v2:127.0.0.1:9]\nms bind msgr1 = false\nauth client required = none\n"
             .write(toFile: conf, atomically: true, encoding: .utf8)

@@ -22,21 +22,10 @@ enum RbdTestCluster {
         return .init(configFile: cluster.clientConf, clientID: cluster.clientID)
     }
 
-    nonisolated(unsafe) private static var cluster: RadosCluster?
-    private static let lock = NSLock()
-
-    /// The shared connection's pool, or (`newConnection`) a pool on a connection of its own, as
-    /// a second host would have.
+    /// A pool on a connection of its own (`newConnection` says the test means another host's),
+    /// shut down when the test drops it: no connection outlives the tests, as librados crashes a
+    /// process that exits with one still open (its static objects go before its threads).
     static func pool(newConnection: Bool = false) throws -> RbdPool {
-        let configuration = try clusterConfiguration()
-        if newConnection {
-            return try RadosCluster(configuration).pool(poolName)
-        }
-        lock.lock()
-        defer { lock.unlock() }
-        if let cluster { return try cluster.pool(poolName) }
-        let made = try RadosCluster(configuration)
-        cluster = made
-        return try made.pool(poolName)
+        try RadosCluster(clusterConfiguration()).pool(poolName)
     }
 }

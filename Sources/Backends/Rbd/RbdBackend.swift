@@ -73,6 +73,7 @@ public final class RbdBackend: ExternalImageBackend, @unchecked Sendable {
     public let pool: RbdPool
     private let inspector: Inspector?
     private let cache = Mutex<[String: Cached]>([:])
+    private let names = Mutex<Names?>(nil)
     private let refreshQueue = DispatchQueue(label: "berth.rbd.metadata")
 
     private struct Cached {
@@ -86,7 +87,13 @@ public final class RbdBackend: ExternalImageBackend, @unchecked Sendable {
         self.configuration = configuration
         self.inspector = inspector
         do {
-            pool = try RadosCluster(configuration.cluster).pool(configuration.pool)
+            var cluster = configuration.cluster
+            // berthd itself moves no image data (workers do): a stopped OSD must fail its calls
+            // within the timeout rather than hold a pool operation for ever.
+            if cluster.timeoutSeconds > 0, cluster.options["rados_osd_op_timeout"] == nil {
+                cluster.options["rados_osd_op_timeout"] = String(cluster.timeoutSeconds)
+            }
+            pool = try RadosCluster(cluster).pool(configuration.pool)
         } catch {
             throw Self.poolError(error, "cannot open RBD pool '\(configuration.pool)'")
         }
@@ -105,8 +112,7 @@ public final class RbdBackend: ExternalImageBackend, @unchecked Sendable {
     /// images), they get a placeholder (size and usage unknown) and are described in the
     /// background, so that listing opens none of them.
     public func externalImageNames() throws -> [String] {
-        let names: [String]
-        do { names = try pool.listImages().map(\.name) } catch { throw Self.poolError(error, "cannot list RBD pool '\(pool.name)'") }
+        let names = try imageNames(allowStale: false)
         let unseen = cache.withLock { entries -> [String] in
             // Images gone from the pool (removed by another host) leave the cache.
             let present = Set(names)
@@ -125,9 +131,65 @@ public final class RbdBackend: ExternalImageBackend, @unchecked Sendable {
         return names
     }
 
+    /// From the last listing, refreshed in the background once older than a second: this runs
+    /// on the bus thread for sd-bus's synchronous lookups, which must not wait on the cluster
+    /// (only the very first lookup lists synchronously).
     public func hasExternalImage(named name: String) -> Bool {
-        // One listing rather than an open: an open registers a watch and reads the header.
-        (try? pool.listImages().contains { $0.name == name }) ?? false
+        ((try? imageNames(allowStale: true)) ?? []).contains(name)
+    }
+
+    private struct Names {
+        var names: [String]
+        var fetched: Double
+        var refreshing: Bool
+    }
+
+    /// How old the name listing may be before a listing (ListImages) asks the cluster again.
+    private static let namesFreshSeconds = 1.0
+
+    /// The pool's image names: one rbd_list2 unless the last one is fresh; with `allowStale`, an
+    /// older listing is answered at once and refreshed in the background.
+    private func imageNames(allowStale: Bool) throws -> [String] {
+        let now = Self.now()
+        enum Answer { case cached([String]), refresh([String]), list }
+        let answer = names.withLock { cached -> Answer in
+            guard var current = cached else { return .list }
+            if now - current.fetched < Self.namesFreshSeconds { return .cached(current.names) }
+            guard allowStale else { return .list }
+            if current.refreshing { return .cached(current.names) }
+            current.refreshing = true
+            cached = current
+            return .refresh(current.names)
+        }
+        switch answer {
+        case .cached(let list): return list
+        case .refresh(let list):
+            refreshQueue.async { [self] in _ = try? listNow() }
+            return list
+        case .list: return try listNow()
+        }
+    }
+
+    @discardableResult
+    private func listNow() throws -> [String] {
+        do {
+            let list = try pool.listImages().map(\.name)
+            names.withLock { $0 = Names(names: list, fetched: Self.now(), refreshing: false) }
+            return list
+        } catch {
+            names.withLock { $0?.refreshing = false }
+            throw Self.poolError(error, "cannot list RBD pool '\(pool.name)'")
+        }
+    }
+
+    /// Our own changes are known at once, whatever the listing's age.
+    private func noteNames(adding added: String?, removing removed: String?) {
+        names.withLock { cached in
+            guard var current = cached else { return }
+            if let removed { current.names.removeAll { $0 == removed } }
+            if let added, !current.names.contains(added) { current.names.append(added) }
+            cached = current
+        }
     }
 
     public func image(named name: String, entry: PoolEntry) throws -> Image {
@@ -191,6 +253,7 @@ public final class RbdBackend: ExternalImageBackend, @unchecked Sendable {
     public func createEmpty(at path: String) throws {
         let name = try imageName(path)
         do { try pool.createImage(name, size: 0) } catch { throw Self.poolError(error, "cannot create RBD image '\(name)'") }
+        noteNames(adding: name, removing: nil)
     }
 
     /// Not used: clones are made in one step (`cloneInOneStep`).
@@ -235,6 +298,7 @@ public final class RbdBackend: ExternalImageBackend, @unchecked Sendable {
             }
             throw Self.poolError(error, "cannot clone RBD image '\(sourceName)' to '\(newName)'")
         }
+        noteNames(adding: newName, removing: nil)
         refreshNow(newName)
     }
 
@@ -247,6 +311,7 @@ public final class RbdBackend: ExternalImageBackend, @unchecked Sendable {
             throw Self.poolError(error, "cannot rename RBD image '\(from)' to '\(to)'")
         }
         cache.withLock { $0[from] = nil }
+        noteNames(adding: to, removing: from)
         refreshNow(to)
     }
 
@@ -276,6 +341,7 @@ public final class RbdBackend: ExternalImageBackend, @unchecked Sendable {
             throw Self.poolError(error, "cannot remove RBD image '\(name)'")
         }
         cache.withLock { $0[name] = nil }
+        noteNames(adding: nil, removing: name)
         // The snapshot this clone was made from is Berth's own: it goes with its last clone.
         if let parentLink, parentLink.snapshot.hasPrefix(Self.cloneSnapshotPrefix), parentLink.image.poolName == pool.name,
            let parent = try? pool.openImage(parentLink.image.imageName),
