@@ -96,7 +96,11 @@ public enum RbdFuse {
         var arguments = ["-c", client.confPath, "-p", client.pool, "-r", image, mountPoint,
                          "--id", client.clientID, "--client_mount_timeout", String(client.timeoutSeconds),
                          "--rados_mon_op_timeout", String(client.timeoutSeconds),
-                         "--log_file", "/dev/null", "-o", "default_permissions"]
+                         "--log_file", "/dev/null", "-o", "default_permissions",
+                         // berth-inspect's libblkid probe reads the image as uid 65534 through the fd it
+                         // inherits; FUSE refuses every uid but the mounter's without allow_other. The
+                         // mount point sits in a 0700 folder, so no other user reaches it by path.
+                         "-o", "allow_other"]
         if !writable { arguments += ["-o", "ro"] }
         do {
             let exit = try runBounded(executable, arguments, seconds: client.timeoutSeconds + 10)
