@@ -16,6 +16,8 @@ let package = Package(
     dependencies: [
         .package(url: "https://github.com/apple/swift-argument-parser", from: "1.8.2"),
         .package(url: "https://github.com/apple/swift-log", from: "1.16.2"),
+        // FilePath: the path type at the boundaries of FileTree, PoolAPI and the backends.
+        .package(url: "https://github.com/apple/swift-system", from: "1.8.1"),
     ],
     targets: [
         // C libraries from Debian's -dev packages, each behind a shim header.
@@ -31,21 +33,21 @@ let package = Package(
         // Thin, typed, errno-throwing syscall layer.
         .target(name: "Linux", dependencies: ["CLinux"]),
         // Faithful tree and file copies (ownership, modes, xattrs, ACLs, hardlinks, sparse, reflink).
-        .target(name: "FileTree", dependencies: ["Linux"]),
+        .target(name: "FileTree", dependencies: ["Linux", .product(name: "SystemPackage", package: "swift-system")]),
         // Image model, ImageBackend protocol, backend registry and the pool.
-        .target(name: "PoolAPI", dependencies: ["Linux", "FileTree"]),
-        .target(name: "BtrfsBackend", dependencies: ["PoolAPI", "Linux", "FileTree", "CBtrfsUtil"],
+        .target(name: "PoolAPI", dependencies: ["Linux", "FileTree", .product(name: "SystemPackage", package: "swift-system")]),
+        .target(name: "BtrfsBackend", dependencies: ["PoolAPI", "Linux", "FileTree", "CBtrfsUtil", .product(name: "SystemPackage", package: "swift-system")],
                 path: "Sources/Backends/Btrfs"),
-        .target(name: "RawLoopBackend", dependencies: ["PoolAPI", "Linux", "FileTree"],
+        .target(name: "RawLoopBackend", dependencies: ["PoolAPI", "Linux", "FileTree", .product(name: "SystemPackage", package: "swift-system")],
                 path: "Sources/Backends/RawLoop", linkerSettings: [.linkedLibrary("z")]),
-        .target(name: "DirectoryBackend", dependencies: ["PoolAPI", "Linux", "FileTree"],
+        .target(name: "DirectoryBackend", dependencies: ["PoolAPI", "Linux", "FileTree", .product(name: "SystemPackage", package: "swift-system")],
                 path: "Sources/Backends/Directory"),
         // machine1's machine registry: machines, their names, their files under /run/berth.
         .target(name: "Machines", dependencies: ["Linux", "FileTree"]),
         // portable1's logic over the portable image pool: unit files of images, attached state.
         .target(name: "Portable", dependencies: ["PoolAPI", "Linux"]),
         // The backend conformance suite, as a library vendors call from their own tests.
-        .target(name: "BackendConformance", dependencies: ["PoolAPI", "Linux"]),
+        .target(name: "BackendConformance", dependencies: ["PoolAPI", "Linux", .product(name: "SystemPackage", package: "swift-system")]),
 
         // import1's transfer engine, berthd's side: transfers, worker processes, their status pipe.
         // No archive, HTTP or crypto library here: berthd never loads them.
@@ -54,6 +56,7 @@ let package = Package(
         // OpenSSL; run as the berth-transfer executable beside berthd.
         .target(name: "TransferJobs", dependencies: [
             "Transfer", "FileTree", "Linux", "CLinux", "RawLoopBackend", "CArchive", "CCurl", "CGpgme", "CCrypto", "CBtrfsUtil",
+            .product(name: "SystemPackage", package: "swift-system"),
         ], linkerSettings: [.linkedLibrary("z")]),  // zlib: gzip inflated and checked (ArchiveInput)
         .executableTarget(name: "berth-transfer", dependencies: ["TransferJobs"]),
         // TEST FIXTURE ONLY: a worker executable with an extra mode, a stand-in berthd for
@@ -73,7 +76,7 @@ let package = Package(
         ]),
         .executableTarget(name: "berthd", dependencies: [
             "Services", "Bus", "Linux", "PoolAPI", "BtrfsBackend", "RawLoopBackend", "DirectoryBackend", "Transfer",
-            .product(name: "ArgumentParser", package: "swift-argument-parser"),
+            .product(name: "ArgumentParser", package: "swift-argument-parser"), .product(name: "SystemPackage", package: "swift-system"),
             .product(name: "Logging", package: "swift-log"),
         ]),
         .executableTarget(name: "berthctl", dependencies: ["BerthCLI"]),
@@ -83,15 +86,16 @@ let package = Package(
         // Shared test helpers: private dbus-daemon, loopback filesystems, berthd under --root.
         .target(name: "TestSupport", dependencies: ["Linux"], path: "Tests/TestSupport"),
         .testTarget(name: "LinuxTests", dependencies: ["Linux", "FileTree", "TestSupport"]),
-        .testTarget(name: "PoolAPITests", dependencies: ["PoolAPI", "DirectoryBackend", "TestSupport"]),
+        .testTarget(name: "PoolAPITests", dependencies: ["PoolAPI", "DirectoryBackend", "TestSupport", .product(name: "SystemPackage", package: "swift-system")]),
         .testTarget(name: "PortableTests", dependencies: ["Portable", "Linux", "TestSupport"]),
         .testTarget(name: "MachinesTests", dependencies: ["Machines", "TestSupport"]),
         .testTarget(name: "BackendTests", dependencies: [
             "PoolAPI", "BtrfsBackend", "RawLoopBackend", "DirectoryBackend", "BackendConformance", "TestSupport",
+            .product(name: "SystemPackage", package: "swift-system"),
         ]),
         .testTarget(name: "TransferTests", dependencies: [
             "Transfer", "TransferJobs", "TransferWorkerFixture", "PoolAPI", "Linux", "BtrfsBackend", "RawLoopBackend",
-            "DirectoryBackend", "TestSupport",
+            "DirectoryBackend", "TestSupport", .product(name: "SystemPackage", package: "swift-system"),
         ]),
         .testTarget(name: "BusTests", dependencies: ["Bus", "TestSupport"]),
         .testTarget(name: "BerthCLITests", dependencies: ["BerthCLI", "Bus", "Linux", "TestSupport"]),

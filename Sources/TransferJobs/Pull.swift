@@ -6,6 +6,7 @@ import FileTree
 import Glibc
 import Linux
 import Synchronization
+import struct SystemPackage.FilePath
 import Transfer
 
 /// SHA-256 through libcrypto's EVP API.
@@ -407,7 +408,7 @@ enum GPGVerification {
         var template = Array("/tmp/berth-gnupg.XXXXXX".utf8CString)
         guard let made = mkdtemp(&template) else { throw SystemCallError("mkdtemp", .current) }
         let home = String(cString: made)
-        defer { try? TreeRemoval.remove(at: home) }
+        defer { try? TreeRemoval.remove(at: FilePath(home)) }
 
         _ = berth_gpgme_check_version(nil)
         var ctx: gpgme_ctx_t?

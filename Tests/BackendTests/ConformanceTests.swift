@@ -5,6 +5,7 @@ import DirectoryBackend
 import PoolAPI
 import TestSupport
 import Testing
+import struct SystemPackage.FilePath
 
 /// Every backend, in the registry it runs in. Adding a backend to the suite is one line here.
 let conformanceSubjects: [Subject] = [
@@ -34,7 +35,7 @@ struct ConformanceTests {
     func backendConforms(_ check: Check, _ target: ConformanceTarget) async throws {
         let fs = try LoopbackFilesystem(target.filesystem, size: check.filesystemSize(forBtrfs: target.filesystem == .btrfs))
         defer { fs.remove() }
-        let outcome = try await Conformance.run(check, subject: target.subject, root: fs.mountPoint)
+        let outcome = try await Conformance.run(check, subject: target.subject, root: FilePath(fs.mountPoint))
         if case .skipped(let why) = outcome {
             print("⤼ \(check) for \(target.testDescription) skipped: \(why)")
             try Test.cancel(Comment(rawValue: why))

@@ -1,6 +1,7 @@
 import Glibc
 import Linux
 import PoolAPI
+import struct SystemPackage.FilePath
 import Synchronization
 
 /// A raw image's root filesystem, mounted read-only from a read-only loop device in a private
@@ -9,7 +10,7 @@ import Synchronization
 /// Layout of the private folder `<runtime>/inspect/XXXXXX` (mode 0700):
 /// `root/` is the mount point handed out, `dev/` holds partition nodes Berth had to make itself.
 final class LoopInspectionRoot: InspectionRoot {
-    let root: String
+    let root: FilePath
     private let folder: String
     private struct State: ~Copyable {
         var loop: LoopDevice?
@@ -30,14 +31,14 @@ final class LoopInspectionRoot: InspectionRoot {
             throw PoolError.from(SystemCallError("mkdtemp", .current, subject: parent), "cannot make an inspection folder")
         }
         folder = String(cString: made)
-        root = joinPath(folder, "root")
+        root = FilePath(folder).appending("root")
         do {
-            try io("cannot make \(root)") { () throws(SystemCallError) in try makeDirectory(root, mode: 0o755) }
+            try io("cannot make \(root)") { () throws(SystemCallError) in try makeDirectory(root.string, mode: 0o755) }
         } catch {
             rmdir(folder)
             throw error
         }
-        state.withLock { $0.made.append(root) }
+        state.withLock { $0.made.append(root.string) }
     }
 
     /// Takes ownership of the loop device, so that `close()` detaches it.
@@ -108,7 +109,7 @@ extension RawLoopBackend {
     /// `runtimeDirectory/inspect` (it crashed between mounting and `close()`); their loop devices
     /// are autoclear and go with the last unmount. Call once at start-up, before any inspection.
     public func cleanUpStaleInspections() {
-        let parent = joinPath(runtimeDirectory, "inspect")
+        let parent = runtimeDirectory.appending("inspect").string
         let stale = currentMountPoints().filter { $0.hasPrefix(parent + "/") }
         // Deepest first, so that /usr comes off before the root it is mounted on.
         for target in stale.sorted(by: { $0.count > $1.count }) { unmountOrDetach(target) }
@@ -163,7 +164,7 @@ extension RawLoopBackend {
         }
         let partitioned = plans.contains { $0.partition != nil }
 
-        let inspection = try LoopInspectionRoot(runtimeDirectory: runtimeDirectory)
+        let inspection = try LoopInspectionRoot(runtimeDirectory: runtimeDirectory.string)
         do {
             let loop = try io("cannot attach \(path) to a loop device") { () throws(SystemCallError) in
                 try LoopDevice.attach(file, readOnly: true, partitionScan: partitioned,
@@ -177,9 +178,9 @@ extension RawLoopBackend {
                 } else {
                     device = loop.path
                 }
-                var target = inspection.root
+                var target = inspection.root.string
                 if plan.isUsr {
-                    target = joinPath(inspection.root, "usr")
+                    target = joinPath(inspection.root.string, "usr")
                     if plans.count == 1 {
                         try inspection.makeMountPoint(target)  // a /usr-only image: root is our folder
                     } else if (try? fileStatus(target))?.isDirectory != true {
