@@ -45,13 +45,13 @@ let package = Package(
         // machine1's machine registry: machines, their names, their files under /run/berth.
         .target(name: "Machines", dependencies: ["Linux", "FileTree"]),
         // portable1's logic over the portable image pool: unit files of images, attached state.
-        .target(name: "Portable", dependencies: ["PoolAPI", "Linux"]),
+        .target(name: "Portable", dependencies: ["PoolAPI", "Linux", .product(name: "SystemPackage", package: "swift-system")]),
         // The backend conformance suite, as a library vendors call from their own tests.
         .target(name: "BackendConformance", dependencies: ["PoolAPI", "Linux", .product(name: "SystemPackage", package: "swift-system")]),
 
         // import1's transfer engine, berthd's side: transfers, worker processes, their status pipe.
         // No archive, HTTP or crypto library here: berthd never loads them.
-        .target(name: "Transfer", dependencies: ["PoolAPI", "Linux", "CLinux"]),
+        .target(name: "Transfer", dependencies: ["PoolAPI", "Linux", "CLinux", .product(name: "SystemPackage", package: "swift-system")]),
         // What a transfer worker does (import, export, pull), with libarchive, libcurl, gpgme and
         // OpenSSL; run as the berth-transfer executable beside berthd.
         .target(name: "TransferJobs", dependencies: [
@@ -68,11 +68,11 @@ let package = Package(
         // One harness per bus API, logic in actors behind them.
         .target(name: "Services", dependencies: [
             "Bus", "PoolAPI", "Portable", "Machines", "Linux", "Transfer",
-            .product(name: "Logging", package: "swift-log"),
+            .product(name: "Logging", package: "swift-log"), .product(name: "SystemPackage", package: "swift-system"),
         ]),
         // berthctl's commands, as a library tests can call.
         .target(name: "BerthCLI", dependencies: [
-            "Bus", "Services", "PoolAPI", "Portable", .product(name: "ArgumentParser", package: "swift-argument-parser"),
+            "Bus", "Services", "PoolAPI", "Portable", .product(name: "ArgumentParser", package: "swift-argument-parser"), .product(name: "SystemPackage", package: "swift-system"),
         ]),
         .executableTarget(name: "berthd", dependencies: [
             "Services", "Bus", "Linux", "PoolAPI", "BtrfsBackend", "RawLoopBackend", "DirectoryBackend", "Transfer",
