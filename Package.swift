@@ -17,6 +17,8 @@ let package = Package(
     dependencies: [
         .package(url: "https://github.com/apple/swift-argument-parser", from: "1.8.2"),
         .package(url: "https://github.com/apple/swift-log", from: "1.16.2"),
+        // FilePath: the path type at the boundaries of FileTree, PoolAPI and the backends.
+        .package(url: "https://github.com/apple/swift-system", from: "1.8.1"),
     ],
     targets: [
         // C libraries from Debian's -dev packages, each behind a shim header.
@@ -33,12 +35,12 @@ let package = Package(
         // Thin, typed, errno-throwing syscall layer.
         .target(name: "Linux", dependencies: ["CLinux"]),
         // Faithful tree and file copies (ownership, modes, xattrs, ACLs, hardlinks, sparse, reflink).
-        .target(name: "FileTree", dependencies: ["Linux"]),
+        .target(name: "FileTree", dependencies: ["Linux", .product(name: "SystemPackage", package: "swift-system")]),
         // Image model, ImageBackend protocol, backend registry and the pool.
-        .target(name: "PoolAPI", dependencies: ["Linux", "FileTree"]),
-        .target(name: "BtrfsBackend", dependencies: ["PoolAPI", "Linux", "FileTree", "CBtrfsUtil"],
+        .target(name: "PoolAPI", dependencies: ["Linux", "FileTree", .product(name: "SystemPackage", package: "swift-system")]),
+        .target(name: "BtrfsBackend", dependencies: ["PoolAPI", "Linux", "FileTree", "CBtrfsUtil", .product(name: "SystemPackage", package: "swift-system")],
                 path: "Sources/Backends/Btrfs"),
-        .target(name: "RawLoopBackend", dependencies: ["PoolAPI", "Linux", "FileTree", "InspectProtocol"],
+        .target(name: "RawLoopBackend", dependencies: ["PoolAPI", "Linux", "FileTree", "InspectProtocol", .product(name: "SystemPackage", package: "swift-system")],
                 path: "Sources/Backends/RawLoop", linkerSettings: [.linkedLibrary("z")]),
         // berthd ↔ berth-inspect: the child's one-line answer, parsed strictly on berthd's side.
         .target(name: "InspectProtocol", dependencies: ["Linux"]),
@@ -46,22 +48,23 @@ let package = Package(
         // device and the mounts, in the child's own mount namespace. berthd never links libblkid.
         .target(name: "ImageProbe", dependencies: ["InspectProtocol", "Linux", "CBlkid"]),
         .executableTarget(name: "berth-inspect", dependencies: ["ImageProbe"]),
-        .target(name: "DirectoryBackend", dependencies: ["PoolAPI", "Linux", "FileTree"],
+        .target(name: "DirectoryBackend", dependencies: ["PoolAPI", "Linux", "FileTree", .product(name: "SystemPackage", package: "swift-system")],
                 path: "Sources/Backends/Directory"),
         // machine1's machine registry: machines, their names, their files under /run/berth.
         .target(name: "Machines", dependencies: ["Linux", "FileTree"]),
         // portable1's logic over the portable image pool: unit files of images, attached state.
-        .target(name: "Portable", dependencies: ["PoolAPI", "Linux"]),
+        .target(name: "Portable", dependencies: ["PoolAPI", "Linux", .product(name: "SystemPackage", package: "swift-system")]),
         // The backend conformance suite, as a library vendors call from their own tests.
-        .target(name: "BackendConformance", dependencies: ["PoolAPI", "Linux"]),
+        .target(name: "BackendConformance", dependencies: ["PoolAPI", "Linux", .product(name: "SystemPackage", package: "swift-system")]),
 
         // import1's transfer engine, berthd's side: transfers, worker processes, their status pipe.
         // No archive, HTTP or crypto library here: berthd never loads them.
-        .target(name: "Transfer", dependencies: ["PoolAPI", "Linux", "CLinux"]),
+        .target(name: "Transfer", dependencies: ["PoolAPI", "Linux", "CLinux", .product(name: "SystemPackage", package: "swift-system")]),
         // What a transfer worker does (import, export, pull), with libarchive, libcurl, gpgme and
         // OpenSSL; run as the berth-transfer executable beside berthd.
         .target(name: "TransferJobs", dependencies: [
             "Transfer", "FileTree", "Linux", "CLinux", "RawLoopBackend", "CArchive", "CCurl", "CGpgme", "CCrypto", "CBtrfsUtil",
+            .product(name: "SystemPackage", package: "swift-system"),
         ], linkerSettings: [.linkedLibrary("z")]),  // zlib: gzip inflated and checked (ArchiveInput)
         .executableTarget(name: "berth-transfer", dependencies: ["TransferJobs"]),
         // TEST FIXTURE ONLY: a worker executable with an extra mode, a stand-in berthd for
@@ -73,15 +76,15 @@ let package = Package(
         // One harness per bus API, logic in actors behind them.
         .target(name: "Services", dependencies: [
             "Bus", "PoolAPI", "Portable", "Machines", "Linux", "Transfer",
-            .product(name: "Logging", package: "swift-log"),
+            .product(name: "Logging", package: "swift-log"), .product(name: "SystemPackage", package: "swift-system"),
         ]),
         // berthctl's commands, as a library tests can call.
         .target(name: "BerthCLI", dependencies: [
-            "Bus", "Services", "PoolAPI", "Portable", .product(name: "ArgumentParser", package: "swift-argument-parser"),
+            "Bus", "Services", "PoolAPI", "Portable", .product(name: "ArgumentParser", package: "swift-argument-parser"), .product(name: "SystemPackage", package: "swift-system"),
         ]),
         .executableTarget(name: "berthd", dependencies: [
             "Services", "Bus", "Linux", "PoolAPI", "BtrfsBackend", "RawLoopBackend", "DirectoryBackend", "Transfer",
-            .product(name: "ArgumentParser", package: "swift-argument-parser"),
+            .product(name: "ArgumentParser", package: "swift-argument-parser"), .product(name: "SystemPackage", package: "swift-system"),
             .product(name: "Logging", package: "swift-log"),
         ]),
         .executableTarget(name: "berthctl", dependencies: ["BerthCLI"]),
@@ -93,16 +96,17 @@ let package = Package(
         .testTarget(name: "LinuxTests", dependencies: ["Linux", "FileTree", "TestSupport"]),
         .testTarget(name: "FileTreeTests", dependencies: ["FileTree", "Linux", "TestSupport"]),
         .testTarget(name: "ServicesTests", dependencies: ["Services", "Bus", "PoolAPI", "Transfer", "Portable", "Linux"]),
-        .testTarget(name: "PoolAPITests", dependencies: ["PoolAPI", "DirectoryBackend", "TestSupport"]),
+        .testTarget(name: "PoolAPITests", dependencies: ["PoolAPI", "DirectoryBackend", "TestSupport", .product(name: "SystemPackage", package: "swift-system")]),
         .testTarget(name: "PortableTests", dependencies: ["Portable", "Linux", "TestSupport"]),
         .testTarget(name: "ImageProbeTests", dependencies: ["ImageProbe", "InspectProtocol", "Linux", "TestSupport"]),
         .testTarget(name: "MachinesTests", dependencies: ["Machines", "TestSupport"]),
         .testTarget(name: "BackendTests", dependencies: [
             "PoolAPI", "BtrfsBackend", "RawLoopBackend", "DirectoryBackend", "BackendConformance", "TestSupport",
+            .product(name: "SystemPackage", package: "swift-system"),
         ]),
         .testTarget(name: "TransferTests", dependencies: [
             "Transfer", "TransferJobs", "TransferWorkerFixture", "PoolAPI", "Linux", "BtrfsBackend", "RawLoopBackend",
-            "DirectoryBackend", "TestSupport",
+            "DirectoryBackend", "TestSupport", .product(name: "SystemPackage", package: "swift-system"),
         ]),
         .testTarget(name: "BusTests", dependencies: ["Bus", "TestSupport"]),
         .testTarget(name: "BerthCLITests", dependencies: ["BerthCLI", "Bus", "Linux", "TestSupport"]),

@@ -3,6 +3,7 @@ import Glibc
 import Linux
 import Machines
 import PoolAPI
+import struct SystemPackage.FilePath
 
 /// machine1's members that reach into a running machine: OpenMachinePTY, OpenMachineLogin,
 /// OpenMachineShell, OpenMachineRootDirectory and BindMountMachine, and their twins on the
@@ -77,7 +78,7 @@ extension Machine1Service {
                 guard f.count == 3, h.isUnified ? f[0] == "0" : f[1] == "name=systemd" else { continue }
                 let group = String(f[2])
                 // A group path is absolute and has no `..`: anything else is not the kernel's.
-                guard group.hasPrefix("/"), !group.split(separator: "/").contains("..") else { continue }
+                guard group.hasPrefix("/"), !FilePath(group).components.contains(where: { $0.kind == .parentDirectory }) else { continue }
                 files.append(h.mount + (group == "/" ? "" : group) + "/cgroup.procs")
             }
         }
@@ -267,7 +268,7 @@ extension Machine1Service {
         guard Self.isNormalizedAbsolute(destination) else {
             throw BusError.invalidArgs("Destination path must be absolute and normalized.")
         }
-        let components = destination.split(separator: "/").map(String.init)
+        let components = FilePath(destination).components.map(\.string)
         guard !components.isEmpty else { throw BusError.invalidArgs("Cannot bind mount over the machine's root directory.") }
         try await Blocking.run(.interactive) {
             let entry = try Self.enter(m, groups: false)

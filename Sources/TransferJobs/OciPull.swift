@@ -4,6 +4,7 @@ import Glibc
 import Linux
 import PoolAPI
 import Transfer
+import struct SystemPackage.FilePath
 
 /// PullOci's work in the worker: resolve the reference to the host's image manifest, fetch the
 /// config and the layers the pool's layer cache lacks (each blob checked against its digest
@@ -39,7 +40,8 @@ enum OciPull {
         }
         reporter.log(LogPriority.info, "Image manifest \(manifestDigest): \(layers.count) layer(s).")
 
-        let pool = target.lastIndex(of: "/").map { String(target[..<$0]) } ?? "."
+        let folder = FilePath(target).removingLastComponent()
+        let pool = folder.isEmpty ? "." : folder.string
         let cache = try OciBlobCache(pool: pool)
         // Progress: the bytes of the layers still to download, then of all layers to apply.
         let missing = layers.filter { !cache.has($0) }

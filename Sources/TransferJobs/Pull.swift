@@ -6,6 +6,7 @@ import FileTree
 import Glibc
 import Linux
 import Synchronization
+import struct SystemPackage.FilePath
 import Transfer
 
 /// SHA-256 through libcrypto's EVP API.
@@ -258,11 +259,14 @@ extension Pull {
     }
 
     /// `https://host/dir/` and `file` of `https://host/dir/file`.
+    /// The URL is cut as a path is: its last component is the file; the base is the rest,
+    /// kept byte for byte (`//` and the trailing `/` included).
     static func split(_ url: String) -> (String, String) {
-        guard let slash = url.lastIndex(of: "/") else { return (url, "") }
-        var file = String(url[url.index(after: slash)...])
+        guard url.contains("/") else { return (url, "") }
+        let last = url.hasSuffix("/") ? "" : FilePath(url).lastComponent?.string ?? ""
+        var file = last
         if let q = file.firstIndex(where: { $0 == "?" || $0 == "#" }) { file = String(file[..<q]) }
-        return (String(url[...slash]), file)
+        return (String(url.dropLast(last.count)), file)
     }
 
     /// The hash of `file` in SHA256SUMS lines `<hex> *<name>` or `<hex>  <name>`.
@@ -407,7 +411,7 @@ enum GPGVerification {
         var template = Array("/tmp/berth-gnupg.XXXXXX".utf8CString)
         guard let made = mkdtemp(&template) else { throw SystemCallError("mkdtemp", .current) }
         let home = String(cString: made)
-        defer { try? TreeRemoval.remove(at: home) }
+        defer { try? TreeRemoval.remove(at: FilePath(home)) }
 
         _ = berth_gpgme_check_version(nil)
         var ctx: gpgme_ctx_t?

@@ -5,6 +5,7 @@ import Glibc
 import Linux
 import RawLoopBackend
 import Transfer
+import struct SystemPackage.FilePath
 
 /// ImportRaw's work (and PullRaw's): a raw or qcow2 disk image, gzip/bzip2/xz/zstd-compressed
 /// or plain, into the (empty) `NAME.raw` file, sparse: zero blocks become holes.
@@ -53,8 +54,8 @@ public enum RawImport {
         // The raw data, or a qcow2 image made seekable in an unnamed temporary file.
         let target: FileDescriptor
         if isQcow2 {
-            let directory = outputPath.lastIndex(of: "/").map { String(outputPath[..<$0]) } ?? "."
-            target = try FileDescriptor.open(directory.isEmpty ? "/" : directory, flags: BERTH_O_TMPFILE | O_RDWR | O_CLOEXEC, mode: 0o600)
+            let directory = FilePath(outputPath).removingLastComponent()
+            target = try FileDescriptor.open(directory.isEmpty ? "." : directory.string, flags: BERTH_O_TMPFILE | O_RDWR | O_CLOEXEC, mode: 0o600)
         } else {
             target = output
         }

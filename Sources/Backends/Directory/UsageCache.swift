@@ -3,6 +3,7 @@ import Glibc
 import Linux
 import PoolAPI
 import Synchronization
+import struct SystemPackage.FilePath
 
 /// Disk usage of directory images, computed by a background scan and cached: walking a tree is
 /// far too slow for ListImages, so `image(named:at:)` reports what is known (`Image.unknown`
@@ -57,7 +58,7 @@ final class UsageCache: Sendable {
     ///   - scan: what computes a tree's usage (`DiskUsage.allocatedBytes`; tests pass others).
     ///   - report: told once per failing path (until it scans again fine), for the daemon's log.
     ///   - firstRetry: seconds before a failed scan is retried, doubled per failure up to an hour.
-    init(lifetime: Double, scan: @escaping @Sendable (String) throws -> UInt64 = { try DiskUsage.allocatedBytes(of: $0) },
+    init(lifetime: Double, scan: @escaping @Sendable (String) throws -> UInt64 = { try DiskUsage.allocatedBytes(of: FilePath($0)) },
          report: @escaping @Sendable (String) -> Void = { _ in }, firstRetry: Double = 60) {
         self.lifetime = lifetime
         self.firstRetry = firstRetry

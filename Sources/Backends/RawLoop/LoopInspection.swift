@@ -3,6 +3,7 @@ import Glibc
 import InspectProtocol
 import Linux
 import PoolAPI
+import struct SystemPackage.FilePath
 import Synchronization
 
 /// A raw image's root filesystem as a `berth-inspect` child holds it mounted in its own mount
@@ -12,7 +13,7 @@ import Synchronization
 /// cannot change under them. `close()` (or deinit) lets the child go: it unmounts, detaches its
 /// loop device and exits; berthd reaps it.
 final class ChildInspectionRoot: InspectionRoot {
-    let root: String
+    let root: FilePath
     private struct State {
         var folder: FileDescriptor?
         var child: InspectorChild?
@@ -20,7 +21,7 @@ final class ChildInspectionRoot: InspectionRoot {
     private let state: Mutex<State>
 
     fileprivate init(folder: FileDescriptor, child: sending InspectorChild) {
-        root = "/proc/self/fd/\(folder.rawValue)"
+        root = FilePath("/proc/self/fd/\(folder.rawValue)")
         state = Mutex(State(folder: folder, child: child))
     }
 
@@ -106,7 +107,7 @@ extension RawLoopBackend {
     /// previous daemon left. Today's children leave nothing in berthd's namespace, so on a fresh
     /// system this finds nothing. Call once at start-up.
     public func cleanUpStaleInspections() {
-        let parent = joinPath(runtimeDirectory, "inspect")
+        let parent = runtimeDirectory.appending("inspect").string
         let stale = currentMountPoints().filter { $0.hasPrefix(parent + "/") }
         // Deepest first, so that /usr comes off before the root it is mounted on.
         for target in stale.sorted(by: { $0.count > $1.count }) { unmountOrDetach(target) }
@@ -132,7 +133,7 @@ extension RawLoopBackend {
         }
         // The child mounts a private tmpfs over this folder in its own namespace; berthd's sees
         // an empty folder.
-        let base = joinPath(runtimeDirectory, "inspect")
+        let base = runtimeDirectory.appending("inspect").string
         try io("cannot make \(base)") { () throws(SystemCallError) in try makeDirectories(base, mode: 0o700) }
 
         let child = try spawnInspector(file: file, base: base)
