@@ -25,6 +25,7 @@ let package = Package(
         .systemLibrary(name: "CCurl", pkgConfig: "libcurl", providers: [.apt(["libcurl4-openssl-dev"])]),
         .systemLibrary(name: "CGpgme", pkgConfig: "gpgme", providers: [.apt(["libgpgme-dev"])]),
         .systemLibrary(name: "CCrypto", pkgConfig: "libcrypto", providers: [.apt(["libssl-dev"])]),
+        .systemLibrary(name: "CSandbox", pkgConfig: "libseccomp", providers: [.apt(["libseccomp-dev"])]),
         // Kernel headers: ioctl numbers and structs exported as typed constants.
         .systemLibrary(name: "CLinux"),
 
@@ -50,15 +51,17 @@ let package = Package(
         // import1's transfer engine, berthd's side: transfers, worker processes, their status pipe.
         // No archive, HTTP or crypto library here: berthd never loads them.
         .target(name: "Transfer", dependencies: ["PoolAPI", "Linux", "CLinux"]),
+        // A process confining itself: mount view, namespaces, capabilities, seccomp (libseccomp).
+        .target(name: "Sandbox", dependencies: ["Linux", "CLinux", "CSandbox"]),
         // What a transfer worker does (import, export, pull), with libarchive, libcurl, gpgme and
         // OpenSSL; run as the berth-transfer executable beside berthd.
         .target(name: "TransferJobs", dependencies: [
-            "Transfer", "FileTree", "Linux", "CLinux", "RawLoopBackend", "CArchive", "CCurl", "CGpgme", "CCrypto", "CBtrfsUtil",
+            "Transfer", "FileTree", "Linux", "CLinux", "RawLoopBackend", "CArchive", "CCurl", "CGpgme", "CCrypto", "CBtrfsUtil", "Sandbox",
         ], linkerSettings: [.linkedLibrary("z")]),  // zlib: gzip inflated and checked (ArchiveInput)
         .executableTarget(name: "berth-transfer", dependencies: ["TransferJobs"]),
         // TEST FIXTURE ONLY: a worker executable with an extra mode, a stand-in berthd for
         // TransferTests' parent-death test. Not shipped.
-        .executableTarget(name: "TransferWorkerFixture", dependencies: ["Transfer", "TransferJobs"]),
+        .executableTarget(name: "TransferWorkerFixture", dependencies: ["Transfer", "TransferJobs", "Linux", "CLinux"]),
 
         // Swift layer on sd-bus.
         .target(name: "Bus", dependencies: ["CSystemd", "Linux", .product(name: "Logging", package: "swift-log")]),
