@@ -94,7 +94,7 @@ let package = Package(
         ]),
         .testTarget(name: "TransferTests", dependencies: [
             "Transfer", "TransferJobs", "TransferWorkerFixture", "PoolAPI", "Linux", "BtrfsBackend", "RawLoopBackend",
-            "DirectoryBackend", "TestSupport",
+            "DirectoryBackend", "TestSupport", "Sandbox",
         ]),
         .testTarget(name: "BusTests", dependencies: ["Bus", "TestSupport"]),
         .testTarget(name: "BerthCLITests", dependencies: ["BerthCLI", "Bus", "Linux", "TestSupport"]),
