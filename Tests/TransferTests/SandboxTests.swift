@@ -225,6 +225,23 @@ struct SandboxTests {
         }
     }
 
+    @Test("the policies: no job keeps CAP_SYS_ADMIN or CAP_SETPCAP; only pulls keep the host's network; each sees its own paths; every denied call is one libseccomp knows")
+    func policies() throws {
+        #expect(SeccompFilter.unknownCalls.isEmpty, "\(SeccompFilter.unknownCalls)")
+        for type in TransferType.allCases {
+            let a = try TransferWorker.Arguments(parsing: [type.rawValue, "--root", "/r", "--target", "/p/.#t", "--source", "/p/s"])
+            let policy = TransferWorker.sandboxPolicy(for: a)
+            #expect(!policy.capabilities.contains(.sysAdmin) && !policy.capabilities.contains(.setpcap), "\(type): \(policy.capabilities)")
+            #expect(policy.hostNetwork == [.pullTar, .pullRaw, .pullOci].contains(type))
+            let own = policy.binds.filter { !$0.system }
+            switch type {
+            case .exportTar, .exportRaw: #expect(own == [SandboxPolicy.Bind("/p/s", .readOnly)], "\(own)")
+            case .pullOci: #expect(own.map(\.path) == ["/p", "/r/etc/berth/certs.d"] && own.first?.access == .readWrite, "\(own)")
+            default: #expect(own == [SandboxPolicy.Bind("/p/.#t", .readWrite)], "\(own)")
+            }
+        }
+    }
+
     @Test("a directory as the data descriptor of any type but import-fs is refused before any work")
     func directoryDescriptorRefused() throws {
         let tmp = try TemporaryDirectory()
