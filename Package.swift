@@ -29,6 +29,7 @@ let package = Package(
         .systemLibrary(name: "CGpgme", pkgConfig: "gpgme", providers: [.apt(["libgpgme-dev"])]),
         .systemLibrary(name: "CCrypto", pkgConfig: "libcrypto", providers: [.apt(["libssl-dev"])]),
         .systemLibrary(name: "CBlkid", pkgConfig: "blkid", providers: [.apt(["libblkid-dev"])]),
+        .systemLibrary(name: "CSandbox", pkgConfig: "libseccomp", providers: [.apt(["libseccomp-dev"])]),
         // Kernel headers: ioctl numbers and structs exported as typed constants.
         .systemLibrary(name: "CLinux"),
 
@@ -60,16 +61,18 @@ let package = Package(
         // import1's transfer engine, berthd's side: transfers, worker processes, their status pipe.
         // No archive, HTTP or crypto library here: berthd never loads them.
         .target(name: "Transfer", dependencies: ["PoolAPI", "Linux", "CLinux", .product(name: "SystemPackage", package: "swift-system")]),
+        // A process confining itself: mount view, namespaces, capabilities, seccomp (libseccomp).
+        .target(name: "Sandbox", dependencies: ["Linux", "CLinux", "CSandbox"]),
         // What a transfer worker does (import, export, pull), with libarchive, libcurl, gpgme and
         // OpenSSL; run as the berth-transfer executable beside berthd.
         .target(name: "TransferJobs", dependencies: [
-            "Transfer", "FileTree", "Linux", "CLinux", "RawLoopBackend", "CArchive", "CCurl", "CGpgme", "CCrypto", "CBtrfsUtil",
+            "Transfer", "FileTree", "Linux", "CLinux", "RawLoopBackend", "CArchive", "CCurl", "CGpgme", "CCrypto", "CBtrfsUtil", "Sandbox",
             .product(name: "SystemPackage", package: "swift-system"),
         ], linkerSettings: [.linkedLibrary("z")]),  // zlib: gzip inflated and checked (ArchiveInput)
         .executableTarget(name: "berth-transfer", dependencies: ["TransferJobs"]),
         // TEST FIXTURE ONLY: a worker executable with an extra mode, a stand-in berthd for
         // TransferTests' parent-death test. Not shipped.
-        .executableTarget(name: "TransferWorkerFixture", dependencies: ["Transfer", "TransferJobs"]),
+        .executableTarget(name: "TransferWorkerFixture", dependencies: ["Transfer", "TransferJobs", "Linux", "CLinux"]),
 
         // Swift layer on sd-bus.
         .target(name: "Bus", dependencies: ["CSystemd", "Linux", .product(name: "Logging", package: "swift-log")]),
@@ -106,7 +109,7 @@ let package = Package(
         ]),
         .testTarget(name: "TransferTests", dependencies: [
             "Transfer", "TransferJobs", "TransferWorkerFixture", "PoolAPI", "Linux", "BtrfsBackend", "RawLoopBackend",
-            "DirectoryBackend", "TestSupport", .product(name: "SystemPackage", package: "swift-system"),
+            "DirectoryBackend", "TestSupport", "Sandbox", .product(name: "SystemPackage", package: "swift-system"),
         ]),
         .testTarget(name: "BusTests", dependencies: ["Bus", "TestSupport"]),
         .testTarget(name: "BerthCLITests", dependencies: ["BerthCLI", "Bus", "Linux", "TestSupport"]),

@@ -12,7 +12,8 @@ import struct SystemPackage.FilePath
 /// [--flags N] [--pool PATH] [--etag ETAG]…`.
 /// fd 3 is the status pipe (StatusLine protocol), fd 4 the data fd (input for imports,
 /// output for exports; none for pulls). Exit status 0 is success; anything else is failure,
-/// with an `E` line saying why.
+/// with an `E` line saying why (4: the worker could not confine itself; it never runs
+/// unconfined — TransferJobs/WorkerSandbox.swift, docs/security.md).
 public enum TransferWorker {
     /// argv[1] that selects the worker mode.
     public static let flag = "--berth-transfer-worker"

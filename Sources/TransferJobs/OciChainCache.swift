@@ -1,4 +1,5 @@
 import CBtrfsUtil
+import FileTree
 import Glibc
 import Linux
 import Transfer
@@ -38,7 +39,9 @@ enum OciChainCache {
         for n in stride(from: ids.count, to: 0, by: -1) {
             let chain = path(cacheFolder, ids[n - 1])
             guard isSubvolume(chain) else { continue }
-            guard btrfs_util_delete_subvolume(target, 0) == BTRFS_UTIL_OK else { return 0 }
+            // rmdir(2), not BTRFS_IOC_SNAP_DESTROY: an empty subvolume goes that way without
+            // CAP_SYS_ADMIN, which the confined worker does not have (WorkerSandbox.swift).
+            guard unlinkat(AT_FDCWD, target, AT_REMOVEDIR) == 0 else { return 0 }
             if btrfs_util_create_snapshot(chain, target, 0, nil, nil) == BTRFS_UTIL_OK {
                 reporter.log(LogPriority.info, "Starting from a snapshot of the tree after \(n) layer(s) (btrfs layer cache).")
                 return n
@@ -60,7 +63,8 @@ enum OciChainCache {
         let temp = folder(cacheFolder) + "/tmp-\(getpid())-" + id
         guard btrfs_util_create_snapshot(target, temp, 0, nil, nil) == BTRFS_UTIL_OK else { return }
         if (try? renameNoReplace(temp, final)) == nil {
-            _ = btrfs_util_delete_subvolume(temp, 0)
+            // Emptied, then removed by rmdir: no CAP_SYS_ADMIN needed (see `start`).
+            try? TreeRemoval.remove(at: temp)
         }
     }
 }

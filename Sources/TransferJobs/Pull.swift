@@ -122,8 +122,10 @@ extension Pull {
     /// conditional: a 304 answer is reported as "not modified" and nothing is written to
     /// `target` (berthd then copies the kept image); any answer's ETag is reported so berthd
     /// can keep this download.
+    /// `scratch`: RawImport's scratch file (see `RawImport.run`).
     public static func run(url: String, kind: TransferType, verify: VerifyMode, root: String,
-                           target: String, knownETags: [String] = [], reporter: StatusReporter) throws {
+                           target: String, knownETags: [String] = [], scratch: FileDescriptor? = nil,
+                           reporter: StatusReporter) throws {
         guard isValidURL(url) else { throw TransferError("not an http or https URL: \(url)") }
         curl_global_init(Int(CURL_GLOBAL_DEFAULT))
         let (base, file) = split(url)
@@ -201,7 +203,7 @@ extension Pull {
                 throw error
             }
             do {
-                try RawImport.run(from: readEnd.rawValue, to: target, reporter: .silent)
+                try RawImport.run(from: readEnd.rawValue, to: target, scratch: scratch, reporter: .silent)
                 // Whatever trailing bytes the importer did not need still count for the hash.
                 try drain(readEnd.rawValue)
             } catch {

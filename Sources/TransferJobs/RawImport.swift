@@ -10,8 +10,11 @@ import struct SystemPackage.FilePath
 /// ImportRaw's work (and PullRaw's): a raw or qcow2 disk image, gzip/bzip2/xz/zstd-compressed
 /// or plain, into the (empty) `NAME.raw` file, sparse: zero blocks become holes.
 public enum RawImport {
-    /// Reads `input` (file, pipe or socket) into `outputPath`.
-    public static func run(from input: Int32, to outputPath: String, reporter: StatusReporter = .silent) throws {
+    /// Reads `input` (file, pipe or socket) into `outputPath`. A qcow2 image that is compressed
+    /// or piped is first unpacked into `scratch` (an unnamed file, which this closes once used),
+    /// or without one into a new unnamed file beside `outputPath`.
+    public static func run(from input: Int32, to outputPath: String, scratch: FileDescriptor? = nil,
+                           reporter: StatusReporter = .silent) throws {
         let output = try FileDescriptor.open(outputPath, flags: O_RDWR | O_NOFOLLOW | O_CLOEXEC)
         defer { output.close() }
         let total = remainingSize(of: input)
@@ -22,7 +25,8 @@ public enum RawImport {
         let source = CancellableInput(fd: input, cancelEvent: -1)
         let stream = ArchiveInput(source: source.next)  // gzip inflated and checked there
         do {
-            try run(reader, stream, input: input, total: total, output: output, outputPath: outputPath, reporter: reporter)
+            try run(reader, stream, input: input, total: total, output: output, outputPath: outputPath, scratch: scratch,
+                    reporter: reporter)
         } catch {
             // Corrupt gzip data, or the input's read error, says more than libarchive's message.
             throw stream.error ?? source.error ?? error
@@ -30,7 +34,7 @@ public enum RawImport {
     }
 
     private static func run(_ reader: ArchiveHandle, _ stream: ArchiveInput, input: Int32, total: Int64?,
-                            output: FileDescriptor, outputPath: String, reporter: StatusReporter) throws {
+                            output: FileDescriptor, outputPath: String, scratch: FileDescriptor?, reporter: StatusReporter) throws {
         try stream.open(reader)
         var entry: OpaquePointer?
         let h = archive_read_next_header(reader.pointer, &entry)
@@ -53,7 +57,9 @@ public enum RawImport {
         }
         // The raw data, or a qcow2 image made seekable in an unnamed temporary file.
         let target: FileDescriptor
-        if isQcow2 {
+        if isQcow2, let scratch {
+            target = scratch
+        } else if isQcow2 {
             let directory = FilePath(outputPath).removingLastComponent()
             target = try FileDescriptor.open(directory.isEmpty ? "." : directory.string, flags: BERTH_O_TMPFILE | O_RDWR | O_CLOEXEC, mode: 0o600)
         } else {

@@ -1,0 +1,96 @@
+import CLinux
+import Glibc
+import Linux
+import Sandbox
+import Transfer
+
+/// The transfer worker's confinement (docs/security.md, "The transfer worker"): what each type
+/// of transfer may see and do once `berth-transfer` has confined itself, before it reads a byte
+/// of its input. The policy is a pure function of the command line, so tests check it as such
+/// and the TransferWorkerFixture applies the very same one.
+extension TransferWorker {
+    /// Capabilities of a worker that writes an image tree from an archive or a registry:
+    /// owners, modes, set-ID bits, times, ACLs, device nodes and file capabilities as the
+    /// archive says, into folders of any owner and mode; chroot for the extracting thread.
+    package static let extractingCapabilities: CapabilitySet = [.chown, .dacOverride, .fowner, .fsetid, .mknod, .setfcap, .sysChroot]
+
+    /// The host files a download needs: name resolution (resolv.conf, hosts, nsswitch.conf…),
+    /// the CA store (/etc/ssl, /etc/ca-certificates, /etc/pki) and the dynamic linker's cache
+    /// for gpg. Read-only; those that do not exist are left out.
+    package static let networkFiles = [
+        "/etc/resolv.conf", "/etc/hosts", "/etc/nsswitch.conf", "/etc/host.conf", "/etc/gai.conf",
+        "/etc/services", "/etc/protocols", "/etc/ssl", "/etc/ca-certificates", "/etc/pki", "/etc/ld.so.cache",
+    ]
+
+    /// What a worker of `a`'s type may see and do.
+    /// - import-tar, import-fs: its temp entry, read-write; the capabilities of extraction
+    ///   (import-fs: and reading any file of its input tree); no network.
+    /// - import-raw: its temp file, read-write; no capability; no network.
+    /// - export-tar, export-raw: the image, read-only; reading any file of it; no network.
+    /// - pull-tar, pull-raw: as the import, plus the host's network, the files of `networkFiles`
+    ///   and, to verify signatures, the import keyrings under `--root`.
+    /// - pull-oci: the pool folder read-write (the layer cache, the settings file beside the
+    ///   temp entry, which a btrfs layer snapshot replaces), the capabilities of extraction,
+    ///   the host's network, `networkFiles` and `ROOT/etc/berth/certs.d`.
+    package static func sandboxPolicy(for a: Arguments) -> SandboxPolicy {
+        var policy = SandboxPolicy()
+        policy.keepDescriptors = [statusDescriptor, dataDescriptor]
+        if a.type == .importFileSystem {
+            policy.directoryDescriptor = dataDescriptor
+        } else {
+            policy.nonDirectoryDescriptors = [dataDescriptor]
+        }
+        let target = a.target.map { SandboxPolicy.Bind($0, .readWrite) }
+        switch a.type {
+        case .importTar:
+            policy.binds = [target].compactMap { $0 }
+            policy.capabilities = extractingCapabilities
+        case .importFileSystem:
+            policy.binds = [target].compactMap { $0 }
+            policy.capabilities = extractingCapabilities.subtracting(.sysChroot).union(.dacReadSearch)
+        case .importRaw:
+            policy.binds = [target].compactMap { $0 }
+        case .exportTar, .exportRaw:
+            policy.binds = [a.source.map { SandboxPolicy.Bind($0, .readOnly) }].compactMap { $0 }
+            policy.capabilities = .dacReadSearch
+        case .pullTar, .pullRaw:
+            policy.binds = [target].compactMap { $0 }
+            if a.verify == .signature {
+                policy.binds += ["etc/systemd/import-pubring.gpg", "usr/lib/systemd/import-pubring.gpg"].map {
+                    SandboxPolicy.Bind(joinPath(a.root, $0), .readOnly, required: false)
+                }
+            }
+            policy.capabilities = a.type == .pullTar ? extractingCapabilities : []
+        case .pullOci:
+            if let target = a.target {
+                let folder = target.lastIndex(of: "/").map { String(target[..<$0]) } ?? "."
+                policy.binds = [SandboxPolicy.Bind(folder.isEmpty ? "/" : folder, .readWrite)]
+            }
+            policy.binds.append(SandboxPolicy.Bind(joinPath(a.root, "etc/berth/certs.d"), .readOnly, required: false))
+            policy.capabilities = extractingCapabilities
+        }
+        if [.pullTar, .pullRaw, .pullOci].contains(a.type) {
+            policy.hostNetwork = true
+            policy.binds += networkFiles.map { SandboxPolicy.Bind($0, .readOnly, required: false, system: true) }
+        }
+        return policy
+    }
+
+    /// Confines this worker as `sandboxPolicy(for:)` says. For raw imports it first opens an
+    /// unnamed scratch file (O_TMPFILE) beside the target — where a compressed or piped qcow2
+    /// image is unpacked before conversion — as the pool folder itself is not in the view;
+    /// that file is returned, for `RawImport`.
+    /// - Throws: `SandboxError`: the worker must then fail, never run unconfined.
+    package static func confine(_ a: Arguments) throws(SandboxError) -> FileDescriptor? {
+        var policy = sandboxPolicy(for: a)
+        var scratch: FileDescriptor?
+        if a.type == .importRaw || a.type == .pullRaw, let target = a.target {
+            let folder = target.lastIndex(of: "/").map { String(target[..<$0]) } ?? "."
+            // Unsupported here (an exotic filesystem): the qcow2 path reports its own error later.
+            scratch = try? FileDescriptor.open(folder.isEmpty ? "/" : folder, flags: BERTH_O_TMPFILE | O_RDWR | O_CLOEXEC, mode: 0o600)
+        }
+        if let scratch { policy.keepDescriptors.append(scratch.rawValue) }
+        try Sandbox.enter(policy)
+        return scratch
+    }
+}
