@@ -57,9 +57,10 @@ public final class FileDescriptor: @unchecked Sendable {
 
     /// Writes all of `buffer`, looping over short writes.
     public func writeAll(_ buffer: UnsafeRawBufferPointer) throws(SystemCallError) {
+        guard let start = buffer.baseAddress else { return }  // nil only for an empty buffer
         var done = 0
         while done < buffer.count {
-            let base = buffer.baseAddress! + done
+            let base = start + done
             let n = try sys("write") { Glibc.write(rawValue, base, buffer.count - done) }
             done += n
         }
@@ -67,9 +68,10 @@ public final class FileDescriptor: @unchecked Sendable {
 
     /// Writes all of `buffer` at `offset` (pwrite(2)), looping over short writes.
     public func writeAll(_ buffer: UnsafeRawBufferPointer, at offset: Int64) throws(SystemCallError) {
+        guard let start = buffer.baseAddress else { return }  // nil only for an empty buffer
         var done = 0
         while done < buffer.count {
-            let base = buffer.baseAddress! + done
+            let base = start + done
             let n = try sys("pwrite") { Glibc.pwrite(rawValue, base, buffer.count - done, off_t(offset) + off_t(done)) }
             done += n
         }
