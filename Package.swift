@@ -5,7 +5,6 @@ import PackageDescription
 
 let package = Package(
     name: "Berth",
-    platforms: [.macOS(.v14)],
     products: [
         .executable(name: "berthd", targets: ["berthd"]),
         .executable(name: "berthctl", targets: ["berthctl"]),
@@ -80,7 +79,9 @@ let package = Package(
         .target(name: "Services", dependencies: [
             "Bus", "PoolAPI", "Portable", "Machines", "Linux", "Transfer",
             .product(name: "Logging", package: "swift-log"), .product(name: "SystemPackage", package: "swift-system"),
-        ]),
+        ], plugins: ["VersionFile"]),
+        // BuildVersion.swift for Services from the VERSION file (BerthDaemon.version).
+        .plugin(name: "VersionFile", capability: .buildTool()),
         // berthctl's commands, as a library tests can call.
         .target(name: "BerthCLI", dependencies: [
             "Bus", "Services", "PoolAPI", "Portable", .product(name: "ArgumentParser", package: "swift-argument-parser"), .product(name: "SystemPackage", package: "swift-system"),
@@ -92,7 +93,9 @@ let package = Package(
         ]),
         .executableTarget(name: "berthctl", dependencies: ["BerthCLI"]),
         // Benchmarks against systemd 252's daemons (scripts/bench.sh, docs/benchmarks.md).
-        .executableTarget(name: "berth-bench", dependencies: ["Bus", "CBtrfsUtil", "CSystemd", "Linux"]),
+        .executableTarget(name: "berth-bench", dependencies: [
+            "Bus", "Services", "CBtrfsUtil", "CSystemd", "Linux", .product(name: "ArgumentParser", package: "swift-argument-parser"),
+        ]),
 
         // Shared test helpers: private dbus-daemon, loopback filesystems, berthd under --root.
         .target(name: "TestSupport", dependencies: ["Linux"], path: "Tests/TestSupport"),

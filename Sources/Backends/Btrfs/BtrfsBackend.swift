@@ -93,10 +93,6 @@ public struct BtrfsBackend: ImageBackend {
         }
     }
 
-    /// A writable snapshot, recursive over nested subvolumes (btrfs_util_create_snapshot with
-    /// BTRFS_UTIL_CREATE_SNAPSHOT_RECURSIVE): constant time and space whatever the size.
-    /// A source on another filesystem fails with `.notSupported` (EXDEV); a partial snapshot
-    /// is deleted again, so nothing is left at `destination` on failure.
     /// The source subvolume and the destination's folder, checked to be one btrfs filesystem.
     private func snapshotEnds(_ source: FilePath, _ destination: FilePath) throws
         -> (source: FileDescriptor, parent: FileDescriptor, name: String) {
@@ -140,6 +136,10 @@ public struct BtrfsBackend: ImageBackend {
         }
     }
 
+    /// A writable snapshot, recursive over nested subvolumes (btrfs_util_create_snapshot with
+    /// BTRFS_UTIL_CREATE_SNAPSHOT_RECURSIVE): constant time and space whatever the size.
+    /// A source on another filesystem fails with `.notSupported` (EXDEV); a partial snapshot
+    /// is deleted again, so nothing is left at `destination` on failure.
     public func clone(from source: FilePath, to destination: FilePath) throws {
         let (sourceFD, parentFD, name) = try snapshotEnds(source, destination)
         let groups = Self.poolQgroups(containing: parentFD)
