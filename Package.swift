@@ -100,7 +100,7 @@ let package = Package(
         // Shared test helpers: private dbus-daemon, loopback filesystems, berthd under --root.
         .target(name: "TestSupport", dependencies: ["Linux"], path: "Tests/TestSupport"),
         .testTarget(name: "LinuxTests", dependencies: ["Linux", "FileTree", "TestSupport"]),
-        .testTarget(name: "FileTreeTests", dependencies: ["FileTree", "Linux", "TestSupport"]),
+        .testTarget(name: "FileTreeTests", dependencies: ["FileTree", "Linux", "TestSupport", .product(name: "SystemPackage", package: "swift-system")]),
         .testTarget(name: "ServicesTests", dependencies: ["Services", "Bus", "PoolAPI", "Transfer", "Portable", "Linux"]),
         .testTarget(name: "PoolAPITests", dependencies: ["PoolAPI", "DirectoryBackend", "TestSupport", .product(name: "SystemPackage", package: "swift-system")]),
         .testTarget(name: "PortableTests", dependencies: ["Portable", "Linux", "TestSupport"]),
