@@ -10,7 +10,6 @@ import struct SystemPackage.FilePath
 // The RawLoop backend against real files, real loop devices and real mounts. Tests that attach
 // loop devices or make filesystems run as root (as in CI) and skip, saying why, elsewhere.
 
-private let loopReason = Privileges.loopSkipReason ?? ""
 
 /// A folder with a pool folder and a runtime folder, removed after the test.
 private final class RawFixture {
@@ -186,7 +185,7 @@ struct RawLoopBackendTests {
     }
 
     // On a fresh ext4, whose immutable flag behaves the same on every kernel (unlike tmpfs).
-    @Test(.enabled(if: (Privileges.canMakeLoopFilesystems) || Privileges.underCI, Comment(rawValue: loopReason)))
+    @Test(.requires(.loopFilesystems))
     func readOnlyIsTheImmutableFlagWhichRootCannotWriteThrough() throws {
         let fs = try LoopbackFilesystem(.ext4, size: 64 << 20)
         defer { fs.remove() }
@@ -208,7 +207,7 @@ struct RawLoopBackendTests {
         _ = try FileDescriptor.open(path, flags: O_WRONLY)
     }
 
-    @Test(.enabled(if: (Privileges.canMakeLoopFilesystems) || Privileges.underCI, Comment(rawValue: loopReason)))
+    @Test(.requires(.loopFilesystems))
     func renameAndRemoveWorkOnReadOnlyImages() throws {
         let fs = try LoopbackFilesystem(.ext4, size: 64 << 20)
         defer { fs.remove() }
@@ -243,7 +242,7 @@ struct RawLoopBackendTests {
         #expect(error?.code == .notSupported)
     }
 
-    @Test(.enabled(if: (Privileges.canMakeLoopFilesystems) || Privileges.underCI, Comment(rawValue: loopReason)))
+    @Test(.requires(.loopFilesystems))
     func cloneOnExt4StaysSparseAndKeepsMode() throws {
         let fs = try LoopbackFilesystem(.ext4, size: 256 << 20)
         defer { fs.remove() }
@@ -276,7 +275,7 @@ struct RawLoopBackendTests {
         #expect(throws: PoolError.self) { try f.backend.clone(from: FilePath(source), to: FilePath(clone)) }
     }
 
-    @Test(.enabled(if: (Privileges.canMakeLoopFilesystems) || Privileges.underCI, Comment(rawValue: loopReason)))
+    @Test(.requires(.loopFilesystems))
     func cloneOnBtrfsSharesExtents() throws {
         let fs = try LoopbackFilesystem(.btrfs, size: 256 << 20)
         defer { fs.remove() }
@@ -290,7 +289,7 @@ struct RawLoopBackendTests {
         #expect(extents.contains("shared"), "FICLONE shares the source's extents: \(extents)")
     }
 
-    @Test(.enabled(if: (Privileges.canMakeLoopFilesystems) || Privileges.underCI, Comment(rawValue: loopReason)))
+    @Test(.requires(.loopFilesystems))
     func cloneThatRunsOutOfSpaceLeavesNothingBehind() throws {
         let small = try LoopbackFilesystem(.ext4, size: 16 << 20)
         defer { small.remove() }
@@ -303,7 +302,7 @@ struct RawLoopBackendTests {
         #expect(!FileManager.default.fileExists(atPath: destination))
     }
 
-    @Test(.enabled(if: (Privileges.canMakeLoopFilesystems) || Privileges.underCI, Comment(rawValue: loopReason)))
+    @Test(.requires(.loopFilesystems))
     func inspectsTheDPSRootPartitionOfAGPTDiskAndLeavesNothingBehind() throws {
         let f = try RawFixture()
         let image = f.path("guest.raw")
@@ -335,7 +334,7 @@ struct RawLoopBackendTests {
         #expect(try directoryEntries((f.runtime as NSString).appendingPathComponent("inspect")).isEmpty)
     }
 
-    @Test(.enabled(if: (Privileges.canMakeLoopFilesystems) || Privileges.underCI, Comment(rawValue: loopReason)))
+    @Test(.requires(.loopFilesystems))
     func startUpCleanUpRemovesInspectionsACrashedDaemonLeft() throws {
         let f = try RawFixture()
         let image = f.path("left.raw")
@@ -351,7 +350,7 @@ struct RawLoopBackendTests {
         #expect(try settledState(image: image, runtime: f.runtime).isEmpty)
     }
 
-    @Test(.enabled(if: (Privileges.canMakeLoopFilesystems) || Privileges.underCI, Comment(rawValue: loopReason)))
+    @Test(.requires(.loopFilesystems))
     func inspectsABareFilesystemImage() throws {
         let f = try RawFixture()
         let image = f.path("bare.raw")
@@ -365,7 +364,7 @@ struct RawLoopBackendTests {
         #expect(try settledState(image: image, runtime: f.runtime).isEmpty)
     }
 
-    @Test(.enabled(if: (Privileges.canMakeLoopFilesystems) || Privileges.underCI, Comment(rawValue: loopReason)))
+    @Test(.requires(.loopFilesystems))
     func inspectsAUsrOnlyImageUnderUsr() throws {
         let f = try RawFixture()
         let image = f.path("usronly.raw")
@@ -378,7 +377,7 @@ struct RawLoopBackendTests {
         #expect(try settledState(image: image, runtime: f.runtime).isEmpty)
     }
 
-    @Test(.enabled(if: (Privileges.canMakeLoopFilesystems) || Privileges.underCI, Comment(rawValue: loopReason)))
+    @Test(.requires(.loopFilesystems))
     func aDiskWithoutARootPartitionFailsAndLeavesNothingBehind() throws {
         let f = try RawFixture()
         let image = f.path("swap.raw")
@@ -394,7 +393,7 @@ struct RawLoopBackendTests {
         #expect(none?.code == .invalidImage)
     }
 
-    @Test(.enabled(if: (Privileges.canMakeLoopFilesystems) || Privileges.underCI, Comment(rawValue: loopReason)))
+    @Test(.requires(.loopFilesystems))
     func aRootFilesystemThatWillNotMountFailsAfterAttachingAndLeavesNothingBehind() throws {
         let f = try RawFixture()
         let image = f.path("broken.raw")
@@ -409,7 +408,7 @@ struct RawLoopBackendTests {
         #expect(try directoryEntries((f.runtime as NSString).appendingPathComponent("inspect")).isEmpty)
     }
 
-    @Test(.enabled(if: (Privileges.canMakeLoopFilesystems) || Privileges.underCI, Comment(rawValue: loopReason)))
+    @Test(.requires(.loopFilesystems))
     func inspectsAGPTDiskWith4096ByteSectors() throws {
         let f = try RawFixture()
         let image = f.path("4k.raw")
@@ -421,7 +420,7 @@ struct RawLoopBackendTests {
         #expect(try settledState(image: image, runtime: f.runtime).isEmpty)
     }
 
-    @Test(.enabled(if: (Privileges.canMakeLoopFilesystems) || Privileges.underCI, Comment(rawValue: loopReason)))
+    @Test(.requires(.loopFilesystems))
     func inspectsAnMBRDiskWithOneLinuxPartitionOnly() throws {
         let f = try RawFixture()
         let tree = try makeTree(in: f.temp.path)
@@ -446,7 +445,7 @@ struct RawLoopBackendTests {
         #expect(try settledState(image: two, runtime: f.runtime).isEmpty)
     }
 
-    @Test(.enabled(if: (Privileges.canMakeLoopFilesystems) || Privileges.underCI, Comment(rawValue: loopReason)))
+    @Test(.requires(.loopFilesystems))
     func concurrentInspectionsEachGetTheirOwnLoopDevice() async throws {
         let f = try RawFixture()
         let image = f.path("shared.raw")
@@ -468,7 +467,7 @@ struct RawLoopBackendTests {
         #expect(try settledState(image: image, runtime: f.runtime).isEmpty)
     }
 
-    @Test(.enabled(if: (Privileges.canMakeLoopFilesystems) || Privileges.underCI, Comment(rawValue: loopReason)))
+    @Test(.requires(.loopFilesystems))
     func aDamagedPrimaryGPTHeaderFallsBackToTheBackup() throws {
         let f = try RawFixture()
         let image = f.path("backup.raw")
