@@ -44,7 +44,7 @@ struct ConformanceTests {
     func btrfsBackendDeclinesExt4() async throws {
         let fs = try LoopbackFilesystem(.ext4, size: 64 << 20)
         defer { fs.remove() }
-        #expect(!BtrfsBackend().canCreate(in: fs.mountPoint))
+        #expect(!BtrfsBackend().canCreate(in: FilePath(fs.mountPoint)))
         let btrfs = try #require(conformanceSubjects.first { $0.subject.name == "btrfs" }).subject
         let outcome = try await Conformance.run(.createAndList, subject: btrfs, root: FilePath(fs.mountPoint))
         #expect(outcome == .skipped("the btrfs backend cannot create images on this filesystem"))
