@@ -5,8 +5,8 @@ import TestSupport
 import Linux
 
 /// TreeCopy on real files: what a clone of a directory image must keep.
-@Suite(.enabled(if: Privileges.isRoot || Privileges.underCI,
-                "needs root: files of other owners, trusted.* xattrs, device nodes, setuid bits"))
+// Root: files of other owners, trusted.* xattrs, device nodes, setuid bits.
+@Suite(.requires(.root, .commands("setfacl", "getfacl", "setcap", "getcap")))
 struct TreeCopyTests {
     /// makedev(1, 3): /dev/null's device number.
     static let devNull: dev_t = 0x103

@@ -6,7 +6,7 @@ import Linux
 
 /// TreeRemoval on real trees: everything goes, whatever its modes and inode flags; nothing
 /// outside the tree is touched, through a symlink or a mount.
-@Suite(.enabled(if: Privileges.isRoot || Privileges.underCI, "needs root: immutable and append-only flags, mounts"))
+@Suite(.requires(.root, .commands("chattr")))
 struct TreeRemovalTests {
     /// tree/{ro/ (0500) {file (0400)}, deep/a/b/c/file, link -> outside}
     private func makeTree(_ dir: TemporaryDirectory) throws -> String {
