@@ -91,6 +91,8 @@ let package = Package(
         // Shared test helpers: private dbus-daemon, loopback filesystems, berthd under --root.
         .target(name: "TestSupport", dependencies: ["Linux"], path: "Tests/TestSupport"),
         .testTarget(name: "LinuxTests", dependencies: ["Linux", "FileTree", "TestSupport"]),
+        .testTarget(name: "FileTreeTests", dependencies: ["FileTree", "Linux", "TestSupport"]),
+        .testTarget(name: "ServicesTests", dependencies: ["Services", "Bus", "PoolAPI", "Transfer", "Portable", "Linux"]),
         .testTarget(name: "PoolAPITests", dependencies: ["PoolAPI", "DirectoryBackend", "TestSupport"]),
         .testTarget(name: "PortableTests", dependencies: ["Portable", "Linux", "TestSupport"]),
         .testTarget(name: "ImageProbeTests", dependencies: ["ImageProbe", "InspectProtocol", "Linux", "TestSupport"]),

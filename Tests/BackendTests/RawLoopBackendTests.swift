@@ -9,7 +9,6 @@ import TestSupport
 // The RawLoop backend against real files, real loop devices and real mounts. Tests that attach
 // loop devices or make filesystems run as root (as in CI) and skip, saying why, elsewhere.
 
-private let loopReason = Privileges.loopSkipReason ?? ""
 
 /// A folder with a pool folder and a runtime folder, removed after the test.
 private final class RawFixture {
@@ -211,7 +210,7 @@ struct RawLoopBackendTests {
     }
 
     // On a fresh ext4, whose immutable flag behaves the same on every kernel (unlike tmpfs).
-    @Test(.enabled(if: (Privileges.canMakeLoopFilesystems) || Privileges.underCI, Comment(rawValue: loopReason)))
+    @Test(.requires(.loopFilesystems))
     func readOnlyIsTheImmutableFlagWhichRootCannotWriteThrough() throws {
         let fs = try LoopbackFilesystem(.ext4, size: 64 << 20)
         defer { fs.remove() }
@@ -233,7 +232,7 @@ struct RawLoopBackendTests {
         _ = try FileDescriptor.open(path, flags: O_WRONLY)
     }
 
-    @Test(.enabled(if: (Privileges.canMakeLoopFilesystems) || Privileges.underCI, Comment(rawValue: loopReason)))
+    @Test(.requires(.loopFilesystems))
     func renameAndRemoveWorkOnReadOnlyImages() throws {
         let fs = try LoopbackFilesystem(.ext4, size: 64 << 20)
         defer { fs.remove() }
@@ -268,7 +267,7 @@ struct RawLoopBackendTests {
         #expect(error?.code == .notSupported)
     }
 
-    @Test(.enabled(if: (Privileges.canMakeLoopFilesystems) || Privileges.underCI, Comment(rawValue: loopReason)))
+    @Test(.requires(.loopFilesystems))
     func cloneOnExt4StaysSparseAndKeepsMode() throws {
         let fs = try LoopbackFilesystem(.ext4, size: 256 << 20)
         defer { fs.remove() }
@@ -301,7 +300,7 @@ struct RawLoopBackendTests {
         #expect(throws: PoolError.self) { try f.backend.clone(from: source, to: clone) }
     }
 
-    @Test(.enabled(if: (Privileges.canMakeLoopFilesystems) || Privileges.underCI, Comment(rawValue: loopReason)))
+    @Test(.requires(.loopFilesystems))
     func cloneOnBtrfsSharesExtents() throws {
         let fs = try LoopbackFilesystem(.btrfs, size: 256 << 20)
         defer { fs.remove() }
@@ -315,7 +314,7 @@ struct RawLoopBackendTests {
         #expect(extents.contains("shared"), "FICLONE shares the source's extents: \(extents)")
     }
 
-    @Test(.enabled(if: (Privileges.canMakeLoopFilesystems) || Privileges.underCI, Comment(rawValue: loopReason)))
+    @Test(.requires(.loopFilesystems))
     func cloneThatRunsOutOfSpaceLeavesNothingBehind() throws {
         let small = try LoopbackFilesystem(.ext4, size: 16 << 20)
         defer { small.remove() }
@@ -328,7 +327,7 @@ struct RawLoopBackendTests {
         #expect(!FileManager.default.fileExists(atPath: destination))
     }
 
-    @Test(.enabled(if: (Privileges.canMakeLoopFilesystems) || Privileges.underCI, Comment(rawValue: loopReason)))
+    @Test(.requires(.loopFilesystems))
     func inspectsTheDPSRootPartitionOfAGPTDiskAndLeavesNothingBehind() throws {
         let f = try RawFixture()
         let image = f.path("guest.raw")
@@ -363,7 +362,7 @@ struct RawLoopBackendTests {
         #expect(try directoryEntries((f.runtime as NSString).appendingPathComponent("inspect")).isEmpty)
     }
 
-    @Test(.enabled(if: (Privileges.canMakeLoopFilesystems) || Privileges.underCI, Comment(rawValue: loopReason)))
+    @Test(.requires(.loopFilesystems))
     func startUpCleanUpRemovesInspectionMountsAnOlderDaemonLeft() throws {
         // Before berth-inspect, inspections were mounted in berthd's namespace at
         // <runtime>/inspect/XXXXXX/root, and a crash left them there.
@@ -378,7 +377,7 @@ struct RawLoopBackendTests {
         #expect(try directoryEntries((f.runtime as NSString).appendingPathComponent("inspect")).isEmpty)
     }
 
-    @Test(.enabled(if: (Privileges.canMakeLoopFilesystems) || Privileges.underCI, Comment(rawValue: loopReason)))
+    @Test(.requires(.loopFilesystems))
     func aKilledInspectorTakesItsMountAndLoopDeviceAlong() throws {
         let f = try RawFixture()
         let image = f.path("killed.raw")
@@ -392,7 +391,7 @@ struct RawLoopBackendTests {
         #expect(try settledState(image: image, runtime: f.runtime).isEmpty)
     }
 
-    @Test(.enabled(if: (Privileges.canMakeLoopFilesystems) || Privileges.underCI, Comment(rawValue: loopReason)))
+    @Test(.requires(.loopFilesystems))
     func theInspectorEndsWhenItsParentDies() throws {
         // A stand-in berthd (a shell) starts berth-inspect and is killed while the inspection is
         // held; this process keeps the hold pipe's write end, so only the parent's death (its
@@ -426,7 +425,7 @@ struct RawLoopBackendTests {
         #expect(try settledState(image: image, runtime: f.runtime).loops.isEmpty)
     }
 
-    @Test(.enabled(if: (Privileges.canMakeLoopFilesystems) || Privileges.underCI, Comment(rawValue: loopReason)))
+    @Test(.requires(.loopFilesystems))
     func inspectsABareFilesystemImage() throws {
         let f = try RawFixture()
         let image = f.path("bare.raw")
@@ -440,7 +439,7 @@ struct RawLoopBackendTests {
         #expect(try settledState(image: image, runtime: f.runtime).isEmpty)
     }
 
-    @Test(.enabled(if: (Privileges.canMakeLoopFilesystems) || Privileges.underCI, Comment(rawValue: loopReason)))
+    @Test(.requires(.loopFilesystems))
     func inspectsAUsrOnlyImageUnderUsr() throws {
         let f = try RawFixture()
         let image = f.path("usronly.raw")
@@ -453,7 +452,7 @@ struct RawLoopBackendTests {
         #expect(try settledState(image: image, runtime: f.runtime).isEmpty)
     }
 
-    @Test(.enabled(if: (Privileges.canMakeLoopFilesystems) || Privileges.underCI, Comment(rawValue: loopReason)))
+    @Test(.requires(.loopFilesystems))
     func aDiskWithoutARootPartitionFailsAndLeavesNothingBehind() throws {
         let f = try RawFixture()
         let image = f.path("swap.raw")
@@ -469,7 +468,7 @@ struct RawLoopBackendTests {
         #expect(none?.code == .invalidImage)
     }
 
-    @Test(.enabled(if: (Privileges.canMakeLoopFilesystems) || Privileges.underCI, Comment(rawValue: loopReason)))
+    @Test(.requires(.loopFilesystems))
     func aRootFilesystemThatWillNotMountFailsAfterAttachingAndLeavesNothingBehind() throws {
         let f = try RawFixture()
         let image = f.path("broken.raw")
@@ -484,7 +483,7 @@ struct RawLoopBackendTests {
         #expect(try directoryEntries((f.runtime as NSString).appendingPathComponent("inspect")).isEmpty)
     }
 
-    @Test(.enabled(if: (Privileges.canMakeLoopFilesystems) || Privileges.underCI, Comment(rawValue: loopReason)))
+    @Test(.requires(.loopFilesystems))
     func inspectsAGPTDiskWith4096ByteSectors() throws {
         let f = try RawFixture()
         let image = f.path("4k.raw")
@@ -496,7 +495,7 @@ struct RawLoopBackendTests {
         #expect(try settledState(image: image, runtime: f.runtime).isEmpty)
     }
 
-    @Test(.enabled(if: (Privileges.canMakeLoopFilesystems) || Privileges.underCI, Comment(rawValue: loopReason)))
+    @Test(.requires(.loopFilesystems))
     func inspectsAnMBRDiskWithOneLinuxPartitionOnly() throws {
         let f = try RawFixture()
         let tree = try makeTree(in: f.temp.path)
@@ -521,7 +520,7 @@ struct RawLoopBackendTests {
         #expect(try settledState(image: two, runtime: f.runtime).isEmpty)
     }
 
-    @Test(.enabled(if: (Privileges.canMakeLoopFilesystems) || Privileges.underCI, Comment(rawValue: loopReason)))
+    @Test(.requires(.loopFilesystems))
     func concurrentInspectionsEachGetTheirOwnLoopDevice() async throws {
         let f = try RawFixture()
         let image = f.path("shared.raw")
@@ -543,7 +542,7 @@ struct RawLoopBackendTests {
         #expect(try settledState(image: image, runtime: f.runtime).isEmpty)
     }
 
-    @Test(.enabled(if: (Privileges.canMakeLoopFilesystems) || Privileges.underCI, Comment(rawValue: loopReason)))
+    @Test(.requires(.loopFilesystems))
     func aDamagedPrimaryGPTHeaderFallsBackToTheBackup() throws {
         let f = try RawFixture()
         let image = f.path("backup.raw")

@@ -8,7 +8,6 @@ import TestSupport
 // mount namespace never holds an inspection mount; hostile images get a clear D-Bus error and
 // leave no loop device, mount or child behind.
 
-private let inspectionPrerequisites = endToEndToolsAvailable && Privileges.canMakeLoopFilesystems && commandExists("sfdisk")
 
 /// berthd (machine1, portable1) under --root on a private bus, with raw images in its pools.
 private final class InspectionSite: @unchecked Sendable {  // immutable after init; the watcher only reads
@@ -122,8 +121,7 @@ private final class Watch: Sendable {
     let stop = Atomic<Bool>(false)
 }
 
-@Suite(.serialized, .enabled(if: (inspectionPrerequisites) || Privileges.underCI,
-                             "needs root, loop devices, dbus-daemon, busctl, gdbus and sfdisk"))
+@Suite(.serialized, .requires(.loopFilesystems, .privateBus, .commands("sfdisk")))
 struct InspectionSandboxTests {
     @Test("GetImageOSRelease and portable1's GetImageMetadata of raw images never mount in berthd's namespace")
     func inspectionsNeverMountInBerthdsNamespace() throws {

@@ -6,9 +6,7 @@ import TestSupport
 /// machine1's machine registry with the real systemd-nspawn registering a busybox container with
 /// berthd on a private bus, here where PID 1 is not systemd (machined 252 can register nothing
 /// then), and the real machinectl reading and terminating it.
-@Suite(.serialized, .enabled(if: (endToEndToolsAvailable && Privileges.isRoot && commandExists("systemd-nspawn")
-                                   && FileManager.default.isExecutableFile(atPath: "/bin/busybox")) || Privileges.underCI,
-                             "needs root, systemd-nspawn, busybox (apt-get install systemd-container busybox-static) and a bus"))
+@Suite(.serialized, .requires(nspawnRequirements))
 struct MachineRegistryTests {
     /// A busybox root with an os-release, in a new folder.
     static func busyboxRoot() throws -> TemporaryDirectory {
@@ -44,11 +42,9 @@ struct MachineRegistryTests {
         defer { host.stop() }
         let (bus, berthd, root) = (host.bus, host.berthd, host.root)
         try FileManager.default.createDirectory(atPath: "/run/systemd/system", withIntermediateDirectories: true)
-        let monitor = try spawn(["/usr/bin/busctl", "--address=\(bus.address)", "monitor", "--match",
-                                 "type=signal,interface=org.freedesktop.machine1.Manager"],
-                                stdout: berthd.root + "/signals.log", stderr: nil)
+        let monitor = try startBusMonitor(address: bus.address, match: "type=signal,interface=org.freedesktop.machine1.Manager",
+                                          log: berthd.root + "/signals.log")
         defer { kill(monitor, SIGTERM); _ = waitpid(monitor, nil, 0) }
-        usleep(300_000)
 
         let container = try NspawnContainer(name: "bbreg", root: root.path, bus: bus.address, command: "sleep 600")
         defer { container.stop() }

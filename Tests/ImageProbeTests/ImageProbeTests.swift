@@ -296,7 +296,7 @@ struct ProbePlanWireTests {
 struct UnprivilegedProbeProcessTests {
     /// The probe refuses to read the image unless it is uid/gid 65534 with empty capability sets
     /// and no_new_privs (it checks /proc/self/status), so a plan from it is a plan made unprivileged.
-    @Test(.enabled(if: Privileges.isRoot || Privileges.underCI, "dropping to uid 65534 needs root"))
+    @Test(.requires(.root))
     func theProbeAnswersAPlanOnlyAfterDroppingEveryPrivilege() throws {
         let i = try Images()
         let image = try i.partitioned("probe.raw", table: "label: gpt\nstart=2048, size=98304, type=\(rootX86_64)\n")

@@ -99,12 +99,7 @@ public struct RawLoopBackend: ImageBackend {
     public func clone(from source: String, to destination: String) throws {
         let input: FileDescriptor
         do {
-            input = try FileDescriptor.open(source, flags: O_RDONLY | O_NOFOLLOW | O_NOCTTY | RawLoopBackend.noAccessTime)
-        } catch where error.errno == .EPERM {
-            // O_NOATIME needs ownership or CAP_FOWNER; without them, read normally.
-            input = try systemCall("cannot open \(source)") { () throws(SystemCallError) in
-                try FileDescriptor.open(source, flags: O_RDONLY | O_NOFOLLOW | O_NOCTTY)
-            }
+            input = try FileDescriptor.openPreservingAccessTime(source, flags: O_RDONLY | O_NOFOLLOW | O_NOCTTY)
         } catch {
             throw error.errno == .ENOENT ? PoolError(.noSuchImage, "cannot open \(source)", cause: error)
                                          : PoolError.from(error, "cannot open \(source)")
@@ -124,10 +119,6 @@ public struct RawLoopBackend: ImageBackend {
             throw PoolError.from(error, "cannot clone \(source) to \(destination)")
         }
     }
-
-    /// O_NOATIME (GNU-only in glibc's headers, so not imported): 01000000 on every Linux ABI
-    /// Swift runs on.
-    static let noAccessTime: Int32 = 0o1000000
 
     /// Owner (fchown), extended attributes (ACLs included), mode (after the owner, as chown clears
     /// set-user-ID bits) and times (futimens, last, as every other change moves them).
