@@ -25,9 +25,6 @@ final class ChildInspectionRoot: InspectionRoot {
         state = Mutex(State(folder: folder, child: child))
     }
 
-    /// The child's pid, for tests that look at its namespace.
-    var childProcess: pid_t? { state.withLock { $0.child?.pid } }
-
     /// Closes the root folder, then releases the child and waits for it to end. Idempotent.
     func close() {
         state.withLock { s in
