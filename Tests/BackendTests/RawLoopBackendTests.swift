@@ -383,7 +383,7 @@ struct RawLoopBackendTests {
         let f = try RawFixture()
         let image = f.path("killed.raw")
         try makeGPTDisk(at: image, type: rootX86_64, tree: makeTree(in: f.temp.path))
-        let root = try f.backend.openForInspection(at: image)
+        let root = try f.backend.openForInspection(at: FilePath(image))
         let child = try #require(inspectorChildren(runtime: f.runtime).first)
         #expect(try KernelState(image: image, runtime: f.runtime).loops.count == 1)
         kill(child, SIGKILL)
