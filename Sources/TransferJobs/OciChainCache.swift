@@ -2,6 +2,7 @@ import CBtrfsUtil
 import FileTree
 import Glibc
 import Linux
+import struct SystemPackage.FilePath
 import Transfer
 
 /// On btrfs, the layer cache also keeps the tree after each prefix of layers, as a subvolume
@@ -64,7 +65,7 @@ enum OciChainCache {
         guard btrfs_util_create_snapshot(target, temp, 0, nil, nil) == BTRFS_UTIL_OK else { return }
         if (try? renameNoReplace(temp, final)) == nil {
             // Emptied, then removed by rmdir: no CAP_SYS_ADMIN needed (see `start`).
-            try? TreeRemoval.remove(at: temp)
+            try? TreeRemoval.remove(at: FilePath(temp))
         }
     }
 }
