@@ -6,8 +6,7 @@ import TestSupport
 
 /// The real berthd's transfer worker, found while `machinectl import-tar` holds it on a FIFO
 /// that never sends a byte, is confined (docs/security.md): compared with berthd itself.
-@Suite(.serialized, .enabled(if: import1ToolsAvailable,
-                             "needs root, dbus-daemon, busctl, gdbus, machinectl (systemd-container), gpg, qemu-img, xz, /usr/bin/python3"))
+@Suite(.serialized, .requires(import1Requirements))
 struct WorkerSandboxEndToEndTests {
     /// /proc/PID/status as name → value.
     private func status(_ pid: String) -> [String: String] {

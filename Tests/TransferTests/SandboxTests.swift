@@ -86,7 +86,7 @@ private func expectConfined(_ pid: pid_t, capabilities: CapabilitySet, hostNetwo
 }
 
 @Suite("the transfer worker is confined: namespaces, mount view, capabilities, seccomp",
-       .serialized, .enabled(if: Privileges.isRoot || Privileges.underCI, "needs root: the worker confines itself with namespaces and mounts"))
+       .serialized, .requires(.root))  // the worker confines itself with namespaces and mounts
 struct SandboxTests {
     @Test("a held import-tar worker: no_new_privs, seccomp, extraction's capabilities only, its own mount and network namespaces, a view of its temp entry alone")
     func heldImportIsConfined() async throws {
