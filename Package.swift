@@ -79,6 +79,11 @@ let package = Package(
         .executableTarget(name: "berthctl", dependencies: ["BerthCLI"]),
         // Benchmarks against systemd 252's daemons (scripts/bench.sh, docs/benchmarks.md).
         .executableTarget(name: "berth-bench", dependencies: ["Bus", "CBtrfsUtil", "CSystemd", "Linux"]),
+        // One entry function per parser of outside input, for libFuzzer (berth-fuzz, below) and
+        // for FuzzReplayTests, which replays the kept corpus (docs/fuzzing.md).
+        .target(name: "FuzzTargets", dependencies: [
+            "RawLoopBackend", "PoolAPI", "Machines", "Portable", "Transfer", "TransferJobs", "Bus", "Services", "Linux", "CLinux",
+        ]),
 
         // Shared test helpers: private dbus-daemon, loopback filesystems, berthd under --root.
         .target(name: "TestSupport", dependencies: ["Linux"], path: "Tests/TestSupport"),
@@ -96,5 +101,13 @@ let package = Package(
         .testTarget(name: "BusTests", dependencies: ["Bus", "TestSupport"]),
         .testTarget(name: "BerthCLITests", dependencies: ["BerthCLI", "Bus", "Linux", "TestSupport"]),
         .testTarget(name: "EndToEndTests", dependencies: ["TestSupport", "Bus", "Services", "Linux"]),
+        .testTarget(name: "FuzzReplayTests", dependencies: ["FuzzTargets"]),
     ]
 )
+
+// The libFuzzer executable: it has no `main` of its own (libFuzzer's is linked in with
+// `-sanitize=fuzzer`), so it is declared only for scripts/fuzz.sh (BERTH_FUZZ=1), never in a
+// normal build or CI's.
+if Context.environment["BERTH_FUZZ"] == "1" {
+    package.targets.append(.executableTarget(name: "berth-fuzz", dependencies: ["FuzzTargets"]))
+}

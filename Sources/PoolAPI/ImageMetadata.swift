@@ -54,7 +54,7 @@ public struct ImageMetadata: Sendable, Equatable {
 
     /// The first line that is neither empty nor a comment, trimmed (as systemd reads
     /// /etc/hostname).
-    static func parseHostname(_ text: String) -> String {
+    package static func parseHostname(_ text: String) -> String {
         for line in text.split(whereSeparator: { $0 == "\n" || $0 == "\r" }) {
             let t = line.trimmingWhitespace()
             if t.isEmpty || t.hasPrefix("#") { continue }
