@@ -101,13 +101,16 @@ let package = Package(
         .testTarget(name: "BusTests", dependencies: ["Bus", "TestSupport"]),
         .testTarget(name: "BerthCLITests", dependencies: ["BerthCLI", "Bus", "Linux", "TestSupport"]),
         .testTarget(name: "EndToEndTests", dependencies: ["TestSupport", "Bus", "Services", "Linux"]),
-        .testTarget(name: "FuzzReplayTests", dependencies: ["FuzzTargets"]),
+        .testTarget(name: "FuzzReplayTests", dependencies: ["FuzzTargets", "PoolAPI", "Linux", "TransferJobs"]),
     ]
 )
 
-// The libFuzzer executable: it has no `main` of its own (libFuzzer's is linked in with
-// `-sanitize=fuzzer`), so it is declared only for scripts/fuzz.sh (BERTH_FUZZ=1), never in a
-// normal build or CI's.
+// The libFuzzer executable and its declaration of libFuzzer's driver: they link only with
+// `-sanitize=fuzzer`, so they are declared only for scripts/fuzz.sh (BERTH_FUZZ=1), never in
+// a normal build or CI's.
 if Context.environment["BERTH_FUZZ"] == "1" {
-    package.targets.append(.executableTarget(name: "berth-fuzz", dependencies: ["FuzzTargets"]))
+    package.targets += [
+        .systemLibrary(name: "CFuzzer"),
+        .executableTarget(name: "berth-fuzz", dependencies: ["FuzzTargets", "CFuzzer"]),
+    ]
 }

@@ -102,8 +102,12 @@ public enum NetworkAddresses {
             case NLMSG_DONE:
                 return true
             case NLMSG_ERROR:
+                // nlmsgerr starts with the (negative) errno; a message too short to hold it, or
+                // a code that is no negative errno (Int32.min would overflow the negation: found
+                // by fuzzing), is EIO.
+                guard length >= headerSize + 4 else { throw SystemCallError("recv", .EIO, subject: "truncated netlink error") }
                 let code = buffer.withUnsafeBytes { $0.loadUnaligned(fromByteOffset: offset + headerSize, as: Int32.self) }
-                if code != 0 { throw SystemCallError("RTM_GETADDR", Errno(rawValue: -code)) }
+                if code != 0 { throw SystemCallError("RTM_GETADDR", code < 0 && code > -4096 ? Errno(rawValue: -code) : .EIO) }
             case Int32(RTM_NEWADDR):
                 if let a = parse(Array(buffer[(offset + headerSize)..<(offset + length)])) { found.append(a) }
             default:

@@ -280,7 +280,8 @@ package enum OciSettings {
         if let dir = exec?.WorkingDir, dir.hasPrefix("/"), quote(dir) != nil { lines.append("WorkingDirectory=" + dir) }
         // nspawn's User= takes a user name (or number) of the image; "uid:gid" has no equivalent.
         if let user = exec?.User, !user.isEmpty {
-            if !user.contains(":"), user.unicodeScalars.allSatisfy({ $0.isASCII && $0.value > 0x20 && $0 != "\"" && $0 != "\\" }) {
+            // Printable ASCII only: DEL (0x7f) is a control character too (found by fuzzing).
+            if !user.contains(":"), user.unicodeScalars.allSatisfy({ $0.value > 0x20 && $0.value < 0x7f && $0 != "\"" && $0 != "\\" }) {
                 lines.append("User=" + user)
             } else {
                 warnings.append("the image's user '\(user.unicodeScalars.filter { $0.value >= 0x20 })' has no nspawn equivalent: left out")
