@@ -1,6 +1,7 @@
 import CSystemd
 import Glibc
 import Linux
+import Synchronization
 
 /// A blocking D-Bus client on its own connection, for command-line tools (berthctl): each call
 /// waits for its reply (sd_bus_call). Never use it inside berthd, whose loop must not block.
@@ -8,7 +9,9 @@ import Linux
 /// `@unchecked Sendable`: the connection handle is only used under `lock`, one call at a time.
 public final class BusClient: @unchecked Sendable {
     private let handle: OpaquePointer
-    private let lock = PthreadMutex()
+    /// Guards `handle` (sd-bus is not thread-safe). It holds no value: the handle is needed
+    /// outside it too (deinit), and a `Mutex<OpaquePointer>` would not make the C object safer.
+    private let lock = Mutex(())
 
     /// Connects to `address`, or when nil to the system bus (`DBUS_SYSTEM_BUS_ADDRESS` or the default socket).
     public init(address: String? = nil) throws(BusError) {
@@ -44,11 +47,16 @@ public final class BusClient: @unchecked Sendable {
     /// thread, before the message is released), for clients that parse a large reply with
     /// sd-bus's own readers (sd_bus_message_skip, sd_bus_message_read_basic) as a C client
     /// would, rather than into `BusValue`s.
-    public func call<T>(destination: String, path: ObjectPath, interface: String, member: String, _ arguments: [BusValue] = [],
+    public func call<T: Sendable>(destination: String, path: ObjectPath, interface: String, member: String, _ arguments: [BusValue] = [],
                         timeoutMicroseconds: UInt64 = 0,
                         read: (OpaquePointer) throws(BusError) -> T) throws(BusError) -> T {
-        lock.lock()
-        defer { lock.unlock() }
+        try lock.withLock { _ throws(BusError) -> T in try callLocked(destination: destination, path: path, interface: interface, member: member,
+                                                                     arguments, timeoutMicroseconds: timeoutMicroseconds, read: read) }
+    }
+
+    /// `call`'s work, under `lock`.
+    private func callLocked<T>(destination: String, path: ObjectPath, interface: String, member: String, _ arguments: [BusValue],
+                               timeoutMicroseconds: UInt64, read: (OpaquePointer) throws(BusError) -> T) throws(BusError) -> T {
         var m: OpaquePointer? = nil
         var r = sd_bus_message_new_method_call(handle, &m, destination, path.rawValue, interface, member)
         guard r >= 0, let m else { throw BusError(errno: Errno(-r), "cannot make call \(member)") }
@@ -73,11 +81,11 @@ public final class BusClient: @unchecked Sendable {
     /// (sd_bus_match_signal); they are then returned by `waitForSignals`. Call it before the
     /// method whose signals you need, so none can be missed.
     public func matchSignal(sender: String?, path: ObjectPath?, interface: String?, member: String?) throws(BusError) {
-        lock.lock()
-        defer { lock.unlock() }
         // The callback only keeps sd-bus from dropping the match; the signals themselves are
         // taken from sd_bus_process's returned message in waitForSignals.
-        let r = sd_bus_match_signal(handle, nil, sender, path?.rawValue, interface, member, { _, _, _ in 0 }, nil)
+        let r = lock.withLock { _ in
+            sd_bus_match_signal(handle, nil, sender, path?.rawValue, interface, member, { _, _, _ in 0 }, nil)
+        }
         guard r >= 0 else { throw BusError(errno: Errno(-r), "cannot subscribe to signal \(member ?? "*")") }
     }
 
@@ -85,14 +93,14 @@ public final class BusClient: @unchecked Sendable {
     /// `timeoutMicroseconds` for more (sd_bus_wait). The signals received, possibly none; an
     /// interrupted wait (EINTR) returns early with none.
     public func waitForSignals(timeoutMicroseconds: UInt64) throws(BusError) -> [BusSignal] {
-        lock.lock()
-        defer { lock.unlock() }
-        var signals = try processPending()
-        if !signals.isEmpty { return signals }
-        let r = sd_bus_wait(handle, timeoutMicroseconds)
-        if r < 0 && -r != EINTR { throw BusError(errno: Errno(-r), "cannot wait on the bus") }
-        signals = try processPending()
-        return signals
+        try lock.withLock { _ throws(BusError) -> [BusSignal] in
+            var signals = try processPending()
+            if !signals.isEmpty { return signals }
+            let r = sd_bus_wait(handle, timeoutMicroseconds)
+            if r < 0 && -r != EINTR { throw BusError(errno: Errno(-r), "cannot wait on the bus") }
+            signals = try processPending()
+            return signals
+        }
     }
 
     /// sd_bus_process until nothing is left; the signals among the processed messages.
@@ -122,9 +130,7 @@ public final class BusClient: @unchecked Sendable {
     /// The connection's socket (sd_bus_get_fd), for a client that waits on it beside other
     /// descriptors in its own poll loop and then calls `waitForSignals(timeoutMicroseconds: 0)`.
     public var pollDescriptor: Int32 {
-        lock.lock()
-        defer { lock.unlock() }
-        return sd_bus_get_fd(handle)
+        lock.withLock { _ in sd_bus_get_fd(handle) }
     }
 
     /// All properties of `interface` on `path` (org.freedesktop.DBus.Properties.GetAll), each
@@ -159,23 +165,6 @@ public final class BusClient: @unchecked Sendable {
         let reply = try call(destination: destination, path: path, interface: "org.freedesktop.DBus.Introspectable", member: "Introspect")
         guard let xml = reply.first?.stringValue else { throw BusError.failed("Introspect returned no string") }
         return xml
-    }
-}
-
-/// A pthread mutex for `BusClient`'s one-call-at-a-time rule.
-final class PthreadMutex: @unchecked Sendable {
-    // @unchecked Sendable: a pthread mutex is made to be shared between threads; its storage
-    // is allocated once so its address never moves.
-    private let mutex: UnsafeMutablePointer<pthread_mutex_t>
-    init() {
-        mutex = .allocate(capacity: 1)
-        pthread_mutex_init(mutex, nil)
-    }
-    func lock() { pthread_mutex_lock(mutex) }
-    func unlock() { pthread_mutex_unlock(mutex) }
-    deinit {
-        pthread_mutex_destroy(mutex)
-        mutex.deallocate()
     }
 }
 

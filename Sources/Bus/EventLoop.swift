@@ -43,19 +43,9 @@ public final class EventLoop: SerialExecutor, @unchecked Sendable {
         wakeFD = fd
         self.name = name
         signalHandlers = signals
-        let box = Unmanaged.passRetained(self)
-        var thread = pthread_t()
-        let r = pthread_create(&thread, nil, { arg in
-            guard let arg else { return nil }
-            let loop = Unmanaged<EventLoop>.fromOpaque(arg).takeRetainedValue()
-            loop.threadMain()
-            return nil
-        }, box.toOpaque())
-        guard r == 0 else {
-            box.release()
-            Glibc.close(fd)
-            throw SystemCallError("pthread_create", Errno(r))
-        }
+        // The thread keeps the loop alive until threadMain returns. On failure the loop is
+        // released here and its deinit closes the eventfd.
+        let thread = try startJoinableThread { [self] in threadMain() }
         shared.withLock { $0.thread = thread }
         ready.wait()
         if let code = shared.withLock({ $0.exitCode }), code < 0 {

@@ -189,7 +189,7 @@ public enum TreeCopy {
             destinationRootIdentity = DirectoryIdentity(rootDestination)
             try walk([Frame(source: sourceRoot, destination: destinationRoot, status: rootStatus,
                             destinationIdentity: [rootDestination.device, rootDestination.inode],
-                            names: try TreeSupport.names(in: sourceRoot), relativePath: "")])
+                            names: try directoryEntries(of: sourceRoot), relativePath: "")])
         }
 
         /// `copyItem`: the roots are the parents; the one entry is copied under its new name, and
@@ -278,7 +278,7 @@ public enum TreeCopy {
                 let dstStatus = try dst.stat()
                 return Frame(source: src, destination: dst, status: st,
                              destinationIdentity: [dstStatus.device, dstStatus.inode],
-                             names: walked ? try TreeSupport.names(in: src) : [], relativePath: rel)
+                             names: walked ? try directoryEntries(of: src) : [], relativePath: rel)
             case UInt32(Glibc.S_IFREG):
                 try copyRegular(name, to: target, st, parent)
             case UInt32(Glibc.S_IFLNK):
@@ -310,7 +310,7 @@ public enum TreeCopy {
             // security.capability).
             try sys("fchown") { fchown(dst.rawValue, st.uid, st.gid) }
             try sys("fchmod") { fchmod(dst.rawValue, mode_t(st.mode & 0o7777)) }
-            try TreeSupport.setXattrs(try TreeSupport.xattrs(of: .fd(src)), on: .fd(dst))
+            try copyExtendedAttributes(from: .fd(src), to: .fd(dst))
             var times = [st.accessTime, st.modificationTime]
             try sys("futimens") { futimens(dst.rawValue, &times) }
         }
@@ -322,8 +322,8 @@ public enum TreeCopy {
                 // mknodat applied the umask; a device node is not a symlink, so following is moot.
                 try sys("fchmodat", target) { fchmodat(parent.destination.rawValue, target, mode_t(st.mode & 0o7777), 0) }
             }
-            let attrs = try TreeSupport.xattrs(of: .path(TreeSupport.procPath(name, in: parent.source)))
-            try TreeSupport.setXattrs(attrs, on: .path(TreeSupport.procPath(target, in: parent.destination)))
+            try copyExtendedAttributes(from: .path(TreeSupport.procPath(name, in: parent.source)),
+                                       to: .path(TreeSupport.procPath(target, in: parent.destination)))
             var times = [st.accessTime, st.modificationTime]
             try sys("utimensat", target) { utimensat(parent.destination.rawValue, target, &times, AT_SYMLINK_NOFOLLOW) }
         }
@@ -335,7 +335,7 @@ public enum TreeCopy {
             let (src, dst) = try frame.descriptors()
             try sys("fchown") { fchown(dst.rawValue, st.uid, st.gid) }
             try sys("fchmod") { fchmod(dst.rawValue, mode_t(st.mode & 0o7777)) }
-            try TreeSupport.setXattrs(try TreeSupport.xattrs(of: .fd(src)), on: .fd(dst))
+            try copyExtendedAttributes(from: .fd(src), to: .fd(dst))
             var times = [st.accessTime, st.modificationTime]
             try sys("futimens") { futimens(dst.rawValue, &times) }
         }

@@ -24,7 +24,7 @@ public enum TreeRemoval {
         let top = try FileDescriptor.openDirectory(name, relativeTo: parent, followSymlinks: false)
         TreeSupport.liftProtection(top)
         let rootMount = TreeSupport.mountID("", in: top)
-        var stack = [Level(fd: top, identity: [st.device, st.inode], names: try TreeSupport.names(in: top), nameInParent: name)]
+        var stack = [Level(fd: top, identity: [st.device, st.inode], names: try directoryEntries(of: top), nameInParent: name)]
         while !stack.isEmpty {
             let i = stack.count - 1
             if stack[i].next >= stack[i].names.count {
@@ -46,7 +46,7 @@ public enum TreeRemoval {
                     throw SystemCallError("unlinkat", .EBUSY, subject: "\(child): a mount point inside the tree")
                 }
                 TreeSupport.liftProtection(fd)
-                stack.append(Level(fd: fd, identity: [cst.device, cst.inode], names: try TreeSupport.names(in: fd),
+                stack.append(Level(fd: fd, identity: [cst.device, cst.inode], names: try directoryEntries(of: fd),
                                    nameInParent: child))
                 // Only the deepest levels stay open (index 0 is reopened like any other).
                 let park = stack.count - 1 - TreeSupport.openLevels
@@ -111,7 +111,7 @@ public enum DiskUsage {
         let rootMount = TreeSupport.mountID("", in: top)
         var seen = Set<[UInt64]>()
         var total = st.allocatedBytes
-        var stack = [(fd: Optional(top), identity: [st.device, st.inode], names: try TreeSupport.names(in: top), next: 0)]
+        var stack = [(fd: Optional(top), identity: [st.device, st.inode], names: try directoryEntries(of: top), next: 0)]
         while !stack.isEmpty {
             let i = stack.count - 1
             if stack[i].next >= stack[i].names.count {
@@ -132,7 +132,7 @@ public enum DiskUsage {
                 continue
             }
             if let rootMount, let m = TreeSupport.mountID("", in: fd), m != rootMount { continue }
-            stack.append((fd, [cst.device, cst.inode], (try? TreeSupport.names(in: fd)) ?? [], 0))
+            stack.append((fd, [cst.device, cst.inode], (try? directoryEntries(of: fd)) ?? [], 0))
             let park = stack.count - 1 - TreeSupport.openLevels
             if park >= 0 { stack[park].fd?.close(); stack[park].fd = nil }
         }

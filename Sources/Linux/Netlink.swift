@@ -163,37 +163,3 @@ public enum NetworkAddresses {
         return unique
     }
 }
-
-/// Runs `body` on a new thread (pthread_create(3)) and waits for it (pthread_join(3)): for work
-/// that changes the calling thread's state for good (a namespace entered with setns), so no
-/// thread of a pool is ever left changed. Throws only if no thread could be made.
-public func runOnNewThread<T: Sendable>(_ body: @escaping @Sendable () throws(SystemCallError) -> T) throws(SystemCallError) -> Result<T, SystemCallError> {
-    let outcome = ThreadOutcome<T>()
-    let work = JoinedThreadWork {
-        do throws(SystemCallError) { outcome.value = .success(try body()) } catch { outcome.value = .failure(error) }
-    }
-    let raw = Unmanaged.passRetained(work).toOpaque()
-    var thread = pthread_t()
-    let r = pthread_create(&thread, nil, { raw in
-        guard let raw else { return nil }
-        Unmanaged<JoinedThreadWork>.fromOpaque(raw).takeRetainedValue().run()
-        return nil
-    }, raw)
-    if r != 0 {
-        Unmanaged<JoinedThreadWork>.fromOpaque(raw).release()
-        throw SystemCallError("pthread_create", Errno(rawValue: r))
-    }
-    pthread_join(thread, nil)
-    return outcome.value ?? .failure(SystemCallError("pthread_join", .EIO))
-}
-
-private final class JoinedThreadWork: Sendable {
-    let run: @Sendable () -> Void
-    init(_ run: @escaping @Sendable () -> Void) { self.run = run }
-}
-
-/// Written by the thread before it ends and read after pthread_join, which orders the two:
-/// never touched by two threads at once.
-private final class ThreadOutcome<T>: @unchecked Sendable {
-    var value: Result<T, SystemCallError>?
-}

@@ -43,39 +43,55 @@ public func makeDirectories(_ path: String, mode: mode_t = 0o755) throws(SystemC
     }
 }
 
-/// The names in a directory, without `.` and `..` (fdopendir(3)/readdir(3)).
-public func directoryEntries(_ path: String) throws(SystemCallError) -> [String] {
-    guard let dir = opendir(path) else { throw SystemCallError("opendir", .current, subject: path) }
-    defer { closedir(dir) }
-    var names: [String] = []
-    while let ent = readdir(dir) {
-        let name = withUnsafeBytes(of: ent.pointee.d_name) { raw in
-            String(cString: raw.bindMemory(to: CChar.self).baseAddress!)
-        }
-        if name != "." && name != ".." { names.append(name) }
-    }
-    return names
+/// One entry of a directory listing (readdir(3)).
+public struct DirectoryEntry: Sendable, Hashable {
+    /// The entry's name (never `.` or `..`).
+    public var name: String
+    /// Its type in `st_mode`'s S_IFMT bits (S_IFDIR, S_IFREG, …) from `d_type`, so it compares
+    /// with `FileStatus`/`EntryStatus` modes; nil where the filesystem does not say (DT_UNKNOWN):
+    /// then only a stat tells.
+    public var fileType: UInt32?
 }
 
-/// The names in the directory open at `dir`, without `.` and `..` (fdopendir(3) on a dup(2),
-/// so `dir` stays open for `*at` calls on the entries).
-public func directoryEntries(of dir: FileDescriptor) throws(SystemCallError) -> [String] {
-    let copy = try sys("fcntl") { fcntl(dir.rawValue, F_DUPFD_CLOEXEC, 0) }
-    guard let stream = fdopendir(copy) else {
-        let e = Errno.current
-        close(copy)
-        throw SystemCallError("fdopendir", e)
-    }
+/// The entries of the directory open at `dir`, without `.` and `..`, in readdir order: the one
+/// directory listing (fdopendir(3)/readdir(3)). It reads a duplicate (F_DUPFD_CLOEXEC), since
+/// fdopendir takes ownership of its descriptor, rewound first (a duplicate shares the offset, so
+/// a second listing of `dir` still sees everything); `dir` stays open for `*at` calls on the
+/// entries. A readdir error is thrown, never taken for the end of the directory.
+public func directoryListing(of dir: FileDescriptor) throws(SystemCallError) -> [DirectoryEntry] {
+    let copy = try dir.duplicate()
+    guard let stream = fdopendir(copy.rawValue) else { throw SystemCallError("fdopendir", .current) }
+    // The stream owns the descriptor now: closedir closes it.
+    _ = copy.release()
     defer { closedir(stream) }
     rewinddir(stream)
-    var names: [String] = []
-    while let ent = readdir(stream) {
-        let name = withUnsafeBytes(of: ent.pointee.d_name) { raw in
-            String(cString: raw.bindMemory(to: CChar.self).baseAddress!)
+    var entries: [DirectoryEntry] = []
+    while true {
+        errno = 0
+        guard let ent = readdir(stream) else {
+            if errno != 0 { throw SystemCallError("readdir", .current) }
+            return entries
         }
-        if name != "." && name != ".." { names.append(name) }
+        let name = withUnsafeBytes(of: ent.pointee.d_name) { raw in
+            String(decoding: raw.prefix { $0 != 0 }, as: UTF8.self)
+        }
+        if name == "." || name == ".." { continue }
+        let type = ent.pointee.d_type
+        entries.append(DirectoryEntry(name: name, fileType: type == UInt8(DT_UNKNOWN) ? nil : UInt32(type) << 12))
     }
-    return names
+}
+
+/// The names in the directory open at `dir`, without `.` and `..` (`directoryListing(of:)`).
+public func directoryEntries(of dir: FileDescriptor) throws(SystemCallError) -> [String] {
+    try directoryListing(of: dir).map(\.name)
+}
+
+/// The names in the directory at `path` (symlinks followed, as opendir(3) does), without `.`
+/// and `..` (`directoryListing(of:)`).
+public func directoryEntries(_ path: String) throws(SystemCallError) -> [String] {
+    let dir = try FileDescriptor.openDirectory(path)
+    defer { dir.close() }
+    return try directoryEntries(of: dir)
 }
 
 /// readlinkat(2).

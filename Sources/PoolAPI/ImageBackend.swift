@@ -190,6 +190,14 @@ public struct BackendRegistry: Sendable {
         backends.first { $0.capabilities.contains(.tree) && $0.canCreate(in: directory) }
     }
 
+    /// Whether images of `type` are trees, as the registered backends declare it: a backend of
+    /// that type has the `.tree` capability. A tree image is made by the tree backend of the
+    /// pool folder, whatever its own type (a directory imported into a btrfs pool becomes a
+    /// subvolume), and a tree is cloned into it by copy when the backends differ.
+    public func isTree(_ type: ImageType) -> Bool {
+        backends.contains { $0.imageType == type && $0.capabilities.contains(.tree) }
+    }
+
     /// The backend that makes new images of `type` in `directory`.
     public func backend(for type: ImageType, in directory: String) -> (any ImageBackend)? {
         backends.first { $0.imageType == type && $0.canCreate(in: directory) }

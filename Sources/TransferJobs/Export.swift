@@ -1,5 +1,6 @@
 import CArchive
 import CLinux
+import FileTree
 import Glibc
 import Linux
 import Transfer

@@ -32,6 +32,10 @@ final class BlockPipe: @unchecked Sendable {
     }
 
     let blockSize: Int
+    // A pthread mutex and condition variable, not Synchronization.Mutex (used everywhere else):
+    // both sides sleep until the other changes something (pthread_cond_wait releases the lock
+    // while it waits), and Synchronization has no condition variable to wait with. Allocated
+    // once so their addresses never move.
     private let lock = UnsafeMutablePointer<pthread_mutex_t>.allocate(capacity: 1)
     private let changed = UnsafeMutablePointer<pthread_cond_t>.allocate(capacity: 1)
     private var blocks: [UnsafeMutableRawPointer] = []
@@ -223,58 +227,6 @@ extension ArchiveBlockSource {
                 return -1
             }
         }, nil), "cannot read the archive")
-    }
-}
-
-/// A thread of its own running `body`, joined for its result.
-final class WorkerThread<T> {
-    private let job: ThreadJob<T>
-    private let thread: pthread_t
-    private var joined = false
-
-    /// Starts `body` on a new thread.
-    init(_ body: @escaping () throws -> T) throws {
-        let job = ThreadJob(body: body)
-        let box = Unmanaged.passRetained(job as AnyThreadJob).toOpaque()
-        var thread = pthread_t()
-        let r = pthread_create(&thread, nil, { raw in
-            guard let raw else { return nil }
-            Unmanaged<AnyThreadJob>.fromOpaque(raw).takeRetainedValue().run()
-            return nil
-        }, box)
-        if r != 0 {
-            Unmanaged<AnyThreadJob>.fromOpaque(box).release()
-            throw TransferError("cannot start a thread: \(Errno(r))")
-        }
-        self.job = job
-        self.thread = thread
-    }
-
-    /// Waits for the thread and returns what `body` returned or threw.
-    func join() -> Result<T, any Error> {
-        if !joined {
-            pthread_join(thread, nil)
-            joined = true
-        }
-        return job.result ?? .failure(TransferError("thread produced no result"))
-    }
-}
-
-private class AnyThreadJob {
-    func run() {}
-}
-
-/// `result` is written by the thread before it ends and read only after pthread_join.
-private final class ThreadJob<T>: AnyThreadJob {
-    var body: (() throws -> T)?
-    var result: Result<T, any Error>?
-
-    init(body: @escaping () throws -> T) { self.body = body }
-
-    override func run() {
-        guard let body else { return }
-        result = Result { try body() }
-        self.body = nil  // what it captured goes now, not when the WorkerThread goes
     }
 }
 

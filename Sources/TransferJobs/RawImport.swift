@@ -1,77 +1,10 @@
 import CArchive
 import CLinux
+import FileTree
 import Glibc
 import Linux
 import RawLoopBackend
 import Transfer
-
-/// Writes a stream to a file leaving holes where whole 4 KiB blocks are zero; `finish` sets
-/// the size (ftruncate), so trailing zeros are holes too.
-final class SparseWriter {
-    private let fd: Int32
-    private let base: Int64
-    /// Bytes of the stream so far (the file offset is `base + offset`).
-    private(set) var offset: Int64 = 0
-    static let granule = 4096
-
-    init(fd: Int32, base: Int64 = 0) {
-        self.fd = fd
-        self.base = base
-    }
-
-    /// A hole of `count` bytes.
-    func advance(by count: Int64) { offset += count }
-
-    func write(_ data: UnsafeRawBufferPointer) throws {
-        var start = 0
-        while start < data.count {
-            let end = min(start + Self.granule, data.count)
-            let chunk = UnsafeRawBufferPointer(rebasing: data[start..<end])
-            if Self.isZero(chunk) {
-                start = end
-                continue
-            }
-            // A run of non-zero granules goes out in one pwrite.
-            var runEnd = end
-            while runEnd < data.count {
-                let next = min(runEnd + Self.granule, data.count)
-                if Self.isZero(UnsafeRawBufferPointer(rebasing: data[runEnd..<next])) { break }
-                runEnd = next
-            }
-            try pwriteAll(UnsafeRawBufferPointer(rebasing: data[start..<runEnd]), at: base + offset + Int64(start))
-            start = runEnd
-        }
-        offset += Int64(data.count)
-    }
-
-    func finish() throws {
-        if ftruncate(fd, off_t(base + offset)) != 0 { throw SystemCallError("ftruncate", .current) }
-    }
-
-    private func pwriteAll(_ data: UnsafeRawBufferPointer, at position: Int64) throws {
-        var done = 0
-        while done < data.count {
-            let n = pwrite(fd, data.baseAddress.map { $0 + done }, data.count - done, off_t(position + Int64(done)))
-            if n < 0 {
-                if errno == EINTR { continue }
-                throw SystemCallError("pwrite", .current)
-            }
-            done += n
-        }
-    }
-
-    static func isZero(_ data: UnsafeRawBufferPointer) -> Bool {
-        guard let base = data.baseAddress else { return true }
-        let words = data.count / 8
-        var i = 0
-        while i < words {
-            if base.loadUnaligned(fromByteOffset: i * 8, as: UInt64.self) != 0 { return false }
-            i += 1
-        }
-        for j in (words * 8)..<data.count where data[j] != 0 { return false }
-        return true
-    }
-}
 
 /// ImportRaw's work (and PullRaw's): a raw or qcow2 disk image, gzip/bzip2/xz/zstd-compressed
 /// or plain, into the (empty) `NAME.raw` file, sparse: zero blocks become holes.

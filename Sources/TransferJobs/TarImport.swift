@@ -170,7 +170,7 @@ public enum TarImport {
     /// If `dir` holds exactly one entry, a directory with `usr` or `etc` in it, moves that
     /// directory's contents up and gives `dir` its owner, mode and times.
     static func stripSingleTopDirectory(_ dir: FileDescriptor, reporter: StatusReporter) throws {
-        let entries = try entryNames(dir)
+        let entries = try directoryEntries(of: dir)
         guard entries.count == 1, let top = entries.first,
               let st = try? fileStatus(top, relativeTo: dir, followSymlinks: false), st.isDirectory else { return }
         let sub = try FileDescriptor.openDirectory(top, relativeTo: dir, followSymlinks: false)
@@ -181,7 +181,7 @@ public enum TarImport {
         // Moved aside first, so an entry of the same name inside it can come up.
         let aside = ".#berth-top-\(UInt64.random(in: 0...UInt64.max))"
         try renameNoReplace(top, aside, fromDirectory: dir, toDirectory: dir)
-        for name in try entryNames(sub) {
+        for name in try directoryEntries(of: sub) {
             try renameNoReplace(name, name, fromDirectory: sub, toDirectory: dir)
         }
         _ = try sys("fchown") { fchown(dir.rawValue, st.uid, st.gid) }
@@ -189,21 +189,5 @@ public enum TarImport {
         var times = [st.accessTime, st.modificationTime]
         _ = try sys("futimens") { futimens(dir.rawValue, &times) }
         _ = try sys("unlinkat", aside) { unlinkat(dir.rawValue, aside, AT_REMOVEDIR) }
-    }
-
-    /// Names in `dir`, without `.` and `..`.
-    static func entryNames(_ dir: FileDescriptor) throws -> [String] {
-        let copy = try dir.duplicate()
-        guard let stream = fdopendir(copy.release()) else { throw SystemCallError("fdopendir", .current) }
-        defer { closedir(stream) }
-        rewinddir(stream)
-        var names: [String] = []
-        while let e = readdir(stream) {
-            let name = withUnsafePointer(to: e.pointee.d_name) {
-                $0.withMemoryRebound(to: CChar.self, capacity: 256) { String(cString: $0) }
-            }
-            if name != "." && name != ".." { names.append(name) }
-        }
-        return names
     }
 }

@@ -54,28 +54,22 @@ final class TreePrefetcher: @unchecked Sendable {
         while let path = pending.popLast() {
             if stopped.load(ordering: .relaxed) { return }
             let dirFD = openat(root, path, O_RDONLY | O_DIRECTORY | O_NOFOLLOW | O_CLOEXEC)
-            guard dirFD >= 0, let stream = fdopendir(dirFD) else {
-                if dirFD >= 0 { close(dirFD) }
-                continue
-            }
-            defer { closedir(stream) }
+            guard dirFD >= 0 else { continue }
+            let directory = FileDescriptor(owning: dirFD)
+            defer { directory.close() }
+            guard let entries = try? directoryListing(of: directory) else { continue }
             var subdirectories: [String] = []
-            while let e = readdir(stream) {
+            for e in entries {
                 if stopped.load(ordering: .relaxed) { return }
-                let name = withUnsafePointer(to: e.pointee.d_name) {
-                    $0.withMemoryRebound(to: CChar.self, capacity: 256) { String(cString: $0) }
+                var type = e.fileType
+                if type == nil {
+                    guard let st = try? fileStatus(e.name, relativeTo: directory, followSymlinks: false) else { continue }
+                    type = st.mode & UInt32(S_IFMT)
                 }
-                if name == "." || name == ".." { continue }
-                var type = e.pointee.d_type
-                if type == UInt8(DT_UNKNOWN) {
-                    var st = stat()
-                    guard fstatat(dirfd(stream), name, &st, AT_SYMLINK_NOFOLLOW) == 0 else { continue }
-                    type = (st.st_mode & S_IFMT) == S_IFDIR ? UInt8(DT_DIR) : (st.st_mode & S_IFMT) == S_IFREG ? UInt8(DT_REG) : 0
-                }
-                if type == UInt8(DT_DIR) {
-                    subdirectories.append(path == "." ? name : path + "/" + name)
-                } else if type == UInt8(DT_REG) {
-                    issued += prefetch(name, in: dirfd(stream))
+                if type == UInt32(S_IFDIR) {
+                    subdirectories.append(path == "." ? e.name : path + "/" + e.name)
+                } else if type == UInt32(S_IFREG) {
+                    issued += prefetch(e.name, in: directory.rawValue)
                     // Stay within the window of what the writer has reached.
                     while issued - consumedBytes.load(ordering: .relaxed) > window {
                         if stopped.load(ordering: .relaxed) { return }

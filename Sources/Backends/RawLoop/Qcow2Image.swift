@@ -1,5 +1,6 @@
 import CLinux
 import Glibc
+import FileTree
 import Linux
 import PoolAPI
 
@@ -272,40 +273,11 @@ public struct Qcow2Image: Sendable {
         }
     }
 
-    /// Writes `data` at `offset` except its all-zero 4 KiB blocks, which stay holes of the
-    /// freshly truncated output.
+    /// Writes `data` at `offset` except its all-zero blocks, which stay holes of the freshly
+    /// truncated output (`SparseWriter`).
     private func writeNonZero(_ data: UnsafeRawBufferPointer, to output: FileDescriptor, at offset: UInt64) throws {
-        let block = 4096
-        var runStart: Int? = nil
-        var position = 0
-        func flush(upTo end: Int) throws {
-            guard let start = runStart else { return }
-            try io("cannot write the raw image") { () throws(SystemCallError) in
-                try output.writeAll(UnsafeRawBufferPointer(rebasing: data[start..<end]), at: Int64(offset) + Int64(start))
-            }
-            runStart = nil
+        try io("cannot write the raw image") { () throws(SystemCallError) in
+            try SparseWriter.write(data, to: output.rawValue, at: Int64(offset))
         }
-        while position < data.count {
-            let end = min(position + block, data.count)
-            let zero = Qcow2Image.isZero(UnsafeRawBufferPointer(rebasing: data[position..<end]))
-            if zero {
-                try flush(upTo: position)
-            } else if runStart == nil {
-                runStart = position
-            }
-            position = end
-        }
-        try flush(upTo: data.count)
-    }
-
-    private static func isZero(_ bytes: UnsafeRawBufferPointer) -> Bool {
-        var i = 0
-        let words = bytes.count / 8
-        while i < words {
-            if bytes.loadUnaligned(fromByteOffset: i * 8, as: UInt64.self) != 0 { return false }
-            i += 1
-        }
-        for k in (words * 8)..<bytes.count where bytes[k] != 0 { return false }
-        return true
     }
 }

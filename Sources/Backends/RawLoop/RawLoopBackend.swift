@@ -127,24 +127,9 @@ public struct RawLoopBackend: ImageBackend {
     private func copyMetadata(from input: FileDescriptor, status: FileStatus, to output: FileDescriptor,
                               destination: String) throws(SystemCallError) {
         try sys("fchown", destination) { fchown(output.rawValue, status.uid, status.gid) }
-        let listSize = flistxattr(input.rawValue, nil, 0)
-        if listSize > 0 {
-            var list = [CChar](repeating: 0, count: listSize)
-            let n = try sys("flistxattr") { flistxattr(input.rawValue, &list, listSize) }
-            for raw in list[0..<n].split(separator: 0) {
-                let name = String(decoding: raw.map { UInt8(bitPattern: $0) }, as: UTF8.self)
-                let length = fgetxattr(input.rawValue, name, nil, 0)
-                if length < 0 { continue }  // removed meanwhile
-                var value = [UInt8](repeating: 0, count: max(length, 1))
-                let got = try sys("fgetxattr", name) { fgetxattr(input.rawValue, name, &value, value.count) }
-                let r = fsetxattr(output.rawValue, name, value, got, 0)
-                // A namespace the destination filesystem does not have (or one that is not
-                // settable, e.g. security.* under some LSMs) cannot be copied; anything else fails.
-                if r != 0, ![.EOPNOTSUPP, .EPERM].contains(Errno.current) {
-                    throw SystemCallError("fsetxattr", .current, subject: "\(destination) \(name)")
-                }
-            }
-        }
+        // A namespace the destination filesystem does not have (or one that is not settable,
+        // e.g. security.* under some LSMs) cannot be copied; anything else fails.
+        try copyExtendedAttributes(from: .fd(input), to: .fd(output), alsoSkipping: [.EPERM])
         try sys("fchmod", destination) { fchmod(output.rawValue, mode_t(status.mode & 0o7777)) }
         var times = [status.accessTime, status.modificationTime]
         try sys("futimens", destination) { futimens(output.rawValue, &times) }
