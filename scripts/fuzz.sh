@@ -24,8 +24,13 @@ if [ ${#targets[@]} = 0 ]; then
 fi
 
 echo "== building berth-fuzz (libFuzzer + AddressSanitizer) in .build/fuzz"
-BERTH_FUZZ=1 swift build --scratch-path .build/fuzz --product berth-fuzz -Xswiftc -sanitize=fuzzer,address 2>&1 \
-    | grep -v "Cannot export local symbol" | tail -3
+mkdir -p .build/fuzz
+if ! BERTH_FUZZ=1 swift build --scratch-path .build/fuzz --product berth-fuzz -Xswiftc -sanitize=fuzzer,address \
+        >.build/fuzz/build.log 2>&1; then
+    grep -v "Cannot export local symbol" .build/fuzz/build.log | tail -40 >&2
+    echo "fuzz.sh: the build failed (.build/fuzz/build.log)" >&2
+    exit 1
+fi
 bin=.build/fuzz/debug/berth-fuzz
 [ -x "$bin" ] || { echo "fuzz.sh: no $bin after the build" >&2; exit 1; }
 
