@@ -10,6 +10,7 @@ let package = Package(
         .executable(name: "berthd", targets: ["berthd"]),
         .executable(name: "berthctl", targets: ["berthctl"]),
         .executable(name: "berth-transfer", targets: ["berth-transfer"]),
+        .executable(name: "berth-inspect", targets: ["berth-inspect"]),
         .library(name: "PoolAPI", targets: ["PoolAPI"]),
         .library(name: "BackendConformance", targets: ["BackendConformance"]),
     ],
@@ -25,6 +26,7 @@ let package = Package(
         .systemLibrary(name: "CCurl", pkgConfig: "libcurl", providers: [.apt(["libcurl4-openssl-dev"])]),
         .systemLibrary(name: "CGpgme", pkgConfig: "gpgme", providers: [.apt(["libgpgme-dev"])]),
         .systemLibrary(name: "CCrypto", pkgConfig: "libcrypto", providers: [.apt(["libssl-dev"])]),
+        .systemLibrary(name: "CBlkid", pkgConfig: "blkid", providers: [.apt(["libblkid-dev"])]),
         // Kernel headers: ioctl numbers and structs exported as typed constants.
         .systemLibrary(name: "CLinux"),
 
@@ -36,8 +38,14 @@ let package = Package(
         .target(name: "PoolAPI", dependencies: ["Linux", "FileTree"]),
         .target(name: "BtrfsBackend", dependencies: ["PoolAPI", "Linux", "FileTree", "CBtrfsUtil"],
                 path: "Sources/Backends/Btrfs"),
-        .target(name: "RawLoopBackend", dependencies: ["PoolAPI", "Linux", "FileTree"],
+        .target(name: "RawLoopBackend", dependencies: ["PoolAPI", "Linux", "FileTree", "InspectProtocol"],
                 path: "Sources/Backends/RawLoop", linkerSettings: [.linkedLibrary("z")]),
+        // berthd ↔ berth-inspect: the child's one-line answer, parsed strictly on berthd's side.
+        .target(name: "InspectProtocol", dependencies: ["Linux"]),
+        // What berth-inspect does: libblkid probing (partition tables, DPS, filesystems), the loop
+        // device and the mounts, in the child's own mount namespace. berthd never links libblkid.
+        .target(name: "ImageProbe", dependencies: ["InspectProtocol", "Linux", "CBlkid"]),
+        .executableTarget(name: "berth-inspect", dependencies: ["ImageProbe"]),
         .target(name: "DirectoryBackend", dependencies: ["PoolAPI", "Linux", "FileTree"],
                 path: "Sources/Backends/Directory"),
         // machine1's machine registry: machines, their names, their files under /run/berth.
@@ -88,8 +96,11 @@ let package = Package(
         // Shared test helpers: private dbus-daemon, loopback filesystems, berthd under --root.
         .target(name: "TestSupport", dependencies: ["Linux"], path: "Tests/TestSupport"),
         .testTarget(name: "LinuxTests", dependencies: ["Linux", "FileTree", "TestSupport"]),
+        .testTarget(name: "FileTreeTests", dependencies: ["FileTree", "Linux", "TestSupport"]),
+        .testTarget(name: "ServicesTests", dependencies: ["Services", "Bus", "PoolAPI", "Transfer", "Portable", "Linux"]),
         .testTarget(name: "PoolAPITests", dependencies: ["PoolAPI", "DirectoryBackend", "TestSupport"]),
         .testTarget(name: "PortableTests", dependencies: ["Portable", "Linux", "TestSupport"]),
+        .testTarget(name: "ImageProbeTests", dependencies: ["ImageProbe", "InspectProtocol", "Linux", "TestSupport"]),
         .testTarget(name: "MachinesTests", dependencies: ["Machines", "TestSupport"]),
         .testTarget(name: "BackendTests", dependencies: [
             "PoolAPI", "BtrfsBackend", "RawLoopBackend", "DirectoryBackend", "BackendConformance", "TestSupport",

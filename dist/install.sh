@@ -1,5 +1,6 @@
 #!/bin/sh
-# Installs a release build of berthd (with its transfer worker berth-transfer beside it) and
+# Installs a release build of berthd (with its transfer worker berth-transfer and its image
+# inspector berth-inspect beside it) and
 # berthctl, the systemd unit and the D-Bus policies.
 # Run as root from the repository: dist/install.sh [--bin DIR] [PREFIX]   (PREFIX defaults to /usr/local)
 #   --bin DIR   install the binaries already built in DIR instead of building them (a machine
@@ -13,13 +14,14 @@ if [ "${1:-}" = "--bin" ]; then
 fi
 prefix=${1:-/usr/local}
 if [ -z "$bin" ]; then
-    for product in berthd berth-transfer berthctl; do
+    for product in berthd berth-transfer berth-inspect berthctl; do
         swift build -c release --product "$product"
     done
     bin=$(swift build -c release --show-bin-path)
 fi
 install -D -m 0755 "$bin/berthd" "$prefix/sbin/berthd"
 install -D -m 0755 "$bin/berth-transfer" "$prefix/sbin/berth-transfer"  # berthd runs the one beside it
+install -D -m 0755 "$bin/berth-inspect" "$prefix/sbin/berth-inspect"    # likewise, to read raw images
 install -D -m 0755 "$bin/berthctl" "$prefix/bin/berthctl"
 install -D -m 0644 README.md "$prefix/share/doc/berth/README.md"
 # Berth's own portable profiles, so a host without systemd's copies can attach (systemd's, in

@@ -8,7 +8,7 @@
 # (machined keeps one machine per unit); TerminateMachine is then a StopUnit for both.
 #
 # Run as root. Environment:
-#   BENCH_BIN     folder holding berthd, berth-transfer and berth-bench (required; the repository
+#   BENCH_BIN     folder holding berthd, berth-transfer, berth-inspect and berth-bench (required; the repository
 #                 and it are bind-mounted read-only into the container)
 #   BENCH_COUNT   machines per run (default 100)
 #   BENCH_REPEAT  runs per daemon (default 5)
@@ -17,7 +17,7 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 repo=$(pwd)
 [ "$(id -u)" = 0 ] || { echo "bench-machines-booted.sh: run as root" >&2; exit 1; }
-bin=$(cd "${BENCH_BIN:?set BENCH_BIN to the folder holding berthd, berth-transfer and berth-bench}" && pwd)
+bin=$(cd "${BENCH_BIN:?set BENCH_BIN to the folder holding berthd, berth-transfer, berth-inspect and berth-bench}" && pwd)
 count=${BENCH_COUNT:-100}
 repeat=${BENCH_REPEAT:-5}
 root=$(scripts/systemd-root.sh)

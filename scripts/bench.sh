@@ -8,7 +8,7 @@
 # input, not the product. Timing is done by berth-bench with CLOCK_MONOTONIC.
 #
 # Environment (defaults are the documented run; BENCH_TINY=1 is the smoke test's small run):
-#   BENCH_BIN      folder holding berthd, berth-transfer and berth-bench (default: build them -c release)
+#   BENCH_BIN      folder holding berthd, berth-transfer, berth-inspect and berth-bench (default: build them -c release)
 #   BENCH_DIR      scratch folder (default: a fresh one in /var/tmp, removed at the end)
 #   BENCH_OUT      also write the Markdown results here
 #   BENCH_PORT     loopback HTTP port for PullTar (default 18734)
@@ -49,11 +49,11 @@ if [ -n "${BENCH_BIN:-}" ]; then
     bin=$BENCH_BIN
     build="prebuilt, from $bin"
 else
-    echo "== building berthd, berth-transfer and berth-bench (release)"
-    # The three products with `swift build ARGS...`, output to the build log.
+    echo "== building berthd, berth-transfer, berth-inspect and berth-bench (release)"
+    # The products with `swift build ARGS...`, output to the build log.
     build_products() {
         local p
-        for p in berthd berth-transfer berth-bench; do
+        for p in berthd berth-transfer berth-inspect berth-bench; do
             swift build "$@" --product "$p" >> /tmp/berth-bench-build.log 2>&1 || return 1
         done
     }

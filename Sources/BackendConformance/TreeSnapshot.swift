@@ -110,8 +110,8 @@ public struct TreeSnapshot: Sendable, Equatable, CustomStringConvertible {
     /// FNV-1a over the non-zero 1 MiB blocks (by absolute offset) and the size: holes and
     /// zero-filled data hash alike, as a copy may store either; SEEK_DATA skips holes fast.
     static func checksum(_ path: String) throws -> UInt64 {
-        // O_NOATIME (0o1000000, GNU-only in glibc): reading must not move the atimes we compare.
-        let fd = try FileDescriptor.open(path, flags: O_RDONLY | O_NOFOLLOW | 0o1000000)
+        // O_NOATIME: reading must not move the atimes we compare.
+        let fd = try FileDescriptor.open(path, flags: O_RDONLY | O_NOFOLLOW | FileDescriptor.noAccessTime)
         let size = try fd.stat().size
         let block = 1 << 20
         var hash: UInt64 = 0xcbf29ce484222325

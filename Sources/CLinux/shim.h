@@ -54,7 +54,7 @@ static const unsigned long BERTH_LOOP_GET_STATUS64 = LOOP_GET_STATUS64;
 static const unsigned int BERTH_LO_FLAGS_READ_ONLY = LO_FLAGS_READ_ONLY;
 static const unsigned int BERTH_LO_FLAGS_AUTOCLEAR = LO_FLAGS_AUTOCLEAR;
 static const unsigned int BERTH_LO_FLAGS_PARTSCAN = LO_FLAGS_PARTSCAN;
-/* RawLoop backend: zlib for qcow2's deflate clusters and the GPT header CRC32 (link "z" is set on
+/* RawLoop backend: zlib for qcow2's deflate clusters (link "z" is set on
  * the RawLoopBackend target). inflateInit2 is a macro: Swift calls inflateInit2_ through this. */
 #include <zlib.h>
 static inline int berth_inflate_init_raw(z_stream *strm, int window_bits) {

@@ -53,7 +53,7 @@ public final class SparseWriter {
                 if isZero(UnsafeRawBufferPointer(rebasing: data[runEnd..<next])) { break }
                 runEnd = next
             }
-            try writeAll(UnsafeRawBufferPointer(rebasing: data[start..<runEnd]), to: fd, at: position + Int64(start))
+            try Linux.writeAll(UnsafeRawBufferPointer(rebasing: data[start..<runEnd]), to: fd, at: position + Int64(start))
             start = runEnd
         }
     }
@@ -68,13 +68,5 @@ public final class SparseWriter {
         }
         for j in (words * 8)..<data.count where data[j] != 0 { return false }
         return true
-    }
-
-    private static func writeAll(_ data: UnsafeRawBufferPointer, to fd: Int32, at position: Int64) throws(SystemCallError) {
-        guard let base = data.baseAddress else { return }
-        var done = 0
-        while done < data.count {
-            done += try sys("pwrite") { pwrite(fd, base + done, data.count - done, off_t(position + Int64(done))) }
-        }
     }
 }

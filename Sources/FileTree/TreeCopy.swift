@@ -254,7 +254,7 @@ public enum TreeCopy {
                     // the way, then linked through its descriptor: a directory of the copy
                     // swapped for a symlink meanwhile (by a process in the machine a copy goes
                     // into) cannot make this link a file from elsewhere.
-                    let existing = try FileDescriptor.open(first, flags: TreeSupport.pathOnly | O_NOFOLLOW, relativeTo: destinationRoot,
+                    let existing = try FileDescriptor.open(first, flags: FileDescriptor.pathOnly | O_NOFOLLOW, relativeTo: destinationRoot,
                                                            resolve: [.beneath, .noSymlinks])
                     try sys("linkat", rel) {
                         linkat(AT_FDCWD, "/proc/self/fd/\(existing.rawValue)", parent.destination.rawValue, target, AT_SYMLINK_FOLLOW)
@@ -298,7 +298,7 @@ public enum TreeCopy {
 
         mutating func copyRegular(_ name: String, to target: String, _ st: FileStatus,
                                   _ parent: (source: FileDescriptor, destination: FileDescriptor)) throws {
-            // TreeSupport.noAccessTime: reading must not disturb the source's access time (root may use it).
+            // O_NOATIME: reading must not disturb the source's access time (root may use it).
             let src = try TreeSupport.openForReading(name, in: parent.source)
             let dst = try FileDescriptor.open(target, flags: O_WRONLY | O_CREAT | O_EXCL | O_NOFOLLOW, mode: 0o600,
                                               relativeTo: parent.destination)

@@ -24,46 +24,23 @@ public enum TreeRemoval {
         let top = try FileDescriptor.openDirectory(name, relativeTo: parent, followSymlinks: false)
         TreeSupport.liftProtection(top)
         let rootMount = TreeSupport.mountID("", in: top)
-        var stack = [Level(fd: top, identity: [st.device, st.inode], names: try directoryEntries(of: top), nameInParent: name)]
-        while !stack.isEmpty {
-            let i = stack.count - 1
-            if stack[i].next >= stack[i].names.count {
-                let done = stack.removeLast()
-                if let p = stack.indices.last, stack[p].fd == nil, let child = done.fd {
-                    stack[p].fd = try TreeSupport.reopenParent(of: child, expecting: stack[p].identity)
-                }
-                done.fd?.close()
-                try removeDirectoryEntry(done.nameInParent, in: stack.last?.fd ?? parent)
-                continue
-            }
-            let child = stack[i].names[stack[i].next]
-            stack[i].next += 1
-            guard let dir = stack[i].fd else { throw SystemCallError("unlinkat", .EBADF, subject: child) }
-            guard let cst = try TreeSupport.statusIfPresent(child, in: dir) else { continue }
-            if cst.isDirectory {
-                let fd = try FileDescriptor.openDirectory(child, relativeTo: dir, followSymlinks: false)
-                if let rootMount, let m = TreeSupport.mountID("", in: fd), m != rootMount {
-                    throw SystemCallError("unlinkat", .EBUSY, subject: "\(child): a mount point inside the tree")
-                }
-                TreeSupport.liftProtection(fd)
-                stack.append(Level(fd: fd, identity: [cst.device, cst.inode], names: try directoryEntries(of: fd),
-                                   nameInParent: child))
-                // Only the deepest levels stay open (index 0 is reopened like any other).
-                let park = stack.count - 1 - TreeSupport.openLevels
-                if park >= 0 { stack[park].fd?.close(); stack[park].fd = nil }
-            } else {
+        let start = TreeSupport.Descent(fd: top, identity: [st.device, st.inode], names: try directoryEntries(of: top))
+        try TreeSupport.walk(start, named: name, visit: { child, dir in
+            guard let cst = try TreeSupport.statusIfPresent(child, in: dir) else { return nil }
+            guard cst.isDirectory else {
                 try unlinkFile(child, in: dir)
+                return nil
             }
-        }
-    }
-
-    /// One directory being emptied; `fd` is nil while parked (see `TreeSupport.openLevels`).
-    private struct Level {
-        var fd: FileDescriptor?
-        var identity: [UInt64]
-        var names: [String]
-        var next = 0
-        var nameInParent: String
+            let fd = try FileDescriptor.openDirectory(child, relativeTo: dir, followSymlinks: false)
+            if let rootMount, let m = TreeSupport.mountID("", in: fd), m != rootMount {
+                throw SystemCallError("unlinkat", .EBUSY, subject: "\(child): a mount point inside the tree")
+            }
+            TreeSupport.liftProtection(fd)
+            return TreeSupport.Descent(fd: fd, identity: [cst.device, cst.inode], names: try directoryEntries(of: fd))
+        }, leave: { done, fd, above in
+            fd?.close()
+            try removeDirectoryEntry(done, in: above ?? parent)
+        })
     }
 
     private static func unlinkFile(_ name: String, in dir: FileDescriptor) throws {
@@ -111,31 +88,17 @@ public enum DiskUsage {
         let rootMount = TreeSupport.mountID("", in: top)
         var seen = Set<[UInt64]>()
         var total = st.allocatedBytes
-        var stack = [(fd: Optional(top), identity: [st.device, st.inode], names: try directoryEntries(of: top), next: 0)]
-        while !stack.isEmpty {
-            let i = stack.count - 1
-            if stack[i].next >= stack[i].names.count {
-                let done = stack.removeLast()
-                if let p = stack.indices.last, stack[p].fd == nil, let child = done.fd {
-                    stack[p].fd = try TreeSupport.reopenParent(of: child, expecting: stack[p].identity)
-                }
-                continue
-            }
-            let name = stack[i].names[stack[i].next]
-            stack[i].next += 1
-            guard let dir = stack[i].fd, let cst = try? fileStatus(name, relativeTo: dir, followSymlinks: false) else { continue }
+        let start = TreeSupport.Descent(fd: top, identity: [st.device, st.inode], names: try directoryEntries(of: top))
+        try TreeSupport.walk(start, named: "", visit: { name, dir in
+            guard let cst = try? fileStatus(name, relativeTo: dir, followSymlinks: false) else { return nil }
             if cst.linkCount > 1 && !cst.isDirectory {
-                guard seen.insert([cst.device, cst.inode]).inserted else { continue }
+                guard seen.insert([cst.device, cst.inode]).inserted else { return nil }
             }
             total += cst.allocatedBytes
-            guard cst.isDirectory, let fd = try? TreeSupport.openDirectoryForReading(name, in: dir) else {
-                continue
-            }
-            if let rootMount, let m = TreeSupport.mountID("", in: fd), m != rootMount { continue }
-            stack.append((fd, [cst.device, cst.inode], (try? directoryEntries(of: fd)) ?? [], 0))
-            let park = stack.count - 1 - TreeSupport.openLevels
-            if park >= 0 { stack[park].fd?.close(); stack[park].fd = nil }
-        }
+            guard cst.isDirectory, let fd = try? TreeSupport.openDirectoryForReading(name, in: dir) else { return nil }
+            if let rootMount, let m = TreeSupport.mountID("", in: fd), m != rootMount { return nil }
+            return TreeSupport.Descent(fd: fd, identity: [cst.device, cst.inode], names: (try? directoryEntries(of: fd)) ?? [])
+        }, leave: { _, _, _ in })
         return total
     }
 }

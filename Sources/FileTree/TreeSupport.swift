@@ -4,12 +4,6 @@ import Linux
 
 /// Small fd-relative helpers shared by the tree walkers of this module.
 enum TreeSupport {
-    /// AT_EMPTY_PATH and O_NOATIME: glibc defines them only under _GNU_SOURCE.
-    static let emptyPath: Int32 = 0x1000
-    static let noAccessTime: Int32 = 0o1000000
-    /// O_PATH: a descriptor that names an inode without opening it (hidden likewise).
-    static let pathOnly: Int32 = 0o10000000
-
     /// How many directory levels a walk keeps open; deeper ancestors are closed and reopened
     /// through `..` when the walk comes back up. Two descriptors per level at most.
     static let openLevels = 64
@@ -24,6 +18,59 @@ enum TreeSupport {
         return parent
     }
 
+    /// A directory the walk goes into: what `walk`'s `visit` returns for an entry to descend.
+    struct Descent {
+        var fd: FileDescriptor
+        /// (device, inode), checked when the directory is reopened through `..` of a child.
+        var identity: [UInt64]
+        var names: [String]
+    }
+
+    /// The depth-first, fd-relative walk of TreeRemoval and DiskUsage: an explicit stack (a deep
+    /// tree cannot overflow the thread's stack), at most `openLevels` directories open at once
+    /// (ancestors are closed and reopened through `..`, checked against their identity).
+    /// - Parameters:
+    ///   - top: the directory the walk starts in, its identity and entry names, and its name in
+    ///     its parent (handed back to `leave`).
+    ///   - visit: called for each entry name with its directory; returns the directory to walk
+    ///     into next, or nil to go on with the next entry.
+    ///   - leave: called once a directory's entries are done, with its name, its descriptor
+    ///     (nil if parked) and its parent's (nil for `top`), deepest first.
+    static func walk(_ top: Descent, named topName: String,
+                     visit: (_ name: String, _ dir: FileDescriptor) throws -> Descent?,
+                     leave: (_ name: String, _ fd: FileDescriptor?, _ parent: FileDescriptor?) throws -> Void) throws {
+        var stack = [WalkLevel(fd: top.fd, identity: top.identity, names: top.names, nameInParent: topName)]
+        while !stack.isEmpty {
+            let i = stack.count - 1
+            if stack[i].next >= stack[i].names.count {
+                let done = stack.removeLast()
+                if let p = stack.indices.last, stack[p].fd == nil, let child = done.fd {
+                    stack[p].fd = try reopenParent(of: child, expecting: stack[p].identity)
+                }
+                try leave(done.nameInParent, done.fd, stack.last?.fd)
+                continue
+            }
+            let name = stack[i].names[stack[i].next]
+            stack[i].next += 1
+            // The deepest level is never parked.
+            guard let dir = stack[i].fd else { throw SystemCallError("openat", .EBADF, subject: name) }
+            guard let next = try visit(name, dir) else { continue }
+            stack.append(WalkLevel(fd: next.fd, identity: next.identity, names: next.names, nameInParent: name))
+            // Only the deepest levels stay open (index 0 is reopened like any other).
+            let park = stack.count - 1 - openLevels
+            if park >= 0 { stack[park].fd?.close(); stack[park].fd = nil }
+        }
+    }
+
+    /// One directory of `walk`; `fd` is nil while parked.
+    private struct WalkLevel {
+        var fd: FileDescriptor?
+        var identity: [UInt64]
+        var names: [String]
+        var next = 0
+        var nameInParent: String
+    }
+
     /// fstatat(2) with AT_SYMLINK_NOFOLLOW; nil if the entry does not exist (any more).
     static func statusIfPresent(_ name: String, in dir: FileDescriptor) throws -> FileStatus? {
         do {
@@ -34,35 +81,24 @@ enum TreeSupport {
         }
     }
 
-    /// Opens a regular file for copying with O_NOATIME, so reading does not disturb the
-    /// source's access time; O_NOATIME needs ownership or CAP_FOWNER, so EPERM retries without.
-    static func openForReading(_ name: String, in dir: FileDescriptor) throws -> FileDescriptor {
-        do {
-            return try FileDescriptor.open(name, flags: O_RDONLY | O_NOFOLLOW | noAccessTime, relativeTo: dir)
-        } catch {
-            guard error.errno == .EPERM else { throw error }
-            return try FileDescriptor.open(name, flags: O_RDONLY | O_NOFOLLOW, relativeTo: dir)
-        }
+    /// Opens a regular file for copying with O_NOATIME where allowed, so reading does not
+    /// disturb the source's access time.
+    static func openForReading(_ name: String, in dir: FileDescriptor) throws(SystemCallError) -> FileDescriptor {
+        try FileDescriptor.openPreservingAccessTime(name, flags: O_RDONLY | O_NOFOLLOW, relativeTo: dir)
     }
 
-    /// Opens a directory for listing with O_NOATIME (no symlink followed), so walking a tree
-    /// (a usage scan, the source of a copy) leaves its access times alone: listing a directory
-    /// is a read that would otherwise dirty its inode. EPERM retries without, as for files.
-    static func openDirectoryForReading(_ name: String, in dir: FileDescriptor?, followSymlinks: Bool = false) throws -> FileDescriptor {
-        let flags = O_RDONLY | O_DIRECTORY | (followSymlinks ? 0 : O_NOFOLLOW)
-        do {
-            return try FileDescriptor.open(name, flags: flags | noAccessTime, relativeTo: dir)
-        } catch {
-            guard error.errno == .EPERM else { throw error }
-            return try FileDescriptor.open(name, flags: flags, relativeTo: dir)
-        }
+    /// Opens a directory for listing with O_NOATIME where allowed (no symlink followed), so
+    /// walking a tree (a usage scan, the source of a copy) leaves its access times alone:
+    /// listing a directory is a read that would otherwise dirty its inode.
+    static func openDirectoryForReading(_ name: String, in dir: FileDescriptor?, followSymlinks: Bool = false) throws(SystemCallError) -> FileDescriptor {
+        try FileDescriptor.openPreservingAccessTime(name, flags: O_RDONLY | O_DIRECTORY | (followSymlinks ? 0 : O_NOFOLLOW), relativeTo: dir)
     }
 
     /// statx(2) STATX_MNT_ID: which mount `name` in `dir` (or `dir` itself for "") is on, so
     /// walkers stay on one mount and never copy or delete what is mounted inside a tree.
     static func mountID(_ name: String, in dir: FileDescriptor) -> UInt64? {
         var stx = CLinux.statx()
-        let flags = AT_SYMLINK_NOFOLLOW | (name.isEmpty ? emptyPath : 0)
+        let flags = AT_SYMLINK_NOFOLLOW | (name.isEmpty ? FileDescriptor.emptyPath : 0)
         guard statx(dir.rawValue, name, flags, UInt32(STATX_MNT_ID), &stx) == 0,
               stx.stx_mask & UInt32(STATX_MNT_ID) != 0 else { return nil }
         return stx.stx_mnt_id

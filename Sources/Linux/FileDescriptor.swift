@@ -25,6 +25,25 @@ public final class FileDescriptor: @unchecked Sendable {
         try open(path, flags: O_RDONLY | O_DIRECTORY | (followSymlinks ? 0 : O_NOFOLLOW), relativeTo: dir)
     }
 
+    /// O_NOATIME: reading the file does not update its access time (needs ownership or
+    /// CAP_FOWNER). GNU-only in glibc's headers, so not imported: 01000000 on every Linux ABI
+    /// Swift runs on.
+    public static let noAccessTime: Int32 = 0o1000000
+
+    /// AT_EMPTY_PATH (GNU-only in glibc's headers): an `*at` call on the descriptor itself.
+    public static let emptyPath: Int32 = 0x1000
+
+    /// openat(2) with O_NOATIME added, so reading (a clone's source, a tree walked for a copy
+    /// or a scan) leaves access times alone; where O_NOATIME is not allowed (EPERM: neither
+    /// owner nor CAP_FOWNER) it opens without.
+    public static func openPreservingAccessTime(_ path: String, flags: Int32, relativeTo dir: FileDescriptor? = nil) throws(SystemCallError) -> FileDescriptor {
+        do {
+            return try open(path, flags: flags | noAccessTime, relativeTo: dir)
+        } catch where error.errno == .EPERM {
+            return try open(path, flags: flags, relativeTo: dir)
+        }
+    }
+
     /// fcntl(F_DUPFD_CLOEXEC): a new owned descriptor for the same open file.
     public func duplicate() throws(SystemCallError) -> FileDescriptor {
         FileDescriptor(owning: try sys("fcntl(F_DUPFD_CLOEXEC)") { berth_fcntl_int(rawValue, F_DUPFD_CLOEXEC, 3) })
@@ -55,24 +74,14 @@ public final class FileDescriptor: @unchecked Sendable {
         try sys("pread") { Glibc.pread(rawValue, buffer.baseAddress, buffer.count, off_t(offset)) }
     }
 
-    /// Writes all of `buffer`, looping over short writes.
+    /// Writes all of `buffer`, looping over short writes (`writeAll(_:to:)`).
     public func writeAll(_ buffer: UnsafeRawBufferPointer) throws(SystemCallError) {
-        var done = 0
-        while done < buffer.count {
-            let base = buffer.baseAddress! + done
-            let n = try sys("write") { Glibc.write(rawValue, base, buffer.count - done) }
-            done += n
-        }
+        try Linux.writeAll(buffer, to: rawValue)
     }
 
-    /// Writes all of `buffer` at `offset` (pwrite(2)), looping over short writes.
+    /// Writes all of `buffer` at `offset`, looping over short writes (`writeAll(_:to:at:)`).
     public func writeAll(_ buffer: UnsafeRawBufferPointer, at offset: Int64) throws(SystemCallError) {
-        var done = 0
-        while done < buffer.count {
-            let base = buffer.baseAddress! + done
-            let n = try sys("pwrite") { Glibc.pwrite(rawValue, base, buffer.count - done, off_t(offset) + off_t(done)) }
-            done += n
-        }
+        try Linux.writeAll(buffer, to: rawValue, at: offset)
     }
 
     /// Reads the whole rest of the file (for small files: os-release, machine-id).
@@ -158,6 +167,25 @@ public final class FileDescriptor: @unchecked Sendable {
     /// Whether FS_IMMUTABLE_FL is set.
     public func isImmutable() throws(SystemCallError) -> Bool {
         try inodeFlags() & BERTH_FS_IMMUTABLE_FL != 0
+    }
+}
+
+/// write(2) of all of `buffer` to `fd` (a descriptor the caller owns: a pipe or file handed in),
+/// continuing after short writes; EINTR is retried (`sys`).
+public func writeAll(_ buffer: UnsafeRawBufferPointer, to fd: Int32) throws(SystemCallError) {
+    guard let base = buffer.baseAddress else { return }
+    var done = 0
+    while done < buffer.count {
+        done += try sys("write") { Glibc.write(fd, base + done, buffer.count - done) }
+    }
+}
+
+/// pwrite(2) of all of `buffer` at `offset` of `fd`, continuing after short writes.
+public func writeAll(_ buffer: UnsafeRawBufferPointer, to fd: Int32, at offset: Int64) throws(SystemCallError) {
+    guard let base = buffer.baseAddress else { return }
+    var done = 0
+    while done < buffer.count {
+        done += try sys("pwrite") { Glibc.pwrite(fd, base + done, buffer.count - done, off_t(offset) + off_t(done)) }
     }
 }
 

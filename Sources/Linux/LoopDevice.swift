@@ -135,10 +135,7 @@ public final class LoopDevice: @unchecked Sendable {
     }
 
     static func readSysfs(_ path: String) -> String? {
-        guard let fd = try? FileDescriptor.open(path, flags: O_RDONLY), let bytes = try? fd.readToEnd(limit: 8192) else {
-            return nil
-        }
-        var text = String(decoding: bytes, as: UTF8.self)
+        guard var text = readSmall(path) else { return nil }
         while text.last == "\n" { text.removeLast() }
         return text
     }

@@ -222,7 +222,7 @@ public enum RawExport {
             _ = lseek(output, off_t(max(start, 0) + size), SEEK_SET)
         } else if format == .uncompressed {
             try forEachSegment(source, size: size, buffer: buffer, reporter: reporter, holesAsZeros: true) { data, _ in
-                try writeAll(output, data)
+                try writeAll(data, to: output)
             }
         } else {
             let writer = try ArchiveHandle.writer()
@@ -294,18 +294,6 @@ public enum RawExport {
     private static func checkSize(_ source: FileDescriptor, _ size: Int64) throws {
         let now = try source.stat().size
         if now < size { throw TransferError("the image shrank from \(size) to \(now) bytes while being exported") }
-    }
-
-    private static func writeAll(_ fd: Int32, _ data: UnsafeRawBufferPointer) throws {
-        var done = 0
-        while done < data.count {
-            let n = Glibc.write(fd, data.baseAddress.map { $0 + done }, data.count - done)
-            if n < 0 {
-                if errno == EINTR { continue }
-                throw SystemCallError("write", .current)
-            }
-            done += n
-        }
     }
 }
 

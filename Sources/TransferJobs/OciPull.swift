@@ -244,7 +244,7 @@ final class OciBlobCache {
             throw TransferError("blob \(d.digest) has digest \(actual): digest mismatch, the download is discarded")
         }
         let name = Self.name(d.digest)
-        if linkat(file.rawValue, "", blobs.rawValue, name, 0x1000 /* AT_EMPTY_PATH, GNU-only in glibc */) != 0 && errno != EEXIST {
+        if linkat(file.rawValue, "", blobs.rawValue, name, FileDescriptor.emptyPath) != 0 && errno != EEXIST {
             _ = try sys("linkat", name) { linkat(AT_FDCWD, "/proc/self/fd/\(file.rawValue)", blobs.rawValue, name, AT_SYMLINK_FOLLOW) }
         }
         _ = lseek(file.rawValue, 0, SEEK_SET)

@@ -62,6 +62,11 @@ actor Daemon {
             if options.services.contains(.import1) && access(worker, X_OK) != 0 {
                 throw DaemonError("import1 needs the transfer worker \(worker), which is \(Errno.current): install it beside berthd")
             }
+            // Raw images are probed and mounted for reading in berth-inspect children, never here.
+            if (options.services.contains(.machine1) || options.services.contains(.portable1))
+                && access(raw.inspectorExecutable, X_OK) != 0 {
+                throw DaemonError("reading raw images needs the image inspector \(raw.inspectorExecutable), which is \(Errno.current): install it beside berthd")
+            }
             // One pool per image class (import1's `class`): portable1 serves the portable one,
             // import1 routes each transfer to its class's pool.
             let portables = ImagePool(configuration: .portables(root: options.root), registry: registry)

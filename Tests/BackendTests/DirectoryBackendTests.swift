@@ -13,8 +13,7 @@ private func chattr(_ flags: String, _ path: String) throws {
     try run(["chattr", flags, path], check: true)
 }
 
-@Suite(.serialized, .enabled(if: (Privileges.canMakeLoopFilesystems) || Privileges.underCI,
-                             "needs root and loop devices for real ext4/btrfs filesystems (immutable flags, reflinks)"))
+@Suite(.serialized, .requires(.loopFilesystems))
 struct DirectoryBackendTests {
     @Test func treeCopyReflinksOnBtrfsCopiesSparselyOnExt4AndIsFaithfulOnBoth() throws {
         for kind in LoopbackFilesystem.Kind.allCases {

@@ -9,8 +9,6 @@ import TestSupport
 // The qcow2 reader against images made by qemu-img and qemu-io (qemu-utils), and against
 // hand-broken headers. Unprivileged: plain files only.
 
-private let qemuReason = "needs qemu-img and qemu-io (apt-get install qemu-utils)"
-private let hasQemu = commandExists("qemu-img") && commandExists("qemu-io")
 
 private let virtualSize: UInt64 = (24 << 20) + 5 * 512  // not a multiple of any cluster size
 
@@ -66,7 +64,7 @@ private func readHeader(_ path: String) throws -> [UInt8] {
     Array(try Data(contentsOf: URL(fileURLWithPath: path)).prefix(112))
 }
 
-@Suite("qcow2 reader", .enabled(if: (hasQemu) || Privileges.underCI, Comment(rawValue: qemuReason)))
+@Suite("qcow2 reader", .requires(.commands("qemu-img", "qemu-io")))
 struct Qcow2Tests {
     @Test(arguments: [
         (["-o", "compat=0.10"], UInt32(2)),

@@ -9,7 +9,6 @@ import TestSupport
 // The RawLoop backend against real files, real loop devices and real mounts. Tests that attach
 // loop devices or make filesystems run as root (as in CI) and skip, saying why, elsewhere.
 
-private let loopReason = Privileges.loopSkipReason ?? ""
 
 /// A folder with a pool folder and a runtime folder, removed after the test.
 private final class RawFixture {
@@ -53,9 +52,35 @@ private struct KernelState: Equatable {
         loops = LoopDevice.boundDevices().filter { $0.backingFile == real || $0.backingFile == image }.map(\.device)
         let listing = try run(["losetup", "-a"]).stdout
         losetupMentions = listing.contains(real) || listing.contains(image)
+        inspectors = inspectorChildren(runtime: runtime)
     }
 
-    var isEmpty: Bool { mounts.isEmpty && loops.isEmpty && !losetupMentions }
+    var isEmpty: Bool { mounts.isEmpty && loops.isEmpty && !losetupMentions && inspectors.isEmpty }
+
+    /// berth-inspect children of this process for this runtime folder, running or not yet reaped.
+    var inspectors: [pid_t] = []
+}
+
+/// The berth-inspect processes whose parent is `parent` (/proc/N/stat) and that mount under
+/// `runtime` (their command line): tests run in parallel, each with its own runtime folder.
+func inspectorChildren(of parent: pid_t = getpid(), runtime: String) -> [pid_t] {
+    let entries = (try? FileManager.default.contentsOfDirectory(atPath: "/proc")) ?? []
+    return entries.compactMap { Int32($0) }.filter { pid in
+        guard let stat = try? String(contentsOfFile: "/proc/\(pid)/stat", encoding: .utf8),
+              let close = stat.lastIndex(of: ")") else { return false }
+        let comm = stat[stat.index(after: stat.firstIndex(of: "(") ?? stat.startIndex)..<close]
+        let fields = stat[stat.index(after: close)...].split(separator: " ")
+        guard comm == "berth-inspect", fields.count > 1, Int32(fields[1]) == parent,
+              let cmdline = FileManager.default.contents(atPath: "/proc/\(pid)/cmdline") else { return false }
+        return String(decoding: cmdline, as: UTF8.self).contains(runtime + "/inspect")
+    }
+}
+
+/// The mount at `target` in `pid`'s mount namespace: its per-mount options, or nil if none.
+func mountOptions(at target: String, in pid: String) -> [Substring]? {
+    guard let mountinfo = try? String(contentsOfFile: "/proc/\(pid)/mountinfo", encoding: .utf8) else { return nil }
+    guard let line = mountinfo.split(separator: "\n").last(where: { $0.split(separator: " ")[4] == target }) else { return nil }
+    return line.split(separator: " ")[5].split(separator: ",")
 }
 
 /// Waits briefly for an autocleared loop device to be unbound (the kernel may finish the
@@ -185,7 +210,7 @@ struct RawLoopBackendTests {
     }
 
     // On a fresh ext4, whose immutable flag behaves the same on every kernel (unlike tmpfs).
-    @Test(.enabled(if: (Privileges.canMakeLoopFilesystems) || Privileges.underCI, Comment(rawValue: loopReason)))
+    @Test(.requires(.loopFilesystems))
     func readOnlyIsTheImmutableFlagWhichRootCannotWriteThrough() throws {
         let fs = try LoopbackFilesystem(.ext4, size: 64 << 20)
         defer { fs.remove() }
@@ -207,7 +232,7 @@ struct RawLoopBackendTests {
         _ = try FileDescriptor.open(path, flags: O_WRONLY)
     }
 
-    @Test(.enabled(if: (Privileges.canMakeLoopFilesystems) || Privileges.underCI, Comment(rawValue: loopReason)))
+    @Test(.requires(.loopFilesystems))
     func renameAndRemoveWorkOnReadOnlyImages() throws {
         let fs = try LoopbackFilesystem(.ext4, size: 64 << 20)
         defer { fs.remove() }
@@ -242,7 +267,7 @@ struct RawLoopBackendTests {
         #expect(error?.code == .notSupported)
     }
 
-    @Test(.enabled(if: (Privileges.canMakeLoopFilesystems) || Privileges.underCI, Comment(rawValue: loopReason)))
+    @Test(.requires(.loopFilesystems))
     func cloneOnExt4StaysSparseAndKeepsMode() throws {
         let fs = try LoopbackFilesystem(.ext4, size: 256 << 20)
         defer { fs.remove() }
@@ -275,7 +300,7 @@ struct RawLoopBackendTests {
         #expect(throws: PoolError.self) { try f.backend.clone(from: source, to: clone) }
     }
 
-    @Test(.enabled(if: (Privileges.canMakeLoopFilesystems) || Privileges.underCI, Comment(rawValue: loopReason)))
+    @Test(.requires(.loopFilesystems))
     func cloneOnBtrfsSharesExtents() throws {
         let fs = try LoopbackFilesystem(.btrfs, size: 256 << 20)
         defer { fs.remove() }
@@ -289,7 +314,7 @@ struct RawLoopBackendTests {
         #expect(extents.contains("shared"), "FICLONE shares the source's extents: \(extents)")
     }
 
-    @Test(.enabled(if: (Privileges.canMakeLoopFilesystems) || Privileges.underCI, Comment(rawValue: loopReason)))
+    @Test(.requires(.loopFilesystems))
     func cloneThatRunsOutOfSpaceLeavesNothingBehind() throws {
         let small = try LoopbackFilesystem(.ext4, size: 16 << 20)
         defer { small.remove() }
@@ -302,7 +327,7 @@ struct RawLoopBackendTests {
         #expect(!FileManager.default.fileExists(atPath: destination))
     }
 
-    @Test(.enabled(if: (Privileges.canMakeLoopFilesystems) || Privileges.underCI, Comment(rawValue: loopReason)))
+    @Test(.requires(.loopFilesystems))
     func inspectsTheDPSRootPartitionOfAGPTDiskAndLeavesNothingBehind() throws {
         let f = try RawFixture()
         let image = f.path("guest.raw")
@@ -317,15 +342,18 @@ struct RawLoopBackendTests {
             #expect(read == text, "\(path)")
         }
         let during = try KernelState(image: image, runtime: f.runtime)
-        #expect(during.mounts == [root.root])
+        #expect(during.mounts.isEmpty, "nothing is mounted in this (berthd's) namespace: \(during.mounts)")
         #expect(during.loops.count == 1)
-        // Mounted read-only, nosuid, nodev, noexec.
-        let mountinfo = try String(contentsOfFile: "/proc/self/mountinfo", encoding: .utf8)
-        let line = mountinfo.split(separator: "\n").first { $0.split(separator: " ")[4] == root.root }
-        let options = line.map { String($0.split(separator: " ")[5]) } ?? ""
+        #expect(during.inspectors.count == 1, "one berth-inspect child holds the inspection")
+        // Mounted read-only, nosuid, nodev, noexec — in the child's namespace only.
+        let target = f.runtime + "/inspect/root"
+        #expect(mountOptions(at: target, in: "self") == nil)
+        let child = try #require(during.inspectors.first)
+        let options = try #require(mountOptions(at: target, in: "\(child)"), "the child's namespace has the mount")
         for flag in ["ro", "nosuid", "nodev", "noexec"] {
-            #expect(options.split(separator: ",").contains(Substring(flag)), "mount options \(options)")
+            #expect(options.contains(Substring(flag)), "mount options \(options)")
         }
+        #expect(try readLink("/proc/\(child)/ns/mnt") != readLink("/proc/self/ns/mnt"), "the child has a mount namespace of its own")
         #expect(FileManager.default.createFile(atPath: (root.root as NSString).appendingPathComponent("x"), contents: nil) == false)
 
         root.close()
@@ -334,23 +362,70 @@ struct RawLoopBackendTests {
         #expect(try directoryEntries((f.runtime as NSString).appendingPathComponent("inspect")).isEmpty)
     }
 
-    @Test(.enabled(if: (Privileges.canMakeLoopFilesystems) || Privileges.underCI, Comment(rawValue: loopReason)))
-    func startUpCleanUpRemovesInspectionsACrashedDaemonLeft() throws {
+    @Test(.requires(.loopFilesystems))
+    func startUpCleanUpRemovesInspectionMountsAnOlderDaemonLeft() throws {
+        // Before berth-inspect, inspections were mounted in berthd's namespace at
+        // <runtime>/inspect/XXXXXX/root, and a crash left them there.
         let f = try RawFixture()
-        let image = f.path("left.raw")
-        try makeGPTDisk(at: image, type: rootX86_64, tree: makeTree(in: f.temp.path))
-        let leftOver = try f.backend.openForInspection(at: image)  // never closed by "the old daemon"
-        #expect(try KernelState(image: image, runtime: f.runtime).mounts == [leftOver.root])
-
+        let folder = f.runtime + "/inspect/AbC123"
+        try FileManager.default.createDirectory(atPath: folder + "/root", withIntermediateDirectories: true)
+        try FileManager.default.createDirectory(atPath: folder + "/dev", withIntermediateDirectories: true)
+        try run(["mount", "-t", "tmpfs", "-o", "ro", "tmpfs", folder + "/root"], check: true)
+        #expect(currentMountPoints().contains(folder + "/root"))
         RawLoopBackend(runtimeDirectory: f.runtime).cleanUpStaleInspections()
-        let state = try KernelState(image: image, runtime: f.runtime)
-        #expect(state.mounts.isEmpty)
+        #expect(!currentMountPoints().contains(folder + "/root"))
         #expect(try directoryEntries((f.runtime as NSString).appendingPathComponent("inspect")).isEmpty)
-        leftOver.close()  // harmless now
+    }
+
+    @Test(.requires(.loopFilesystems))
+    func aKilledInspectorTakesItsMountAndLoopDeviceAlong() throws {
+        let f = try RawFixture()
+        let image = f.path("killed.raw")
+        try makeGPTDisk(at: image, type: rootX86_64, tree: makeTree(in: f.temp.path))
+        let root = try f.backend.openForInspection(at: image)
+        let child = try #require(inspectorChildren(runtime: f.runtime).first)
+        #expect(try KernelState(image: image, runtime: f.runtime).loops.count == 1)
+        kill(child, SIGKILL)
+        // Only berthd's open root folder still pins the mount; closing it lets everything go.
+        root.close()
         #expect(try settledState(image: image, runtime: f.runtime).isEmpty)
     }
 
-    @Test(.enabled(if: (Privileges.canMakeLoopFilesystems) || Privileges.underCI, Comment(rawValue: loopReason)))
+    @Test(.requires(.loopFilesystems))
+    func theInspectorEndsWhenItsParentDies() throws {
+        // A stand-in berthd (a shell) starts berth-inspect and is killed while the inspection is
+        // held; this process keeps the hold pipe's write end, so only the parent's death (its
+        // pidfd) can tell the child to go.
+        let f = try RawFixture()
+        let image = f.path("orphan.raw")
+        try makeGPTDisk(at: image, type: rootX86_64, tree: makeTree(in: f.temp.path))
+        let base = f.runtime + "/inspect"
+        try FileManager.default.createDirectory(atPath: base, withIntermediateDirectories: true)
+        let file = try FileDescriptor.open(image, flags: O_RDONLY)
+        var hold: [Int32] = [-1, -1], answer: [Int32] = [-1, -1]
+        #expect(pipe(&hold) == 0 && pipe(&answer) == 0)
+        defer { for fd in hold + answer where fd >= 0 { Glibc.close(fd) } }
+        let shell = try spawnProcess("/bin/sh", arguments: ["-c", "'\(f.backend.inspectorExecutable)' --mount-base '\(base)' & wait"],
+                                     descriptors: [file.rawValue, hold[0], answer[1]])
+        file.close()
+        Glibc.close(answer[1]); answer[1] = -1
+        var line = [UInt8](repeating: 0, count: 64)
+        let n = read(answer[0], &line, line.count)
+        #expect(n > 0 && String(decoding: line[0..<max(n, 0)], as: UTF8.self) == "ready\n")
+        let orphan = try #require(inspectorChildren(of: shell, runtime: f.runtime).first)
+        #expect(try KernelState(image: image, runtime: f.runtime).loops.count == 1)
+        kill(shell, SIGKILL)
+        _ = try waitForExit(shell)
+        var gone = false
+        for _ in 0..<500 where !gone {
+            gone = kill(orphan, 0) != 0 || (try? String(contentsOfFile: "/proc/\(orphan)/stat", encoding: .utf8))?.contains(") Z ") == true
+            if !gone { usleep(10_000) }
+        }
+        #expect(gone, "berth-inspect ended with its parent")
+        #expect(try settledState(image: image, runtime: f.runtime).loops.isEmpty)
+    }
+
+    @Test(.requires(.loopFilesystems))
     func inspectsABareFilesystemImage() throws {
         let f = try RawFixture()
         let image = f.path("bare.raw")
@@ -359,12 +434,12 @@ struct RawLoopBackendTests {
         let root = try f.backend.openForInspection(at: image)
         let osRelease = try String(contentsOfFile: (root.root as NSString).appendingPathComponent("etc/os-release"), encoding: .utf8)
         #expect(osRelease.contains("ID=berthtest"))
-        #expect(try KernelState(image: image, runtime: f.runtime).mounts == [root.root])
+        #expect(try KernelState(image: image, runtime: f.runtime).mounts.isEmpty)
         root.close()
         #expect(try settledState(image: image, runtime: f.runtime).isEmpty)
     }
 
-    @Test(.enabled(if: (Privileges.canMakeLoopFilesystems) || Privileges.underCI, Comment(rawValue: loopReason)))
+    @Test(.requires(.loopFilesystems))
     func inspectsAUsrOnlyImageUnderUsr() throws {
         let f = try RawFixture()
         let image = f.path("usronly.raw")
@@ -377,7 +452,7 @@ struct RawLoopBackendTests {
         #expect(try settledState(image: image, runtime: f.runtime).isEmpty)
     }
 
-    @Test(.enabled(if: (Privileges.canMakeLoopFilesystems) || Privileges.underCI, Comment(rawValue: loopReason)))
+    @Test(.requires(.loopFilesystems))
     func aDiskWithoutARootPartitionFailsAndLeavesNothingBehind() throws {
         let f = try RawFixture()
         let image = f.path("swap.raw")
@@ -393,7 +468,7 @@ struct RawLoopBackendTests {
         #expect(none?.code == .invalidImage)
     }
 
-    @Test(.enabled(if: (Privileges.canMakeLoopFilesystems) || Privileges.underCI, Comment(rawValue: loopReason)))
+    @Test(.requires(.loopFilesystems))
     func aRootFilesystemThatWillNotMountFailsAfterAttachingAndLeavesNothingBehind() throws {
         let f = try RawFixture()
         let image = f.path("broken.raw")
@@ -408,7 +483,7 @@ struct RawLoopBackendTests {
         #expect(try directoryEntries((f.runtime as NSString).appendingPathComponent("inspect")).isEmpty)
     }
 
-    @Test(.enabled(if: (Privileges.canMakeLoopFilesystems) || Privileges.underCI, Comment(rawValue: loopReason)))
+    @Test(.requires(.loopFilesystems))
     func inspectsAGPTDiskWith4096ByteSectors() throws {
         let f = try RawFixture()
         let image = f.path("4k.raw")
@@ -420,7 +495,7 @@ struct RawLoopBackendTests {
         #expect(try settledState(image: image, runtime: f.runtime).isEmpty)
     }
 
-    @Test(.enabled(if: (Privileges.canMakeLoopFilesystems) || Privileges.underCI, Comment(rawValue: loopReason)))
+    @Test(.requires(.loopFilesystems))
     func inspectsAnMBRDiskWithOneLinuxPartitionOnly() throws {
         let f = try RawFixture()
         let tree = try makeTree(in: f.temp.path)
@@ -445,7 +520,7 @@ struct RawLoopBackendTests {
         #expect(try settledState(image: two, runtime: f.runtime).isEmpty)
     }
 
-    @Test(.enabled(if: (Privileges.canMakeLoopFilesystems) || Privileges.underCI, Comment(rawValue: loopReason)))
+    @Test(.requires(.loopFilesystems))
     func concurrentInspectionsEachGetTheirOwnLoopDevice() async throws {
         let f = try RawFixture()
         let image = f.path("shared.raw")
@@ -467,7 +542,7 @@ struct RawLoopBackendTests {
         #expect(try settledState(image: image, runtime: f.runtime).isEmpty)
     }
 
-    @Test(.enabled(if: (Privileges.canMakeLoopFilesystems) || Privileges.underCI, Comment(rawValue: loopReason)))
+    @Test(.requires(.loopFilesystems))
     func aDamagedPrimaryGPTHeaderFallsBackToTheBackup() throws {
         let f = try RawFixture()
         let image = f.path("backup.raw")

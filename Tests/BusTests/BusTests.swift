@@ -67,9 +67,7 @@ func withTestService(_ body: (TestService) async throws -> Void) async throws {
     await service.stop()
 }
 
-let busToolsAvailable = PrivateDBusDaemon.isAvailable && commandExists("busctl") && commandExists("gdbus")
-
-@Suite(.serialized, .enabled(if: (busToolsAvailable) || Privileges.underCI, "needs dbus-daemon, busctl and gdbus (apt-get install dbus systemd libglib2.0-bin)"))
+@Suite(.serialized, .requires(.privateBus))
 struct BusTests {
     @Test func introspectionMatchesTheInterfaceTable() async throws {
         try await withTestService { s in
@@ -212,7 +210,7 @@ struct BusTests {
         }
     }
 
-    @Test(.enabled(if: (Privileges.isRoot && commandExists("setpriv")) || Privileges.underCI, "needs root to run a client as nobody"))
+    @Test(.requires(.root, .commands("setpriv")))  // a client as nobody
     func mutationsAreDeniedToNobodyWithoutPolkit() async throws {
         try await withTestService { s in
             let nobody: uid_t = 65534
@@ -238,7 +236,7 @@ struct BusTests {
         }
     }
 
-    @Test(.enabled(if: (Privileges.isRoot && commandExists("setpriv")) || Privileges.underCI, "needs root to run a client as nobody"))
+    @Test(.requires(.root, .commands("setpriv")))  // a client as nobody
     func polkitDecidesForOtherUsersWhenItIsOnTheBus() async throws {
         try await withTestService { s in
             let polkitBus = try await Bus.connect(address: s.daemon.address, loop: s.loop)

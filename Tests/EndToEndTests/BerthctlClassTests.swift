@@ -5,8 +5,7 @@ import TestSupport
 
 /// berthctl's `--class`, `--force`, `--read-only`, `--keep-download` on the transfer verbs and
 /// `list-images --class`, against berthd on a private bus (Import1Site).
-@Suite(.serialized, .enabled(if: (import1ToolsAvailable) || Privileges.underCI,
-                             "needs root, dbus-daemon, busctl, gdbus, machinectl (systemd-container), gpg, qemu-img, xz, /usr/bin/python3"))
+@Suite(.serialized, .requires(import1Requirements))
 struct BerthctlClassTests {
     private func berthctl(_ site: Import1Site, _ arguments: [String]) throws -> CommandResult {
         let binary = try BerthdProcess.binaryPath("berthctl")

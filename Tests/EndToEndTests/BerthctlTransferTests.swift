@@ -5,8 +5,7 @@ import TestSupport
 
 /// berthctl's transfer verbs against berthd on a private bus (Import1Site), with the fixtures
 /// and HTTP server of the import1 end-to-end tests.
-@Suite(.serialized, .enabled(if: (import1ToolsAvailable) || Privileges.underCI,
-                             "needs root, dbus-daemon, busctl, gdbus, machinectl (systemd-container), gpg, qemu-img, xz, /usr/bin/python3"))
+@Suite(.serialized, .requires(import1Requirements))
 struct BerthctlTransferTests {
     /// Runs berthctl against `site`'s bus.
     private func berthctl(_ site: Import1Site, _ arguments: [String], input: Data? = nil) throws -> CommandResult {
@@ -94,7 +93,7 @@ struct BerthctlTransferTests {
     }
 
     @Test("pull-raw --verify=checksum makes NAME.raw identical, with a progress bar on a terminal; a checksum mismatch exits 1 and leaves nothing",
-          .enabled(if: (commandExists("script")) || Privileges.underCI, "needs script(1) for a terminal"))
+          .requires(.commands("script")))  // a terminal
     func pullRawWithProgressBar() throws {
         let site = try Import1Site()
         defer { site.close() }

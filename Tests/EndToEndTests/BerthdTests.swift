@@ -5,7 +5,8 @@ import Services
 import Testing
 import TestSupport
 
-let endToEndToolsAvailable = PrivateDBusDaemon.isAvailable && commandExists("busctl") && commandExists("gdbus")
+/// What the machine registry tests need: root, a bus, systemd-nspawn and a busybox to run in it.
+let nspawnRequirements: [Requirement] = [.root, .privateBus, .commands("systemd-nspawn"), .file("/bin/busybox")]
 
 /// The reference introspection files, by manager object.
 let references: [(service: String, path: String, fixture: String)] = [
@@ -26,7 +27,7 @@ func fixture(_ name: String) throws -> String {
     return try String(contentsOf: url, encoding: .utf8)
 }
 
-@Suite(.serialized, .enabled(if: (endToEndToolsAvailable) || Privileges.underCI, "needs dbus-daemon, busctl and gdbus (apt-get install dbus systemd libglib2.0-bin)"))
+@Suite(.serialized, .requires(.privateBus))
 struct BerthdTests {
     @Test func ownsTheThreeNamesAndAnswersPingAndIntrospect() throws {
         let bus = try PrivateDBusDaemon()
@@ -132,7 +133,7 @@ struct BerthdTests {
     }
 }
 
-@Suite(.serialized, .enabled(if: (endToEndToolsAvailable) || Privileges.underCI, "needs dbus-daemon and busctl"))
+@Suite(.serialized, .requires(.privateBus))
 struct BerthctlTests {
     struct Report: Decodable {
         struct Service: Decodable { var name: String; var answers: Bool; var berth: Bool }
@@ -164,8 +165,7 @@ struct BerthctlTests {
     }
 }
 
-@Suite(.serialized, .enabled(if: (endToEndToolsAvailable && Privileges.isRoot && commandExists("setpriv")) || Privileges.underCI,
-                              "needs dbus-daemon, busctl, setpriv and root"))
+@Suite(.serialized, .requires(.root, .privateBus, .commands("setpriv")))
 struct DistributionFileTests {
     static let policies = ["machine1", "import1", "portable1"].map { name in
         URL(fileURLWithPath: #filePath).deletingLastPathComponent().deletingLastPathComponent().deletingLastPathComponent()
@@ -191,7 +191,7 @@ struct DistributionFileTests {
     }
 }
 
-@Suite(.enabled(if: (endToEndToolsAvailable) || Privileges.underCI, "needs dbus-daemon and busctl"))
+@Suite(.requires(.privateBus))
 struct NotifyTests {
     /// A unix datagram socket standing in for systemd's `$NOTIFY_SOCKET`.
     final class NotifySocket {
@@ -241,8 +241,7 @@ struct NotifyTests {
     }
 }
 
-@Suite(.serialized, .enabled(if: (endToEndToolsAvailable && Privileges.isRoot && commandExists("setpriv")) || Privileges.underCI,
-                              "needs dbus-daemon, busctl, setpriv and root"))
+@Suite(.serialized, .requires(.root, .privateBus, .commands("setpriv")))
 struct AuthorizationTests {
     func call(_ bus: PrivateDBusDaemon, asNobody: Bool, _ member: String, _ args: [String]) throws -> CommandResult {
         let prefix = asNobody ? ["setpriv", "--reuid=65534", "--regid=65534", "--clear-groups"] : []

@@ -5,8 +5,7 @@ import TestSupport
 /// berthd installed by dist/install.sh into a real systemd 252 (a booted Debian 12 container) as
 /// the system's machine1, import1 and portable1: the unit, its Type=notify start and clean stop,
 /// the bus policies, bus activation through the unit's aliases, and the real machinectl inside.
-@Suite(.serialized, .enabled(if: BootedSystemd.skipReason == nil || Privileges.underCI,
-                             Comment(rawValue: BootedSystemd.skipReason ?? "")))
+@Suite(.serialized, .requires(.bootedSystemd))
 struct BootedSystemdTests {
     /// A booted system `name` with this build installed by dist/install.sh (the repository and the
     /// build folder bind-mounted read-only) and berthd.service enabled and started.

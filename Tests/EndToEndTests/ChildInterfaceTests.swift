@@ -13,7 +13,7 @@ actor SilentObject: BusObjectHandler {
     func property(_ name: String, interface: String, path: ObjectPath) throws -> BusValue { throw Harness.unknownObject(path) }
 }
 
-@Suite(.serialized, .enabled(if: (endToEndToolsAvailable) || Privileges.underCI, "needs dbus-daemon and gdbus"))
+@Suite(.serialized, .requires(.privateBus))
 struct ChildInterfaceTests {
     /// Members of newer systemd versions that Berth serves too, each with the 252 member it
     /// renames: systemd 254 corrected the spelling of ReattacheWithExtensions.

@@ -5,8 +5,7 @@ import TestSupport
 
 /// An export holds its image: RemoveImage and RenameImage of an image being exported are refused
 /// (EBUSY, as machined answers for an image in use) and the export ends with all of it.
-@Suite(.serialized, .enabled(if: import1ToolsAvailable,
-                             "needs root, dbus-daemon, busctl, gdbus, machinectl (systemd-container), gpg, qemu-img, xz, /usr/bin/python3"))
+@Suite(.serialized, .requires(import1Requirements))
 struct ExportHoldTests {
     @Test("RemoveImage and RenameImage during ExportTar of the image are refused with EBUSY; the export completes with the whole image")
     func removeDuringExportIsRefused() throws {

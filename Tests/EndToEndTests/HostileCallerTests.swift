@@ -14,13 +14,9 @@ private func residentMemory(of pid: pid_t) -> (rss: UInt64, anon: UInt64)? {
     return (rss, anon)
 }
 
-private let hostileToolsAvailable = endToEndToolsAvailable && Privileges.isRoot && commandExists("setpriv")
-    && FileManager.default.isExecutableFile(atPath: "/usr/bin/python3")
-    && (try? run(["/usr/bin/python3", "-c", "import dbus"]))?.succeeded == true
-
 /// Calls an unprivileged local user can make to berthd: they must cost berthd neither unbounded
 /// memory nor its bus thread (issue 11, defects 6 and 8, and file-system work on the bus thread).
-@Suite(.serialized, .enabled(if: hostileToolsAvailable, "needs root, dbus-daemon, busctl, gdbus, setpriv and python3-dbus"))
+@Suite(.serialized, .requires(.root, .privateBus, .commands("setpriv"), .python3DBus))
 struct HostileCallerTests {
     /// One `nobody` caller: sends `method` with a million-element array argument and prints the
     /// D-Bus error name it got (or `ok`).

@@ -107,8 +107,7 @@ extension Import1Site {
     }
 }
 
-@Suite(.serialized, .enabled(if: (import1ToolsAvailable && FileManager.default.fileExists(atPath: "/usr/lib/python3/dist-packages/dbus"))
-    || Privileges.underCI, "needs root, dbus-daemon, busctl, gdbus, machinectl, gpg, qemu-img, xz, python3-dbus and python3-gi"))
+@Suite(.serialized, .requires(import1Requirements + [.python3DBus]))
 struct Import1ExTests {
     @Test("ImportTarEx, ImportRawEx, ImportFileSystemEx land in each class's pool folder; ListImages lists them by class; ExportTarEx and ExportRawEx read them back")
     func everyClass() throws {

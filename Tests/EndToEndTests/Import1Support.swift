@@ -4,10 +4,10 @@ import Synchronization
 import Testing
 import TestSupport
 
-/// What the import1 end-to-end tests need: the real machinectl and the fixture tools.
-let import1ToolsAvailable = endToEndToolsAvailable && commandExists("machinectl") && commandExists("gpg")
-    && commandExists("qemu-img") && commandExists("xz") && FileManager.default.isExecutableFile(atPath: "/usr/bin/python3")
-    && getuid() == 0
+/// What the import1 end-to-end tests need: root, a bus, the real machinectl and the fixture tools.
+let import1Requirements: [Requirement] = [
+    .root, .privateBus, .commands("machinectl", "gpg", "qemu-img", "xz"), .file("/usr/bin/python3"),
+]
 
 func shell(_ script: String) throws -> String {
     try run(["sh", "-ec", script], check: true).stdout

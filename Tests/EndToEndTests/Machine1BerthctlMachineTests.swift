@@ -6,9 +6,7 @@ import TestSupport
 /// berthctl's machine verbs against berthd, with the real systemd-nspawn registering a busybox
 /// container on a private bus (as MachineRegistryTests) and the real machinectl on the same
 /// daemon as the reference for what berthctl prints.
-@Suite(.serialized, .enabled(if: (endToEndToolsAvailable && Privileges.isRoot && commandExists("systemd-nspawn")
-                                   && FileManager.default.isExecutableFile(atPath: "/bin/busybox")) || Privileges.underCI,
-                             "needs root, systemd-nspawn, busybox (apt-get install systemd-container busybox-static) and a bus"))
+@Suite(.serialized, .requires(nspawnRequirements))
 struct Machine1BerthctlMachineTests {
     typealias Host = MachineRegistryTests.Host
     typealias Container = NspawnContainer
@@ -285,7 +283,7 @@ struct Machine1BerthctlMachineTests {
         #expect(missing.status == 1 && missing.stderr.hasPrefix("berthctl: Failed to bind mount: "), "\(missing.stderr)")
     }
 
-    @Test(.enabled(if: BootedSystemd.skipReason == nil || Privileges.underCI, "\(BootedSystemd.skipReason ?? "")"))
+    @Test(.requires(.bootedSystemd))
     func loginToTheGettyOfABootedContainerOutlivesLogoutsAndEndsWithTheMachine() throws {
         let host = try Self.host()
         defer { host.stop() }

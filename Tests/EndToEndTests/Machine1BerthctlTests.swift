@@ -3,7 +3,7 @@ import Testing
 import TestSupport
 
 /// berthctl's image verbs against berthd over the bus, checked with machinectl on the same daemon.
-@Suite(.serialized, .enabled(if: (machine1Prerequisites) || Privileges.underCI, "\(machine1SkipReason)"))
+@Suite(.serialized, .requires(machine1Requirements))
 struct Machine1BerthctlTests {
     struct Row: Decodable, Equatable { var name: String; var type: String; var readOnly: Bool; var usage: UInt64? }
     struct Status: Decodable { var image: Row; var hostname: String?; var osRelease: [String: String]?; var limit: UInt64? }

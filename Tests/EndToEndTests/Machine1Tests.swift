@@ -3,13 +3,14 @@ import Glibc
 import Testing
 import TestSupport
 
-let machine1Prerequisites: Bool = endToEndToolsAvailable && Privileges.canMakeLoopFilesystems && ReferenceDaemon.skipReason == nil
-    && commandExists("machinectl") && commandExists("sfdisk") && commandExists("setpriv")
-let machine1SkipReason = "needs root, loop devices, dbus-daemon, busctl, gdbus, machinectl and systemd-machined (apt-get install dbus systemd-container libglib2.0-bin fdisk)"
+/// What the machine1 differential tests need: loop filesystems, a bus, systemd-machined 252, machinectl.
+let machine1Requirements: [Requirement] = [
+    .loopFilesystems, .privateBus, .referenceDaemons, .commands("machinectl", "sfdisk", "setpriv"),
+]
 
 /// org.freedesktop.machine1's image members on berthd against systemd-machined 252 over the same
 /// pool (differential), driven with machinectl, busctl and gdbus.
-@Suite(.serialized, .enabled(if: (machine1Prerequisites) || Privileges.underCI, "\(machine1SkipReason)"))
+@Suite(.serialized, .requires(machine1Requirements))
 struct Machine1DifferentialTests {
     @Test(arguments: [LoopbackFilesystem.Kind.btrfs, .ext4])
     func readingMembersMatchMachined(_ kind: LoopbackFilesystem.Kind) throws {
@@ -251,7 +252,7 @@ struct Machine1DifferentialTests {
     }
 }
 
-@Suite(.serialized, .enabled(if: (machine1Prerequisites) || Privileges.underCI, "\(machine1SkipReason)"))
+@Suite(.serialized, .requires(machine1Requirements))
 struct Machine1BehaviourTests {
     @Test func nonRootCallerIsDeniedAndNothingChanges() throws {
         let pair = try Machine1Pair(.ext4, withReference: false)

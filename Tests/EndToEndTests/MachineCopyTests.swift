@@ -7,9 +7,7 @@ import TestSupport
 /// busybox container with berthd on a private bus and the real machinectl and busctl driving
 /// them: `machinectl copy-to/copy-from` (files, trees, --force, a `-U` container's shifted
 /// ownership, hostile paths), MapFrom/ToMachineUser/Group, and addresses of a veth container.
-@Suite(.serialized, .enabled(if: (endToEndToolsAvailable && Privileges.isRoot && commandExists("systemd-nspawn")
-                                   && FileManager.default.isExecutableFile(atPath: "/bin/busybox")) || Privileges.underCI,
-                             "needs root, systemd-nspawn, busybox (apt-get install systemd-container busybox-static) and a bus"))
+@Suite(.serialized, .requires(nspawnRequirements))
 struct MachineCopyTests {
     static let manager = ["call", "org.freedesktop.machine1", "/org/freedesktop/machine1", "org.freedesktop.machine1.Manager"]
 

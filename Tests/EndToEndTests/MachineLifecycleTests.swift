@@ -6,9 +6,7 @@ import TestSupport
 /// The machine lifecycle beyond registration: berthd restarted keeps its machines and drops those
 /// whose leader died meanwhile, and the newer members (RegisterMachineEx, CreateMachineEx,
 /// GetMachineSSHInfo) answer as systemd v259 does, here where systemd is not on the bus.
-@Suite(.serialized, .enabled(if: (endToEndToolsAvailable && Privileges.isRoot && commandExists("systemd-nspawn")
-                                   && FileManager.default.isExecutableFile(atPath: "/bin/busybox")) || Privileges.underCI,
-                             "needs root, systemd-nspawn, busybox (apt-get install systemd-container busybox-static) and a bus"))
+@Suite(.serialized, .requires(nspawnRequirements))
 struct MachineLifecycleTests {
     private let manager = ["call", "org.freedesktop.machine1", "/org/freedesktop/machine1", "org.freedesktop.machine1.Manager"]
 
@@ -37,11 +35,9 @@ struct MachineLifecycleTests {
 
         #expect(try berthd.restart() == 0, "\(berthd.log)")
         // Only on the restarted berthd's bus connection from here on.
-        let monitor = try spawn(["/usr/bin/busctl", "--address=\(bus.address)", "monitor", "--match",
-                                 "type=signal,interface=org.freedesktop.machine1.Manager"],
-                                stdout: berthd.root + "/signals.log", stderr: nil)
+        let monitor = try startBusMonitor(address: bus.address, match: "type=signal,interface=org.freedesktop.machine1.Manager",
+                                          log: berthd.root + "/signals.log")
         defer { kill(monitor, SIGTERM); _ = waitpid(monitor, nil, 0) }
-        usleep(300_000)
         reap(doomed)
         // The pidfd watch of the restarted berthd sees the leader go.
         #expect(try waitUntil { !(try machinectl(bus, ["list", "--no-legend"]).stdout.contains("doomed")) }, "\(berthd.log)")

@@ -6,9 +6,7 @@ import TestSupport
 /// machine1's members that reach into a running machine — shell, login, PTY, root directory, bind
 /// mounts — driven by the real machinectl, busctl and python3-dbus against containers the real
 /// systemd-nspawn registered with berthd, here where PID 1 is not systemd.
-@Suite(.serialized, .enabled(if: (endToEndToolsAvailable && Privileges.isRoot && commandExists("systemd-nspawn") && commandExists("script")
-                                   && FileManager.default.isExecutableFile(atPath: "/bin/busybox")) || Privileges.underCI,
-                             "needs root, systemd-nspawn, script, busybox (apt-get install systemd-container busybox-static bsdutils) and a bus"))
+@Suite(.serialized, .requires(nspawnRequirements + [.commands("script")]))
 struct MachineReachTests {
     /// berthd on a private bus and a busybox root with the applets these tests run.
     static func host() throws -> MachineRegistryTests.Host {
@@ -267,7 +265,7 @@ struct MachineReachTests {
         #expect(!nobodyRoot.succeeded && nobodyRoot.stderr.contains("Access denied"), "\(nobodyRoot.stderr)")
     }
 
-    @Test(.enabled(if: BootedSystemd.skipReason == nil || Privileges.underCI, "\(BootedSystemd.skipReason ?? "")"))
+    @Test(.requires(.bootedSystemd))
     func machinectlLoginReachesTheGettyOfTheContainersSystemd() throws {
         let host = try Self.host()
         defer { host.stop() }

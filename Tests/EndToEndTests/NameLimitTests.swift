@@ -7,8 +7,7 @@ import TestSupport
 /// `.#NAME.raw<16 hex>`, must fit NAME_MAX), honoured by every machine1 and import1 method: a
 /// name at the limit works for import, clone, rename, read-only and remove; one byte more is
 /// InvalidArgs at the call, with nothing created and no transfer started.
-@Suite(.serialized, .enabled(if: import1ToolsAvailable,
-                             "needs root, dbus-daemon, busctl, gdbus, machinectl, gpg, qemu-img, xz and python3"))
+@Suite(.serialized, .requires(import1Requirements))
 struct NameLimitTests {
     static let limit = 233
 

@@ -5,8 +5,7 @@ import TestSupport
 
 /// import1's PullOci against a real registry (Debian's docker-registry on 127.0.0.1, images
 /// pushed with skopeo), driven by berthctl pull-oci and busctl.
-@Suite(.serialized, .enabled(if: ociToolsAvailable || Privileges.underCI,
-                             "needs root, docker-registry, skopeo, openssl, zstd, curl, busybox, systemd-nspawn, machinectl (scripts/packages.txt)"))
+@Suite(.serialized, .requires(ociRequirements))
 struct OciPullTests {
     /// A registry holding the fixtures, and berthd on its own bus and root.
     final class Host: @unchecked Sendable {
@@ -207,7 +206,7 @@ struct OciPullTests {
     }
 
     @Test("on a btrfs pool, a pull sharing its first two layers with an earlier one starts from a snapshot of the tree after them; CleanPool removes the snapshots with the cache",
-          .enabled(if: Privileges.canMakeLoopFilesystems || Privileges.underCI, "needs loop devices and btrfs"))
+          .requires(.loopFilesystems))
     func btrfsPullStartsFromTheSharedLayersSnapshot() throws {
         let host = try Host()
         defer { host.close() }

@@ -6,9 +6,9 @@ import TestSupport
 
 /// What the OCI pull tests need: Debian's docker-registry, skopeo, openssl, zstd, busybox and
 /// systemd-nspawn, as root.
-let ociToolsAvailable = import1ToolsAvailable && commandExists("docker-registry") && commandExists("skopeo")
-    && commandExists("openssl") && commandExists("zstd") && commandExists("curl") && commandExists("systemd-nspawn")
-    && FileManager.default.isExecutableFile(atPath: "/bin/busybox")
+let ociRequirements: [Requirement] = import1Requirements + [
+    .commands("docker-registry", "skopeo", "openssl", "zstd", "curl", "systemd-nspawn"), .file("/bin/busybox"),
+]
 
 /// A free TCP port on 127.0.0.1 (bound, then released for the server to take).
 func freeLoopbackPort() throws -> Int {

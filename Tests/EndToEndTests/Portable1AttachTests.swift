@@ -7,8 +7,7 @@ import TestSupport
 /// private bus without systemd (`--no-reload`), checked file by file against what
 /// systemd-portabled 252 wrote for the same image in a booted system
 /// (Tests/Fixtures/portable252/attach-reference.txt).
-@Suite(.serialized, .enabled(if: (endToEndToolsAvailable && commandExists("portablectl")) || Privileges.underCI,
-                             "needs dbus-daemon, busctl and portablectl (apt-get install systemd-container)"))
+@Suite(.serialized, .requires(.privateBus, .commands("portablectl")))
 struct Portable1AttachTests {
     /// berthd serving portable1 over a root with Berth's profiles in ROOT/usr/lib/… and one image.
     final class Host: @unchecked Sendable {

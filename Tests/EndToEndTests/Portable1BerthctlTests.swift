@@ -5,8 +5,7 @@ import TestSupport
 /// `berthctl portable …` against berthd's portable1 on a private bus, checked on the files it
 /// leaves and against the real portablectl 252 on the same daemon and image
 /// (`Portable1AttachTests.Host`: Berth's profiles and the image foo_1.0).
-@Suite(.serialized, .enabled(if: (endToEndToolsAvailable && commandExists("portablectl")) || Privileges.underCI,
-                             "needs dbus-daemon, busctl and portablectl (apt-get install systemd-container)"))
+@Suite(.serialized, .requires(.privateBus, .commands("portablectl")))
 struct Portable1BerthctlTests {
     struct Row: Decodable, Equatable {
         var name: String

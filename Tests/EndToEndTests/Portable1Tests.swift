@@ -5,9 +5,7 @@ import TestSupport
 
 /// portable1's inspection members against the real portablectl 252, berthd beside
 /// systemd-portabled 252 over the same portable image (each on its own private bus).
-@Suite(.serialized, .enabled(if: (endToEndToolsAvailable && ReferenceDaemon.skipReason == nil && commandExists("portablectl"))
-                                 || Privileges.underCI,
-                             "needs dbus-daemon, busctl, portablectl and root for systemd-portabled (apt-get install systemd-container)"))
+@Suite(.serialized, .requires(.privateBus, .referenceDaemons, .commands("portablectl")))
 struct Portable1Tests {
     /// berthd and portabled, both seeing `<berthd root>/var/lib/portables` as their pool.
     final class Pair: @unchecked Sendable {

@@ -4,8 +4,7 @@ import Testing
 import TestSupport
 
 /// Lock files a hard-killed berthd left are removed when berthd starts again, and it says so.
-@Suite(.serialized, .enabled(if: import1ToolsAvailable,
-                             "needs root, dbus-daemon, busctl, gdbus, machinectl, gpg, qemu-img, xz and python3"))
+@Suite(.serialized, .requires(import1Requirements))
 struct StartupCleanupTests {
     @Test("name-* and .#*.lck lock files nobody holds are removed at start and logged")
     func staleLockFilesAreRemovedAtStartAndLogged() throws {

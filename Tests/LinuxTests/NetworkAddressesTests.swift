@@ -6,7 +6,7 @@ import TestSupport
 
 /// rtnetlink address dumps, in a network namespace of the test's own (unshare -n), entered by a
 /// thread made for it, as GetMachineAddresses reads a container's.
-@Suite(.enabled(if: Privileges.isRoot || Privileges.underCI, "needs root to make a network namespace"))
+@Suite(.requires(.root, .commands("unshare", "ip")))  // a network namespace
 struct NetworkAddressesTests {
     @Test func readsANamespacesAddressesWithoutLoopbackAndLeavesTheCallerWhereItWas() throws {
         let holder = try spawn(["/usr/bin/unshare", "--net", "/bin/sleep", "60"], stdout: "/dev/null", stderr: nil)

@@ -49,7 +49,7 @@ struct IDMappingTests {
 }
 
 /// The copy's promise that a failure leaves nothing behind, on a real filesystem that fills up.
-@Suite(.enabled(if: Privileges.isRoot || Privileges.underCI, "needs root to mount a small tmpfs"))
+@Suite(.requires(.root, .commands("mount", "umount")))
 struct MachineFileCopyFailureTests {
     @Test func aCopyThatRunsOutOfSpaceLeavesNoTempAndNoDestination() throws {
         let work = try TemporaryDirectory(prefix: "berth-copy-enospc")

@@ -66,7 +66,7 @@ import Testing
         }
     }
 
-    @Test(.enabled(if: commandExists("python3"), "needs python3 to hold a lock from another process"))
+    @Test(.requires(.commands("python3")))  // holds a lock from another process
     func lockFilesOfAKilledDaemonAreRemovedAtStartAndHeldOnesKept() async throws {
         let r = try PoolRoot()
         try r.makeTree("var/lib/machines/keep")

@@ -51,7 +51,7 @@ func nspawnLockFiles(root: String, image path: String) throws -> (global: String
 }
 
 @Suite struct LockingTests {
-    @Test(.enabled(if: (commandExists("python3")) || Privileges.underCI, "needs python3 to hold locks from another process"))
+    @Test(.requires(.commands("python3")))  // holds locks from another process
     func anImageLockedByNspawnIsBusyAndFreeAgainAfterwards() async throws {
         let r = try PoolRoot()
         try r.makeTree("var/lib/machines/running", files: ["etc/os-release": "ID=x\n"])
@@ -140,8 +140,7 @@ func nspawnLockFiles(root: String, image path: String) throws -> (global: String
 
 /// The real thing: systemd 252's nspawn against the pool at root `/`, on a throwaway image in
 /// the host's /var/lib/machines (removed afterwards).
-@Suite(.serialized, .enabled(if: (Privileges.isRoot && commandExists("systemd-nspawn") && commandExists("sleep")) || Privileges.underCI,
-                             "needs root and systemd-nspawn (systemd-container) to run a container"))
+@Suite(.serialized, .requires(.root, .commands("systemd-nspawn", "sleep")))
 struct NspawnInteropTests {
     static func startContainer(_ dir: String, errors: Pipe? = nil) throws -> Process {
         let p = Process()

@@ -9,7 +9,7 @@ import Testing
 /// An image that is a symlink in a search path (`/var/lib/machines/linked -> /srv/real`): a
 /// mutation never follows the link out of the pool. The target keeps its immutable flag, its
 /// change time (a flag lifted and put back changes it) and its content through every operation.
-@Suite(.enabled(if: Privileges.isRoot, "needs root to set FS_IMMUTABLE_FL"))
+@Suite(.requires(.root))  // FS_IMMUTABLE_FL
 struct SymlinkedImageTests {
     /// The target's state: immutable flag, ctime, the content of its file.
     struct TargetState: Equatable {

@@ -68,9 +68,8 @@ struct EngineTests {
         let second = try await setup.engine.start(.importRaw(fd: other.read, local: "other"))
         #expect(second.id != first.id)
         #expect(await setup.engine.transfers().map(\.id) == [first.id, second.id].sorted())
-        // Let the workers start and write into their temp entries.
-        try await Task.sleep(for: .milliseconds(500))
-        #expect(try setup.poolEntries().contains { $0.hasPrefix(".#slow") })
+        // The workers start and create their temp entries.
+        #expect(try await waitFor { try setup.poolEntries().contains { $0.hasPrefix(".#slow") } }, "\((try? setup.poolEntries()) ?? [])")
         first.cancel()
         #expect(await setup.engine.cancel(id: second.id))
         #expect(await first.wait() == .canceled)

@@ -10,7 +10,7 @@ import Testing
 @Suite("export-tar and export-raw")
 struct ExportTests {
     @Test("export-tar in every format, re-imported, gives the same tree (owners, modes, xattrs, ACLs, links, devices, sparse)",
-          .enabled(if: (Privileges.isRoot) || Privileges.underCI, "needs root for owners and device nodes"),
+          .requires(.root),  // owners and device nodes
           arguments: ["", "uncompressed", "gzip", "bzip2", "xz", "zstd"])
     func exportTarRoundTrip(_ formatName: String) async throws {
         let tmp = try TemporaryDirectory()
@@ -86,8 +86,12 @@ struct ExportTests {
         _ = try sh("truncate -s 1M '\(setup.poolPath)/disk.raw' && mkdir '\(setup.poolPath)/tree'")
         let fd = open("/dev/null", O_WRONLY | O_CLOEXEC)
         defer { close(fd) }
-        await #expect(throws: PoolError.self) { _ = try await setup.engine.start(.exportTar(local: "disk", fd: fd, format: .xz)) }
-        await #expect(throws: PoolError.self) { _ = try await setup.engine.start(.exportRaw(local: "tree", fd: fd, format: .xz)) }
+        let tarOfRaw = await #expect(throws: PoolError.self) { _ = try await setup.engine.start(.exportTar(local: "disk", fd: fd, format: .xz)) }
+        #expect(tarOfRaw?.code == .notSupported)
+        #expect("\(tarOfRaw.map { "\($0)" } ?? "")".contains("cannot export-tar a raw image"))
+        let rawOfTree = await #expect(throws: PoolError.self) { _ = try await setup.engine.start(.exportRaw(local: "tree", fd: fd, format: .xz)) }
+        #expect(rawOfTree?.code == .notSupported)
+        #expect("\(rawOfTree.map { "\($0)" } ?? "")".contains("cannot export-raw a directory image"))
         do {
             _ = try await setup.engine.start(.exportRaw(local: "missing", fd: fd, format: .xz))
             Issue.record("export of a missing image started")

@@ -34,9 +34,12 @@ struct PipelineTests {
         _ = try sh("gzip -1 '\(tmp.path)/evil.tar'")
         let (fd, cat) = try pipeFrom(tmp.appending("evil.tar.gz"))
         defer { close(fd); cat.waitUntilExit() }
-        #expect(throws: (any Error).self) {
+        let error = #expect(throws: (any Error).self) {
             try TarImport.extract(from: fd, into: tmp.appending("image"), reporter: .silent, confine: false)
         }
+        // The gzip kinds are gzipped twice here: what the pipeline inflates is gzip, not a tar.
+        let reason = kind.contains("gzip") ? "Unrecognized archive format" : hostileReason(kind)
+        #expect("\(error.map { "\($0)" } ?? "")".contains(reason), "\(kind): \(String(describing: error))")
         #expect(try directoryEntries(outside).sorted() == ["victim"])
         #expect(try String(contentsOfFile: outside + "/victim", encoding: .utf8) == "secret\n")
         #expect(try fileStatus(outside + "/victim").linkCount == 1)
@@ -60,9 +63,10 @@ struct PipelineTests {
         var cat: Process?
         if fromPipe { (fd, cat) = try pipeFrom(tmp.appending("a.tgz")) } else { fd = try openRead(tmp.appending("a.tgz")) }
         defer { close(fd); cat?.waitUntilExit() }
-        #expect(throws: (any Error).self) {
+        let error = #expect(throws: (any Error).self) {
             try TarImport.extract(from: fd, into: tmp.appending("image"), reporter: .silent, confine: false)
         }
+        #expect("\(error.map { "\($0)" } ?? "")".contains("the gzip data is truncated"), "\(String(describing: error))")
     }
 
     @Test("a plain and a gzipped tar from a pipe import the same tree as from a file")

@@ -159,11 +159,18 @@ struct PullTests {
     }
 
     @Test("pull fails and installs nothing: checksum mismatch, bad signature, unsigned, 404, truncated download",
-          arguments: [("mismatch/image.tar.xz", VerifyMode.checksum), ("mismatch/disk.raw.xz", .checksum),
-                      ("tampered/image.tar.xz", .signature), ("unsigned/image.tar.xz", .signature),
-                      ("good/missing.tar.xz", .no), ("truncated/good/image.tar.xz", .no), ("truncated/good/disk.raw.xz", .no),
-                      ("nowhere/image.tar.xz", .checksum), ("badcrc/image.tar.gz", .no)])
-    func pullFails(_ path: String, _ verify: VerifyMode) async throws {
+          arguments: [
+              ("mismatch/image.tar.xz", VerifyMode.checksum, "checksum mismatch"),
+              ("mismatch/disk.raw.xz", .checksum, "checksum mismatch"),
+              ("tampered/image.tar.xz", .signature, "signature verification of SHA256SUMS failed: Bad signature"),
+              ("unsigned/image.tar.xz", .signature, "no signature (SHA256SUMS.gpg or .asc) beside"),
+              ("good/missing.tar.xz", .no, "missing.tar.xz failed: HTTP 404"),
+              ("truncated/good/image.tar.xz", .no, "image.tar.xz failed: Transferred a partial file"),
+              ("truncated/good/disk.raw.xz", .no, "disk.raw.xz failed: Transferred a partial file"),
+              ("nowhere/image.tar.xz", .checksum, "nowhere/SHA256SUMS failed: HTTP 404"),
+              ("badcrc/image.tar.gz", .no, "the gzip data is corrupt: incorrect data check"),
+          ])
+    func pullFails(_ path: String, _ verify: VerifyMode, _ reason: String) async throws {
         let site = try Site()
         defer { site.close() }
         let url = site.server.url(path)
@@ -174,7 +181,7 @@ struct PullTests {
             Issue.record("pull of \(path) with \(verify) did not fail: \(result) \(events)")
             return
         }
-        #expect(!message.isEmpty)
+        #expect(message.contains(reason), "\(path): \(message)")
         #expect(events.contains { if case .log(LogPriority.error, _) = $0 { true } else { false } })
         #expect(try site.leftovers() == [])
     }

@@ -10,7 +10,7 @@ import Testing
 @Suite("failures users need to see are reported, not swallowed")
 struct ReportingTests {
     @Test("a forced import whose old image cannot be removed succeeds with a warning naming the leftover, which the next start removes",
-          .enabled(if: Privileges.isRoot, "needs root to mount"))
+          .requires(.root, .commands("mount")))
     func forcedImportReportsItsLeftover() async throws {
         let tmp = try TemporaryDirectory()
         defer { tmp.remove() }

@@ -101,12 +101,15 @@ struct StatusPipeTests {
         }
         let child = try #require(pid)
         // Reap it behind WorkerProcess's back: its own wait then fails with ECHILD. The test's
-        // waitpid is already waiting when the worker exits, so it usually wins.
+        // waitpid is already blocked in the kernel when the worker exits (WorkerProcess polls
+        // the pidfd and waits only once it is readable), so it usually wins.
+        let waitingBefore = threadsBlockedInWait()
         let reaping = Task { try await Blocking.run { () -> Int32 in
             var status: Int32 = 0
             return waitpid(child, &status, 0)
         } }
-        try await Task.sleep(for: .milliseconds(200))
+        // Bounded, not asserted: where wchan is hidden the run still ends, just with a coin toss.
+        _ = await waitFor(seconds: 10) { threadsBlockedInWait() > waitingBefore }
         close(data.write)
         let reaped = try await reaping.value
         let outcome = await valueOf(run, within: 30)
@@ -116,6 +119,12 @@ struct StatusPipeTests {
             #expect(ended.failureMessage.contains("wait"), "\(ended.failureMessage)")
         }
     }
+}
+
+/// How many threads of this process sleep in wait(2) (`do_wait` in /proc/self/task/*/wchan).
+private func threadsBlockedInWait() -> Int {
+    let tasks = (try? FileManager.default.contentsOfDirectory(atPath: "/proc/self/task")) ?? []
+    return tasks.filter { (try? String(contentsOfFile: "/proc/self/task/\($0)/wchan", encoding: .utf8)) == "do_wait" }.count
 }
 
 /// The task's value, or nil if it has none after `seconds` (the task is left running).

@@ -135,6 +135,22 @@ let hostileKinds = ["dotdot", "absolute", "symlink-escape", "hardlink-outside", 
                     "hardlink-through-symlink", "truncated", "corrupt-gzip", "huge-size",
                     "gzip-crc", "gzip-length", "gzip-stored-flip", "gzip-truncated-member"]
 
+/// Why the worker refuses each of `hostileKinds`: the words its failure message must carry (an
+/// archive refused for the wrong reason — a crash, an I/O error — is a bug too).
+func hostileReason(_ kind: String) -> String {
+    switch kind {
+    case "dotdot", "hardlink-dotdot": "Path contains '..'"
+    case "absolute", "hardlink-outside": "Path is absolute"
+    case "symlink-escape", "hardlink-through-symlink": "Cannot extract through symlink"
+    case "truncated", "huge-size": "Truncated tar archive"
+    case "corrupt-gzip": "the gzip data is corrupt"
+    case "gzip-crc", "gzip-stored-flip": "the gzip data is corrupt: incorrect data check"
+    case "gzip-length": "the gzip data is corrupt: incorrect length check"
+    case "gzip-truncated-member": "the gzip data is truncated"
+    default: "no reason known for \(kind)"
+    }
+}
+
 /// Writes a hostile tar of `kind` (made with python3's tarfile) aimed at `outside`.
 func makeHostileArchive(_ kind: String, at archive: String, outside: String) throws {
     let script = """

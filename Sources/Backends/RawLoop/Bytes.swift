@@ -1,15 +1,9 @@
 import Linux
 import PoolAPI
 
-/// Fixed-width integer loads from on-disk structures, which are little-endian (GPT, ext4) or
-/// big-endian (qcow2). Callers check bounds before loading: these trap on a bad offset.
+/// Fixed-width integer loads from on-disk structures (qcow2's are big-endian). Callers check
+/// bounds before loading: these trap on a bad offset.
 extension Array where Element == UInt8 {
-    func littleEndian<T: FixedWidthInteger>(_ type: T.Type, at offset: Int) -> T {
-        var value: T = 0
-        for i in (0..<MemoryLayout<T>.size).reversed() { value = value << 8 | T(self[offset + i]) }
-        return value
-    }
-
     func bigEndian<T: FixedWidthInteger>(_ type: T.Type, at offset: Int) -> T {
         var value: T = 0
         for i in 0..<MemoryLayout<T>.size { value = value << 8 | T(self[offset + i]) }

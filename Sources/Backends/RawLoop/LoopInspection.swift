@@ -1,112 +1,110 @@
+import CLinux
 import Glibc
+import InspectProtocol
 import Linux
 import PoolAPI
 import Synchronization
 
-/// A raw image's root filesystem, mounted read-only from a read-only loop device in a private
-/// folder. `close()` (or deinit) unmounts, removes the folder and detaches the loop device.
-///
-/// Layout of the private folder `<runtime>/inspect/XXXXXX` (mode 0700):
-/// `root/` is the mount point handed out, `dev/` holds partition nodes Berth had to make itself.
-final class LoopInspectionRoot: InspectionRoot {
+/// A raw image's root filesystem as a `berth-inspect` child holds it mounted in its own mount
+/// namespace, read by berthd through `/proc/CHILD/root/…` — a path that crosses into the child's
+/// namespace without any mount in berthd's. berthd opens the mounted root once, when the child
+/// says it is ready, and hands out that open folder (`/proc/self/fd/N`), so what the readers see
+/// cannot change under them. `close()` (or deinit) lets the child go: it unmounts, detaches its
+/// loop device and exits; berthd reaps it.
+final class ChildInspectionRoot: InspectionRoot {
     let root: String
-    private let folder: String
-    private struct State: ~Copyable {
-        var loop: LoopDevice?
-        /// Mount points, in the order they were mounted.
-        var mounts: [String] = []
-        /// Folders and nodes made inside `folder`, removed in reverse order.
-        var made: [String] = []
-        var closed = false
+    private struct State {
+        var folder: FileDescriptor?
+        var child: InspectorChild?
     }
-    private let state = Mutex(State())
+    private let state: Mutex<State>
 
-    /// Makes the private folder under `runtimeDirectory/inspect`.
-    init(runtimeDirectory: String) throws {
-        let parent = joinPath(runtimeDirectory, "inspect")
-        try io("cannot make \(parent)") { () throws(SystemCallError) in try makeDirectories(parent, mode: 0o700) }
-        var template = Array(joinPath(parent, "XXXXXX").utf8CString)
-        guard let made = mkdtemp(&template) else {
-            throw PoolError.from(SystemCallError("mkdtemp", .current, subject: parent), "cannot make an inspection folder")
-        }
-        folder = String(cString: made)
-        root = joinPath(folder, "root")
-        do {
-            try io("cannot make \(root)") { () throws(SystemCallError) in try makeDirectory(root, mode: 0o755) }
-        } catch {
-            rmdir(folder)
-            throw error
-        }
-        state.withLock { $0.made.append(root) }
+    fileprivate init(folder: FileDescriptor, child: sending InspectorChild) {
+        root = "/proc/self/fd/\(folder.rawValue)"
+        state = Mutex(State(folder: folder, child: child))
     }
 
-    /// Takes ownership of the loop device, so that `close()` detaches it.
-    func adopt(_ loop: LoopDevice) {
-        state.withLock { $0.loop = loop }
-    }
+    /// The child's pid, for tests that look at its namespace.
+    var childProcess: pid_t? { state.withLock { $0.child?.pid } }
 
-    /// A block node for `device` inside the private folder, for a partition devtmpfs did not make.
-    func makeNode(named name: String, device: dev_t) throws -> String {
-        let dev = joinPath(folder, "dev")
-        let exists = state.withLock { $0.made.contains(dev) }
-        if !exists {
-            try io("cannot make \(dev)") { () throws(SystemCallError) in try makeDirectory(dev, mode: 0o700) }
-            state.withLock { $0.made.append(dev) }
-        }
-        let node = joinPath(dev, name)
-        try io("cannot make the device node \(node)") { () throws(SystemCallError) in try makeBlockDeviceNode(node, device: device) }
-        state.withLock { $0.made.append(node) }
-        return node
-    }
-
-    /// Makes folder `path` (inside the private folder, on no mounted filesystem) for a mount point.
-    func makeMountPoint(_ path: String) throws {
-        try io("cannot make \(path)") { () throws(SystemCallError) in try makeDirectory(path, mode: 0o755) }
-        state.withLock { $0.made.append(path) }
-    }
-
-    /// mount(2) of `device` at `target`, read-only, nosuid, nodev, noexec; a filesystem whose
-    /// journal needs replaying is mounted again without replay, which a read-only device forbids.
-    func mount(_ device: String, at target: String, kind: FilesystemKind) throws {
-        do {
-            try mountFilesystem(device, at: target, type: kind.mountType, flags: .inspection)
-        } catch let first {
-            guard let option = kind.noRecoveryOption,
-                  (try? mountFilesystem(device, at: target, type: kind.mountType, flags: .inspection, options: option)) != nil else {
-                let code: PoolError.Code = [.EPERM, .EACCES, .ENOMEM].contains(first.errno) ? .system : .invalidImage
-                throw PoolError(code, "cannot mount the image's \(kind.rawValue) filesystem read-only", cause: first)
-            }
-        }
-        state.withLock { $0.mounts.append(target) }
-    }
-
-    /// Unmounts (lazily where busy), removes what was made and detaches the loop device.
-    /// Idempotent; also run on every error path of `openForInspection`.
+    /// Closes the root folder, then releases the child and waits for it to end. Idempotent.
     func close() {
         state.withLock { s in
-            guard !s.closed else { return }
-            s.closed = true
-            for target in s.mounts.reversed() { unmountOrDetach(target) }
-            s.mounts.removeAll()
-            for path in s.made.reversed() {
-                if unlink(path) != 0 { rmdir(path) }
-            }
-            s.made.removeAll()
-            rmdir(folder)
-            // After the unmount the device has no other user: LOOP_CLR_FD unbinds it at once,
-            // or, if a lazy unmount still holds it, autoclear unbinds it when that lets go.
-            s.loop?.detach()
-            s.loop = nil
+            s.folder?.close()
+            s.folder = nil
+            s.child?.release()
+            s.child = nil
         }
     }
 
     deinit { close() }
 }
 
+/// A running `berth-inspect` and berthd's ends of its pipes. Used by one owner at a time (the
+/// inspection that started it, then the root under its lock).
+private final class InspectorChild {
+    let pid: pid_t
+    let process: FileDescriptor
+    private var hold: FileDescriptor?
+    let answer: FileDescriptor
+
+    init(pid: pid_t, process: FileDescriptor, hold: FileDescriptor, answer: FileDescriptor) {
+        self.pid = pid
+        self.process = process
+        self.hold = hold
+        self.answer = answer
+    }
+
+    /// Ends the hold (end of file on the child's side: it unmounts, detaches, exits) and reaps
+    /// the child, killing it if it is still there after `grace` seconds.
+    func release(grace: Int32 = 10) {
+        hold?.close()
+        hold = nil
+        answer.close()
+        if !Self.waitForExit(process, milliseconds: grace * 1000) {
+            _ = try? sendSignal(SIGKILL, toProcess: process)
+            _ = Self.waitForExit(process, milliseconds: -1)
+        }
+        process.close()
+    }
+
+    /// Kills the child at once and reaps it (its mounts and loop device go with its namespace).
+    func kill() {
+        hold?.close()
+        hold = nil
+        answer.close()
+        _ = try? sendSignal(SIGKILL, toProcess: process)
+        _ = Self.waitForExit(process, milliseconds: -1)
+        process.close()
+    }
+
+    /// Waits (poll on the pidfd, at most `milliseconds`, -1: no bound) and reaps; true if reaped.
+    static func waitForExit(_ process: FileDescriptor, milliseconds: Int32) -> Bool {
+        var p = pollfd(fd: process.rawValue, events: Int16(POLLIN), revents: 0)
+        var r: Int32
+        repeat { r = poll(&p, 1, milliseconds) } while r < 0 && errno == EINTR
+        guard r > 0 else { return false }
+        return (try? pollExit(processDescriptor: process)) != nil
+    }
+}
+
 extension RawLoopBackend {
-    /// Unmounts and removes whatever inspections a previous run of the daemon left under
-    /// `runtimeDirectory/inspect` (it crashed between mounting and `close()`); their loop devices
-    /// are autoclear and go with the last unmount. Call once at start-up, before any inspection.
+    /// `berth-inspect` in the folder of the running executable: berthd's (installed beside it),
+    /// or the test runner's (the build folder holds both).
+    public static func inspectorBesideSelf() -> String {
+        let exe = (try? readLink("/proc/self/exe")) ?? ""
+        let folder = exe.lastIndex(of: "/").map { String(exe[..<$0]) } ?? "."
+        return folder + "/berth-inspect"
+    }
+
+    /// How long berthd waits for the child's answer before it kills it: probing is quick, but a
+    /// hostile filesystem can keep the kernel busy in mount(2).
+    static let answerTimeoutMilliseconds: Int32 = 120_000
+
+    /// Before this version, inspections were mounted in berthd's own namespace under
+    /// `runtimeDirectory/inspect`, and a crash could leave them there: unmounts and removes what a
+    /// previous daemon left. Today's children leave nothing in berthd's namespace, so on a fresh
+    /// system this finds nothing. Call once at start-up.
     public func cleanUpStaleInspections() {
         let parent = joinPath(runtimeDirectory, "inspect")
         let stale = currentMountPoints().filter { $0.hasPrefix(parent + "/") }
@@ -119,9 +117,9 @@ extension RawLoopBackend {
         }
     }
 
-    /// The work behind `openForInspection`: find the filesystem to mount (a DPS root and/or /usr
-    /// partition of a GPT disk, or a bare filesystem), attach the file read-only to a loop
-    /// device, wait for the partition's device node, mount. Any failure undoes all of it.
+    /// The work behind `openForInspection`: opens the image (never through a symlink), starts
+    /// `berth-inspect` on it, and waits for its one-line answer, which is parsed strictly. Any
+    /// failure kills and reaps the child, whose namespace takes its mounts and loop device along.
     func inspect(path: String) throws -> any InspectionRoot {
         let file = try io("cannot open \(path)") { () throws(SystemCallError) in
             try FileDescriptor.open(path, flags: O_RDONLY | O_NOFOLLOW | O_NOCTTY)
@@ -129,100 +127,115 @@ extension RawLoopBackend {
         defer { file.close() }
         let status = try io("cannot stat \(path)") { () throws(SystemCallError) in try file.stat() }
         guard status.isRegular else { throw PoolError(.invalidImage, "\(path) is not a regular file") }
-        let size = UInt64(max(status.size, 0))
         if Qcow2Image.isQcow2(file) {
             throw PoolError(.notSupported, "\(path) is a qcow2 image; only raw images can be inspected")
         }
+        // The child mounts a private tmpfs over this folder in its own namespace; berthd's sees
+        // an empty folder.
+        let base = joinPath(runtimeDirectory, "inspect")
+        try io("cannot make \(base)") { () throws(SystemCallError) in try makeDirectories(base, mode: 0o700) }
 
-        // Decide everything that reading the file can decide before any kernel state exists.
-        var plans: [(partition: DiskPartition?, kind: FilesystemKind, isUsr: Bool)] = []
-        var sectorSize: UInt64 = 512
-        func probe(_ p: DiskPartition) throws -> FilesystemKind {
-            guard let kind = try FilesystemKind.probe(file, at: p.start) else {
-                throw PoolError(.invalidImage, "partition \(p.index) of \(path) holds no filesystem Berth can mount (ext4, btrfs, xfs, vfat, squashfs, erofs)")
-            }
-            return kind
-        }
-        if let table = try GPTTable.read(file, size: size) {
-            sectorSize = table.sectorSize
-            let chosen = DiscoverablePartitions.select(from: table)
-            guard chosen.root != nil || chosen.usr != nil else {
-                throw PoolError(.invalidImage, "\(path) has a GPT partition table but no root or /usr partition (Discoverable Partitions Specification)")
-            }
-            for (p, isUsr) in [(chosen.root, false), (chosen.usr, true)] {
-                guard let p else { continue }
-                let partition = DiskPartition(gpt: p, in: table)
-                plans.append((partition, try probe(partition), isUsr))
-            }
-        } else if let kind = try FilesystemKind.probe(file, at: 0) {
-            plans.append((nil, kind, false))
-        } else if let partition = try MBRTable.singleLinuxPartition(file, size: size) {
-            plans.append((partition, try probe(partition), false))
-        } else {
-            throw PoolError(.invalidImage, "\(path) has neither a GPT partition table with a root partition, nor a filesystem Berth can mount, nor an MBR with one Linux partition")
-        }
-        let partitioned = plans.contains { $0.partition != nil }
-
-        let inspection = try LoopInspectionRoot(runtimeDirectory: runtimeDirectory)
+        let child = try spawnInspector(file: file, base: base)
+        let bytes: [UInt8]
         do {
-            let loop = try io("cannot attach \(path) to a loop device") { () throws(SystemCallError) in
-                try LoopDevice.attach(file, readOnly: true, partitionScan: partitioned,
-                                      blockSize: sectorSize == 4096 ? 4096 : 0)
-            }
-            inspection.adopt(loop)
-            for plan in plans {
-                let device: String
-                if let p = plan.partition {
-                    device = try partitionNode(of: loop, partition: p, inspection: inspection)
-                } else {
-                    device = loop.path
-                }
-                var target = inspection.root
-                if plan.isUsr {
-                    target = joinPath(inspection.root, "usr")
-                    if plans.count == 1 {
-                        try inspection.makeMountPoint(target)  // a /usr-only image: root is our folder
-                    } else if (try? fileStatus(target))?.isDirectory != true {
-                        continue  // the root filesystem has no /usr to mount it on: inspect the root alone
-                    }
-                }
-                try inspection.mount(device, at: target, kind: plan.kind)
-            }
-            return inspection
+            bytes = try readAnswer(child.answer)
         } catch {
-            inspection.close()
+            child.kill()
             throw error
+        }
+        switch InspectorAnswer.parse(bytes) {
+        case .ready:
+            let mounted = "/proc/\(child.pid)/root\(base)/\(InspectorAnswer.rootFolder)"
+            let folder: FileDescriptor
+            do {
+                folder = try FileDescriptor.open(mounted, flags: FileDescriptor.pathOnly | O_DIRECTORY)
+            } catch {
+                child.kill()
+                throw PoolError.from(error, "cannot open the root of \(path) that the image inspector mounted")
+            }
+            return ChildInspectionRoot(folder: folder, child: child)
+        case .failed(let failure):
+            child.release()
+            throw Self.poolError(failure, image: path)
+        case nil:
+            child.kill()
+            let what = bytes.isEmpty ? "ended without an answer" : "answered something malformed"
+            throw PoolError(.system, "the image inspector (\(inspectorExecutable)) \(what) while inspecting \(path)")
         }
     }
 
-    /// The device node of partition `p` of `loop`: /dev/loopNpM as devtmpfs makes it once the
-    /// kernel's partition scan has registered it. Where the kernel did not register it, Berth
-    /// adds it (BLKPG_ADD_PARTITION); where no node appears (a /dev without devtmpfs or udev),
-    /// Berth makes one in its private folder.
-    private func partitionNode(of loop: LoopDevice, partition p: DiskPartition,
-                               inspection: LoopInspectionRoot) throws -> String {
-        let name = loop.partitionName(p.index)
-        let node = "/dev/\(name)"
-        var added = false
-        for attempt in 0..<150 {
-            if let dev = loop.partitionDeviceNumber(p.index) {
-                if let st = try? fileStatus(node), st.isBlockDevice, st.rdev == UInt64(dev) { return node }
-                if attempt >= 100 { return try inspection.makeNode(named: name, device: dev) }
-            } else if !added, attempt >= 5 {
-                // LOOP_CONFIGURE scans the table before it returns, so a partition still missing
-                // now is one the kernel cannot see (a kernel built without GPT support, as on
-                // some VM kernels): tell it where the partition is.
-                do {
-                    try loop.addPartition(p.index, start: p.start, length: p.length)
-                } catch where error.errno == .EBUSY {
-                    // A late partition scan registered it after all: keep waiting for its node.
-                } catch {
-                    throw PoolError.from(error, "cannot add partition \(p.index) to \(loop.path)")
-                }
-                added = true
-            }
-            usleep(10_000)
+    /// Starts the child with the image as fd 3, the hold pipe's read end as fd 4 and the
+    /// answer pipe's write end as fd 5; berthd keeps the other ends (close-on-exec, so no other
+    /// child inherits the hold pipe's write end and keeps the inspection alive).
+    private func spawnInspector(file: FileDescriptor, base: String) throws -> InspectorChild {
+        func pipe() throws -> (read: FileDescriptor, write: FileDescriptor) {
+            var fds: [Int32] = [-1, -1]
+            try io("cannot make a pipe") { () throws(SystemCallError) in try sys("pipe2") { pipe2(&fds, O_CLOEXEC) } }
+            return (FileDescriptor(owning: fds[0]), FileDescriptor(owning: fds[1]))
         }
-        throw PoolError(.system, "partition \(p.index) of \(loop.path) did not appear")
+        let hold = try pipe(), answer = try pipe()
+        defer {
+            hold.read.close()
+            answer.write.close()
+        }
+        let pid = try io("cannot start the image inspector \(inspectorExecutable)") { () throws(SystemCallError) in
+            try spawnProcess(inspectorExecutable, arguments: [InspectorAnswer.mountBaseOption, base],
+                             descriptors: [file.rawValue, hold.read.rawValue, answer.write.rawValue])
+        }
+        do {
+            let process = try openProcessDescriptor(pid)
+            return InspectorChild(pid: pid, process: process, hold: hold.write, answer: answer.read)
+        } catch {
+            // Cannot happen for our own unreaped child short of running out of fds: end it.
+            Glibc.kill(pid, SIGKILL)
+            _ = try? waitForExit(pid)
+            throw PoolError.from(error, "cannot watch the image inspector")
+        }
+    }
+
+    /// Reads the child's answer: up to the first newline, the end of the pipe, or one byte
+    /// more than an answer may have; at most `answerTimeoutMilliseconds` in all.
+    private func readAnswer(_ pipe: FileDescriptor) throws -> [UInt8] {
+        var bytes: [UInt8] = []
+        var chunk = [UInt8](repeating: 0, count: 256)
+        let deadline = monotonicMilliseconds() + Int64(Self.answerTimeoutMilliseconds)
+        while !bytes.contains(UInt8(ascii: "\n")), bytes.count <= InspectorAnswer.maximumLength {
+            let left = deadline - monotonicMilliseconds()
+            guard left > 0 else {
+                throw PoolError(.system, "the image inspector did not answer within \(Self.answerTimeoutMilliseconds / 1000) seconds")
+            }
+            var p = pollfd(fd: pipe.rawValue, events: Int16(POLLIN), revents: 0)
+            let r = poll(&p, 1, Int32(left))
+            if r < 0 && errno == EINTR { continue }
+            if r <= 0 { continue }
+            let n: Int
+            do {
+                n = try chunk.withUnsafeMutableBytes { b in try pipe.read(into: b) }
+            } catch let error as SystemCallError {
+                throw PoolError.from(error, "cannot read the image inspector's answer")
+            }
+            if n == 0 { break }
+            bytes += chunk[0..<n]
+        }
+        return bytes
+    }
+
+    private func monotonicMilliseconds() -> Int64 {
+        var t = timespec()
+        clock_gettime(CLOCK_MONOTONIC, &t)
+        return Int64(t.tv_sec) * 1000 + Int64(t.tv_nsec) / 1_000_000
+    }
+
+    /// The child's failure as the pool's error: its kind, and its system call (if any) as cause.
+    static func poolError(_ f: InspectorAnswer.Failure, image: String) -> PoolError {
+        let message = "cannot inspect \(image): \(f.message)"
+        let cause = f.call.map { SystemCallError($0, Errno(f.errno)) }
+        switch f.kind {
+        case .invalidImage: return PoolError(.invalidImage, message, cause: cause)
+        case .notSupported: return PoolError(.notSupported, message, cause: cause)
+        case .system:
+            if let cause { return PoolError.from(cause, message) }
+            return PoolError(.system, message)
+        }
     }
 }

@@ -8,15 +8,22 @@ import PoolAPI
 ///
 /// Clones share extents where the filesystem can (FICLONE) and stay sparse where it cannot.
 /// Read-only is the immutable inode flag (FS_IMMUTABLE_FL), so it holds against root too, where
-/// systemd only drops the write bits. Inspection attaches the file read-only to a loop device and
-/// mounts its root filesystem read-only in a private folder under the runtime directory.
+/// systemd only drops the write bits. Inspection runs in a `berth-inspect` child: it probes the
+/// file with libblkid, attaches it read-only to a loop device and mounts its root filesystem
+/// read-only in a mount namespace of its own, where berthd reads it through /proc/CHILD/root.
 public struct RawLoopBackend: ImageBackend {
-    /// Berth's runtime folder (`<root>/run/berth`): inspection mounts go in `inspect/` below it.
+    /// Berth's runtime folder (`<root>/run/berth`): inspection children mount a private tmpfs
+    /// over `inspect/` below it, in their own namespaces.
     public let runtimeDirectory: String
+    /// The `berth-inspect` executable that probes and mounts images for inspection.
+    public let inspectorExecutable: String
 
-    /// - Parameter runtimeDirectory: where private mount points may be made (`<root>/run/berth`).
-    public init(runtimeDirectory: String) {
+    /// - Parameters:
+    ///   - runtimeDirectory: Berth's runtime folder (`<root>/run/berth`).
+    ///   - inspector: the `berth-inspect` executable (default: the one beside this executable).
+    public init(runtimeDirectory: String, inspector: String = RawLoopBackend.inspectorBesideSelf()) {
         self.runtimeDirectory = runtimeDirectory
+        self.inspectorExecutable = inspector
     }
 
     /// The suffix that makes a regular file in a pool folder a raw image.
@@ -92,12 +99,7 @@ public struct RawLoopBackend: ImageBackend {
     public func clone(from source: String, to destination: String) throws {
         let input: FileDescriptor
         do {
-            input = try FileDescriptor.open(source, flags: O_RDONLY | O_NOFOLLOW | O_NOCTTY | RawLoopBackend.noAccessTime)
-        } catch where error.errno == .EPERM {
-            // O_NOATIME needs ownership or CAP_FOWNER; without them, read normally.
-            input = try systemCall("cannot open \(source)") { () throws(SystemCallError) in
-                try FileDescriptor.open(source, flags: O_RDONLY | O_NOFOLLOW | O_NOCTTY)
-            }
+            input = try FileDescriptor.openPreservingAccessTime(source, flags: O_RDONLY | O_NOFOLLOW | O_NOCTTY)
         } catch {
             throw error.errno == .ENOENT ? PoolError(.noSuchImage, "cannot open \(source)", cause: error)
                                          : PoolError.from(error, "cannot open \(source)")
@@ -117,10 +119,6 @@ public struct RawLoopBackend: ImageBackend {
             throw PoolError.from(error, "cannot clone \(source) to \(destination)")
         }
     }
-
-    /// O_NOATIME (GNU-only in glibc's headers, so not imported): 01000000 on every Linux ABI
-    /// Swift runs on.
-    static let noAccessTime: Int32 = 0o1000000
 
     /// Owner (fchown), extended attributes (ACLs included), mode (after the owner, as chown clears
     /// set-user-ID bits) and times (futimens, last, as every other change moves them).
@@ -206,10 +204,11 @@ public struct RawLoopBackend: ImageBackend {
         throw PoolError(.notSupported, "raw images have no size limits")
     }
 
-    /// Attaches the image read-only to a loop device and mounts its root filesystem (the DPS
-    /// root and /usr partitions of a GPT disk, or a bare filesystem) read-only, nosuid, nodev,
-    /// noexec under `runtimeDirectory/inspect/`. Nothing stays attached or mounted if this
-    /// throws; the returned root's `close()` releases everything.
+    /// Has a `berth-inspect` child probe the image with libblkid, attach it read-only to a loop
+    /// device and mount its root filesystem (the DPS root and /usr partitions of a GPT disk, the
+    /// one Linux partition of an MBR disk, or a bare filesystem) read-only, nosuid, nodev, noexec
+    /// in the child's own mount namespace; the returned root reads it through /proc/CHILD/root.
+    /// Nothing stays attached, mounted or running if this throws; the root's `close()` ends it all.
     public func openForInspection(at path: String) throws -> any InspectionRoot {
         try inspect(path: path)
     }
