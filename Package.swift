@@ -96,6 +96,11 @@ let package = Package(
         .executableTarget(name: "berth-bench", dependencies: [
             "Bus", "Services", "CBtrfsUtil", "CSystemd", "Linux", .product(name: "ArgumentParser", package: "swift-argument-parser"),
         ]),
+        // One entry function per parser of outside input, for libFuzzer (berth-fuzz, below) and
+        // for FuzzReplayTests, which replays the kept corpus (docs/fuzzing.md).
+        .target(name: "FuzzTargets", dependencies: [
+            "RawLoopBackend", "PoolAPI", "Machines", "Portable", "Transfer", "TransferJobs", "Bus", "Services", "Linux", "CLinux",
+        ]),
 
         // Shared test helpers: private dbus-daemon, loopback filesystems, berthd under --root.
         .target(name: "TestSupport", dependencies: ["Linux"], path: "Tests/TestSupport"),
@@ -117,5 +122,16 @@ let package = Package(
         .testTarget(name: "BusTests", dependencies: ["Bus", "TestSupport"]),
         .testTarget(name: "BerthCLITests", dependencies: ["BerthCLI", "Bus", "Linux", "TestSupport"]),
         .testTarget(name: "EndToEndTests", dependencies: ["TestSupport", "Bus", "Services", "Linux"]),
+        .testTarget(name: "FuzzReplayTests", dependencies: ["FuzzTargets", "PoolAPI", "Linux", "TransferJobs"]),
     ]
 )
+
+// The libFuzzer executable and its declaration of libFuzzer's driver: they link only with
+// `-sanitize=fuzzer`, so they are declared only for scripts/fuzz.sh (BERTH_FUZZ=1), never in
+// a normal build or CI's.
+if Context.environment["BERTH_FUZZ"] == "1" {
+    package.targets += [
+        .systemLibrary(name: "CFuzzer"),
+        .executableTarget(name: "berth-fuzz", dependencies: ["FuzzTargets", "CFuzzer"]),
+    ]
+}

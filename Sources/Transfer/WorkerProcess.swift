@@ -210,7 +210,7 @@ public final class WorkerProcess: Sendable {
 
     /// Turns the bytes of the status pipe into events, within bounds: one unfinished line at
     /// most, progress passed on once per read (its latest value), log lines rate-limited.
-    private struct StatusReader {
+    package struct StatusReader {
         let onMessage: @Sendable (TransferEvent) -> Void
         var splitter = StatusLineSplitter()
         var limiter = LogRateLimiter()
@@ -220,10 +220,10 @@ public final class WorkerProcess: Sendable {
         var protocolError: String?
         var download: DownloadNote?
 
-        init(onMessage: @escaping @Sendable (TransferEvent) -> Void) { self.onMessage = onMessage }
+        package init(onMessage: @escaping @Sendable (TransferEvent) -> Void) { self.onMessage = onMessage }
 
         /// false once the worker broke the protocol (then `protocolError` says how).
-        mutating func feed(_ bytes: UnsafeRawBufferPointer) -> Bool {
+        package mutating func feed(_ bytes: UnsafeRawBufferPointer) -> Bool {
             var progress: Double?
             var logs: [(Int32, String)] = []
             var errorLine: String?
@@ -258,7 +258,7 @@ public final class WorkerProcess: Sendable {
         }
 
         /// The suppression note and a suppressed error line, then the protocol error.
-        mutating func finish() {
+        package mutating func finish() {
             for (p, t) in limiter.flush() { onMessage(.log(priority: p, message: t)) }
             if lastErrorUnsent, let lastError { onMessage(.log(priority: LogPriority.error, message: lastError)) }
             if let protocolError { onMessage(.log(priority: LogPriority.error, message: protocolError)) }

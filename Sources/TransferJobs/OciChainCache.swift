@@ -14,9 +14,9 @@ import Transfer
 ///
 /// The snapshots are writable subvolumes (so CleanPool's removal of the cache can empty and
 /// remove them); only the worker touches them, in the 0700 pool folder.
-enum OciChainCache {
+package enum OciChainCache {
     /// The chain id of each prefix: ids[i] covers layers 0...i.
-    static func chainIDs(_ layers: [OciDescriptor]) -> [String] {
+    package static func chainIDs(_ layers: [OciDescriptor]) -> [String] {
         var ids: [String] = []
         var previous = ""
         for layer in layers {

@@ -14,7 +14,7 @@ import struct SystemPackage.FilePath
 /// root), libarchive's disk writer refuses `..`, absolute paths and writing through symlinks;
 /// whiteouts are resolved with openat2 inside the tree and refused through a symlink. A layer
 /// entry that is refused fails the pull.
-enum OciLayers {
+package enum OciLayers {
     /// Applies the layer in the file `blob` (already verified) into the tree `root`;
     /// `progress` gets the bytes of `blob` consumed so far.
     static func apply(blob: FileDescriptor, into root: FileDescriptor, reporter: StatusReporter,
@@ -105,7 +105,7 @@ enum OciLayers {
 
     /// `raw` as a relative path without `.`, empty components or a leading `/`; nil if it has
     /// a `..` component. "" for the root.
-    static func normalize(_ raw: String) -> String? {
+    package static func normalize(_ raw: String) -> String? {
         var parts: [Substring] = []
         for c in raw.split(separator: "/", omittingEmptySubsequences: true) {
             if c == "." { continue }

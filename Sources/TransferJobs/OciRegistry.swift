@@ -249,12 +249,12 @@ private final class RequestContext: @unchecked Sendable {
 }
 
 /// `WWW-Authenticate: Bearer realm="…",service="…",scope="…"`.
-struct BearerChallenge: Equatable {
-    var realm: String
-    var service: String?
-    var scope: String?
+package struct BearerChallenge: Equatable {
+    package var realm: String
+    package var service: String?
+    package var scope: String?
 
-    init?(_ header: String) {
+    package init?(_ header: String) {
         let trimmed = header.drop { $0 == " " }
         guard trimmed.lowercased().hasPrefix("bearer ") else { return nil }
         var parameters: [String: String] = [:]

@@ -272,7 +272,7 @@ extension Pull {
     }
 
     /// The hash of `file` in SHA256SUMS lines `<hex> *<name>` or `<hex>  <name>`.
-    static func checksum(for file: String, in sums: [UInt8]) throws -> String {
+    package static func checksum(for file: String, in sums: [UInt8]) throws -> String {
         // isNewline: "\r\n" is one Character in Swift, so splitting on "\n" would miss it.
         for line in String(decoding: sums, as: UTF8.self).split(whereSeparator: \.isNewline) {
             guard line.count > 66 else { continue }
@@ -286,7 +286,7 @@ extension Pull {
     }
 
     /// A `<file>.sha256`: the hex digest, optionally followed by a name.
-    static func parseSingleChecksum(_ data: [UInt8]) throws -> String {
+    package static func parseSingleChecksum(_ data: [UInt8]) throws -> String {
         let text = String(decoding: data, as: UTF8.self)
         let hex = text.prefix(64)
         guard hex.count == 64, isHex(hex) else { throw TransferError("malformed .sha256 file") }
