@@ -22,4 +22,12 @@ if [ -n "$findings" ]; then
     echo "lint.sh: $(echo "$findings" | grep -c ': error: \|: warning: ') finding(s); see .swift-format" >&2
     exit 1
 fi
+# Privileged tests are gated only by `.requires(…)` (Tests/TestSupport/Privileges.swift), which
+# fails under CI where a bare `.enabled(if:)` would skip silently.
+gates=$(grep -rn --include='*.swift' '\.enabled(if' Tests | grep -v '^Tests/TestSupport/Privileges.swift:' || true)
+if [ -n "$gates" ]; then
+    echo "$gates" >&2
+    echo "lint.sh: gate privileged tests with .requires(…), not .enabled(if:) (see Tests/TestSupport/Privileges.swift)" >&2
+    exit 1
+fi
 echo "lint.sh: no findings"
