@@ -57,10 +57,10 @@ extension FuzzTargets {
             FuzzCheck.require(KeptDownloads.unescape(escaped) == name, "kept-download name does not unescape back")
             _ = KeptDownloads.unescape(name)
             if Machine1Service.isNormalizedAbsolute(name) {
-                FuzzCheck.require(name.hasPrefix("/") && !name.split(separator: "/").contains(".."), "path '\(name)' accepted")
+                FuzzCheck.require(name.hasPrefix("/") && !pathClimbs(name), "path '\(name)' accepted")
             }
             if let path = OciLayers.normalize(name) {
-                FuzzCheck.require(!path.hasPrefix("/") && !path.split(separator: "/").contains(".."), "layer path '\(path)'")
+                FuzzCheck.require(!path.hasPrefix("/") && !pathClimbs(path), "layer path '\(path)'")
             }
             _ = Pull.isValidURL(name)
         }

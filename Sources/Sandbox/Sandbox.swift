@@ -249,7 +249,7 @@ struct Placement {
     }
 
     private init(tree: FileDescriptor, path: String, access: SandboxPolicy.Access, system: Bool) throws(SystemCallError) {
-        let components = path.split(separator: "/").map(String.init)
+        let components = pathComponents(path)
         guard path.hasPrefix("/"), !components.isEmpty, !components.contains(where: { $0 == "." || $0 == ".." }),
               components.first != "proc" else {
             tree.close()

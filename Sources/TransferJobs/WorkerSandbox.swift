@@ -63,8 +63,7 @@ extension TransferWorker {
             policy.capabilities = a.type == .pullTar ? extractingCapabilities : []
         case .pullOci:
             if let target = a.target {
-                let folder = target.lastIndex(of: "/").map { String(target[..<$0]) } ?? "."
-                policy.binds = [SandboxPolicy.Bind(folder.isEmpty ? "/" : folder, .readWrite)]
+                policy.binds = [SandboxPolicy.Bind(parentFolder(of: target), .readWrite)]
             }
             policy.binds.append(SandboxPolicy.Bind(joinPath(a.root, "etc/berth/certs.d"), .readOnly, required: false))
             policy.capabilities = extractingCapabilities
@@ -85,9 +84,8 @@ extension TransferWorker {
         var policy = sandboxPolicy(for: a)
         var scratch: FileDescriptor?
         if a.type == .importRaw || a.type == .pullRaw, let target = a.target {
-            let folder = target.lastIndex(of: "/").map { String(target[..<$0]) } ?? "."
             // Unsupported here (an exotic filesystem): the qcow2 path reports its own error later.
-            scratch = try? FileDescriptor.open(folder.isEmpty ? "/" : folder, flags: BERTH_O_TMPFILE | O_RDWR | O_CLOEXEC, mode: 0o600)
+            scratch = try? FileDescriptor.open(parentFolder(of: target), flags: BERTH_O_TMPFILE | O_RDWR | O_CLOEXEC, mode: 0o600)
         }
         if let scratch { policy.keepDescriptors.append(scratch.rawValue) }
         try Sandbox.enter(policy)

@@ -137,7 +137,7 @@ func probeSandbox(_ arguments: [String]) -> Never {
         print("network=\(result(r))")
     }
     if let target = parsed.target {
-        let folder = target.lastIndex(of: "/").map { String(target[..<$0]) } ?? "."
+        let folder = parentFolder(of: target)
         print("sibling=\(result(open(folder + "/probe-sibling", O_WRONLY | O_CREAT | O_EXCL, 0o644)))")
         var st = stat()
         let isFolder = stat(target, &st) == 0 && (st.st_mode & S_IFMT) == S_IFDIR

@@ -91,8 +91,7 @@ extension RawLoopBackend {
     /// or the test runner's (the build folder holds both).
     public static func inspectorBesideSelf() -> String {
         let exe = (try? readLink("/proc/self/exe")) ?? ""
-        let folder = exe.lastIndex(of: "/").map { String(exe[..<$0]) } ?? "."
-        return folder + "/berth-inspect"
+        return FilePath(exe).removingLastComponent().appending("berth-inspect").string
     }
 
     /// How long berthd waits for the child's answer before it kills it: probing is quick, but a
