@@ -8,17 +8,6 @@ import TestSupport
 /// that never sends a byte, is confined (docs/security.md): compared with berthd itself.
 @Suite(.serialized, .requires(import1Requirements))
 struct WorkerSandboxEndToEndTests {
-    /// /proc/PID/status as name → value.
-    private func status(_ pid: String) -> [String: String] {
-        let text = (try? String(contentsOfFile: "/proc/\(pid)/status", encoding: .utf8)) ?? ""
-        var fields: [String: String] = [:]
-        for line in text.split(separator: "\n") {
-            guard let colon = line.firstIndex(of: ":") else { continue }
-            fields[String(line[..<colon])] = line[line.index(after: colon)...].trimmingCharacters(in: .whitespaces)
-        }
-        return fields
-    }
-
     /// The mount points of /proc/PID/mountinfo.
     private func mountPoints(_ pid: String) -> Set<String> {
         let text = (try? String(contentsOfFile: "/proc/\(pid)/mountinfo", encoding: .utf8)) ?? ""
@@ -57,11 +46,11 @@ struct WorkerSandboxEndToEndTests {
         defer { importing.wait(timeout: 0) }
         var worker: String?
         #expect(eventually {
-            worker = workers(of: berthd).first { status($0)["Seccomp"] == "2" }
+            worker = workers(of: berthd).first { processStatus($0)["Seccomp"] == "2" }
             return worker != nil
         }, "no confined worker under berthd: \(importing.output)\n\(site.log)")
         let pid = try #require(worker)
-        let w = status(pid), b = status("\(berthd)")
+        let w = processStatus(pid), b = processStatus("\(berthd)")
         #expect(w["NoNewPrivs"] == "1" && w["Seccomp"] == "2", "\(w)")
         #expect(b["NoNewPrivs"] == "0" && b["Seccomp"] == "0", "berthd itself: \(b)")
         let workerCaps = UInt64(w["CapEff"] ?? "", radix: 16), berthdCaps = UInt64(b["CapEff"] ?? "", radix: 16)

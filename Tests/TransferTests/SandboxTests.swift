@@ -8,17 +8,6 @@ import Testing
 @testable import Transfer
 @testable import TransferJobs
 
-/// /proc/PID/status as name → value.
-private func processStatus(_ pid: pid_t) -> [String: String] {
-    let text = (try? String(contentsOfFile: "/proc/\(pid)/status", encoding: .utf8)) ?? ""
-    var fields: [String: String] = [:]
-    for line in text.split(separator: "\n") {
-        guard let colon = line.firstIndex(of: ":") else { continue }
-        fields[String(line[..<colon])] = line[line.index(after: colon)...].trimmingCharacters(in: .whitespaces)
-    }
-    return fields
-}
-
 /// Mount point → mount options (field 6) of /proc/PID/mountinfo.
 private func mounts(_ pid: String) throws -> [String: String] {
     let text = try String(contentsOfFile: "/proc/\(pid)/mountinfo", encoding: .utf8)
