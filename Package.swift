@@ -100,6 +100,7 @@ let package = Package(
         // for FuzzReplayTests, which replays the kept corpus (docs/fuzzing.md).
         .target(name: "FuzzTargets", dependencies: [
             "RawLoopBackend", "PoolAPI", "Machines", "Portable", "Transfer", "TransferJobs", "Bus", "Services", "Linux", "CLinux",
+            "InspectProtocol", "ImageProbe",
         ]),
 
         // Shared test helpers: private dbus-daemon, loopback filesystems, berthd under --root.

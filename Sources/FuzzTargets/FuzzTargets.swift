@@ -36,6 +36,7 @@ public enum FuzzTargets {
         FuzzTarget(name: "netlink", summary: "rtnetlink RTM_NEWADDR dumps (NetworkAddresses.walk/parse)", run: netlink),
         FuzzTarget(name: "uid-map", summary: "uid_map/gid_map lines (IDMapping) and translation", run: uidMap),
         FuzzTarget(name: "passwd", summary: "a machine's /etc/passwd (PasswdEntry.find)", run: passwd),
+        FuzzTarget(name: "inspector", summary: "berth-inspect's answer and its libblkid probe's plan, as berthd and the child read them", run: inspector),
     ]
 
     /// The target called `name`, if there is one.

@@ -105,7 +105,7 @@ enum UnprivilegedProbe {
 
 extension InspectionPlan {
     /// The plan as the probe writes it.
-    var wire: String {
+    package var wire: String {
         var text = "plan \(sectorSize)\n"
         for m in mounts {
             let p = m.partition
@@ -116,7 +116,7 @@ extension InspectionPlan {
 
     /// A plan read from the probe: exactly the lines `wire` writes, each value in range for an
     /// image of `imageSize` bytes (a partition inside it, the whole image only alone), or nil.
-    init?(wire bytes: [UInt8], imageSize: UInt64) {
+    package init?(wire bytes: [UInt8], imageSize: UInt64) {
         guard bytes.count <= UnprivilegedProbe.maximumLength, bytes.last == UInt8(ascii: "\n"),
               bytes.allSatisfy({ $0 == 0x0a || ($0 >= 0x20 && $0 < 0x7f) }) else { return nil }
         let lines = String(decoding: bytes.dropLast(), as: UTF8.self).split(separator: "\n", omittingEmptySubsequences: false)
