@@ -63,10 +63,12 @@ enum UnprivilegedProbe {
 
     /// Runs the probe on `image` and returns its plan, checked against the image's `size`.
     static func run(image: FileDescriptor, size: UInt64) throws(InspectorAnswer.Failure) -> InspectionPlan {
-        var fds: [Int32] = [-1, -1]
-        guard pipe2(&fds, O_CLOEXEC) == 0 else { throw .init(kind: .system, call: "pipe2", errno: errno, message: "cannot make a pipe") }
-        let input = FileDescriptor(owning: fds[0])
-        let output = FileDescriptor(owning: fds[1])
+        let input: FileDescriptor, output: FileDescriptor
+        do {
+            (input, output) = try makePipe()
+        } catch {
+            throw .init(kind: .system, call: error.call, errno: error.errno.rawValue, message: "cannot make a pipe")
+        }
         let executable = (try? readLink("/proc/self/exe")) ?? CommandLine.arguments[0]
         let pid: pid_t
         do {

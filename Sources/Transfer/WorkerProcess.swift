@@ -137,7 +137,7 @@ public final class WorkerProcess: Sendable {
             // Cancellation: SIGTERM once, SIGKILL after the grace period.
             var timeout: Int32 = -1
             if state.withLock({ $0.canceled }) && !killed {
-                let now = Self.monotonicSeconds()
+                let now = monotonicSeconds()
                 if termSentAt == nil {
                     _ = try? sendSignal(SIGTERM, toProcess: process)
                     termSentAt = now
@@ -202,12 +202,6 @@ public final class WorkerProcess: Sendable {
         return outcome
     }
 
-    private static func monotonicSeconds() -> Double {
-        var ts = timespec()
-        clock_gettime(CLOCK_MONOTONIC, &ts)
-        return Double(ts.tv_sec) + Double(ts.tv_nsec) / 1e9
-    }
-
     /// Turns the bytes of the status pipe into events, within bounds: one unfinished line at
     /// most, progress passed on once per read (its latest value), log lines rate-limited.
     package struct StatusReader {
@@ -247,7 +241,7 @@ public final class WorkerProcess: Sendable {
                 lastError = errorLine
                 lastErrorUnsent = true
             }
-            let now = WorkerProcess.monotonicSeconds()
+            let now = monotonicSeconds()
             for (priority, text) in logs {
                 for (p, t) in limiter.admit(priority, text, now: now) {
                     if p == LogPriority.error && t == lastError { lastErrorUnsent = false }

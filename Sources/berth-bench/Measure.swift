@@ -64,12 +64,8 @@ struct BenchError: Error, CustomStringConvertible {
 
 // MARK: - Clock, caches, processes
 
-/// CLOCK_MONOTONIC in seconds.
-func now() -> Double {
-    var ts = timespec()
-    clock_gettime(CLOCK_MONOTONIC, &ts)
-    return Double(ts.tv_sec) + Double(ts.tv_nsec) / 1e9
-}
+/// CLOCK_MONOTONIC in seconds (Linux's `monotonicSeconds`), under the short name the items use.
+func now() -> Double { monotonicSeconds() }
 
 /// VmRSS (or another `field` in kB) of `pid` in KiB, from /proc/<pid>/status.
 func residentKiB(_ pid: Int32, field: String = "VmRSS") -> Int? {

@@ -165,12 +165,8 @@ extension RawLoopBackend {
     /// answer pipe's write end as fd 5; berthd keeps the other ends (close-on-exec, so no other
     /// child inherits the hold pipe's write end and keeps the inspection alive).
     private func spawnInspector(file: FileDescriptor, base: String) throws -> InspectorChild {
-        func pipe() throws -> (read: FileDescriptor, write: FileDescriptor) {
-            var fds: [Int32] = [-1, -1]
-            try io("cannot make a pipe") { () throws(SystemCallError) in try sys("pipe2") { pipe2(&fds, O_CLOEXEC) } }
-            return (FileDescriptor(owning: fds[0]), FileDescriptor(owning: fds[1]))
-        }
-        let hold = try pipe(), answer = try pipe()
+        let hold = try io("cannot make a pipe") { () throws(SystemCallError) in try makePipe() }
+        let answer = try io("cannot make a pipe") { () throws(SystemCallError) in try makePipe() }
         defer {
             hold.read.close()
             answer.write.close()
@@ -195,9 +191,9 @@ extension RawLoopBackend {
     private func readAnswer(_ pipe: FileDescriptor) throws -> [UInt8] {
         var bytes: [UInt8] = []
         var chunk = [UInt8](repeating: 0, count: 256)
-        let deadline = monotonicMilliseconds() + Int64(Self.answerTimeoutMilliseconds)
+        let deadline = monotonicSeconds() + Double(Self.answerTimeoutMilliseconds) / 1000
         while !bytes.contains(UInt8(ascii: "\n")), bytes.count <= InspectorAnswer.maximumLength {
-            let left = deadline - monotonicMilliseconds()
+            let left = Int64((deadline - monotonicSeconds()) * 1000)
             guard left > 0 else {
                 throw PoolError(.system, "the image inspector did not answer within \(Self.answerTimeoutMilliseconds / 1000) seconds")
             }
@@ -215,12 +211,6 @@ extension RawLoopBackend {
             bytes += chunk[0..<n]
         }
         return bytes
-    }
-
-    private func monotonicMilliseconds() -> Int64 {
-        var t = timespec()
-        clock_gettime(CLOCK_MONOTONIC, &t)
-        return Int64(t.tv_sec) * 1000 + Int64(t.tv_nsec) / 1_000_000
     }
 
     /// The child's failure as the pool's error: its kind, and its system call (if any) as cause.
