@@ -13,6 +13,7 @@ if [ "${1:-}" = "--bin" ]; then
     shift 2
 fi
 prefix=${1:-/usr/local}
+echo "Installing Berth $(cat VERSION) under $prefix"
 if [ -z "$bin" ]; then
     for product in berthd berth-transfer berth-inspect berthctl; do
         swift build -c release --product "$product"
@@ -24,6 +25,7 @@ install -D -m 0755 "$bin/berth-transfer" "$prefix/sbin/berth-transfer"  # berthd
 install -D -m 0755 "$bin/berth-inspect" "$prefix/sbin/berth-inspect"    # likewise, to read raw images
 install -D -m 0755 "$bin/berthctl" "$prefix/bin/berthctl"
 install -D -m 0644 README.md "$prefix/share/doc/berth/README.md"
+install -D -m 0644 VERSION "$prefix/share/doc/berth/VERSION"  # the version berthd reports (built in from this file)
 # Berth's own portable profiles, so a host without systemd's copies can attach (systemd's, in
 # /usr/lib, and an admin's, in /etc, come first where both exist).
 for f in dist/portable-profiles/*/service.conf; do

@@ -1,6 +1,7 @@
 import Glibc
 import Linux
 import PoolAPI
+import struct SystemPackage.FilePath
 
 /// A backend under test: how to make it, and the registry it runs in (the subject first, so
 /// the pool creates images of its kind). One line per backend:
@@ -29,11 +30,11 @@ public struct Subject: Sendable, CustomStringConvertible {
 /// Where one check runs: a fresh root folder on the filesystem under test.
 public struct Environment: Sendable {
     /// The pool's `--root`; the pool folder is `root/var/lib/machines`.
-    public let root: String
+    public let root: FilePath
     /// `root/run/berth`, berthd's runtime folder (loop-device state of file backends).
-    public var runtimeDirectory: String { root + "/run/berth" }
+    public var runtimeDirectory: FilePath { root.appending("run/berth") }
     /// `root/var/lib/machines`, the pool folder.
-    public var poolPath: String { root + "/var/lib/machines" }
+    public var poolPath: FilePath { root.appending("var/lib/machines") }
 }
 
 /// One behaviour every backend must have.
@@ -100,18 +101,18 @@ public struct ConformanceFailure: Error, CustomStringConvertible {
 public enum Conformance {
     /// Runs `check` against `subject` in `root`, a fresh, empty folder on the filesystem under
     /// test (its mount point is fine). Needs root, as images carry device nodes and owners.
-    public static func run(_ check: Check, subject: Subject, root: String) async throws -> Outcome {
+    public static func run(_ check: Check, subject: Subject, root: FilePath) async throws -> Outcome {
         let env = Environment(root: root)
-        try makeDirectories(root + "/var/lib")
-        try makeDirectories(env.runtimeDirectory)
+        try makeDirectories(root.appending("var/lib").string)
+        try makeDirectories(env.runtimeDirectory.string)
         let backend = subject.makeBackend(env)
-        let isBtrfs = (try? filesystemType(of: root)) == FilesystemMagic.btrfs
+        let isBtrfs = (try? filesystemType(of: root.string)) == FilesystemMagic.btrfs
         let fsName = isBtrfs ? "btrfs" : "this filesystem"
-        guard backend.canCreate(in: root + "/var/lib") else {
+        guard backend.canCreate(in: root.appending("var/lib")) else {
             return .skipped("the \(subject) backend cannot create images on \(fsName)")
         }
         let c = Context(env: env, backend: backend,
-                        pool: ImagePool(configuration: .init(root: root), registry: BackendRegistry(subject.makeRegistry(backend))))
+                        pool: ImagePool(configuration: .init(root: root.string), registry: BackendRegistry(subject.makeRegistry(backend))))
         switch check {
         case .createAndList: try await c.createAndList()
         case .cloneFidelity: try await c.cloneFidelity()
@@ -243,10 +244,10 @@ struct Context {
         try require(roDiff.isEmpty, "read-only clone differs:\n" + roDiff.joined(separator: "\n"))
         try requireNoTemporaryEntries("after cloning")
         // A backend cloning in one step (the pool used it above) never replaces what is there.
-        if backend.clonesInOneStep(from: source.path) {
+        if backend.clonesInOneStep(from: FilePath(source.path)) {
             let existing = try snapshot(copy)
             try await expect(.imageExists, "cloneInOneStep onto an existing image") {
-                try backend.cloneInOneStep(from: source.path, to: copy.path, readOnly: false)
+                try backend.cloneInOneStep(from: FilePath(source.path), to: FilePath(copy.path), readOnly: false)
             }
             try require(try snapshot(copy).differences(from: existing).isEmpty, "cloneInOneStep changed the image it was refused onto")
         }
@@ -437,7 +438,7 @@ struct Context {
 
     func outOfSpace() async throws {
         var fs = statvfs()
-        try sys("statvfs") { statvfs(env.root, &fs) }
+        try sys("statvfs") { statvfs(env.root.string, &fs) }
         let free = Int(fs.f_bavail) * Int(fs.f_frsize)
         let bulk = free * 6 / 10 / (1 << 20) * (1 << 20)
         let tree = isTree

@@ -8,7 +8,7 @@ extension Context {
     func freeBytes() throws -> Int {
         sync()
         var fs = statvfs()
-        try sys("statvfs") { statvfs(env.root, &fs) }
+        try sys("statvfs") { statvfs(env.root.string, &fs) }
         return Int(fs.f_bavail) * Int(fs.f_frsize)
     }
 

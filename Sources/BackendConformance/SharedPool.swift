@@ -2,6 +2,8 @@ import Glibc
 import Linux
 import PoolAPI
 
+import struct SystemPackage.FilePath
+
 /// A backend on storage several hosts share (`.shared`, e.g. Ceph RBD), under test: two pool
 /// instances, each with its own root and connection, on the same storage, as two hosts have.
 ///
@@ -143,7 +145,7 @@ struct SharedContext {
 
     func secondInstanceSeesImages() async throws {
         let made = try await makeImage("seen")
-        try require(made.path.hasPrefix(a.locatorFolder), "the image is not on the shared storage: \(made.path)")
+        try require(a.imageName(ofLocator: FilePath(made.path)) == made.name, "the image is not on the shared storage: \(made.path)")
         let there = try await poolB.image(named: made.name)
         try require(there.type == made.type, "host B sees type \(there.type), A made \(made.type)")
         try require(there.limit == made.limit, "host B sees size \(there.limit), A made \(made.limit)")
@@ -237,7 +239,7 @@ struct SharedContext {
         let ours = listed.filter { $0.name.hasPrefix(prefix) }
         try require(ours.count == count + 1, "expected \(count + 1) images, listed \(ours.map(\.name))")
         try require(!listed.contains { $0.name.hasPrefix(".#") }, "a temp image is listed")
-        try require(ours.filter { $0.type == a.imageType }.allSatisfy { $0.path.hasPrefix(a.locatorFolder + "/") },
+        try require(ours.filter { $0.type == a.imageType }.allSatisfy { a.imageName(ofLocator: FilePath($0.path)) == $0.name },
                     "an external image's path is not its locator")
     }
 }

@@ -5,6 +5,7 @@ import Glibc
 import Linux
 import Services
 import Synchronization
+import struct SystemPackage.FilePath
 
 // berthctl's transfer verbs, machinectl's import-tar/-raw/-fs, export-tar/-raw and pull-tar/-raw
 // over org.freedesktop.import1: each opens its file, starts the transfer, then follows it
@@ -175,7 +176,9 @@ public struct PullOci: ParsableCommand {
         let flags = options.flags
         // "" lets berthd derive the name from the repository, as it checks the reference.
         let local = name ?? ""
-        let shown = name ?? String(reference.split(separator: "@").first?.split(separator: "/").last?.split(separator: ":").first ?? "")
+        // The repository's last component, without its tag or digest.
+        let repository = FilePath(String(reference.split(separator: "@").first ?? "")).lastComponent?.string ?? ""
+        let shown = name ?? String(repository.split(separator: ":").first ?? "")
         try TransferVerb.follow(.pullOci, [.string(reference), .string(local), .string(options.imageClass ?? "machine"), .uint64(flags)], local: shown,
                                 global: global, transfer: transfer)
     }
@@ -204,8 +207,8 @@ public enum TransferVerb {
     public static func lastComponent(ofURL url: String) -> String {
         var u = Substring(url)
         if let i = u.firstIndex(where: { $0 == "?" || $0 == "#" }) { u = u[..<i] }
-        while u.hasSuffix("/") { u = u.dropLast() }
-        return u.split(separator: "/").last.map(String.init) ?? ""
+        // A URL's path is cut like a file path: trailing slashes go, the last component stays.
+        return FilePath(String(u)).lastComponent?.string ?? ""
     }
 
     /// The export format for `file`'s suffix, as machinectl picks it: "" (uncompressed) unless

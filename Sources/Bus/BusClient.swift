@@ -136,7 +136,8 @@ public final class BusClient: @unchecked Sendable {
     /// All properties of `interface` on `path` (org.freedesktop.DBus.Properties.GetAll), each
     /// unwrapped from its variant, in the order they came.
     public func allProperties(destination: String, path: ObjectPath, interface: String) throws(BusError) -> [(String, BusValue)] {
-        let reply = try call(destination: destination, path: path, interface: "org.freedesktop.DBus.Properties", member: "GetAll",
+        let reply = try call(destination: destination, path: path, interface: StandardInterface.Properties.name,
+                             member: StandardInterface.Properties.Method.getAll.rawValue,
                              [.string(interface)])
         guard let entries = reply.first?.dictionaryEntries else { throw BusError.failed("GetAll returned no dictionary") }
         return entries.compactMap { e in
@@ -148,7 +149,8 @@ public final class BusClient: @unchecked Sendable {
 
     /// Reads property `name` of `interface` (org.freedesktop.DBus.Properties.Get), unwrapped from its variant.
     public func property(destination: String, path: ObjectPath, interface: String, name: String) throws(BusError) -> BusValue {
-        let reply = try call(destination: destination, path: path, interface: "org.freedesktop.DBus.Properties", member: "Get",
+        let reply = try call(destination: destination, path: path, interface: StandardInterface.Properties.name,
+                             member: StandardInterface.Properties.Method.get.rawValue,
                              [.string(interface), .string(name)])
         guard case .variant(let v)? = reply.first else { throw BusError.failed("Get \(name) returned no variant") }
         return v
@@ -156,13 +158,15 @@ public final class BusClient: @unchecked Sendable {
 
     /// Calls org.freedesktop.DBus.Peer.Ping on `path` of `destination`; true if it answered.
     public func ping(destination: String, path: ObjectPath, timeoutMicroseconds: UInt64 = 2_000_000) -> Bool {
-        (try? call(destination: destination, path: path, interface: "org.freedesktop.DBus.Peer", member: "Ping",
+        (try? call(destination: destination, path: path, interface: StandardInterface.Peer.name,
+                   member: StandardInterface.Peer.Method.ping.rawValue,
                    timeoutMicroseconds: timeoutMicroseconds)) != nil
     }
 
     /// org.freedesktop.DBus.Introspectable.Introspect of `path`.
     public func introspect(destination: String, path: ObjectPath) throws(BusError) -> String {
-        let reply = try call(destination: destination, path: path, interface: "org.freedesktop.DBus.Introspectable", member: "Introspect")
+        let reply = try call(destination: destination, path: path, interface: StandardInterface.Introspectable.name,
+                             member: StandardInterface.Introspectable.Method.introspect.rawValue)
         guard let xml = reply.first?.stringValue else { throw BusError.failed("Introspect returned no string") }
         return xml
     }

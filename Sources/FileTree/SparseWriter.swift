@@ -40,6 +40,14 @@ public final class SparseWriter {
     /// Writes `data` at `position` of `fd` (pwrite(2), short writes continued) except its
     /// all-zero blocks, which stay holes.
     public static func write(_ data: UnsafeRawBufferPointer, to fd: Int32, at position: Int64) throws(SystemCallError) {
+        try forEachNonZeroRun(of: data) { (run: Range<Int>) throws(SystemCallError) in
+            try Linux.writeAll(UnsafeRawBufferPointer(rebasing: data[run]), to: fd, at: position + Int64(run.lowerBound))
+        }
+    }
+
+    /// Calls `body` with each run of `data` that is not all-zero blocks, in order: what a sparse
+    /// output writes (a file here, an RBD image in the transfer worker), leaving the rest holes.
+    public static func forEachNonZeroRun<E: Error>(of data: UnsafeRawBufferPointer, _ body: (Range<Int>) throws(E) -> Void) throws(E) {
         var start = 0
         while start < data.count {
             let end = min(start + blockSize, data.count)
@@ -53,7 +61,7 @@ public final class SparseWriter {
                 if isZero(UnsafeRawBufferPointer(rebasing: data[runEnd..<next])) { break }
                 runEnd = next
             }
-            try Linux.writeAll(UnsafeRawBufferPointer(rebasing: data[start..<runEnd]), to: fd, at: position + Int64(start))
+            try body(start..<runEnd)
             start = runEnd
         }
     }

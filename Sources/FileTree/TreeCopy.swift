@@ -1,6 +1,7 @@
 import CLinux
 import Glibc
 import Linux
+import struct SystemPackage.FilePath
 
 /// A faithful copy of a directory tree: numeric ownership, modes (setuid/setgid/sticky), access
 /// and modification times (directories after their contents), extended attributes (security.*,
@@ -85,8 +86,8 @@ public enum TreeCopy {
 
     /// Opens the directory `path` (a symlink to it is followed) as the source of a copy, with
     /// O_NOATIME where allowed: reading the source leaves its access times alone.
-    public static func openSource(_ path: String) throws -> FileDescriptor {
-        try TreeSupport.openDirectoryForReading(path, in: nil, followSymlinks: true)
+    public static func openSource(_ path: FilePath) throws -> FileDescriptor {
+        try TreeSupport.openDirectoryForReading(path.string, in: nil, followSymlinks: true)
     }
 
     /// Copies the directory `source` to `destination`, which must not exist yet (mkdirat(2)).
@@ -94,10 +95,10 @@ public enum TreeCopy {
     /// nothing inside it is followed. On failure the caller removes `destination` (the pool
     /// does, with `TreeRemoval`).
     @discardableResult
-    public static func copy(from source: String, to destination: String, options: Options = Options()) throws -> Statistics {
-        let src = try TreeSupport.openDirectoryForReading(source, in: nil, followSymlinks: true)
-        try makeDirectory(destination, mode: 0o700)
-        let dst = try FileDescriptor.openDirectory(destination, followSymlinks: false)
+    public static func copy(from source: FilePath, to destination: FilePath, options: Options = Options()) throws -> Statistics {
+        let src = try TreeSupport.openDirectoryForReading(source.string, in: nil, followSymlinks: true)
+        try makeDirectory(destination.string, mode: 0o700)
+        let dst = try FileDescriptor.openDirectory(destination.string, followSymlinks: false)
         return try copyContents(of: src, into: dst, options: options)
     }
 

@@ -1,16 +1,18 @@
 import CLinux
 import Glibc
 import Linux
+import struct SystemPackage.FilePath
 
 /// Removes a tree fd-relative (unlinkat), never following symlinks, lifting the immutable and
 /// append-only flags that stop even root, on every inode and not just the top. It refuses to
 /// descend into a mount point inside the tree (EBUSY) rather than delete what is mounted there.
 public enum TreeRemoval {
     /// Removes `path` (a directory tree, a file, a symlink); a missing path is not an error.
-    public static func remove(at path: String) throws {
-        let parentPath = dirname(of: path), name = basename(of: path)
-        let parent = try FileDescriptor.openDirectory(parentPath)
-        try remove(name, in: parent)
+    public static func remove(at path: FilePath) throws {
+        guard let name = path.lastComponent else { throw SystemCallError("unlinkat", .EBUSY, subject: path.string) }
+        let folder = path.removingLastComponent()
+        let parent = try FileDescriptor.openDirectory(folder.isEmpty ? "." : folder.string)
+        try remove(name.string, in: parent)
     }
 
     /// Removes the entry `name` of the directory `parent`, and everything below it.
@@ -63,16 +65,6 @@ public enum TreeRemoval {
         throw SystemCallError("unlinkat(AT_REMOVEDIR)", e, subject: name)
     }
 
-    static func dirname(of path: String) -> String {
-        guard let slash = path.lastIndex(of: "/") else { return "." }
-        let d = String(path[..<slash])
-        return d.isEmpty ? "/" : d
-    }
-
-    static func basename(of path: String) -> String {
-        guard let slash = path.lastIndex(of: "/") else { return path }
-        return String(path[path.index(after: slash)...])
-    }
 }
 
 /// Space a tree occupies: allocated blocks of every inode, hardlinked inodes counted once
@@ -81,7 +73,8 @@ public enum DiskUsage {
     /// Walks `path` fd-relative and sums st_blocks × 512, one open directory per level, with
     /// O_NOATIME: a scan changes nothing in the tree, not even access times.
     /// `path` itself may be a symlink to the tree; nothing inside it is followed.
-    public static func allocatedBytes(of path: String) throws -> UInt64 {
+    public static func allocatedBytes(of path: FilePath) throws -> UInt64 {
+        let path = path.string
         let st = try fileStatus(path)
         guard st.isDirectory else { return st.allocatedBytes }
         let top = try TreeSupport.openDirectoryForReading(path, in: nil, followSymlinks: true)

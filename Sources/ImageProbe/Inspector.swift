@@ -21,7 +21,7 @@ public enum Inspector {
             line.withUnsafeBytes { _ = try? answer.writeAll($0) }
         }
         guard arguments.count == 2, arguments[0] == InspectorAnswer.mountBaseOption,
-              let base = arguments.last, base.hasPrefix("/"), !base.split(separator: "/").contains("..") else {
+              let base = arguments.last, base.hasPrefix("/"), !pathClimbs(base) else {
             reply(.failed(.init(kind: .system, message: "berth-inspect: usage: \(InspectorAnswer.mountBaseOption) ABSOLUTE-FOLDER")))
             exit(2)
         }

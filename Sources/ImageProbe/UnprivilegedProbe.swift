@@ -63,10 +63,12 @@ enum UnprivilegedProbe {
 
     /// Runs the probe on `image` and returns its plan, checked against the image's `size`.
     static func run(image: FileDescriptor, size: UInt64) throws(InspectorAnswer.Failure) -> InspectionPlan {
-        var fds: [Int32] = [-1, -1]
-        guard pipe2(&fds, O_CLOEXEC) == 0 else { throw .init(kind: .system, call: "pipe2", errno: errno, message: "cannot make a pipe") }
-        let input = FileDescriptor(owning: fds[0])
-        let output = FileDescriptor(owning: fds[1])
+        let input: FileDescriptor, output: FileDescriptor
+        do {
+            (input, output) = try makePipe()
+        } catch {
+            throw .init(kind: .system, call: error.call, errno: error.errno.rawValue, message: "cannot make a pipe")
+        }
         let executable = (try? readLink("/proc/self/exe")) ?? CommandLine.arguments[0]
         let pid: pid_t
         do {
@@ -105,7 +107,7 @@ enum UnprivilegedProbe {
 
 extension InspectionPlan {
     /// The plan as the probe writes it.
-    var wire: String {
+    package var wire: String {
         var text = "plan \(sectorSize)\n"
         for m in mounts {
             let p = m.partition
@@ -116,7 +118,7 @@ extension InspectionPlan {
 
     /// A plan read from the probe: exactly the lines `wire` writes, each value in range for an
     /// image of `imageSize` bytes (a partition inside it, the whole image only alone), or nil.
-    init?(wire bytes: [UInt8], imageSize: UInt64) {
+    package init?(wire bytes: [UInt8], imageSize: UInt64) {
         guard bytes.count <= UnprivilegedProbe.maximumLength, bytes.last == UInt8(ascii: "\n"),
               bytes.allSatisfy({ $0 == 0x0a || ($0 >= 0x20 && $0 < 0x7f) }) else { return nil }
         let lines = String(decoding: bytes.dropLast(), as: UTF8.self).split(separator: "\n", omittingEmptySubsequences: false)

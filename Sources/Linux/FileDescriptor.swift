@@ -194,3 +194,10 @@ public enum FilesystemMagic {
     public static let btrfs = UInt64(BERTH_BTRFS_MAGIC)
     public static let ext4 = UInt64(BERTH_EXT4_MAGIC)
 }
+
+/// pipe2(2): a pipe's read and write ends, close-on-exec unless `flags` says otherwise.
+public func makePipe(flags: Int32 = O_CLOEXEC) throws(SystemCallError) -> (read: FileDescriptor, write: FileDescriptor) {
+    var fds: [Int32] = [-1, -1]
+    try sys("pipe2") { pipe2(&fds, flags) }
+    return (FileDescriptor(owning: fds[0]), FileDescriptor(owning: fds[1]))
+}

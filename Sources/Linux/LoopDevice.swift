@@ -7,7 +7,7 @@ import Glibc
 /// even if `detach()` is never reached (a crash): nothing stays attached behind Berth's back.
 /// `@unchecked Sendable`: it wraps the device's fd and immutable facts about it; the one mutable
 /// bit, whether `detach()` ran, is touched only by the single owner that detaches it (callers
-/// that share it serialise `detach()`, as LoopInspectionRoot does under its lock).
+/// that share it serialise `detach()`; berth-inspect's one session owns its device alone).
 public final class LoopDevice: @unchecked Sendable {
     /// N in /dev/loopN.
     public let number: Int32

@@ -149,9 +149,7 @@ public struct MachineProgram: Sendable {
 /// - Returns: the pid of the intermediate child, berthd's own child, which exits with the
 ///   program's status (128 + signal if it was killed): reap it.
 public func spawnInMachine(_ machine: MachineEntry?, terminal: FileDescriptor, _ program: MachineProgram) throws(SystemCallError) -> pid_t {
-    var fds: [Int32] = [0, 0]
-    try sys("pipe2") { pipe2(&fds, O_CLOEXEC) }
-    let reader = FileDescriptor(owning: fds[0]), writer = FileDescriptor(owning: fds[1])
+    let (reader, writer) = try makePipe()
     defer { reader.close(); writer.close() }
 
     var spec = berth_machine_spec()

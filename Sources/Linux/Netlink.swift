@@ -84,29 +84,42 @@ public enum NetworkAddresses {
             let capacity = buffer.count
             let n = try sys("recv") { buffer.withUnsafeMutableBytes { raw in recv(fd.rawValue, raw.baseAddress, capacity, 0) } }
             if n == 0 { throw SystemCallError("recv", .EIO, subject: "netlink closed before NLMSG_DONE") }
-            var offset = 0
-            while offset + headerSize <= n {
-                let header = buffer.withUnsafeBytes { $0.loadUnaligned(fromByteOffset: offset, as: nlmsghdr.self) }
-                let length = Int(header.nlmsg_len)
-                guard length >= headerSize, offset + length <= n else { throw SystemCallError("recv", .EIO, subject: "truncated netlink message") }
-                switch Int32(header.nlmsg_type) {
-                case NLMSG_DONE:
-                    return sorted(found)
-                case NLMSG_ERROR:
-                    let code = buffer.withUnsafeBytes { $0.loadUnaligned(fromByteOffset: offset + headerSize, as: Int32.self) }
-                    if code != 0 { throw SystemCallError("RTM_GETADDR", Errno(rawValue: -code)) }
-                case Int32(RTM_NEWADDR):
-                    if let a = parse(Array(buffer[(offset + headerSize)..<(offset + length)])) { found.append(a) }
-                default:
-                    break
-                }
-                offset += (length + 3) & ~3
-            }
+            if try walk(buffer, count: n, into: &found) { return sorted(found) }
         }
     }
 
+    /// Walks the netlink messages of one recv (the first `count` bytes of `buffer`), adding the
+    /// addresses of RTM_NEWADDR messages to `found`; true at NLMSG_DONE. Throws EIO for a
+    /// truncated message and the errno of an NLMSG_ERROR.
+    package static func walk(_ buffer: [UInt8], count n: Int, into found: inout [InterfaceAddress]) throws(SystemCallError) -> Bool {
+        let headerSize = MemoryLayout<nlmsghdr>.size
+        var offset = 0
+        while offset + headerSize <= n {
+            let header = buffer.withUnsafeBytes { $0.loadUnaligned(fromByteOffset: offset, as: nlmsghdr.self) }
+            let length = Int(header.nlmsg_len)
+            guard length >= headerSize, offset + length <= n else { throw SystemCallError("recv", .EIO, subject: "truncated netlink message") }
+            switch Int32(header.nlmsg_type) {
+            case NLMSG_DONE:
+                return true
+            case NLMSG_ERROR:
+                // nlmsgerr starts with the (negative) errno; a message too short to hold it, or
+                // a code that is no negative errno (Int32.min would overflow the negation: found
+                // by fuzzing), is EIO.
+                guard length >= headerSize + 4 else { throw SystemCallError("recv", .EIO, subject: "truncated netlink error") }
+                let code = buffer.withUnsafeBytes { $0.loadUnaligned(fromByteOffset: offset + headerSize, as: Int32.self) }
+                if code != 0 { throw SystemCallError("RTM_GETADDR", code < 0 && code > -4096 ? Errno(rawValue: -code) : .EIO) }
+            case Int32(RTM_NEWADDR):
+                if let a = parse(Array(buffer[(offset + headerSize)..<(offset + length)])) { found.append(a) }
+            default:
+                break
+            }
+            offset += (length + 3) & ~3
+        }
+        return false
+    }
+
     /// One RTM_NEWADDR payload (ifaddrmsg, then rtattrs), or nil for what machined skips.
-    private static func parse(_ payload: [UInt8]) -> InterfaceAddress? {
+    package static func parse(_ payload: [UInt8]) -> InterfaceAddress? {
         let fixed = MemoryLayout<ifaddrmsg>.size
         guard payload.count >= fixed else { return nil }
         let message = payload.withUnsafeBytes { $0.loadUnaligned(as: ifaddrmsg.self) }

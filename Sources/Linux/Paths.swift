@@ -113,6 +113,23 @@ public func joinPath(_ base: String, _ components: String...) -> String {
     return result
 }
 
+/// The folder `path` names an entry of, for modules below the typed-path boundary (the Linux
+/// layer, the sandbox, berth-inspect): "/" for "/x", "." for a bare name.
+public func parentFolder(of path: String) -> String {
+    guard let slash = path.lastIndex(of: "/") else { return "." }
+    return slash == path.startIndex ? "/" : String(path[..<slash])
+}
+
+/// The components of `path` between slashes, empty ones (from "//" or a leading "/") left out.
+public func pathComponents(_ path: String) -> [String] {
+    path.split(separator: "/").map(String.init)
+}
+
+/// Whether `path` has a ".." component, which could climb out of the folder it is taken in.
+public func pathClimbs(_ path: String) -> Bool {
+    pathComponents(path).contains("..")
+}
+
 /// renameat2(2) with RENAME_EXCHANGE between two names relative to directories: swaps them
 /// atomically (both must exist), whatever their types.
 public func renameExchange(_ a: String, in aDirectory: FileDescriptor, with b: String, in bDirectory: FileDescriptor) throws(SystemCallError) {

@@ -50,7 +50,7 @@ public struct MachineStore: Sendable {
         return machines
     }
 
-    static func parse(_ text: String) -> Machine? {
+    package static func parse(_ text: String) -> Machine? {
         var f: [String: String] = [:]
         for line in text.split(separator: "\n") {
             guard let eq = line.firstIndex(of: "="), let bytes = unhex(line[line.index(after: eq)...]) else { return nil }

@@ -128,14 +128,14 @@ public struct BackendConfiguration: Sendable, Equatable {
         let lines = text.split(separator: "\n", omittingEmptySubsequences: false)
         for (index, rawLine) in lines.enumerated() {
             let number = index + 1
-            let line = rawLine.trimmingSpaces
+            let line = rawLine.trimmingWhitespace()
             if line.isEmpty || line.hasPrefix("#") || line.hasPrefix(";") { continue }
             if line.hasPrefix("[") {
                 guard line.hasSuffix("]") else {
                     throw ParseError(file: file, line: number,
                                      reason: "a section header stands alone on its line, e.g. [rbd] (put each key=value on its own line)")
                 }
-                let name = String(line.dropFirst().dropLast()).trimmingSpaces
+                let name = String(line.dropFirst().dropLast()).trimmingWhitespace()
                 guard name == "rbd" else {
                     throw ParseError(file: file, line: number, reason: "unknown section [\(name)] (known: [rbd])")
                 }
@@ -146,8 +146,8 @@ public struct BackendConfiguration: Sendable, Equatable {
             guard let equals = line.firstIndex(of: "=") else {
                 throw ParseError(file: file, line: number, reason: "expected key=value, a [section] or a # comment")
             }
-            let key = String(line[..<equals]).trimmingSpaces
-            let value = String(line[line.index(after: equals)...]).trimmingSpaces
+            let key = String(line[..<equals]).trimmingWhitespace()
+            let value = String(line[line.index(after: equals)...]).trimmingWhitespace()
             guard section != nil else {
                 throw ParseError(file: file, line: number, reason: "'\(key)' before any section ([rbd])")
             }
@@ -233,14 +233,5 @@ public struct BackendConfiguration: Sendable, Equatable {
             throw ParseError(file: path, line: nil, reason: "not UTF-8 text")
         }
         return text
-    }
-}
-
-extension StringProtocol {
-    /// Without leading and trailing spaces and tabs (and a CR of a CRLF line).
-    fileprivate var trimmingSpaces: String {
-        let isSpace: (Character) -> Bool = { $0 == " " || $0 == "\t" || $0 == "\r" }
-        guard let first = firstIndex(where: { !isSpace($0) }), let last = lastIndex(where: { !isSpace($0) }) else { return "" }
-        return String(self[first...last])
     }
 }

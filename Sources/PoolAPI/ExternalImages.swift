@@ -1,5 +1,7 @@
 import Linux
 
+import struct SystemPackage.FilePath
+
 // The contract for backends whose images live outside pool folders (Ceph RBD): they list their
 // images themselves, and the pool merges them with the folder images under the same name rules.
 
@@ -21,13 +23,17 @@ extension BackendCapabilities {
 /// `path` is a locator (`rbd://CLUSTER/POOL/NAME`), never an absolute path, so no path-based
 /// code of the pool (file locks, `.nspawn` settings beside it, stat) ever touches it.
 ///
+/// As a `FilePath` a locator is relative and its first component ends in `:`; FilePath folds
+/// the scheme's `//` to one `/`, so a backend receives `rbd:/CLUSTER/POOL/NAME` and must read
+/// both spellings (`RbdLocator` does). `Image.path`, on the bus, keeps the `rbd://` spelling.
+///
 /// The pool merges these images with the folder images: a name is unique across backends (a
 /// folder image of a name hides an external one of that name, and creating or renaming to a
 /// name any backend holds is refused). Every `ImageBackend` method taking a path gets the
 /// locator `locatorFolder/NAME`.
 public protocol ExternalImageBackend: ImageBackend {
     /// The locator of this backend's "folder" (`rbd://ceph/berth`); an image is `folder/NAME`.
-    var locatorFolder: String { get }
+    var locatorFolder: FilePath { get }
 
     /// Every image name, cheaply: called on every ListImages, so one listing call (rbd_list2),
     /// never an open per image. Temp images (`.#…`) included; the pool leaves them out.
@@ -46,18 +52,20 @@ extension ExternalImageBackend {
     public func claim(_ entry: PoolEntry) -> String? { nil }
 
     /// New images are made only under the backend's own locator folder.
-    public func canCreate(in directory: String) -> Bool { directory == locatorFolder }
+    public func canCreate(in directory: FilePath) -> Bool { directory == locatorFolder }
 
     /// `locatorFolder/NAME`.
-    public func locator(of name: String) -> String { locatorFolder + "/" + name }
+    public func locator(of name: String) -> FilePath { locatorFolder.appending(name) }
 
     /// The image name a locator of this backend names, or nil if it is not one of ours.
-    public func imageName(ofLocator locator: String) -> String? {
-        let prefix = locatorFolder + "/"
-        guard locator.hasPrefix(prefix) else { return nil }
-        let name = String(locator.dropFirst(prefix.count))
-        return name.isEmpty || name.contains("/") ? nil : name
+    public func imageName(ofLocator locator: FilePath) -> String? {
+        guard let name = locator.lastComponent, locator.removingLastComponent() == locatorFolder else { return nil }
+        return name.string
     }
+
+    /// The image name a locator as a string names (`Image.path`, what `install` hands its
+    /// filler), or nil if it is not one of ours.
+    public func imageName(ofLocator locator: String) -> String? { imageName(ofLocator: FilePath(locator)) }
 
     /// The pool's view of image `name`: an entry without file status in the locator folder.
     public func poolEntry(forImage name: String) -> PoolEntry {
@@ -65,9 +73,16 @@ extension ExternalImageBackend {
     }
 }
 
-/// Whether `path` is an external backend's locator (`scheme://…`) rather than a file path.
+/// Whether `path` is an external backend's locator (`scheme://…`, as `Image.path` spells it)
+/// rather than a file path.
 public func isImageLocator(_ path: String) -> Bool {
-    !path.hasPrefix("/") && path.contains("://")
+    !path.hasPrefix("/") && path.contains(":/")
+}
+
+/// Whether `path` is an external backend's locator (relative, its first component `scheme:`)
+/// rather than a file path.
+public func isImageLocator(_ path: FilePath) -> Bool {
+    !path.isAbsolute && (path.components.first?.string.hasSuffix(":") ?? false)
 }
 
 extension BackendRegistry {

@@ -1,4 +1,5 @@
 import Linux
+import struct SystemPackage.FilePath
 
 /// What a backend can do beyond the basics every backend has.
 public struct BackendCapabilities: OptionSet, Sendable, Hashable {
@@ -21,7 +22,7 @@ public struct BackendCapabilities: OptionSet, Sendable, Hashable {
 /// from memory instead of walking the path again for each question.
 public struct PoolEntry: Sendable, Hashable {
     /// The folder the entry is in (absolute, real path).
-    public var directory: String
+    public var directory: FilePath
     /// The entry's file name in that folder.
     public var fileName: String
     /// statx of the entry itself (a symlink is not followed); nil if there is no such entry.
@@ -32,28 +33,27 @@ public struct PoolEntry: Sendable, Hashable {
     /// The filesystem holding `target`; nil if unknown.
     public var filesystem: FilesystemStatus?
 
-    public var path: String { directory == "/" ? "/" + fileName : directory + "/" + fileName }
+    /// `directory/fileName`.
+    public var path: FilePath { directory.appending(fileName) }
 
     /// The entry `fileName` of `directory`, looked at now (statx, statfs); `status` is nil if
     /// it does not exist.
-    public init(directory: String, fileName: String) {
+    public init(directory: FilePath, fileName: String) {
         self.directory = directory
         self.fileName = fileName
-        let path = directory == "/" ? "/" + fileName : directory + "/" + fileName
+        let path = directory.appending(fileName).string
         status = try? entryStatus(path)
         target = status?.isSymlink == true ? try? entryStatus(path, followSymlinks: true) : status
         filesystem = target == nil ? nil : try? filesystemStatus(path)
     }
 
     /// The entry at the absolute `path`, looked at now.
-    public init(path: String) {
-        let slash = path.lastIndex(of: "/") ?? path.startIndex
-        let directory = slash == path.startIndex ? "/" : String(path[..<slash])
-        self.init(directory: directory, fileName: String(path[path.index(after: slash)...]))
+    public init(path: FilePath) {
+        self.init(directory: path.removingLastComponent(), fileName: path.lastComponent?.string ?? "")
     }
 
     /// An entry whose status the caller already took (the pool's listing).
-    public init(directory: String, fileName: String, status: EntryStatus?, target: EntryStatus?,
+    public init(directory: FilePath, fileName: String, status: EntryStatus?, target: EntryStatus?,
                 filesystem: FilesystemStatus?) {
         self.directory = directory
         self.fileName = fileName
@@ -67,7 +67,7 @@ public struct PoolEntry: Sendable, Hashable {
 /// `close()` releases whatever was needed to get there (mounts, loop devices); it runs on every path.
 public protocol InspectionRoot: AnyObject, Sendable {
     /// The folder holding the image's root filesystem.
-    var root: String { get }
+    var root: FilePath { get }
     func close()
 }
 
@@ -94,7 +94,7 @@ public protocol ImageBackend: Sendable {
     func entryName(forImage name: String) -> String
 
     /// Whether new images of this backend can be made in `directory` (btrfs only on btrfs).
-    func canCreate(in directory: String) -> Bool
+    func canCreate(in directory: FilePath) -> Bool
 
     /// Metadata of the image at `entry` (one this backend claimed). Called for every image on
     /// ListImages, so it must be quick: use what `entry` already holds rather than asking
@@ -104,66 +104,66 @@ public protocol ImageBackend: Sendable {
 
     /// Makes a new, empty image at `path` (which does not exist): an empty tree for tree
     /// backends, an empty file for file backends. Used to fill an image by import or by copy.
-    func createEmpty(at path: String) throws
+    func createEmpty(at path: FilePath) throws
 
     /// Clones the image at `source` to `destination` (which does not exist), faithfully and as
     /// cheaply as the storage allows. On failure nothing may be left at `destination`.
-    func clone(from source: String, to destination: String) throws
+    func clone(from source: FilePath, to destination: FilePath) throws
 
     /// Whether `cloneInOneStep` can clone `source` now: the storage makes the whole clone in one
     /// atomic step (a btrfs snapshot of a subvolume with none nested in it). The pool then clones
     /// straight to the final name, with no temp entry, no rename and no lock on the source,
     /// whose reading takes no time. Default: false, and `clone(from:to:)` is used.
-    func clonesInOneStep(from source: String) -> Bool
+    func clonesInOneStep(from source: FilePath) -> Bool
 
     /// Clones `source` to `destination` in one atomic step: afterwards the whole image, read-only
     /// if `readOnly`, is at `destination`, or nothing is. An existing `destination` is refused
     /// (EEXIST, `.imageExists`), never replaced. Called only where `clonesInOneStep(from:)` said yes.
-    func cloneInOneStep(from source: String, to destination: String, readOnly: Bool) throws
+    func cloneInOneStep(from source: FilePath, to destination: FilePath, readOnly: Bool) throws
 
     /// Renames within one folder, refusing to replace (renameat2 RENAME_NOREPLACE).
-    func rename(from source: String, to destination: String) throws
+    func rename(from source: FilePath, to destination: FilePath) throws
 
     /// Removes the image at `path` entirely (nested subvolumes, qgroups, immutable flags).
-    func remove(at path: String) throws
+    func remove(at path: FilePath) throws
 
     /// Makes the image read-only (or writable again), enforced for root too.
-    func setReadOnly(_ readOnly: Bool, at path: String) throws
+    func setReadOnly(_ readOnly: Bool, at path: FilePath) throws
 
     /// Sets the image's size limit in bytes; `Image.unknown` (UINT64_MAX) removes it.
-    func setLimit(_ bytes: UInt64, at path: String) throws
+    func setLimit(_ bytes: UInt64, at path: FilePath) throws
 
     /// Opens the image's root filesystem read-only for inspection.
-    func openForInspection(at path: String) throws -> any InspectionRoot
+    func openForInspection(at path: FilePath) throws -> any InspectionRoot
 
     /// Pool-wide usage and limit of `directory` where this backend can know them, else nil.
-    func poolUsage(of directory: String) throws -> (usage: UInt64, limit: UInt64)?
+    func poolUsage(of directory: FilePath) throws -> (usage: UInt64, limit: UInt64)?
 
     /// Sets the limit of the whole pool folder `directory` (btrfs: the pool subvolume's qgroup).
-    func setPoolLimit(_ bytes: UInt64, of directory: String) throws
+    func setPoolLimit(_ bytes: UInt64, of directory: FilePath) throws
 }
 
 extension ImageBackend {
     public func entryName(forImage name: String) -> String { name }
 
     /// Metadata of the image at `path`, looked at now (`image(named:entry:)`).
-    public func image(named name: String, at path: String) throws -> Image {
+    public func image(named name: String, at path: FilePath) throws -> Image {
         try image(named: name, entry: PoolEntry(path: path))
     }
 
-    public func clonesInOneStep(from source: String) -> Bool { false }
+    public func clonesInOneStep(from source: FilePath) -> Bool { false }
 
-    public func cloneInOneStep(from source: String, to destination: String, readOnly: Bool) throws {
+    public func cloneInOneStep(from source: FilePath, to destination: FilePath, readOnly: Bool) throws {
         throw PoolError(.notSupported, "\(identifier) images are not cloned in one step")
     }
 
-    public func setLimit(_ bytes: UInt64, at path: String) throws {
+    public func setLimit(_ bytes: UInt64, at path: FilePath) throws {
         throw PoolError(.notSupported, "\(identifier) images have no size limits")
     }
 
-    public func poolUsage(of directory: String) throws -> (usage: UInt64, limit: UInt64)? { nil }
+    public func poolUsage(of directory: FilePath) throws -> (usage: UInt64, limit: UInt64)? { nil }
 
-    public func setPoolLimit(_ bytes: UInt64, of directory: String) throws {
+    public func setPoolLimit(_ bytes: UInt64, of directory: FilePath) throws {
         throw PoolError(.notSupported, "pool limits need quota support, which \(identifier) does not have")
     }
 }
@@ -186,7 +186,7 @@ public struct BackendRegistry: Sendable {
     }
 
     /// The backend that makes new tree images in `directory` (btrfs on btrfs, else directory).
-    public func treeBackend(for directory: String) -> (any ImageBackend)? {
+    public func treeBackend(for directory: FilePath) -> (any ImageBackend)? {
         backends.first { $0.capabilities.contains(.tree) && $0.canCreate(in: directory) }
     }
 
@@ -199,7 +199,7 @@ public struct BackendRegistry: Sendable {
     }
 
     /// The backend that makes new images of `type` in `directory`.
-    public func backend(for type: ImageType, in directory: String) -> (any ImageBackend)? {
+    public func backend(for type: ImageType, in directory: FilePath) -> (any ImageBackend)? {
         backends.first { $0.imageType == type && $0.canCreate(in: directory) }
     }
 }

@@ -1,5 +1,6 @@
 import Glibc
 import Linux
+import struct SystemPackage.FilePath
 
 /// systemd's image locks, so berthd, systemd-nspawn and machined see each other:
 /// systemd 252's `image_path_lock()` takes a "local" lock file next to the image,
@@ -11,9 +12,9 @@ import Linux
 /// from us fail with EBUSY while it runs, and ours keep it from starting.
 struct ImageLocks: Sendable {
     /// `ROOT/run/systemd/nspawn/locks`.
-    let directory: String
+    let directory: FilePath
     /// The real path of the root: `/`-equivalent paths are the host image.
-    let root: String
+    let root: FilePath
 
     /// The locks of one image path, released together.
     final class Held: Sendable {
@@ -24,31 +25,29 @@ struct ImageLocks: Sendable {
 
     /// Locks the image at `path` (`image_path_lock`). The host root cannot be locked
     /// exclusively (EBUSY, as in systemd) and is not locked shared.
-    func lockPath(_ path: String, _ mode: LockFile.Mode) throws(SystemCallError) -> Held {
+    func lockPath(_ path: FilePath, _ mode: LockFile.Mode) throws(SystemCallError) -> Held {
         if !Self.enabled { return Held([]) }
         // An external backend's image (rbd://…) has no file to lock: its backend's own locks,
         // which other hosts see, stand for these.
         if isImageLocator(path) { return Held([]) }
         if path == root || path == "/" {
-            if mode == .exclusive { throw SystemCallError("image_path_lock", .EBUSY, subject: path) }
+            if mode == .exclusive { throw SystemCallError("image_path_lock", .EBUSY, subject: path.string) }
             return Held([])
         }
-        var global: String?
-        if let st = try? fileStatus(path) {
+        var global: FilePath?
+        if let st = try? fileStatus(path.string) {
             if st.isBlockDevice {
-                global = "\(directory)/block-\(major(st.rdev)):\(minor(st.rdev))"
+                global = directory.appending("block-\(major(st.rdev)):\(minor(st.rdev))")
             } else if st.isDirectory || st.isRegular {
-                global = "\(directory)/inode-\(st.device):\(st.inode)"
+                global = directory.appending("inode-\(st.device):\(st.inode)")
             } else {
-                throw SystemCallError("image_path_lock", .ENOTTY, subject: path)
+                throw SystemCallError("image_path_lock", .ENOTTY, subject: path.string)
             }
         }
         var taken: [LockFile] = []
-        if !path.hasPrefix("/dev/") {
-            let slash = path.lastIndex(of: "/") ?? path.startIndex
-            let dir = String(path[..<slash]), file = String(path[path.index(after: slash)...])
+        if !path.starts(with: "/dev"), let file = path.lastComponent {
             do {
-                taken.append(try LockFile.acquire("\(dir)/.#\(file).lck", mode))
+                taken.append(try LockFile.acquire(path.removingLastComponent().appending(".#\(file).lck").string, mode))
             } catch where !(mode == .shared && error.errno == .EROFS) {
                 throw error
             } catch {
@@ -58,7 +57,7 @@ struct ImageLocks: Sendable {
         if let global {
             prepareDirectory()
             do {
-                taken.append(try LockFile.acquire(global, mode))
+                taken.append(try LockFile.acquire(global.string, mode))
             } catch {
                 for l in taken { l.release() }
                 throw error
@@ -72,7 +71,7 @@ struct ImageLocks: Sendable {
         if name == ".host" { throw SystemCallError("image_name_lock", .EBUSY, subject: name) }
         if !Self.enabled { return Held([]) }
         prepareDirectory()
-        return Held([try LockFile.acquire("\(directory)/name-\(name)", mode)])
+        return Held([try LockFile.acquire(directory.appending("name-\(name)").string, mode)])
     }
 
     /// systemd honours `SYSTEMD_NSPAWN_LOCK=0` (a boolean) to switch image locks off; so do we,
@@ -85,10 +84,9 @@ struct ImageLocks: Sendable {
 
     private func prepareDirectory() {
         // One statx in the usual case where the folder exists; mkdir -p walks every component.
-        if (try? entryStatus(directory, followSymlinks: true))?.isDirectory == true { return }
-        let parent = String(directory[..<(directory.lastIndex(of: "/") ?? directory.endIndex)])
-        try? makeDirectories(parent, mode: 0o755)
-        _ = mkdir(directory, 0o700)
+        if (try? entryStatus(directory.string, followSymlinks: true))?.isDirectory == true { return }
+        try? makeDirectories(directory.removingLastComponent().string, mode: 0o755)
+        _ = mkdir(directory.string, 0o700)
     }
 
     private func major(_ dev: UInt64) -> UInt32 { UInt32(((dev >> 8) & 0xfff) | ((dev >> 32) & ~0xfff)) }

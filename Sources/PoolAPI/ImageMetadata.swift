@@ -53,10 +53,12 @@ public struct ImageMetadata: Sendable, Equatable {
     }
 
     /// The first line that is neither empty nor a comment, trimmed (as systemd reads
-    /// /etc/hostname).
-    static func parseHostname(_ text: String) -> String {
-        for line in text.split(whereSeparator: { $0 == "\n" || $0 == "\r" }) {
-            let t = line.trimmingWhitespace()
+    /// /etc/hostname). Lines end at `\n` or `\r`, split as scalars: "\r\n" is one Character in
+    /// Swift, which a Character split on either would not break at (fuzzing found a CRLF file's
+    /// comment and name coming back as one "line" with a newline in it).
+    package static func parseHostname(_ text: String) -> String {
+        for line in text.unicodeScalars.split(whereSeparator: { $0 == "\n" || $0 == "\r" }) {
+            let t = Substring(line).trimmingWhitespace()
             if t.isEmpty || t.hasPrefix("#") { continue }
             return t
         }
@@ -168,16 +170,5 @@ public enum EnvironmentFile {
             (UInt8(ascii: "a")...UInt8(ascii: "z")).contains(c) || (UInt8(ascii: "A")...UInt8(ascii: "Z")).contains(c)
                 || (UInt8(ascii: "0")...UInt8(ascii: "9")).contains(c) || c == UInt8(ascii: "_")
         }
-    }
-}
-
-extension StringProtocol {
-    func trimmingWhitespace() -> String {
-        let scalars = unicodeScalars
-        guard let start = scalars.firstIndex(where: { !$0.properties.isWhitespace }),
-              let end = scalars.lastIndex(where: { !$0.properties.isWhitespace }) else { return "" }
-        var result = ""
-        result.unicodeScalars.append(contentsOf: scalars[start...end])
-        return result
     }
 }

@@ -1,5 +1,6 @@
 import Linux
 import Synchronization
+import struct SystemPackage.FilePath
 
 /// Discovery: which images the search paths hold, found by listing (ListImages) or by name
 /// or path (GetImage, every mutation), claimed by the backends and described by them.
@@ -15,9 +16,9 @@ extension ImagePool {
         var backend: (any ImageBackend)?
         var isVendor: Bool
         /// The host's root, the path of `.host`.
-        var root: String
+        var root: FilePath
         /// The image's path (worked out when asked: listings never need it).
-        var path: String { entry?.path ?? root }
+        var path: FilePath { entry?.path ?? root }
         var isHost: Bool { backend == nil }
         /// The entry is a symlink (an image linked into a search path from elsewhere).
         var isSymlink: Bool { entry?.status?.isSymlink == true }
@@ -61,8 +62,8 @@ extension ImagePool {
     }
 
     struct DiscoveryContext: Sendable {
-        var root: String
-        var searchPaths: [String]
+        var root: FilePath
+        var searchPaths: [FilePath]
         var hasHostImage: Bool
         var registry: BackendRegistry
         var realPaths: RealPathCache
@@ -81,7 +82,7 @@ extension ImagePool {
         var seen: Set<String> = [".host"]
         var result = c.hasHostImage ? [Found(name: ".host", entry: nil, backend: nil, isVendor: false, root: c.root)] : []
         for dir in c.searchPaths {
-            guard let real = c.realPaths.resolve(dir), let folder = try? FileDescriptor.openDirectory(real) else { continue }
+            guard let real = c.realPaths.resolve(dir), let folder = try? FileDescriptor.openDirectory(real.string) else { continue }
             defer { folder.close() }
             guard let names = try? directoryEntries(of: folder) else { continue }
             let folderStatus = try? entryStatus(".", relativeTo: folder)
@@ -105,7 +106,7 @@ extension ImagePool {
     /// The entry `file` of the folder `real` (open as `folder`) whose own statx is `status`:
     /// a symlink's target is looked at too, and the folder's statfs is reused unless the entry
     /// leads to another filesystem or is a mount point of its own.
-    static func poolEntry(_ file: String, in real: String, _ folder: FileDescriptor, status: EntryStatus,
+    static func poolEntry(_ file: String, in real: FilePath, _ folder: FileDescriptor, status: EntryStatus,
                                   folderDevice: UInt64?, folderFilesystem: FilesystemStatus?) -> PoolEntry {
         let target = status.isSymlink ? try? entryStatus(file, relativeTo: folder, followSymlinks: true) : status
         var filesystem: FilesystemStatus? = nil
@@ -113,7 +114,7 @@ extension ImagePool {
             if !status.isSymlink, target.device == folderDevice, target.isMountRoot == false, let folderFilesystem {
                 filesystem = folderFilesystem
             } else {
-                filesystem = try? filesystemStatus(joinPath(real, file))
+                filesystem = try? filesystemStatus(real.appending(file).string)
             }
         }
         return PoolEntry(directory: real, fileName: file, status: status, target: target, filesystem: filesystem)
@@ -135,7 +136,7 @@ extension ImagePool {
             // A folder that is not there costs one statx, whatever the number of file names.
             guard let real = c.realPaths.resolve(dir) else { continue }
             for file in fileNames {
-                let path = joinPath(real, file)
+                let path = real.appending(file).string
                 guard let status = try? entryStatus(path) else { continue }
                 let target = status.isSymlink ? try? entryStatus(path, followSymlinks: true) : status
                 let entry = PoolEntry(directory: real, fileName: file, status: status, target: target,
@@ -152,7 +153,7 @@ extension ImagePool {
         guard let backend = f.backend, let entry = f.entry else {
             // As systemd-machined 252 reports `.host`: a writable directory with no times or
             // usage. Berth still refuses to change it (EROFS), as machined does.
-            return Image(name: f.name, path: f.path, type: .directory, readOnly: false)
+            return Image(name: f.name, path: f.path.string, type: .directory, readOnly: false)
         }
         var image = try backend.image(named: f.name, entry: entry)
         image.name = f.name
@@ -161,9 +162,8 @@ extension ImagePool {
     }
 
     /// Images under ROOT/usr are the vendor's: read-only whatever their flags say.
-    static func isVendor(_ realDirectory: String, root: String) -> Bool {
-        let usr = joinPath(root, "usr")
-        return realDirectory == usr || realDirectory.hasPrefix(usr + "/")
+    static func isVendor(_ realDirectory: FilePath, root: FilePath) -> Bool {
+        realDirectory.starts(with: root.appending("usr"))
     }
 
     // MARK: lookups
@@ -178,7 +178,7 @@ extension ImagePool {
 
     /// The image at the absolute path `path`, wherever it is, claimed by the first backend that
     /// knows its kind; its name is what that backend makes of the file name.
-    func existing(path: String) throws -> Found {
+    func existing(path: FilePath) throws -> Found {
         guard let found = Self.find(path: path, discoveryContext) else { throw PoolError(.noSuchImage, "no image at \(path)") }
         return found
     }
@@ -191,19 +191,17 @@ extension ImagePool {
 
     /// The image at `path`: `.noSuchImage` if nothing is there or no backend claims it.
     public nonisolated func imageNow(atPath path: String) throws -> Image {
-        guard let found = Self.find(path: path, discoveryContext) else { throw PoolError(.noSuchImage, "no image at \(path)") }
+        guard let found = Self.find(path: FilePath(path), discoveryContext) else { throw PoolError(.noSuchImage, "no image at \(path)") }
         return try Self.describe(found, discoveryContext)
     }
 
-    static func find(path: String, _ c: DiscoveryContext) -> Found? {
+    static func find(path: FilePath, _ c: DiscoveryContext) -> Found? {
         if isImageLocator(path) { return findExternal(locator: path, c) }
-        guard path.hasPrefix("/"), let real = realPath(path), real != "/" else { return nil }
-        let slash = real.lastIndex(of: "/") ?? real.startIndex
-        let directory = slash == real.startIndex ? "/" : String(real[..<slash])
-        let file = String(real[real.index(after: slash)...])
-        guard let status = try? entryStatus(real) else { return nil }
-        let entry = PoolEntry(directory: directory, fileName: file, status: status, target: status,
-                              filesystem: try? filesystemStatus(real))
+        guard path.isAbsolute, let real = realPath(path), let file = real.lastComponent else { return nil }
+        let directory = real.removingLastComponent()
+        guard let status = try? entryStatus(real.string) else { return nil }
+        let entry = PoolEntry(directory: directory, fileName: file.string, status: status, target: status,
+                              filesystem: try? filesystemStatus(real.string))
         guard let (owner, name) = c.registry.claim(entry) else { return nil }
         return Found(name: name, entry: entry, backend: owner, isVendor: isVendor(directory, root: c.root), root: c.root)
     }
@@ -218,15 +216,15 @@ extension ImagePool {
 /// replaced or re-pointed (another inode) is resolved afresh.
 final class RealPathCache: Sendable {
     private struct Resolved {
-        var real: String
+        var real: FilePath
         var device: UInt64
         var inode: UInt64
     }
-    private let resolved = Mutex<[String: Resolved]>([:])
+    private let resolved = Mutex<[FilePath: Resolved]>([:])
 
     /// The real path of `path`, nil if it does not exist.
-    func resolve(_ path: String) -> String? {
-        guard let status = try? entryStatus(path, followSymlinks: true) else { return nil }
+    func resolve(_ path: FilePath) -> FilePath? {
+        guard let status = try? entryStatus(path.string, followSymlinks: true) else { return nil }
         if let known = resolved.withLock({ $0[path] }), known.device == status.device, known.inode == status.inode {
             return known.real
         }

@@ -1,5 +1,7 @@
 import Linux
 
+import struct SystemPackage.FilePath
+
 /// Images of external backends (`ExternalImageBackend`, e.g. Ceph RBD) in the pool's discovery:
 /// listed after the folder images, under the same name rules.
 extension ImagePool {
@@ -27,7 +29,7 @@ extension ImagePool {
     }
 
     /// The external image a locator (`rbd://ceph/berth/NAME`) names, if its backend has it.
-    static func findExternal(locator: String, _ c: DiscoveryContext) -> Found? {
+    static func findExternal(locator: FilePath, _ c: DiscoveryContext) -> Found? {
         for backend in c.registry.externalBackends {
             guard let name = backend.imageName(ofLocator: locator) else { continue }
             return backend.hasExternalImage(named: name)

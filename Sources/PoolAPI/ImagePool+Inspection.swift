@@ -1,4 +1,5 @@
 import Linux
+import struct SystemPackage.FilePath
 
 /// Inspection: reading files inside an image (machine1's metadata, portable1's units).
 extension ImagePool {
@@ -19,19 +20,19 @@ extension ImagePool {
         let name = nameOrPath
         if !name.hasPrefix("/") { try Self.validateName(name) }
         return try await serialised([(name, .shared)]) {
-            let found = try name.hasPrefix("/") ? existing(path: name) : existing(name)
+            let found = try name.hasPrefix("/") ? existing(path: FilePath(name)) : existing(name)
             // Shared, best effort: a running container holds its image exclusively, and its
             // os-release is still worth reading.
             let lock = found.isHost ? nil : try? locks.lockPath(found.path, .shared)
             defer { lock?.release() }
             let path = found.path, backend = found.backend
             return try await Blocking.run {
-                guard let backend else { return try read(path) }
+                guard let backend else { return try read(path.string) }
                 let root: any InspectionRoot
                 do { root = try backend.openForInspection(at: path) }
                 catch { throw Self.poolError(error, "cannot open image '\(name)' for inspection") }
                 defer { root.close() }
-                do { return try read(root.root) }
+                do { return try read(root.root.string) }
                 catch { throw Self.poolError(error, "cannot read \(what) of image '\(name)'") }
             }
         }

@@ -1,5 +1,6 @@
 import FileTree
 import Linux
+import struct SystemPackage.FilePath
 
 /// Temp-entry installs: a new image made under a hidden temp name, filled, and moved to its
 /// name atomically (imports; clones use the same temp entries and `discard`).
@@ -37,16 +38,15 @@ extension ImagePool {
             }
             let entry = backend.entryName(forImage: name)
             let folder = external?.locatorFolder ?? pool
-            let temp = joinPath(folder, Self.temporaryName(for: entry))
-            let finalPath = joinPath(folder, entry)
+            let temp = folder.appending(Self.temporaryName(for: entry))
+            let finalPath = folder.appending(entry)
             do {
                 try await Blocking.run { try backend.createEmpty(at: temp) }
-                try await fill(temp)
+                try await fill(temp.string)
                 try Task.checkCancellation()
-                // The replaced image must not be in use; it keeps its lock until it is gone.
                 // The replaced image (if in the pool folder) must not be in use; it keeps its
                 // lock until it is gone.
-                let replaced = current.flatMap { joinPath(folder, Self.fileName(of: $0.path)) == $0.path ? $0 : nil }
+                let replaced = current.flatMap { $0.path.removingLastComponent() == folder ? $0 : nil }
                 let replacedLock = try replaced.map { try lockPath($0.path, .exclusive, name) }
                 defer { replacedLock?.release() }
                 try await Blocking.run {
@@ -58,7 +58,7 @@ extension ImagePool {
                     if replaced.path == finalPath, isImageLocator(finalPath) {
                         // External storage has no atomic exchange: the old image moves aside
                         // under a temp name, the new one takes the name, then the old one goes.
-                        let aside = joinPath(folder, Self.temporaryName(for: entry))
+                        let aside = folder.appending(Self.temporaryName(for: entry))
                         try oldBackend.rename(from: finalPath, to: aside)
                         do { try backend.rename(from: temp, to: finalPath) } catch {
                             try? oldBackend.rename(from: aside, to: finalPath)
@@ -90,12 +90,12 @@ extension ImagePool {
                     var failure: (any Error)?
                     // A symlinked image is the link only: what it points to is not touched.
                     do {
-                        if replaced.isSymlink { try removeFile(leftover) } else { try oldBackend.remove(at: leftover) }
+                        if replaced.isSymlink { try removeFile(leftover.string) } else { try oldBackend.remove(at: leftover) }
                     } catch { failure = error }
-                    if !replaced.isSymlink, (try? fileStatus(leftover, followSymlinks: false)) != nil {
+                    if !replaced.isSymlink, (try? fileStatus(leftover.string, followSymlinks: false)) != nil {
                         do { try TreeRemoval.remove(at: leftover) } catch { failure = error }
                     }
-                    if (try? fileStatus(leftover, followSymlinks: false)) != nil {
+                    if (try? fileStatus(leftover.string, followSymlinks: false)) != nil {
                         // The new image is in place: a success, but the old data still takes
                         // space, and the user must hear where.
                         let later = leftover == temp ? "; berthd removes it at its next start" : ""
@@ -114,23 +114,23 @@ extension ImagePool {
 
     /// renameat2(RENAME_EXCHANGE) of the new entry with the old; an immutable new directory
     /// cannot move either, so its flag is lifted around the swap.
-    static func exchange(_ new: String, _ old: String, newIsReadOnly: Bool, _ backend: any ImageBackend) throws {
+    static func exchange(_ new: FilePath, _ old: FilePath, newIsReadOnly: Bool, _ backend: any ImageBackend) throws {
         if newIsReadOnly { try backend.setReadOnly(false, at: new) }
-        try renameExchange(new, old)
+        try renameExchange(new.string, old.string)
         if newIsReadOnly { try backend.setReadOnly(true, at: old) }
     }
 
     /// Removes a temp entry after a failure: through its backend (a subvolume needs btrfs),
     /// then fd-relative with flags lifted for whatever is still there.
-    static func discard(_ temp: String, _ backend: (any ImageBackend)?) async {
+    static func discard(_ temp: FilePath, _ backend: (any ImageBackend)?) async {
         _ = try? await Blocking.run {
             if isImageLocator(temp) {
                 try? backend?.remove(at: temp)
                 return
             }
-            guard (try? fileStatus(temp, followSymlinks: false)) != nil else { return }
+            guard (try? fileStatus(temp.string, followSymlinks: false)) != nil else { return }
             try? backend?.remove(at: temp)
-            if (try? fileStatus(temp, followSymlinks: false)) != nil { try? TreeRemoval.remove(at: temp) }
+            if (try? fileStatus(temp.string, followSymlinks: false)) != nil { try? TreeRemoval.remove(at: temp) }
         }
     }
 }

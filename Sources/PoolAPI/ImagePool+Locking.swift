@@ -1,5 +1,6 @@
 import Linux
 import Synchronization
+import struct SystemPackage.FilePath
 
 /// Locking: the in-process per-name serialisation, systemd's image and name lock files, the
 /// read-only and in-use refusals, and holds for transfers that read an image.
@@ -32,7 +33,7 @@ extension ImagePool {
     static func refuseSymlink(_ f: Found, _ what: String) throws {
         guard f.isSymlink else { return }
         throw PoolError(.system, "cannot \(what) image '\(f.name)': \(f.path) is a symlink",
-                        cause: SystemCallError("open", .ELOOP, subject: f.path))
+                        cause: SystemCallError("open", .ELOOP, subject: f.path.string))
     }
 
     func refuseReadOnlyImage(_ f: Found, _ what: String) throws {
@@ -40,7 +41,7 @@ extension ImagePool {
         if f.isVendor { throw PoolError(.readOnly, "cannot \(what) vendor image '\(f.name)' in \(f.path)") }
     }
 
-    func lockPath(_ path: String, _ mode: LockFile.Mode, _ name: String) throws -> ImageLocks.Held {
+    func lockPath(_ path: FilePath, _ mode: LockFile.Mode, _ name: String) throws -> ImageLocks.Held {
         do { return try locks.lockPath(path, mode) } catch {
             if error.errno == .EBUSY { throw PoolError(.busy, "image '\(name)' is in use", cause: error) }
             throw PoolError.from(error, "cannot lock image '\(name)'")

@@ -1,6 +1,7 @@
 import FileTree
 import Glibc
 import Linux
+import struct SystemPackage.FilePath
 
 /// Mutations of existing images: CloneImage, RenameImage, RemoveImage, MarkImageReadOnly,
 /// SetImageLimit and CleanPool.
@@ -41,7 +42,7 @@ extension ImagePool {
                 throw PoolError(.notSupported, "cannot clone \(source.type.rawValue) image '\(name)' into \(pool)")
             }
             let finalPath = (creator as? any ExternalImageBackend)?.locator(of: newName)
-                ?? joinPath(pool, creator.entryName(forImage: newName))
+                ?? pool.appending(creator.entryName(forImage: newName))
             let sourcePath = source.path, isHost = source.isHost
             if !copyIntoEmpty && creator.clonesInOneStep(from: sourcePath) {
                 // Atomic (a snapshot): straight to the final name, nothing half-made to hide.
@@ -56,16 +57,16 @@ extension ImagePool {
             // nspawn holds it exclusively; systemd clones running containers, so we go on.
             let sourceLock = try? locks.lockPath(sourcePath, .shared)
             defer { sourceLock?.release() }
-            let temp = joinPath(pool, Self.temporaryName(for: creator.entryName(forImage: newName)))
+            let temp = pool.appending(Self.temporaryName(for: creator.entryName(forImage: newName)))
             do {
                 try await Blocking.run(cancellable: { flag in
                     if copyIntoEmpty {
                         try creator.createEmpty(at: temp)
                         let from = try TreeCopy.openSource(sourcePath)
-                        let into = try FileDescriptor.openDirectory(temp, followSymlinks: false)
+                        let into = try FileDescriptor.openDirectory(temp.string, followSymlinks: false)
                         // A clone of the host leaves the pool folder empty, as a mount point: it
                         // would otherwise hold every image, and each later clone all earlier ones.
-                        let pool = isHost ? (try? fileStatus(pool)).map(TreeCopy.DirectoryIdentity.init) : nil
+                        let pool = isHost ? (try? fileStatus(pool.string)).map(TreeCopy.DirectoryIdentity.init) : nil
                         try TreeCopy.copyContents(of: from, into: into,
                                                   options: TreeCopy.Options(leftEmpty: pool.map { [$0] } ?? [],
                                                                             isCancelled: { flag.isCancelled }))
@@ -100,20 +101,20 @@ extension ImagePool {
             defer { oldNameLock.release() }
             let newNameLock = try lockName(newName)
             defer { newNameLock.release() }
-            let folder = Self.folder(of: source.path)
-            let destination = joinPath(folder, backend.entryName(forImage: newName))
+            let folder = source.path.removingLastComponent()
+            let destination = folder.appending(backend.entryName(forImage: newName))
             let from = source.path, isSymlink = source.isSymlink
             try await Blocking.run {
                 do {
                     // A symlinked image: the link is renamed, what it points to is not touched.
-                    if isSymlink { try renameNoReplace(from, destination) } else { try backend.rename(from: from, to: destination) }
+                    if isSymlink { try renameNoReplace(from.string, destination.string) } else { try backend.rename(from: from, to: destination) }
                 } catch {
                     throw Self.poolError(error, "cannot rename image '\(name)' to '\(newName)'")
                 }
                 // Its nspawn settings beside it follow it, as systemd's image rename does (best effort:
                 // the image is renamed already, and an existing NEW.nspawn is not replaced).
                 if !isImageLocator(folder) {
-                    try? renameNoReplace(Self.settingsPath(folder, name), Self.settingsPath(folder, newName))
+                    try? renameNoReplace(Self.settingsPath(folder, name).string, Self.settingsPath(folder, newName).string)
                 }
             }
         }
@@ -137,17 +138,17 @@ extension ImagePool {
         let nameLock = try lockName(found.name)
         defer { nameLock.release() }
         let path = found.path, name = found.name, isSymlink = found.isSymlink
-        let folder = Self.folder(of: path)
+        let folder = path.removingLastComponent()
         try await Blocking.run {
             do {
                 // A symlinked image: the link goes, what it points to stays.
-                if isSymlink { try removeFile(path) } else { try backend.remove(at: path) }
+                if isSymlink { try removeFile(path.string) } else { try backend.remove(at: path) }
             } catch {
                 throw Self.poolError(error, "cannot remove image '\(name)'")
             }
             // Its nspawn settings beside it go with it, as systemd's image remove does: left behind,
             // they would apply to the next image of that name.
-            if !isImageLocator(folder) { try? removeFile(Self.settingsPath(folder, name)) }
+            if !isImageLocator(folder) { try? removeFile(Self.settingsPath(folder, name).string) }
         }
     }
 
@@ -195,9 +196,9 @@ extension ImagePool {
 
     /// Removes the layer cache if no pull uses it (an exclusive flock taken without waiting).
     func removeLayerCache() async {
-        let path = joinPath(realPoolPath, Self.layerCacheEntry)
+        let path = realPoolPath.appending(Self.layerCacheEntry)
         _ = try? await Blocking.run {
-            let folder = try FileDescriptor.openDirectory(path, followSymlinks: false)
+            let folder = try FileDescriptor.openDirectory(path.string, followSymlinks: false)
             defer { folder.close() }
             guard flock(folder.rawValue, LOCK_EX | LOCK_NB) == 0 else { return }
             try TreeRemoval.remove(at: path)

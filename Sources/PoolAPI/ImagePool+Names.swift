@@ -1,4 +1,5 @@
 import Linux
+import struct SystemPackage.FilePath
 
 /// Name rules: which image names are valid, and the file names derived from a name (temp
 /// entries, nspawn settings) and from a path.
@@ -42,13 +43,5 @@ extension ImagePool {
 
     /// `FOLDER/NAME.nspawn`: where systemd-nspawn looks for the settings of image NAME kept in
     /// FOLDER (an OCI pull writes one there).
-    static func settingsPath(_ folder: String, _ name: String) -> String { joinPath(folder, name + ".nspawn") }
-
-    /// The folder part of an absolute `path`: everything before its last `/` (the whole path if it has none).
-    static func folder(of path: String) -> String { String(path[..<(path.lastIndex(of: "/") ?? path.endIndex)]) }
-
-    static func fileName(of path: String) -> String {
-        guard let slash = path.lastIndex(of: "/") else { return path }
-        return String(path[path.index(after: slash)...])
-    }
+    static func settingsPath(_ folder: FilePath, _ name: String) -> FilePath { folder.appending(name + ".nspawn") }
 }

@@ -8,7 +8,7 @@ extension ImagePool {
     /// reach the images' device nodes and setuid files; berthd makes it 0700 and leaves an
     /// existing one as the admin set it, but says so.
     public nonisolated func poolAccessWarning() -> String? {
-        guard let st = try? fileStatus(realPoolPath), st.isDirectory, st.mode & 0o077 != 0 else { return nil }
+        guard let st = try? fileStatus(realPoolPath.string), st.isDirectory, st.mode & 0o077 != 0 else { return nil }
         let mode = String(st.mode & 0o7777, radix: 8)
         return "the image pool \(realPoolPath) is mode \(mode): other users can reach the images' device nodes "
             + "and setuid files; make it 0700 (chmod 0700 \(realPoolPath)) as systemd does"
@@ -46,28 +46,28 @@ extension ImagePool {
                     report.failed.append(.init(path: path, reason: "\(error)"))
                 }
             }
-            for file in (try? directoryEntries(pool)) ?? [] where file.hasPrefix(".#") && file != ImagePool.layerCacheEntry {
-                let path = joinPath(pool, file)
-                guard let st = try? fileStatus(path, followSymlinks: false) else { continue }
+            for file in (try? directoryEntries(pool.string)) ?? [] where file.hasPrefix(".#") && file != ImagePool.layerCacheEntry {
+                let path = pool.appending(file)
+                guard let st = try? fileStatus(path.string, followSymlinks: false) else { continue }
                 if st.isRegular && file.hasSuffix(".lck") {
-                    removeLockFile(path)
+                    removeLockFile(path.string)
                     continue
                 }
                 if st.isDirectory || st.isRegular, let (backend, _) = registry.claim(PoolEntry(directory: pool, fileName: file)),
                    (try? backend.remove(at: path)) != nil {
-                    report.removed.append(path)
+                    report.removed.append(path.string)
                     continue
                 }
                 do {
                     try TreeRemoval.remove(at: path)
-                    report.removed.append(path)
+                    report.removed.append(path.string)
                 } catch {
-                    report.failed.append(.init(path: path, reason: "\(error)"))
+                    report.failed.append(.init(path: path.string, reason: "\(error)"))
                 }
             }
-            for file in (try? directoryEntries(lockDirectory)) ?? []
+            for file in (try? directoryEntries(lockDirectory.string)) ?? []
             where ["name-", "inode-", "block-"].contains(where: { file.hasPrefix($0) }) {
-                removeLockFile(joinPath(lockDirectory, file))
+                removeLockFile(lockDirectory.appending(file).string)
             }
             return report
         }

@@ -2,6 +2,7 @@ import FileTree
 import Glibc
 import Linux
 import Synchronization
+import struct SystemPackage.FilePath
 
 /// The machine image pool behind org.freedesktop.machine1's image methods (ListImages,
 /// GetImage, CloneImage, RenameImage, RemoveImage, MarkImageReadOnly, SetImageLimit,
@@ -61,13 +62,13 @@ public actor ImagePool {
     public let configuration: Configuration
     /// The backends that claim and make images, in priority order.
     public let registry: BackendRegistry
-    let realRoot: String
-    let realPoolPath: String
+    let realRoot: FilePath
+    let realPoolPath: FilePath
     let locks: ImageLocks
     var nameLocks = NameLocks()
     /// Images held for reading by transfers (`holdForReading`), by name, with their holder count.
     var readHolds: [String: Int] = [:]
-    let searchPaths: [String]
+    let searchPaths: [FilePath]
     let realPaths = RealPathCache()
 
     /// A pool over `configuration.root`'s search paths. Nothing is touched until first use;
@@ -75,15 +76,15 @@ public actor ImagePool {
     public init(configuration: Configuration, registry: BackendRegistry) {
         self.configuration = configuration
         self.registry = registry
-        let root = Self.realPath(configuration.root) ?? configuration.root
+        let root = Self.realPath(FilePath(configuration.root)) ?? FilePath(configuration.root)
         realRoot = root
-        realPoolPath = joinPath(root, configuration.poolFolder)
-        searchPaths = configuration.searchPaths
-        locks = ImageLocks(directory: joinPath(root, "run/systemd/nspawn/locks"), root: root)
+        realPoolPath = root.appending(configuration.poolFolder)
+        searchPaths = configuration.searchPaths.map { FilePath($0) }
+        locks = ImageLocks(directory: root.appending("run/systemd/nspawn/locks"), root: root)
     }
 
     /// The real path of the pool folder (`PoolPath`: `ROOT/var/lib/machines` for machine1).
-    public nonisolated var poolPath: String { realPoolPath }
+    public nonisolated var poolPath: String { realPoolPath.string }
 
     // MARK: the pool folder and errors
 
@@ -93,20 +94,20 @@ public actor ImagePool {
     /// files that no other user may reach (a subvolume is born 0755, a mkdir under the umask).
     func ensurePoolFolder() async throws {
         let pool = realPoolPath, registry = self.registry
-        if (try? entryStatus(pool, followSymlinks: true))?.isDirectory == true { return }
+        if (try? entryStatus(pool.string, followSymlinks: true))?.isDirectory == true { return }
         try await Blocking.run {
-            if (try? fileStatus(pool))?.isDirectory == true { return }
-            let parent = Self.folder(of: pool)
-            do { try makeDirectories(parent) } catch { throw Self.poolError(error, "cannot create \(parent)") }
+            if (try? fileStatus(pool.string))?.isDirectory == true { return }
+            let parent = pool.removingLastComponent()
+            do { try makeDirectories(parent.string) } catch { throw Self.poolError(error, "cannot create \(parent)") }
             do {
                 if let tree = registry.treeBackend(for: parent) {
                     try tree.createEmpty(at: pool)
                 } else {
-                    try makeDirectory(pool, mode: 0o700)
+                    try makeDirectory(pool.string, mode: 0o700)
                 }
-                try FileDescriptor.openDirectory(pool, followSymlinks: false).setMode(0o700)
+                try FileDescriptor.openDirectory(pool.string, followSymlinks: false).setMode(0o700)
             } catch {
-                if (try? fileStatus(pool))?.isDirectory == true { return }  // made meanwhile
+                if (try? fileStatus(pool.string))?.isDirectory == true { return }  // made meanwhile
                 throw Self.poolError(error, "cannot create the pool folder \(pool)")
             }
         }
@@ -127,5 +128,10 @@ public actor ImagePool {
         guard let r = realpath(path, nil) else { return nil }
         defer { free(r) }
         return String(cString: r)
+    }
+
+    /// realpath(3) of a `FilePath`, nil if it does not exist.
+    static func realPath(_ path: FilePath) -> FilePath? {
+        realPath(path.string).map { FilePath($0) }
     }
 }

@@ -6,6 +6,8 @@
 public struct RbdLocator: Sendable, Hashable, CustomStringConvertible {
     /// The scheme prefix.
     public static let scheme = "rbd://"
+    /// The prefix as a `FilePath` folds it (repeated separators coalesced).
+    static let pathScheme = "rbd:/"
 
     /// The cluster name (`ceph`).
     public var cluster: String
@@ -20,10 +22,18 @@ public struct RbdLocator: Sendable, Hashable, CustomStringConvertible {
         self.image = image
     }
 
-    /// Parses `rbd://CLUSTER/POOL/IMAGE`; nil for anything else (a plain path, a bad name).
+    /// Parses `rbd://CLUSTER/POOL/IMAGE`, or `rbd:/CLUSTER/POOL/IMAGE` as a `FilePath` of it
+    /// spells it; nil for anything else (a plain path, a bad name).
     public init?(_ text: String) {
-        guard text.hasPrefix(Self.scheme) else { return nil }
-        let parts = text.dropFirst(Self.scheme.count).split(separator: "/", maxSplits: 2, omittingEmptySubsequences: false)
+        let rest: Substring
+        if text.hasPrefix(Self.scheme) {
+            rest = text.dropFirst(Self.scheme.count)
+        } else if text.hasPrefix(Self.pathScheme) {
+            rest = text.dropFirst(Self.pathScheme.count)
+        } else {
+            return nil
+        }
+        let parts = rest.split(separator: "/", maxSplits: 2, omittingEmptySubsequences: false)
         guard parts.count == 3 else { return nil }
         let (cluster, pool, image) = (String(parts[0]), String(parts[1]), String(parts[2]))
         guard BackendConfiguration.isCephName(cluster), BackendConfiguration.isCephName(pool),
@@ -38,7 +48,7 @@ public struct RbdLocator: Sendable, Hashable, CustomStringConvertible {
     public func with(image: String) -> RbdLocator { RbdLocator(cluster: cluster, pool: pool, image: image) }
 
     /// Whether `text` is an RBD locator rather than a path.
-    public static func isLocator(_ text: String) -> Bool { text.hasPrefix(scheme) }
+    public static func isLocator(_ text: String) -> Bool { text.hasPrefix(scheme) || text.hasPrefix(pathScheme) }
 }
 
 extension BackendConfiguration {

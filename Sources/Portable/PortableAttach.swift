@@ -1,6 +1,7 @@
 import Glibc
 import Linux
 import PoolAPI
+import struct SystemPackage.FilePath
 
 /// One change attach or detach made, as portable1 reports it: `a(sss)` of type, path and source.
 public struct PortableChange: Sendable, Equatable, CustomStringConvertible {
@@ -320,14 +321,14 @@ public enum PortableAttach {
     }
 
     private static func fileName(of path: String) -> String {
-        String(path.split(separator: "/").last ?? Substring(path))
+        FilePath(path).lastComponent?.string ?? path
     }
 
     /// Makes `path` (and its parents) if it is not there; true if this call made `path` itself.
     private static func makeFolderIfMissing(_ path: String) throws(SystemCallError) -> Bool {
         if (try? fileStatus(path))?.isDirectory == true { return false }
-        let parent = String(path[..<(path.lastIndex(of: "/") ?? path.endIndex)])
-        if !parent.isEmpty { try makeDirectories(parent) }
+        let parent = FilePath(path).removingLastComponent()
+        if !parent.isEmpty { try makeDirectories(parent.string) }
         try makeDirectory(path, mode: 0o755)
         return true
     }

@@ -1,5 +1,6 @@
 import Glibc
 import Linux
+import struct SystemPackage.FilePath
 
 /// GetImageState from the files: whether units of an image are attached, persistently
 /// (`ROOT/etc/systemd/system.attached`) or for this boot (`ROOT/run/systemd/system.attached`).
@@ -93,7 +94,7 @@ public enum PortableState {
 
     /// The image name a path stands for: its file name without `.raw`.
     public static func imageName(_ path: String) -> Substring {
-        var base = path.split(separator: "/").last ?? ""
+        var base = Substring(FilePath(path).lastComponent?.string ?? "")
         if base.hasSuffix(".raw") { base = base.dropLast(4) }
         return base
     }

@@ -1,12 +1,14 @@
 import Linux
 import PoolAPI
 
+import struct SystemPackage.FilePath
+
 /// An RBD image's root filesystem for inspection (GetImageOSRelease and friends): the image
 /// mounted read-only as a file by rbd-fuse, then inspected by whatever a file-based inspector
 /// does with a raw disk (RawLoopBackend's read-only loop device + read-only mount).
 /// `close()` undoes both, the loop side first: rbd-fuse must not go while a loop device reads it.
 public final class RbdInspectionRoot: InspectionRoot {
-    public let root: String
+    public let root: FilePath
     private let inner: any InspectionRoot
     private let mount: RbdFuseMount
 

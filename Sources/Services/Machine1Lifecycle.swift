@@ -3,6 +3,7 @@ import Glibc
 import Linux
 import Logging
 import Machines
+import struct SystemPackage.FilePath
 
 /// What CreateMachine, RegisterMachine and their …WithNetwork and …Ex forms ask for, decoded.
 struct MachineRequest {
@@ -264,7 +265,7 @@ extension Machine1Service {
     /// component that is a unit name and not a slice (`/system.slice/x.service/payload` →
     /// `x.service`); without one (no systemd here), the last component, as berthd always did.
     static func unit(ofGroup group: String) -> String {
-        let parts = group.split(separator: "/").map(String.init)
+        let parts = FilePath(group).components.map(\.string)
         if let unit = parts.first(where: { isUnitName($0) && !$0.hasSuffix(".slice") }) { return unit }
         return parts.last ?? ""
     }

@@ -3,6 +3,7 @@ import Glibc
 import Linux
 import Machines
 import PoolAPI
+import struct SystemPackage.FilePath
 
 /// machine1's members that reach into a running machine: OpenMachinePTY, OpenMachineLogin,
 /// OpenMachineShell, OpenMachineRootDirectory and BindMountMachine, and their twins on the
@@ -77,7 +78,7 @@ extension Machine1Service {
                 guard f.count == 3, h.isUnified ? f[0] == "0" : f[1] == "name=systemd" else { continue }
                 let group = String(f[2])
                 // A group path is absolute and has no `..`: anything else is not the kernel's.
-                guard group.hasPrefix("/"), !group.split(separator: "/").contains("..") else { continue }
+                guard group.hasPrefix("/"), !FilePath(group).components.contains(where: { $0.kind == .parentDirectory }) else { continue }
                 files.append(h.mount + (group == "/" ? "" : group) + "/cgroup.procs")
             }
         }
@@ -238,7 +239,7 @@ extension Machine1Service {
 
     /// strv_env_is_valid as machined applies it: every entry `KEY=VALUE` with a shell-variable
     /// name, no key twice; nil if not.
-    nonisolated static func validEnvironment(_ entries: [String]) -> [String]? {
+    package nonisolated static func validEnvironment(_ entries: [String]) -> [String]? {
         var keys = Set<Substring>()
         for e in entries {
             guard let eq = e.firstIndex(of: "=") else { return nil }
@@ -267,7 +268,7 @@ extension Machine1Service {
         guard Self.isNormalizedAbsolute(destination) else {
             throw BusError.invalidArgs("Destination path must be absolute and normalized.")
         }
-        let components = destination.split(separator: "/").map(String.init)
+        let components = FilePath(destination).components.map(\.string)
         guard !components.isEmpty else { throw BusError.invalidArgs("Cannot bind mount over the machine's root directory.") }
         try await Blocking.run(.interactive) {
             let entry = try Self.enter(m, groups: false)
@@ -298,7 +299,7 @@ extension Machine1Service {
     }
 
     /// path_is_absolute && path_is_normalized: starts with `/`, no `.` or `..` component, no `//`.
-    nonisolated static func isNormalizedAbsolute(_ path: String) -> Bool {
+    package nonisolated static func isNormalizedAbsolute(_ path: String) -> Bool {
         guard path.hasPrefix("/"), !path.utf8.contains(0), path.utf8.count < 4096 else { return false }
         if path == "/" { return true }
         let parts = path.dropFirst().split(separator: "/", omittingEmptySubsequences: false)
@@ -345,12 +346,12 @@ private final class ReapWatch: @unchecked Sendable {
 }
 
 /// One line of a machine's /etc/passwd.
-struct PasswdEntry: Sendable {
-    var name: String
-    var uid: UInt32
-    var gid: UInt32
-    var home: String
-    var shell: String
+package struct PasswdEntry: Sendable {
+    package var name: String
+    package var uid: UInt32
+    package var gid: UInt32
+    package var home: String
+    package var shell: String
 
     /// `user` in the passwd file of the machine whose root is `root` (read through openat2
     /// RESOLVE_IN_ROOT, so a symlinked /etc/passwd cannot point at the host's), or the host's
@@ -373,6 +374,12 @@ struct PasswdEntry: Sendable {
             defer { fd.close() }
             text = String(decoding: try fd.readToEnd(limit: 16 << 20), as: UTF8.self)
         } catch where error.errno == .ENOENT {}
+        return find(user, inPasswd: text)
+    }
+
+    /// `user` (a name, or a number for a uid) in the text of a passwd file, with the fallbacks of
+    /// `lookUp`: the parse of the machine's hostile file, apart from reading it.
+    package static func find(_ user: String, inPasswd text: String) -> PasswdEntry? {
         for line in text.split(separator: "\n") {
             let f = line.split(separator: ":", omittingEmptySubsequences: false)
             guard f.count >= 7, f[0] == user || (UInt32(user) != nil && f[2] == user), let uid = UInt32(f[2]), let gid = UInt32(f[3]) else { continue }

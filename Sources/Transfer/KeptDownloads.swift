@@ -7,7 +7,7 @@ import PoolAPI
 /// `.raw-<URL>\<ETag>` with `/`, `\` and control characters escaped as `\xNN`. A later
 /// keep-download pull of the same URL asks the server with `If-None-Match`; on 304 the kept
 /// image is copied to the new name instead of downloading again.
-enum KeptDownloads {
+package enum KeptDownloads {
     /// `.tar-<escaped URL>\` or `.raw-<escaped URL>\`: every kept download of `url` starts so.
     static func prefix(_ type: TransferType, url: String) -> String {
         (type == .pullRaw ? ".raw-" : ".tar-") + escape(url) + "\\"
@@ -28,7 +28,7 @@ enum KeptDownloads {
 
     /// `\xNN` for '/', '\' and control bytes, in the manner of systemd-pull's names: the
     /// result is a file name, and `unescape` gives the text back.
-    static func escape(_ s: String) -> String {
+    package static func escape(_ s: String) -> String {
         let digits = Array("0123456789abcdef".utf8)
         var out: [UInt8] = []
         for b in s.utf8 {
@@ -42,7 +42,7 @@ enum KeptDownloads {
     }
 
     /// The inverse of `escape`; nil for a malformed escape.
-    static func unescape(_ s: String) -> String? {
+    package static func unescape(_ s: String) -> String? {
         var bytes: [UInt8] = []
         var i = s.utf8.startIndex
         let u = s.utf8

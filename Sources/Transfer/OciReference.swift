@@ -1,3 +1,5 @@
+import struct SystemPackage.FilePath
+
 /// PullOci's `ref`: `registry/repository:tag` or `registry/repository@sha256:<hex>`, as
 /// Docker and skopeo spell image references. Parsed on both sides: berthd refuses a malformed
 /// one with InvalidArgs before any worker starts; the worker talks to the registry with it.
@@ -58,7 +60,7 @@ public struct OciReference: Sendable, Equatable, CustomStringConvertible {
 
     /// The repository's last component: the default image name.
     public var defaultImageName: String {
-        String(repository.split(separator: "/").last ?? Substring(repository))
+        FilePath(repository).lastComponent?.string ?? repository
     }
 
     /// The registry's host without the port, for the loopback check.

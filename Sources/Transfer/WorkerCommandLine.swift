@@ -1,6 +1,7 @@
 import Glibc
 import Linux
 import PoolAPI
+import struct SystemPackage.FilePath
 
 /// berthd's transfer worker, `berth-transfer` (TransferJobs): one transfer in a child process,
 /// so hostile input can crash a worker but never the daemon, and the daemon itself never loads
@@ -11,7 +12,8 @@ import PoolAPI
 /// [--flags N] [--pool PATH] [--etag ETAG]…`.
 /// fd 3 is the status pipe (StatusLine protocol), fd 4 the data fd (input for imports,
 /// output for exports; none for pulls). Exit status 0 is success; anything else is failure,
-/// with an `E` line saying why.
+/// with an `E` line saying why (4: the worker could not confine itself; it never runs
+/// unconfined — TransferJobs/WorkerSandbox.swift, docs/security.md).
 public enum TransferWorker {
     /// argv[1] that selects the worker mode.
     public static let flag = "--berth-transfer-worker"
@@ -23,9 +25,8 @@ public enum TransferWorker {
     /// `berth-transfer` in the folder of the running executable (/proc/self/exe, resolved now,
     /// so a berthd replaced on disk while running still finds the worker of its installation).
     public static func executableBesideSelf() -> String {
-        let exe = (try? readLink("/proc/self/exe")) ?? ""
-        let folder = exe.lastIndex(of: "/").map { String(exe[..<$0]) } ?? "."
-        return folder + "/" + executableName
+        let folder = FilePath((try? readLink("/proc/self/exe")) ?? "").removingLastComponent()
+        return (folder.isEmpty ? "." : folder).appending(executableName).string
     }
 
     /// The worker's parsed command line.

@@ -137,7 +137,7 @@ public final class WorkerProcess: Sendable {
             // Cancellation: SIGTERM once, SIGKILL after the grace period.
             var timeout: Int32 = -1
             if state.withLock({ $0.canceled }) && !killed {
-                let now = Self.monotonicSeconds()
+                let now = monotonicSeconds()
                 if termSentAt == nil {
                     _ = try? sendSignal(SIGTERM, toProcess: process)
                     termSentAt = now
@@ -202,15 +202,9 @@ public final class WorkerProcess: Sendable {
         return outcome
     }
 
-    private static func monotonicSeconds() -> Double {
-        var ts = timespec()
-        clock_gettime(CLOCK_MONOTONIC, &ts)
-        return Double(ts.tv_sec) + Double(ts.tv_nsec) / 1e9
-    }
-
     /// Turns the bytes of the status pipe into events, within bounds: one unfinished line at
     /// most, progress passed on once per read (its latest value), log lines rate-limited.
-    private struct StatusReader {
+    package struct StatusReader {
         let onMessage: @Sendable (TransferEvent) -> Void
         var splitter = StatusLineSplitter()
         var limiter = LogRateLimiter()
@@ -220,10 +214,10 @@ public final class WorkerProcess: Sendable {
         var protocolError: String?
         var download: DownloadNote?
 
-        init(onMessage: @escaping @Sendable (TransferEvent) -> Void) { self.onMessage = onMessage }
+        package init(onMessage: @escaping @Sendable (TransferEvent) -> Void) { self.onMessage = onMessage }
 
         /// false once the worker broke the protocol (then `protocolError` says how).
-        mutating func feed(_ bytes: UnsafeRawBufferPointer) -> Bool {
+        package mutating func feed(_ bytes: UnsafeRawBufferPointer) -> Bool {
             var progress: Double?
             var logs: [(Int32, String)] = []
             var errorLine: String?
@@ -247,7 +241,7 @@ public final class WorkerProcess: Sendable {
                 lastError = errorLine
                 lastErrorUnsent = true
             }
-            let now = WorkerProcess.monotonicSeconds()
+            let now = monotonicSeconds()
             for (priority, text) in logs {
                 for (p, t) in limiter.admit(priority, text, now: now) {
                     if p == LogPriority.error && t == lastError { lastErrorUnsent = false }
@@ -258,7 +252,7 @@ public final class WorkerProcess: Sendable {
         }
 
         /// The suppression note and a suppressed error line, then the protocol error.
-        mutating func finish() {
+        package mutating func finish() {
             for (p, t) in limiter.flush() { onMessage(.log(priority: p, message: t)) }
             if lastErrorUnsent, let lastError { onMessage(.log(priority: LogPriority.error, message: lastError)) }
             if let protocolError { onMessage(.log(priority: LogPriority.error, message: protocolError)) }

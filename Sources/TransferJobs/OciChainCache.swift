@@ -1,6 +1,8 @@
 import CBtrfsUtil
+import FileTree
 import Glibc
 import Linux
+import struct SystemPackage.FilePath
 import Transfer
 
 /// On btrfs, the layer cache also keeps the tree after each prefix of layers, as a subvolume
@@ -12,9 +14,9 @@ import Transfer
 ///
 /// The snapshots are writable subvolumes (so CleanPool's removal of the cache can empty and
 /// remove them); only the worker touches them, in the 0700 pool folder.
-enum OciChainCache {
+package enum OciChainCache {
     /// The chain id of each prefix: ids[i] covers layers 0...i.
-    static func chainIDs(_ layers: [OciDescriptor]) -> [String] {
+    package static func chainIDs(_ layers: [OciDescriptor]) -> [String] {
         var ids: [String] = []
         var previous = ""
         for layer in layers {
@@ -38,7 +40,9 @@ enum OciChainCache {
         for n in stride(from: ids.count, to: 0, by: -1) {
             let chain = path(cacheFolder, ids[n - 1])
             guard isSubvolume(chain) else { continue }
-            guard btrfs_util_delete_subvolume(target, 0) == BTRFS_UTIL_OK else { return 0 }
+            // rmdir(2), not BTRFS_IOC_SNAP_DESTROY: an empty subvolume goes that way without
+            // CAP_SYS_ADMIN, which the confined worker does not have (WorkerSandbox.swift).
+            guard unlinkat(AT_FDCWD, target, AT_REMOVEDIR) == 0 else { return 0 }
             if btrfs_util_create_snapshot(chain, target, 0, nil, nil) == BTRFS_UTIL_OK {
                 reporter.log(LogPriority.info, "Starting from a snapshot of the tree after \(n) layer(s) (btrfs layer cache).")
                 return n
@@ -60,7 +64,8 @@ enum OciChainCache {
         let temp = folder(cacheFolder) + "/tmp-\(getpid())-" + id
         guard btrfs_util_create_snapshot(target, temp, 0, nil, nil) == BTRFS_UTIL_OK else { return }
         if (try? renameNoReplace(temp, final)) == nil {
-            _ = btrfs_util_delete_subvolume(temp, 0)
+            // Emptied, then removed by rmdir: no CAP_SYS_ADMIN needed (see `start`).
+            try? TreeRemoval.remove(at: FilePath(temp))
         }
     }
 }

@@ -3,6 +3,7 @@ import FileTree
 import Glibc
 import Linux
 import Transfer
+import struct SystemPackage.FilePath
 
 /// Applies OCI layers (tar, tar+gzip, tar+zstd; detected from the bytes) one after the other
 /// into one tree, as the image spec's "applying changesets" says: `.wh.NAME` deletes NAME of
@@ -13,7 +14,7 @@ import Transfer
 /// root), libarchive's disk writer refuses `..`, absolute paths and writing through symlinks;
 /// whiteouts are resolved with openat2 inside the tree and refused through a symlink. A layer
 /// entry that is refused fails the pull.
-enum OciLayers {
+package enum OciLayers {
     /// Applies the layer in the file `blob` (already verified) into the tree `root`;
     /// `progress` gets the bytes of `blob` consumed so far.
     static func apply(blob: FileDescriptor, into root: FileDescriptor, reporter: StatusReporter,
@@ -88,11 +89,12 @@ enum OciLayers {
             }
             let f = archive_write_finish_entry(disk.pointer)
             if f < ARCHIVE_WARN { throw TransferError("cannot finish '\(raw)': \(disk.errorString)") }
-            var p = Substring(path)
+            // The entry and every folder above it, up to its first component.
+            var p = FilePath(path)
             while true {
-                created.insert(String(p))
-                guard let slash = p.lastIndex(of: "/") else { break }
-                p = p[..<slash]
+                created.insert(p.string)
+                guard p.components.count > 1 else { break }
+                p.removeLastComponent()
             }
             count += 1
             if count % 64 == 0 { progress(archive_filter_bytes(reader.pointer, -1)) }
@@ -103,7 +105,7 @@ enum OciLayers {
 
     /// `raw` as a relative path without `.`, empty components or a leading `/`; nil if it has
     /// a `..` component. "" for the root.
-    static func normalize(_ raw: String) -> String? {
+    package static func normalize(_ raw: String) -> String? {
         var parts: [Substring] = []
         for c in raw.split(separator: "/", omittingEmptySubsequences: true) {
             if c == "." { continue }
@@ -113,9 +115,10 @@ enum OciLayers {
         return parts.joined(separator: "/")
     }
 
+    /// The folder of the normalized relative `path` ("" at the top) and its last component.
     private static func split(_ path: String) -> (String, String) {
-        guard let slash = path.lastIndex(of: "/") else { return ("", path) }
-        return (String(path[..<slash]), String(path[path.index(after: slash)...]))
+        let p = FilePath(path)
+        return (p.removingLastComponent().string, p.lastComponent?.string ?? "")
     }
 
     /// The directory `path` of the tree, never through a symlink; nil if it is not there.

@@ -36,7 +36,7 @@ enum OciLimits {
 }
 
 /// One content descriptor (`mediaType`, `digest`, `size`, and `platform` in an index).
-struct OciDescriptor: Decodable, Sendable, Equatable {
+package struct OciDescriptor: Decodable, Sendable, Equatable {
     var mediaType: String?
     var digest: String
     var size: Int64
@@ -51,7 +51,7 @@ struct OciPlatform: Decodable, Sendable, Equatable {
 }
 
 /// An index (manifest list) or an image manifest: which one is told by its fields.
-struct OciManifestDocument: Decodable, Sendable {
+package struct OciManifestDocument: Decodable, Sendable {
     var schemaVersion: Int?
     var mediaType: String?
     var manifests: [OciDescriptor]?
@@ -60,7 +60,7 @@ struct OciManifestDocument: Decodable, Sendable {
 }
 
 /// The parts of the image config a container needs to run it.
-struct OciImageConfig: Decodable, Sendable {
+package struct OciImageConfig: Decodable, Sendable {
     struct Exec: Decodable, Sendable {
         var Env: [String]?
         var Entrypoint: [String]?
@@ -73,7 +73,7 @@ struct OciImageConfig: Decodable, Sendable {
     var config: Exec?
 }
 
-enum OciJSON {
+package enum OciJSON {
     static func decode<T: Decodable>(_ type: T.Type, _ bytes: [UInt8], what: String) throws -> T {
         do {
             return try JSONDecoder().decode(type, from: Data(bytes))
@@ -83,7 +83,7 @@ enum OciJSON {
     }
 
     /// `token` or `access_token` of a token service's answer.
-    static func token(_ bytes: [UInt8]) -> String? {
+    package static func token(_ bytes: [UInt8]) -> String? {
         struct Answer: Decodable {
             var token: String?
             var access_token: String?
@@ -96,7 +96,7 @@ enum OciJSON {
     }
 
     /// The first message of a registry's `{"errors":[{"code":…,"message":…}]}`.
-    static func errorMessage(_ bytes: [UInt8]) -> String? {
+    package static func errorMessage(_ bytes: [UInt8]) -> String? {
         struct Answer: Decodable {
             struct E: Decodable {
                 var code: String?

@@ -4,6 +4,7 @@ import Glibc
 import Linux
 import PoolAPI
 import Transfer
+import struct SystemPackage.FilePath
 
 /// PullOci's work in the worker: resolve the reference to the host's image manifest, fetch the
 /// config and the layers the pool's layer cache lacks (each blob checked against its digest
@@ -12,7 +13,7 @@ import Transfer
 ///
 /// Nothing is applied before it is verified: a blob becomes visible in the cache only once its
 /// digest matched (an O_TMPFILE until then, which vanishes with a failed or killed worker).
-enum OciPull {
+package enum OciPull {
     /// File inside the image that keeps the verified image config, verbatim.
     static let configFileName = ".oci-config.json"
 
@@ -24,22 +25,11 @@ enum OciPull {
         }
         let client = try RegistryClient(reference: reference, root: root)
         let (manifest, manifestDigest) = try resolveManifest(client, reporter: reporter)
-        guard let configDescriptor = manifest.config, let layers = manifest.layers else {
-            throw TransferError("the manifest of \(reference) has no config or no layers")
-        }
-        guard layers.count <= OciLimits.layers else { throw TransferError("the image has \(layers.count) layers: too many") }
-        for d in [configDescriptor] + layers {
-            guard OciReference.isDigest(d.digest), d.size >= 0 else {
-                throw TransferError("the manifest names a blob by an unsupported digest or size: \(d.digest)")
-            }
-        }
-        for layer in layers {
-            let type = layer.mediaType ?? ""
-            guard OciMediaType.layers.contains(type) else { throw TransferError("layer \(layer.digest) has an unsupported media type '\(type)'") }
-        }
+        let (configDescriptor, layers) = try imageParts(of: manifest, reference: reference)
         reporter.log(LogPriority.info, "Image manifest \(manifestDigest): \(layers.count) layer(s).")
 
-        let pool = target.lastIndex(of: "/").map { String(target[..<$0]) } ?? "."
+        let folder = FilePath(target).removingLastComponent()
+        let pool = folder.isEmpty ? "." : folder.string
         let cache = try OciBlobCache(pool: pool)
         // Progress: the bytes of the layers still to download, then of all layers to apply.
         let missing = layers.filter { !cache.has($0) }
@@ -51,8 +41,7 @@ enum OciPull {
 
         let configBytes = try cache.fetch(configDescriptor, client: client, limit: Int64(OciLimits.configBytes), progress: { _ in })
             .readToEnd(limit: OciLimits.configBytes)
-        let config = try OciJSON.decode(OciImageConfig.self, configBytes, what: "image config")
-        if let os = config.os, os != "linux" { throw TransferError("the image is for \(os), not linux") }
+        let config = try imageConfig(configBytes)
 
         var fetched = 0
         for layer in layers where !cache.has(layer) {
@@ -93,34 +82,80 @@ enum OciPull {
         let reference = client.reference
         var ref = reference.manifestReference
         var expected = reference.digest
+        let arch = OciHostPlatform.architecture
         for _ in 0..<2 {
             let response = try client.manifest(ref)
             let digest = "sha256:" + sha256Hex(response.body)
             if let expected, digest != expected {
                 throw TransferError("the manifest \(ref) of \(reference) has digest \(digest), expected \(expected): digest mismatch")
             }
-            let document = try OciJSON.decode(OciManifestDocument.self, response.body, what: "manifest of \(reference)")
-            let type = document.mediaType ?? response.contentType ?? ""
-            if document.schemaVersion == 1 || type.contains("manifest.v1+json") && !type.contains("oci") {
-                throw TransferError("\(reference) has a Docker schema 1 manifest, which is not supported")
+            switch try interpretManifest(response.body, contentType: response.contentType, reference: reference, architecture: arch) {
+            case .image(let document):
+                return (document, digest)
+            case .index(let entry):
+                reporter.log(LogPriority.info, "Index \(digest): using the linux/\(arch) image \(entry).")
+                ref = entry
+                expected = entry
             }
-            if let entries = document.manifests {
-                guard entries.count <= OciLimits.indexEntries else { throw TransferError("the index of \(reference) is too large") }
-                let arch = OciHostPlatform.architecture
-                guard let entry = entries.first(where: { $0.platform?.os == "linux" && $0.platform?.architecture == arch }) else {
-                    let offered = entries.compactMap { $0.platform.map { "\($0.os)/\($0.architecture)" } }.joined(separator: ", ")
-                    throw TransferError("\(reference) has no image for linux/\(arch) (it has: \(offered))")
-                }
-                guard OciReference.isDigest(entry.digest) else { throw TransferError("the index names a manifest by an unsupported digest") }
-                reporter.log(LogPriority.info, "Index \(digest): using the linux/\(arch) image \(entry.digest).")
-                ref = entry.digest
-                expected = entry.digest
-                continue
-            }
-            guard document.layers != nil else { throw TransferError("\(reference): neither an image manifest nor an index") }
-            return (document, digest)
         }
         throw TransferError("the index of \(reference) points to another index")
+    }
+
+    /// What a manifest the registry sent says: an image manifest, or an index whose entry for
+    /// linux/`architecture` (a manifest digest) is to be fetched next.
+    package enum ManifestStep {
+        case image(OciManifestDocument)
+        case index(String)
+    }
+
+    /// The registry's answer to a manifest request (`body`, with its Content-Type), decoded and
+    /// checked: the parse of that hostile document, apart from fetching it.
+    package static func interpretManifest(_ body: [UInt8], contentType: String?, reference: OciReference,
+                                          architecture arch: String) throws -> ManifestStep {
+        let document = try OciJSON.decode(OciManifestDocument.self, body, what: "manifest of \(reference)")
+        let type = document.mediaType ?? contentType ?? ""
+        if document.schemaVersion == 1 || type.contains("manifest.v1+json") && !type.contains("oci") {
+            throw TransferError("\(reference) has a Docker schema 1 manifest, which is not supported")
+        }
+        if let entries = document.manifests {
+            guard entries.count <= OciLimits.indexEntries else { throw TransferError("the index of \(reference) is too large") }
+            guard let entry = entries.first(where: { $0.platform?.os == "linux" && $0.platform?.architecture == arch }) else {
+                let offered = entries.compactMap { $0.platform.map { "\($0.os)/\($0.architecture)" } }.joined(separator: ", ")
+                throw TransferError("\(reference) has no image for linux/\(arch) (it has: \(offered))")
+            }
+            guard OciReference.isDigest(entry.digest) else { throw TransferError("the index names a manifest by an unsupported digest") }
+            return .index(entry.digest)
+        }
+        guard document.layers != nil else { throw TransferError("\(reference): neither an image manifest nor an index") }
+        return .image(document)
+    }
+
+    /// The config and layer descriptors of an image manifest, checked: present, at most
+    /// `OciLimits.layers` layers, sha256 digests, sizes not negative, layer media types known.
+    package static func imageParts(of manifest: OciManifestDocument, reference: OciReference) throws
+        -> (config: OciDescriptor, layers: [OciDescriptor])
+    {
+        guard let configDescriptor = manifest.config, let layers = manifest.layers else {
+            throw TransferError("the manifest of \(reference) has no config or no layers")
+        }
+        guard layers.count <= OciLimits.layers else { throw TransferError("the image has \(layers.count) layers: too many") }
+        for d in [configDescriptor] + layers {
+            guard OciReference.isDigest(d.digest), d.size >= 0 else {
+                throw TransferError("the manifest names a blob by an unsupported digest or size: \(d.digest)")
+            }
+        }
+        for layer in layers {
+            let type = layer.mediaType ?? ""
+            guard OciMediaType.layers.contains(type) else { throw TransferError("layer \(layer.digest) has an unsupported media type '\(type)'") }
+        }
+        return (configDescriptor, layers)
+    }
+
+    /// The image config blob, decoded; an image for another OS than linux is refused.
+    package static func imageConfig(_ bytes: [UInt8]) throws -> OciImageConfig {
+        let config = try OciJSON.decode(OciImageConfig.self, bytes, what: "image config")
+        if let os = config.os, os != "linux" { throw TransferError("the image is for \(os), not linux") }
+        return config
     }
 
     /// `/.oci-config.json`: replaces whatever a layer put there (never following it).
@@ -224,8 +259,8 @@ final class OciBlobCache {
 /// `Environment=` per Env entry, `WorkingDirectory=`, `User=`. Values are double-quoted with
 /// `"` and `\` escaped; a value with a control character cannot be written safely on one
 /// line and is left out (the returned warnings say which).
-enum OciSettings {
-    static func nspawn(_ config: OciImageConfig, reference: String) -> (text: String, warnings: [String]) {
+package enum OciSettings {
+    package static func nspawn(_ config: OciImageConfig, reference: String) -> (text: String, warnings: [String]) {
         var lines = ["# Written by berthd from the image config of \(reference)", "[Exec]", "Boot=no"]
         var warnings: [String] = []
         let exec = config.config
@@ -247,7 +282,8 @@ enum OciSettings {
         if let dir = exec?.WorkingDir, dir.hasPrefix("/"), quote(dir) != nil { lines.append("WorkingDirectory=" + dir) }
         // nspawn's User= takes a user name (or number) of the image; "uid:gid" has no equivalent.
         if let user = exec?.User, !user.isEmpty {
-            if !user.contains(":"), user.unicodeScalars.allSatisfy({ $0.isASCII && $0.value > 0x20 && $0 != "\"" && $0 != "\\" }) {
+            // Printable ASCII only: DEL (0x7f) is a control character too (found by fuzzing).
+            if !user.contains(":"), user.unicodeScalars.allSatisfy({ $0.value > 0x20 && $0.value < 0x7f && $0 != "\"" && $0 != "\\" }) {
                 lines.append("User=" + user)
             } else {
                 warnings.append("the image's user '\(user.unicodeScalars.filter { $0.value >= 0x20 })' has no nspawn equivalent: left out")

@@ -249,12 +249,12 @@ private final class RequestContext: @unchecked Sendable {
 }
 
 /// `WWW-Authenticate: Bearer realm="…",service="…",scope="…"`.
-struct BearerChallenge: Equatable {
-    var realm: String
-    var service: String?
-    var scope: String?
+package struct BearerChallenge: Equatable {
+    package var realm: String
+    package var service: String?
+    package var scope: String?
 
-    init?(_ header: String) {
+    package init?(_ header: String) {
         let trimmed = header.drop { $0 == " " }
         guard trimmed.lowercased().hasPrefix("bearer ") else { return nil }
         var parameters: [String: String] = [:]
@@ -262,7 +262,7 @@ struct BearerChallenge: Equatable {
         while !rest.isEmpty {
             rest = rest.drop { $0 == " " || $0 == "," }
             guard let eq = rest.firstIndex(of: "=") else { break }
-            let key = rest[..<eq].trimmingSpaces.lowercased()
+            let key = rest[..<eq].trimmingWhitespace().lowercased()
             rest = rest[rest.index(after: eq)...]
             var value = ""
             if rest.first == "\"" {
@@ -275,7 +275,7 @@ struct BearerChallenge: Equatable {
                 rest = rest.dropFirst()
             } else {
                 let end = rest.firstIndex(of: ",") ?? rest.endIndex
-                value = String(rest[..<end]).trimmingSpaces
+                value = String(rest[..<end]).trimmingWhitespace()
                 rest = rest[end...]
             }
             parameters[key] = value
@@ -284,11 +284,5 @@ struct BearerChallenge: Equatable {
         self.realm = realm
         service = parameters["service"]
         scope = parameters["scope"]
-    }
-}
-
-extension StringProtocol {
-    fileprivate var trimmingSpaces: String {
-        String(drop { $0 == " " }.reversed().drop { $0 == " " }.reversed())
     }
 }

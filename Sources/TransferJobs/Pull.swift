@@ -6,6 +6,7 @@ import FileTree
 import Glibc
 import Linux
 import Synchronization
+import struct SystemPackage.FilePath
 import Transfer
 
 /// SHA-256 through libcrypto's EVP API.
@@ -121,8 +122,10 @@ extension Pull {
     /// conditional: a 304 answer is reported as "not modified" and nothing is written to
     /// `target` (berthd then copies the kept image); any answer's ETag is reported so berthd
     /// can keep this download.
+    /// `scratch`: RawImport's scratch file (see `RawImport.run`).
     public static func run(url: String, kind: TransferType, verify: VerifyMode, root: String,
-                           target: String, knownETags: [String] = [], reporter: StatusReporter) throws {
+                           target: String, knownETags: [String] = [], scratch: FileDescriptor? = nil,
+                           reporter: StatusReporter) throws {
         guard isValidURL(url) else { throw TransferError("not an http or https URL: \(url)") }
         curl_global_init(Int(CURL_GLOBAL_DEFAULT))
         let (base, file) = split(url)
@@ -200,7 +203,7 @@ extension Pull {
                 throw error
             }
             do {
-                try RawImport.run(from: readEnd.rawValue, to: target, root: root, reporter: .silent)
+                try RawImport.run(from: readEnd.rawValue, to: target, root: root, scratch: scratch, reporter: .silent)
                 // Whatever trailing bytes the importer did not need still count for the hash.
                 try drain(readEnd.rawValue)
             } catch {
@@ -258,15 +261,18 @@ extension Pull {
     }
 
     /// `https://host/dir/` and `file` of `https://host/dir/file`.
+    /// The URL is cut as a path is: its last component is the file; the base is the rest,
+    /// kept byte for byte (`//` and the trailing `/` included).
     static func split(_ url: String) -> (String, String) {
-        guard let slash = url.lastIndex(of: "/") else { return (url, "") }
-        var file = String(url[url.index(after: slash)...])
+        guard url.contains("/") else { return (url, "") }
+        let last = url.hasSuffix("/") ? "" : FilePath(url).lastComponent?.string ?? ""
+        var file = last
         if let q = file.firstIndex(where: { $0 == "?" || $0 == "#" }) { file = String(file[..<q]) }
-        return (String(url[...slash]), file)
+        return (String(url.dropLast(last.count)), file)
     }
 
     /// The hash of `file` in SHA256SUMS lines `<hex> *<name>` or `<hex>  <name>`.
-    static func checksum(for file: String, in sums: [UInt8]) throws -> String {
+    package static func checksum(for file: String, in sums: [UInt8]) throws -> String {
         // isNewline: "\r\n" is one Character in Swift, so splitting on "\n" would miss it.
         for line in String(decoding: sums, as: UTF8.self).split(whereSeparator: \.isNewline) {
             guard line.count > 66 else { continue }
@@ -280,7 +286,7 @@ extension Pull {
     }
 
     /// A `<file>.sha256`: the hex digest, optionally followed by a name.
-    static func parseSingleChecksum(_ data: [UInt8]) throws -> String {
+    package static func parseSingleChecksum(_ data: [UInt8]) throws -> String {
         let text = String(decoding: data, as: UTF8.self)
         let hex = text.prefix(64)
         guard hex.count == 64, isHex(hex) else { throw TransferError("malformed .sha256 file") }
@@ -407,7 +413,7 @@ enum GPGVerification {
         var template = Array("/tmp/berth-gnupg.XXXXXX".utf8CString)
         guard let made = mkdtemp(&template) else { throw SystemCallError("mkdtemp", .current) }
         let home = String(cString: made)
-        defer { try? TreeRemoval.remove(at: home) }
+        defer { try? TreeRemoval.remove(at: FilePath(home)) }
 
         _ = berth_gpgme_check_version(nil)
         var ctx: gpgme_ctx_t?

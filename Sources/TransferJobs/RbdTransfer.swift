@@ -61,15 +61,13 @@ enum RbdTransfer {
 /// every client, its holder too, so that lock is for running machines, not for a writer.)
 final class RbdDestination: ImportDestination {
     let image: RbdImage
-    let scratchDirectory: String
     private var size: UInt64
 
     /// Growth steps: at least this much at a time, so a stream of small writes resizes rarely.
     static let growthStep: UInt64 = 256 << 20
 
-    init(image: RbdImage, scratchDirectory: String) throws {
+    init(image: RbdImage) throws {
         self.image = image
-        self.scratchDirectory = scratchDirectory
         size = try RbdTransfer.call("size RBD image '\(image.name)'") { () throws(RbdError) in try image.size() }
         try RbdTransfer.call("take the exclusive lock of RBD image '\(image.name)'") { () throws(RbdError) in
             try image.acquireExclusiveLock()
@@ -92,26 +90,12 @@ final class RbdDestination: ImportDestination {
     }
 
     func writeSparse(_ data: UnsafeRawBufferPointer, at offset: Int64) throws(SystemCallError) {
-        let block = SparseWriter.blockSize
-        var start = 0
-        while start < data.count {
-            let end = min(start + block, data.count)
-            if SparseWriter.isZero(UnsafeRawBufferPointer(rebasing: data[start..<end])) {
-                start = end
-                continue
-            }
-            var runEnd = end
-            while runEnd < data.count {
-                let next = min(runEnd + block, data.count)
-                if SparseWriter.isZero(UnsafeRawBufferPointer(rebasing: data[runEnd..<next])) { break }
-                runEnd = next
-            }
-            do {
-                try image.write(UnsafeRawBufferPointer(rebasing: data[start..<runEnd]), at: UInt64(offset) + UInt64(start))
+        try SparseWriter.forEachNonZeroRun(of: data) { (run: Range<Int>) throws(SystemCallError) in
+            do throws(RbdError) {
+                try image.write(UnsafeRawBufferPointer(rebasing: data[run]), at: UInt64(offset) + UInt64(run.lowerBound))
             } catch {
                 throw error.systemCallError
             }
-            start = runEnd
         }
     }
 
@@ -125,6 +109,13 @@ final class RbdDestination: ImportDestination {
             size = grown
         }
         try writeSparse(data, at: offset)
+    }
+
+    /// An RBD image has no folder beside it: the worker gets an unnamed file in the local pool
+    /// folder before it confines itself (`TransferWorker.confine`), or it cannot unpack a
+    /// streamed qcow2 image.
+    func makeScratch() throws -> FileDescriptor {
+        throw TransferError("no local scratch file for unpacking a streamed qcow2 image into RBD image '\(image.name)'")
     }
 
     func setSize(_ newSize: Int64) throws {

@@ -25,8 +25,15 @@ extension TransferWorker {
         _ = fcntl(statusDescriptor, F_SETFD, FD_CLOEXEC)
         _ = fcntl(dataDescriptor, F_SETFD, FD_CLOEXEC)
         let reporter = StatusReporter(fd: statusDescriptor)
+        // Confined before a byte of input is read (WorkerSandbox.swift); a worker that cannot
+        // confine itself fails the transfer rather than run with the host's full root.
+        let scratch: FileDescriptor?
+        do { scratch = try confine(parsed) } catch {
+            reporter.fail("cannot confine the transfer worker: \(error)")
+            exit(4)
+        }
         do {
-            try perform(parsed, data: dataDescriptor, reporter: reporter)
+            try perform(parsed, data: dataDescriptor, reporter: reporter, scratch: scratch)
             exit(0)
         } catch {
             reporter.fail("\(error)")
@@ -34,8 +41,9 @@ extension TransferWorker {
         }
     }
 
-    /// One transfer's work, in-process (the worker calls this; so can tests).
-    static func perform(_ a: Arguments, data: Int32, reporter: StatusReporter) throws {
+    /// One transfer's work, in-process (the worker calls this; so can tests). `scratch`: an
+    /// unnamed file on the pool's filesystem for raw imports (see `confine`).
+    static func perform(_ a: Arguments, data: Int32, reporter: StatusReporter, scratch: FileDescriptor? = nil) throws {
         func need(_ value: String?, _ what: String) throws -> String {
             guard let value else { throw TransferError("worker: \(what) missing") }
             return value
@@ -55,7 +63,7 @@ extension TransferWorker {
         case .importTar:
             try TarImport.extract(from: data, into: try need(a.target, "--target"), reporter: reporter)
         case .importRaw:
-            try RawImport.run(from: data, to: try need(a.target, "--target"), root: a.root, scratchDirectory: a.poolPath, reporter: reporter)
+            try RawImport.run(from: data, to: try need(a.target, "--target"), root: a.root, scratch: scratch, reporter: reporter)
         case .importFileSystem:
             let into = try FileDescriptor.openDirectory(try need(a.target, "--target"), followSymlinks: false)
             let from = try FileDescriptor(owning: sys("dup") { dup(data) })
@@ -68,7 +76,7 @@ extension TransferWorker {
         case .pullTar, .pullRaw:
             try Pull.run(url: try need(a.url, "--url"), kind: a.type, verify: a.verify, root: a.root,
                          target: try need(a.target, "--target"),
-                         knownETags: a.flags.contains(.keepDownload) ? a.knownETags : [], reporter: reporter)
+                         knownETags: a.flags.contains(.keepDownload) ? a.knownETags : [], scratch: scratch, reporter: reporter)
         case .pullOci:
             try OciPull.run(reference: try need(a.url, "--url"), root: a.root, target: try need(a.target, "--target"), reporter: reporter)
         }

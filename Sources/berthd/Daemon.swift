@@ -8,6 +8,7 @@ import PoolAPI
 import RawLoopBackend
 import Services
 import Synchronization
+import struct SystemPackage.FilePath
 import Transfer
 
 /// berthd's composition: one bus connection, the service harnesses asked for, their bus names.
@@ -48,7 +49,7 @@ actor Daemon {
             let info = DaemonInfo(root: options.root, services: options.services)
             // Composition point: the storage backends in claim priority order (a directory that
             // is a subvolume is a subvolume), and the machine image pool over them.
-            let raw = RawLoopBackend(runtimeDirectory: paths.runtimeDirectory)
+            let raw = RawLoopBackend(runtimeDirectory: FilePath(paths.runtimeDirectory))
             let logger = self.logger
             let registry = BackendRegistry([BtrfsBackend(), raw, DirectoryBackend(report: { logger.warning("\($0)") })])
             // Optional backends (RBD pools) serve machine images only.

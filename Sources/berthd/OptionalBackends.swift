@@ -5,6 +5,8 @@ import RbdBackend
 import RbdHost
 import RawLoopBackend
 
+import struct SystemPackage.FilePath
+
 /// berthd's optional backends from `ROOT/etc/berth/backends.d/*.conf` (docs/rbd.md).
 extension Daemon {
     /// Reads and validates the configuration; a bad file stops berthd at start with its file
@@ -38,7 +40,7 @@ extension Daemon {
                                         clientID: pool.clientID, timeoutSeconds: pool.timeoutSeconds)
             let inspector: RbdBackend.Inspector = { _, name, _ in
                 try RbdFuse.openForInspection(image: name, client: client, runtimeDirectory: runtimeDirectory,
-                                              inspectFile: raw.openForInspection(at:))
+                                              inspectFile: { try raw.openForInspection(at: FilePath($0)) })
             }
             let cluster = RadosCluster.Configuration(
                 configFile: pool.confPath, clientID: pool.clientID, clusterName: pool.cluster, timeoutSeconds: pool.timeoutSeconds,

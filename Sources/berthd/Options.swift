@@ -5,7 +5,8 @@ import Services
 struct BerthdOptions: ParsableCommand {
     static let configuration = CommandConfiguration(
         commandName: "berthd",
-        abstract: "Serve org.freedesktop.machine1, import1 and portable1 over a Berth image pool.")
+        abstract: "Serve org.freedesktop.machine1, import1 and portable1 over a Berth image pool.",
+        version: BerthDaemon.version)
 
     @Option(help: "Resolve every path (pools, profiles, runtime state) under this folder.")
     var root: String = "/"

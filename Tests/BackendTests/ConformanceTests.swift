@@ -5,6 +5,7 @@ import DirectoryBackend
 import PoolAPI
 import TestSupport
 import Testing
+import struct SystemPackage.FilePath
 
 /// Every backend, in the registry it runs in, with the filesystems it creates images on. Adding a
 /// backend to the suite is one line here.
@@ -35,7 +36,7 @@ struct ConformanceTests {
     func backendConforms(_ check: Check, _ target: ConformanceTarget) async throws {
         let fs = try LoopbackFilesystem(target.filesystem, size: check.filesystemSize(forBtrfs: target.filesystem == .btrfs))
         defer { fs.remove() }
-        let outcome = try await Conformance.run(check, subject: target.subject, root: fs.mountPoint)
+        let outcome = try await Conformance.run(check, subject: target.subject, root: FilePath(fs.mountPoint))
         #expect(outcome == .passed, "\(check) does not apply to \(target.testDescription): drop the combination from conformanceSubjects")
     }
 
@@ -43,9 +44,9 @@ struct ConformanceTests {
     func btrfsBackendDeclinesExt4() async throws {
         let fs = try LoopbackFilesystem(.ext4, size: 64 << 20)
         defer { fs.remove() }
-        #expect(!BtrfsBackend().canCreate(in: fs.mountPoint))
+        #expect(!BtrfsBackend().canCreate(in: FilePath(fs.mountPoint)))
         let btrfs = try #require(conformanceSubjects.first { $0.subject.name == "btrfs" }).subject
-        let outcome = try await Conformance.run(.createAndList, subject: btrfs, root: fs.mountPoint)
+        let outcome = try await Conformance.run(.createAndList, subject: btrfs, root: FilePath(fs.mountPoint))
         #expect(outcome == .skipped("the btrfs backend cannot create images on this filesystem"))
     }
 }

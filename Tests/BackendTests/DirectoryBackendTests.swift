@@ -8,6 +8,7 @@ import PoolAPI
 import Synchronization
 import TestSupport
 import Testing
+import struct SystemPackage.FilePath
 
 private func chattr(_ flags: String, _ path: String) throws {
     try run(["chattr", flags, path], check: true)
@@ -22,7 +23,7 @@ struct DirectoryBackendTests {
             try makeDirectory(fs.appending("src"))
             try Fixture.fillTree(at: fs.appending("src"))
             let before = try TreeSnapshot(of: fs.appending("src"))
-            let stats = try TreeCopy.copy(from: fs.appending("src"), to: fs.appending("dst"))
+            let stats = try TreeCopy.copy(from: FilePath(fs.appending("src")), to: FilePath(fs.appending("dst")))
             let diff = try TreeSnapshot(of: fs.appending("dst")).differences(from: before)
             #expect(diff.isEmpty, "\(kind): \(diff)")
             #expect(stats.hardlinks == 1 && stats.specialFiles == 4 && stats.symlinks == 3)
@@ -48,12 +49,12 @@ struct DirectoryBackendTests {
         }
         let leaf = try FileDescriptor.open("leaf", flags: O_WRONLY | O_CREAT, relativeTo: dir)
         try Array("bottom".utf8).withUnsafeBytes { try leaf.writeAll($0) }
-        let stats = try TreeCopy.copy(from: fs.appending("deep"), to: fs.appending("copy"))
+        let stats = try TreeCopy.copy(from: FilePath(fs.appending("deep")), to: FilePath(fs.appending("copy")))
         #expect(stats.directories == 300 && stats.files == 1)
-        let usage = try DiskUsage.allocatedBytes(of: fs.appending("copy"))
+        let usage = try DiskUsage.allocatedBytes(of: FilePath(fs.appending("copy")))
         #expect(usage >= 300 * 4096, "every level's directory block is counted: \(usage)")
-        try TreeRemoval.remove(at: fs.appending("copy"))
-        try TreeRemoval.remove(at: fs.appending("deep"))
+        try TreeRemoval.remove(at: FilePath(fs.appending("copy")))
+        try TreeRemoval.remove(at: FilePath(fs.appending("deep")))
         #expect(try directoryEntries(fs.mountPoint).filter { $0 != "lost+found" }.isEmpty)
     }
 
@@ -70,8 +71,8 @@ struct DirectoryBackendTests {
             var times = [old, old]
             #expect(utimensat(AT_FDCWD, dir, &times, 0) == 0)
         }
-        _ = try DiskUsage.allocatedBytes(of: top)
-        try TreeCopy.copy(from: top, to: fs.appending("copy"))
+        _ = try DiskUsage.allocatedBytes(of: FilePath(top))
+        try TreeCopy.copy(from: FilePath(top), to: FilePath(fs.appending("copy")))
         for dir in [top, top + "/etc", top + "/etc/sub"] {
             #expect(try fileStatus(dir).accessTime.tv_sec == old.tv_sec, "\(dir) was read with its access time moved")
         }
@@ -93,7 +94,7 @@ struct DirectoryBackendTests {
         try makeDirectory(dest, mode: 0o700)
         let entries = Atomic<Int>(0)
         let options = TreeCopy.Options(isCancelled: { entries.add(1, ordering: .relaxed).newValue > 10_000 })
-        let stats = try TreeCopy.copyContents(of: try TreeCopy.openSource(src),
+        let stats = try TreeCopy.copyContents(of: try TreeCopy.openSource(FilePath(src)),
                                               into: try FileDescriptor.openDirectory(dest), options: options)
         #expect(stats.files == 2 && stats.directories == 6, "\(stats)")
         #expect(try String(contentsOfFile: dest + "/etc/hostname", encoding: .utf8) == "host\n")
@@ -103,7 +104,7 @@ struct DirectoryBackendTests {
         // What the caller names is copied as an empty folder, as a mount point is.
         let pool = TreeCopy.DirectoryIdentity(try fileStatus(src + "/var/lib/machines"))
         try makeDirectory(t.appending("dst"), mode: 0o700)
-        try TreeCopy.copyContents(of: try TreeCopy.openSource(src), into: try FileDescriptor.openDirectory(t.appending("dst")),
+        try TreeCopy.copyContents(of: try TreeCopy.openSource(FilePath(src)), into: try FileDescriptor.openDirectory(t.appending("dst")),
                                   options: TreeCopy.Options(leftEmpty: [pool]))
         #expect(try directoryEntries(t.appending("dst/var/lib/machines")).isEmpty)
         #expect(try String(contentsOfFile: t.appending("dst/etc/hostname"), encoding: .utf8) == "host\n")
@@ -114,7 +115,7 @@ struct DirectoryBackendTests {
         defer { t.remove() }
         try FileManager.default.createDirectory(atPath: t.appending("src"), withIntermediateDirectories: true)
         try FileManager.default.createSymbolicLink(atPath: t.appending("src/etc"), withDestinationPath: "/etc")
-        try TreeCopy.copy(from: t.appending("src"), to: t.appending("dst"))
+        try TreeCopy.copy(from: FilePath(t.appending("src")), to: FilePath(t.appending("dst")))
         #expect(try readLink(t.appending("dst/etc")) == "/etc")
         #expect(try fileStatus(t.appending("dst/etc"), followSymlinks: false).isSymlink)
     }
@@ -124,14 +125,14 @@ struct DirectoryBackendTests {
         defer { fs.remove() }
         let backend = DirectoryBackend()
         try makeDirectories(fs.appending("pool"))
-        try backend.createEmpty(at: fs.appending("pool/img"))
-        try backend.setReadOnly(true, at: fs.appending("pool/img"))
-        #expect(try backend.image(named: "img", at: fs.appending("pool/img")).readOnly)
+        try backend.createEmpty(at: FilePath(fs.appending("pool/img")))
+        try backend.setReadOnly(true, at: FilePath(fs.appending("pool/img")))
+        #expect(try backend.image(named: "img", at: FilePath(fs.appending("pool/img"))).readOnly)
         #expect(open(fs.appending("pool/img/new"), O_WRONLY | O_CREAT, 0o644) == -1 && errno == EPERM)
-        try backend.rename(from: fs.appending("pool/img"), to: fs.appending("pool/moved"))
+        try backend.rename(from: FilePath(fs.appending("pool/img")), to: FilePath(fs.appending("pool/moved")))
         #expect(try FileDescriptor.openDirectory(fs.appending("pool/moved")).isImmutable())
-        try backend.setReadOnly(false, at: fs.appending("pool/moved"))
-        #expect(try !backend.image(named: "moved", at: fs.appending("pool/moved")).readOnly)
+        try backend.setReadOnly(false, at: FilePath(fs.appending("pool/moved")))
+        #expect(try !backend.image(named: "moved", at: FilePath(fs.appending("pool/moved"))).readOnly)
     }
 
     @Test func removeLiftsImmutableAndAppendOnlyFlagsEverywhere() throws {
@@ -145,7 +146,7 @@ struct DirectoryBackendTests {
         try chattr("+i", img + "/a/b")
         try chattr("+a", img + "/a/appending")
         try chattr("+i", img)
-        try DirectoryBackend().remove(at: img)
+        try DirectoryBackend().remove(at: FilePath(img))
         #expect((try? fileStatus(img)) == nil)
     }
 
@@ -158,12 +159,12 @@ struct DirectoryBackendTests {
         try data.write(to: URL(fileURLWithPath: img + "/big"))
         try FileManager.default.linkItem(atPath: img + "/big", toPath: img + "/big-again")
         let backend = DirectoryBackend()
-        let first = try backend.image(named: "img", at: img)
+        let first = try backend.image(named: "img", at: FilePath(img))
         #expect(first.usage == Image.unknown, "the first look never waits for a scan")
         var usage = Image.unknown
         for _ in 0..<400 where usage == Image.unknown {
             try await Task.sleep(for: .milliseconds(50))
-            usage = try backend.image(named: "img", at: img).usage
+            usage = try backend.image(named: "img", at: FilePath(img)).usage
         }
         #expect(usage >= 4 << 20 && usage < 6 << 20, "usage \(usage) must count the 4 MiB inode once")
     }

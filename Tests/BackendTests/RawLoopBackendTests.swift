@@ -5,6 +5,7 @@ import PoolAPI
 import RawLoopBackend
 import Testing
 import TestSupport
+import struct SystemPackage.FilePath
 
 // The RawLoop backend against real files, real loop devices and real mounts. Tests that attach
 // loop devices or make filesystems run as root (as in CI) and skip, saying why, elsewhere.
@@ -22,7 +23,7 @@ private final class RawFixture {
         pool = temp.appending("pool")
         runtime = temp.appending("run/berth")
         try FileManager.default.createDirectory(atPath: pool, withIntermediateDirectories: true)
-        backend = RawLoopBackend(runtimeDirectory: runtime)
+        backend = RawLoopBackend(runtimeDirectory: FilePath(runtime))
     }
 
     func path(_ name: String) -> String { (pool as NSString).appendingPathComponent(name) }
@@ -145,7 +146,7 @@ struct RawLoopBackendTests {
         #expect(b.imageType == .raw)
         #expect(b.capabilities == [.reflink, .blockBacked, .enforcedReadOnly])
         #expect(b.entryName(forImage: "fedora") == "fedora.raw")
-        #expect(b.canCreate(in: NSTemporaryDirectory()))
+        #expect(b.canCreate(in: FilePath(NSTemporaryDirectory())))
         #expect(!b.canCreate(in: "/nonexistent-berth-dir"))
     }
 
@@ -156,7 +157,7 @@ struct RawLoopBackendTests {
         try write([1], to: f.path("disk.img"), at: 0)
         try FileManager.default.createDirectory(atPath: f.path("tree.raw"), withIntermediateDirectories: false)
         try FileManager.default.createSymbolicLink(atPath: f.path("link.raw"), withDestinationPath: f.path("debian.raw"))
-        func claim(_ name: String) -> String? { f.backend.claim(PoolEntry(directory: f.pool, fileName: name)) }
+        func claim(_ name: String) -> String? { f.backend.claim(PoolEntry(directory: FilePath(f.pool), fileName: name)) }
         #expect(claim("debian.raw") == "debian")
         #expect(claim(".raw") == nil)
         #expect(claim("disk.img") == nil)
@@ -168,12 +169,12 @@ struct RawLoopBackendTests {
     @Test func createEmptyMakesAnEmpty0644FileAndNeverReplaces() throws {
         let f = try RawFixture()
         let path = f.path("new.raw")
-        try f.backend.createEmpty(at: path)
+        try f.backend.createEmpty(at: FilePath(path))
         let st = try fileStatus(path)
         #expect(st.isRegular)
         #expect(st.size == 0)
         #expect(st.mode & 0o7777 == 0o644)
-        #expect(throws: PoolError.self) { try f.backend.createEmpty(at: path) }
+        #expect(throws: PoolError.self) { try f.backend.createEmpty(at: FilePath(path)) }
     }
 
     @Test func metadataReportsAllocatedUsageAndFileSizeLimit() throws {
@@ -181,7 +182,7 @@ struct RawLoopBackendTests {
         let path = f.path("sparse.raw")
         try write(randomBytes(8192), to: path, at: 1 << 20)
         try run(["truncate", "-s", "32M", path], check: true)
-        let image = try f.backend.image(named: "sparse", at: path)
+        let image = try f.backend.image(named: "sparse", at: FilePath(path))
         let st = try fileStatus(path)
         #expect(image.name == "sparse")
         #expect(image.path == path)
@@ -195,7 +196,7 @@ struct RawLoopBackendTests {
         #expect(image.modificationTimestamp == st.modificationMicroseconds)
         #expect(image.creationTimestamp == birthTimeMicroseconds(path))
         if birthTimeMicroseconds(path) != 0 { #expect(image.creationTimestamp > 0) }
-        #expect(throws: PoolError.self) { try f.backend.image(named: "gone", at: f.path("gone.raw")) }
+        #expect(throws: PoolError.self) { try f.backend.image(named: "gone", at: FilePath(f.path("gone.raw"))) }
     }
 
     @Test func aFileWithoutWriteBitsIsReadOnlyUntilMadeWritable() throws {
@@ -203,9 +204,9 @@ struct RawLoopBackendTests {
         let path = f.path("ro.raw")
         try write([7], to: path, at: 0)
         chmod(path, 0o444)
-        #expect(try f.backend.image(named: "ro", at: path).readOnly)
-        try f.backend.setReadOnly(false, at: path)
-        #expect(try !f.backend.image(named: "ro", at: path).readOnly)
+        #expect(try f.backend.image(named: "ro", at: FilePath(path)).readOnly)
+        try f.backend.setReadOnly(false, at: FilePath(path))
+        #expect(try !f.backend.image(named: "ro", at: FilePath(path)).readOnly)
         #expect(try fileStatus(path).mode & 0o200 != 0)
     }
 
@@ -217,8 +218,8 @@ struct RawLoopBackendTests {
         let f = try RawFixture(in: fs.mountPoint)
         let path = f.path("locked.raw")
         try write([1, 2, 3], to: path, at: 0)
-        try f.backend.setReadOnly(true, at: path)
-        #expect(try f.backend.image(named: "locked", at: path).readOnly)
+        try f.backend.setReadOnly(true, at: FilePath(path))
+        #expect(try f.backend.image(named: "locked", at: FilePath(path)).readOnly)
         #expect(try FileDescriptor.open(path, flags: O_RDONLY).isImmutable())
         // We are root here, and still cannot open it for writing.
         do {
@@ -227,8 +228,8 @@ struct RawLoopBackendTests {
         } catch {
             #expect(error.errno == .EPERM)
         }
-        try f.backend.setReadOnly(false, at: path)
-        #expect(try !f.backend.image(named: "locked", at: path).readOnly)
+        try f.backend.setReadOnly(false, at: FilePath(path))
+        #expect(try !f.backend.image(named: "locked", at: FilePath(path)).readOnly)
         _ = try FileDescriptor.open(path, flags: O_WRONLY)
     }
 
@@ -240,30 +241,30 @@ struct RawLoopBackendTests {
         let a = f.path("a.raw"), b = f.path("b.raw"), c = f.path("c.raw")
         try write([1], to: a, at: 0)
         try write([2], to: c, at: 0)
-        try f.backend.setReadOnly(true, at: a)
-        try f.backend.rename(from: a, to: b)
+        try f.backend.setReadOnly(true, at: FilePath(a))
+        try f.backend.rename(from: FilePath(a), to: FilePath(b))
         #expect(!FileManager.default.fileExists(atPath: a))
-        #expect(try f.backend.image(named: "b", at: b).readOnly, "the immutable flag survives the rename")
+        #expect(try f.backend.image(named: "b", at: FilePath(b)).readOnly, "the immutable flag survives the rename")
         #expect(try FileDescriptor.open(b, flags: O_RDONLY).isImmutable())
 
         // Never replaces, and a failed rename leaves the source as it was.
-        let error = #expect(throws: PoolError.self) { try f.backend.rename(from: b, to: c) }
+        let error = #expect(throws: PoolError.self) { try f.backend.rename(from: FilePath(b), to: FilePath(c)) }
         #expect(error?.code == .imageExists)
         #expect(try FileDescriptor.open(b, flags: O_RDONLY).isImmutable())
         #expect(try Data(contentsOf: URL(fileURLWithPath: c)) == Data([2]))
 
-        try f.backend.remove(at: b)
+        try f.backend.remove(at: FilePath(b))
         #expect(!FileManager.default.fileExists(atPath: b))
-        let missing = #expect(throws: PoolError.self) { try f.backend.remove(at: b) }
+        let missing = #expect(throws: PoolError.self) { try f.backend.remove(at: FilePath(b)) }
         #expect(missing?.code == .noSuchImage)
-        let noSource = #expect(throws: PoolError.self) { try f.backend.rename(from: b, to: a) }
+        let noSource = #expect(throws: PoolError.self) { try f.backend.rename(from: FilePath(b), to: FilePath(a)) }
         #expect(noSource?.code == .noSuchImage)
     }
 
     @Test func setLimitIsNotSupported() throws {
         let f = try RawFixture()
         try write([1], to: f.path("x.raw"), at: 0)
-        let error = #expect(throws: PoolError.self) { try f.backend.setLimit(1 << 30, at: f.path("x.raw")) }
+        let error = #expect(throws: PoolError.self) { try f.backend.setLimit(1 << 30, at: FilePath(f.path("x.raw"))) }
         #expect(error?.code == .notSupported)
     }
 
@@ -281,10 +282,10 @@ struct RawLoopBackendTests {
         try run(["setfattr", "-n", "user.berth", "-v", "kept", source], check: true)
         var times = [timespec(tv_sec: 1_000_000_000, tv_nsec: 123_456_789), timespec(tv_sec: 1_100_000_000, tv_nsec: 987_654_321)]
         utimensat(AT_FDCWD, source, &times, 0)
-        try f.backend.setReadOnly(true, at: source)
+        try f.backend.setReadOnly(true, at: FilePath(source))
         let sourceBefore = try fileStatus(source)
-        try f.backend.clone(from: source, to: clone)
-        #expect(try !f.backend.image(named: "dst", at: clone).readOnly, "the immutable flag is not cloned")
+        try f.backend.clone(from: FilePath(source), to: FilePath(clone))
+        #expect(try !f.backend.image(named: "dst", at: FilePath(clone)).readOnly, "the immutable flag is not cloned")
         let cloned = try fileStatus(clone), sourceAfter = try fileStatus(source)
         #expect(sourceAfter.accessTime == sourceBefore.accessTime, "cloning does not move the source's atime")
         #expect(cloned.accessTime == sourceBefore.accessTime)
@@ -297,7 +298,7 @@ struct RawLoopBackendTests {
         #expect(try allocated(clone) == allocated(source), "a sparse image stays sparse")
         #expect(try allocated(clone) < 1 << 20)
         #expect(try fileStatus(clone).mode & 0o7777 == 0o640)
-        #expect(throws: PoolError.self) { try f.backend.clone(from: source, to: clone) }
+        #expect(throws: PoolError.self) { try f.backend.clone(from: FilePath(source), to: FilePath(clone)) }
     }
 
     @Test(.requires(.loopFilesystems))
@@ -307,7 +308,7 @@ struct RawLoopBackendTests {
         let f = try RawFixture(in: fs.mountPoint)
         let source = f.path("src.raw"), clone = f.path("dst.raw")
         try write(randomBytes(4 << 20), to: source, at: 0)
-        try f.backend.clone(from: source, to: clone)
+        try f.backend.clone(from: FilePath(source), to: FilePath(clone))
         #expect(try run(["cmp", source, clone]).succeeded)
         try run(["sync"], check: true)
         let extents = try run(["filefrag", "-v", clone], check: true).stdout
@@ -322,7 +323,7 @@ struct RawLoopBackendTests {
         let source = f.path("big.raw")
         try write(randomBytes(40 << 20), to: source, at: 0)
         let destination = (small.mountPoint as NSString).appendingPathComponent("big.raw")
-        let error = #expect(throws: PoolError.self) { try f.backend.clone(from: source, to: destination) }
+        let error = #expect(throws: PoolError.self) { try f.backend.clone(from: FilePath(source), to: FilePath(destination)) }
         #expect(error?.code == .noSpace)
         #expect(!FileManager.default.fileExists(atPath: destination))
     }
@@ -332,13 +333,13 @@ struct RawLoopBackendTests {
         let f = try RawFixture()
         let image = f.path("guest.raw")
         try makeGPTDisk(at: image, type: rootX86_64, tree: makeTree(in: f.temp.path))
-        try f.backend.setReadOnly(true, at: image)  // inspection never needs write access
+        try f.backend.setReadOnly(true, at: FilePath(image))  // inspection never needs write access
         let before = try KernelState(image: image, runtime: f.runtime)
         #expect(before.isEmpty)
 
-        let root = try f.backend.openForInspection(at: image)
+        let root = try f.backend.openForInspection(at: FilePath(image))
         for (path, text) in osFiles {
-            let read = try String(contentsOfFile: (root.root as NSString).appendingPathComponent(path), encoding: .utf8)
+            let read = try String(contentsOfFile: (root.root.string as NSString).appendingPathComponent(path), encoding: .utf8)
             #expect(read == text, "\(path)")
         }
         let during = try KernelState(image: image, runtime: f.runtime)
@@ -354,7 +355,7 @@ struct RawLoopBackendTests {
             #expect(options.contains(Substring(flag)), "mount options \(options)")
         }
         #expect(try readLink("/proc/\(child)/ns/mnt") != readLink("/proc/self/ns/mnt"), "the child has a mount namespace of its own")
-        #expect(FileManager.default.createFile(atPath: (root.root as NSString).appendingPathComponent("x"), contents: nil) == false)
+        #expect(FileManager.default.createFile(atPath: (root.root.string as NSString).appendingPathComponent("x"), contents: nil) == false)
 
         root.close()
         root.close()  // idempotent
@@ -372,7 +373,7 @@ struct RawLoopBackendTests {
         try FileManager.default.createDirectory(atPath: folder + "/dev", withIntermediateDirectories: true)
         try run(["mount", "-t", "tmpfs", "-o", "ro", "tmpfs", folder + "/root"], check: true)
         #expect(currentMountPoints().contains(folder + "/root"))
-        RawLoopBackend(runtimeDirectory: f.runtime).cleanUpStaleInspections()
+        RawLoopBackend(runtimeDirectory: FilePath(f.runtime)).cleanUpStaleInspections()
         #expect(!currentMountPoints().contains(folder + "/root"))
         #expect(try directoryEntries((f.runtime as NSString).appendingPathComponent("inspect")).isEmpty)
     }
@@ -382,7 +383,7 @@ struct RawLoopBackendTests {
         let f = try RawFixture()
         let image = f.path("killed.raw")
         try makeGPTDisk(at: image, type: rootX86_64, tree: makeTree(in: f.temp.path))
-        let root = try f.backend.openForInspection(at: image)
+        let root = try f.backend.openForInspection(at: FilePath(image))
         let child = try #require(inspectorChildren(runtime: f.runtime).first)
         #expect(try KernelState(image: image, runtime: f.runtime).loops.count == 1)
         kill(child, SIGKILL)
@@ -431,8 +432,8 @@ struct RawLoopBackendTests {
         let image = f.path("bare.raw")
         try run(["truncate", "-s", "32M", image], check: true)
         try run(["mkfs.ext4", "-q", "-F", "-d", makeTree(in: f.temp.path), image], check: true)
-        let root = try f.backend.openForInspection(at: image)
-        let osRelease = try String(contentsOfFile: (root.root as NSString).appendingPathComponent("etc/os-release"), encoding: .utf8)
+        let root = try f.backend.openForInspection(at: FilePath(image))
+        let osRelease = try String(contentsOfFile: (root.root.string as NSString).appendingPathComponent("etc/os-release"), encoding: .utf8)
         #expect(osRelease.contains("ID=berthtest"))
         #expect(try KernelState(image: image, runtime: f.runtime).mounts.isEmpty)
         root.close()
@@ -445,8 +446,8 @@ struct RawLoopBackendTests {
         let image = f.path("usronly.raw")
         let tree = try makeTree(in: f.temp.path, files: ["lib/os-release": "ID=usronly\n"])
         try makeGPTDisk(at: image, type: "8484680c-9521-48c6-9c11-b0720656f69e", tree: tree)
-        let root = try f.backend.openForInspection(at: image)
-        let text = try String(contentsOfFile: (root.root as NSString).appendingPathComponent("usr/lib/os-release"), encoding: .utf8)
+        let root = try f.backend.openForInspection(at: FilePath(image))
+        let text = try String(contentsOfFile: (root.root.string as NSString).appendingPathComponent("usr/lib/os-release"), encoding: .utf8)
         #expect(text == "ID=usronly\n")
         root.close()
         #expect(try settledState(image: image, runtime: f.runtime).isEmpty)
@@ -458,13 +459,13 @@ struct RawLoopBackendTests {
         let image = f.path("swap.raw")
         // A swap partition only: nothing to inspect.
         try makeGPTDisk(at: image, type: "0657fd6d-a4ab-43c4-84e5-0933c84b4f4f", tree: nil)
-        let error = #expect(throws: PoolError.self) { try f.backend.openForInspection(at: image) }
+        let error = #expect(throws: PoolError.self) { try f.backend.openForInspection(at: FilePath(image)) }
         #expect(error?.code == .invalidImage)
         #expect(try settledState(image: image, runtime: f.runtime).isEmpty)
 
         let empty = f.path("zeros.raw")
         try run(["truncate", "-s", "8M", empty], check: true)
-        let none = #expect(throws: PoolError.self) { try f.backend.openForInspection(at: empty) }
+        let none = #expect(throws: PoolError.self) { try f.backend.openForInspection(at: FilePath(empty)) }
         #expect(none?.code == .invalidImage)
     }
 
@@ -476,7 +477,7 @@ struct RawLoopBackendTests {
         // Keep the ext4 magic but destroy the group descriptors (block 1 of the filesystem):
         // the probe says ext4, the loop device is attached, and mount(2) then refuses.
         try write([UInt8](repeating: 0xA5, count: 4096), to: image, at: (1 << 20) + 4096)
-        let error = #expect(throws: PoolError.self) { try f.backend.openForInspection(at: image) }
+        let error = #expect(throws: PoolError.self) { try f.backend.openForInspection(at: FilePath(image)) }
         #expect(error?.code == .invalidImage)
         #expect((error?.cause as? SystemCallError)?.call == "mount", "it failed in mount(2), after attaching")
         #expect(try settledState(image: image, runtime: f.runtime).isEmpty)
@@ -488,8 +489,8 @@ struct RawLoopBackendTests {
         let f = try RawFixture()
         let image = f.path("4k.raw")
         try makeGPTDisk(at: image, type: rootX86_64, tree: makeTree(in: f.temp.path), sectorSize: 4096)
-        let root = try f.backend.openForInspection(at: image)
-        let hostname = try String(contentsOfFile: (root.root as NSString).appendingPathComponent("etc/hostname"), encoding: .utf8)
+        let root = try f.backend.openForInspection(at: FilePath(image))
+        let hostname = try String(contentsOfFile: (root.root.string as NSString).appendingPathComponent("etc/hostname"), encoding: .utf8)
         #expect(hostname == "berth-guest\n")
         root.close()
         #expect(try settledState(image: image, runtime: f.runtime).isEmpty)
@@ -507,15 +508,15 @@ struct RawLoopBackendTests {
             return image
         }
         let one = try mbrDisk("mbr.raw", "label: dos\nstart=2048, size=65536, type=83\n")
-        let root = try f.backend.openForInspection(at: one)
-        let machineID = try String(contentsOfFile: (root.root as NSString).appendingPathComponent("etc/machine-id"), encoding: .utf8)
+        let root = try f.backend.openForInspection(at: FilePath(one))
+        let machineID = try String(contentsOfFile: (root.root.string as NSString).appendingPathComponent("etc/machine-id"), encoding: .utf8)
         #expect(machineID == osFiles["etc/machine-id"])
         root.close()
         #expect(try settledState(image: one, runtime: f.runtime).isEmpty)
 
         // Two partitions: which one is the OS is anyone's guess, so none is.
         let two = try mbrDisk("mbr2.raw", "label: dos\nstart=2048, size=65536, type=83\nstart=67584, size=8192, type=82\n")
-        let error = #expect(throws: PoolError.self) { try f.backend.openForInspection(at: two) }
+        let error = #expect(throws: PoolError.self) { try f.backend.openForInspection(at: FilePath(two)) }
         #expect(error?.code == .invalidImage)
         #expect(try settledState(image: two, runtime: f.runtime).isEmpty)
     }
@@ -528,14 +529,14 @@ struct RawLoopBackendTests {
         let backend = f.backend
         // Several LOOP_CTL_GET_FREE at once hand out the same free device: the losers must retry.
         let roots = try await withThrowingTaskGroup(of: (any InspectionRoot).self) { group in
-            for _ in 0..<4 { group.addTask { try backend.openForInspection(at: image) } }
+            for _ in 0..<4 { group.addTask { try backend.openForInspection(at: FilePath(image)) } }
             var all: [any InspectionRoot] = []
             for try await root in group { all.append(root) }
             return all
         }
         #expect(Set(roots.map(\.root)).count == 4)
         for root in roots {
-            #expect(FileManager.default.fileExists(atPath: (root.root as NSString).appendingPathComponent("etc/os-release")))
+            #expect(FileManager.default.fileExists(atPath: (root.root.string as NSString).appendingPathComponent("etc/os-release")))
         }
         #expect(try KernelState(image: image, runtime: f.runtime).loops.count == 4)
         for root in roots { root.close() }
@@ -548,8 +549,8 @@ struct RawLoopBackendTests {
         let image = f.path("backup.raw")
         try makeGPTDisk(at: image, type: rootX86_64, tree: makeTree(in: f.temp.path))
         try write([0xFF, 0xFF, 0xFF, 0xFF], to: image, at: 512 + 16)  // the primary header's CRC
-        let root = try f.backend.openForInspection(at: image)
-        #expect(FileManager.default.fileExists(atPath: (root.root as NSString).appendingPathComponent("etc/machine-id")))
+        let root = try f.backend.openForInspection(at: FilePath(image))
+        #expect(FileManager.default.fileExists(atPath: (root.root.string as NSString).appendingPathComponent("etc/machine-id")))
         root.close()
         #expect(try settledState(image: image, runtime: f.runtime).isEmpty)
     }

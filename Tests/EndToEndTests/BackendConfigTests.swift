@@ -5,7 +5,7 @@ import TestSupport
 
 /// berthd and `ROOT/etc/berth/backends.d/*.conf`: a bad file stops it at start naming the file
 /// and line; without one it runs as before with no Ceph library loaded.
-@Suite(.enabled(if: endToEndToolsAvailable || Privileges.underCI, "needs dbus-daemon and busctl"))
+@Suite(.requires(.privateBus))
 struct BackendConfigTests {
     @Test func aBadBackendFileStopsBerthdNamingFileAndLine() throws {
         let bus = try PrivateDBusDaemon()

@@ -78,6 +78,15 @@ struct BerthdTests {
         let pool = try run(["busctl", "--address=\(bus.address)", "get-property", "org.freedesktop.machine1", "/org/freedesktop/machine1",
                             "org.freedesktop.machine1.Manager", "PoolPath"], check: true)
         #expect(pool.stdout.trimmingCharacters(in: .whitespacesAndNewlines) == "s \"\(berthd.root)/var/lib/machines\"")
+        // The version is the VERSION file's, on the bus and on the command line.
+        let version = try String(contentsOfFile: BootedSystemd.packageRoot().appendingPathComponent("VERSION").path, encoding: .utf8)
+            .trimmingCharacters(in: .whitespacesAndNewlines)
+        #expect(!version.isEmpty)
+        let reported = try run(["busctl", "--address=\(bus.address)", "get-property", "org.freedesktop.machine1", "/org/freedesktop/machine1",
+                                "io.berth.Daemon", "Version"], check: true)
+        #expect(reported.stdout.trimmingCharacters(in: .whitespacesAndNewlines) == "s \"\(version)\"")
+        let printed = try run([try BerthdProcess.binaryPath(), "--version"], check: true)
+        #expect(printed.stdout.trimmingCharacters(in: .whitespacesAndNewlines) == version)
         let list = try run(["busctl", "--address=\(bus.address)", "call", "org.freedesktop.machine1", "/org/freedesktop/machine1",
                             "org.freedesktop.machine1.Manager", "ListMachines"])
         #expect(list.succeeded && list.stdout.contains("\".host\" \"host\""), "\(list.stderr)")
@@ -159,7 +168,8 @@ struct BerthctlTests {
         #expect(report.services.map(\.answers) == [true, false, true])
         #expect(report.services.map(\.berth) == [true, false, true])
         #expect(report.poolPath == "\(berthd.root)/var/lib/machines")
-        #expect(report.version?.isEmpty == false)
+        let version = try String(contentsOfFile: BootedSystemd.packageRoot().appendingPathComponent("VERSION").path, encoding: .utf8)
+        #expect(report.version == version.trimmingCharacters(in: .whitespacesAndNewlines))
         let table = try run([berthctl, "status", "--bus-address", bus.address], check: true).stdout
         #expect(table.contains("org.freedesktop.import1    not running"), "\(table)")
     }

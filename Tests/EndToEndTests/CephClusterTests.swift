@@ -6,8 +6,7 @@ import TestSupport
 /// The one-node Ceph test cluster itself: it starts from Debian's packages, serves RBD to
 /// berthd's client identity, and tears down in the safe order with an image still reached
 /// through rbd-fuse + loop (nothing mounted, attached or running is left, and the folder goes).
-@Suite(.serialized, .enabled(if: CephCluster.isAvailable || Privileges.underCI,
-                             "\(CephCluster.skipReason ?? "") (a one-node Ceph cluster needs it)"))
+@Suite(.serialized, .requires(.cephCluster))
 struct CephClusterTests {
     @Test func startsMakesAnImageAsBerthsClientAndTearsDownInTheSafeOrder() throws {
         let cluster = try CephCluster(pool: "cct")

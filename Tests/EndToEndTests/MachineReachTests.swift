@@ -180,11 +180,13 @@ struct MachineReachTests {
         #expect(open(inside + "/srv/ro/new", O_WRONLY | O_CREAT, 0o644) == -1 && errno == EROFS)
 
         // Refusals, with nothing changed in the container or on the host.
-        for link in ["/out/x", "/climb/x"] {
+        // A name no one else uses in the host's shared /tmp, so the check below sees only this bind.
+        let escape = "berth-bind-escape-\(UUID().uuidString)"
+        for link in ["/out/\(escape)", "/climb/\(escape)"] {
             let out = try machinectl(bus, ["bind", "reachbind", shared.path, link, "--mkdir"])
             #expect(!out.succeeded && out.stderr.contains("leads out of machine 'reachbind'"), "\(out.stderr)")
         }
-        #expect(!FileManager.default.fileExists(atPath: "/tmp/x"))
+        #expect(!FileManager.default.fileExists(atPath: "/tmp/\(escape)"))
         let missing = try machinectl(bus, ["bind", "reachbind", shared.appending("missing"), "/mnt/missing", "--mkdir"])
         #expect(!missing.succeeded && missing.stderr.contains("No such file or directory"), "\(missing.stderr)")
         #expect(!FileManager.default.fileExists(atPath: root.appending("mnt/missing")))

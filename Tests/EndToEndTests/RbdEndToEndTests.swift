@@ -7,9 +7,7 @@ import TestSupport
 /// machinectl: list, import-raw, image-status (inspection through rbd-fuse + loop), clone,
 /// rename, read-only, set-limit, export-raw, pull-raw, remove; two berthd instances (two roots,
 /// two buses) on one Ceph pool; failed imports leave no temp image.
-@Suite(.serialized, .enabled(if: (CephCluster.isAvailable && endToEndToolsAvailable && commandExists("machinectl")
-                                   && Privileges.canMakeLoopFilesystems) || Privileges.underCI,
-                             "needs root, a Ceph cluster's packages, loop devices, machinectl and a bus"))
+@Suite(.serialized, .requires(.cephCluster, .loopFilesystems, .privateBus, .commands("machinectl")))
 struct RbdEndToEndTests {
     /// A Ceph pool of this suite's own, so other suites' images never show in its listings.
     static let pool: Result<String, TestSupportError> = {

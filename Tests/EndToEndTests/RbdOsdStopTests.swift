@@ -7,8 +7,7 @@ import TestSupport
 /// either completes once the OSD is back (librbd waits, bounded by the pool's timeout) or fails
 /// cleanly; in no case is a half-made image listed. On a cluster of its own: stopping the OSD
 /// of the shared one would stall every other suite.
-@Suite(.serialized, .enabled(if: (CephCluster.isAvailable && endToEndToolsAvailable && commandExists("machinectl")) || Privileges.underCI,
-                             "needs root, a Ceph cluster's packages, machinectl and a bus"))
+@Suite(.serialized, .requires(.cephCluster, .privateBus, .commands("machinectl")))
 struct RbdOsdStopTests {
     @Test func anOsdStoppedMidImportEndsWithTheWholeImageOrNone() throws {
         let cluster = try CephCluster(pool: "osdstop")

@@ -1,12 +1,13 @@
 import Glibc
 import Testing
+import struct SystemPackage.FilePath
 import TestSupport
 @testable import FileTree
 import Linux
 
 /// TreeCopy on real files: what a clone of a directory image must keep.
-@Suite(.enabled(if: Privileges.isRoot || Privileges.underCI,
-                "needs root: files of other owners, trusted.* xattrs, device nodes, setuid bits"))
+// Root: files of other owners, trusted.* xattrs, device nodes, setuid bits.
+@Suite(.requires(.root, .commands("setfacl", "getfacl", "setcap", "getcap")))
 struct TreeCopyTests {
     /// makedev(1, 3): /dev/null's device number.
     static let devNull: dev_t = 0x103
@@ -30,7 +31,7 @@ struct TreeCopyTests {
             try sys("utimensat") { utimensat(AT_FDCWD, src + "/secret", &old, 0) }
             try sys("utimensat") { utimensat(AT_FDCWD, src + "/sticky", &old, 0) }
 
-            let stats = try TreeCopy.copy(from: src, to: dir.appending("dst"), options: .init(allowReflink: false))
+            let stats = try TreeCopy.copy(from: FilePath(src), to: FilePath(dir.appending("dst")), options: .init(allowReflink: false))
             #expect(stats.files == 2)
             #expect(stats.symlinks == 1)
             #expect(stats.specialFiles == 2)
@@ -59,7 +60,7 @@ struct TreeCopyTests {
             try setExtendedAttributes([("user.note", Array("hello".utf8)), ("trusted.overlay.opaque", Array("y".utf8))], on: .fd(file))
             try run(["setfacl", "-m", "u:1234:r", src + "/file"], check: true)
             try run(["setfacl", "-d", "-m", "g:99:rx", src + "/sub"], check: true)
-            try TreeCopy.copy(from: src, to: dir.appending("dst"))
+            try TreeCopy.copy(from: FilePath(src), to: FilePath(dir.appending("dst")))
             let copied = try FileDescriptor.open(dir.appending("dst/file"), flags: O_RDONLY)
             defer { copied.close() }
             let attrs = Dictionary(uniqueKeysWithValues: try extendedAttributes(of: .fd(copied)).map { ($0.name, $0.value) })
@@ -79,7 +80,7 @@ struct TreeCopyTests {
             try makeDirectory(src)
             try Files.write(src + "/ping", "#!/bin/sh\n", mode: 0o755)
             try run(["setcap", "cap_net_raw+ep", src + "/ping"], check: true)
-            try TreeCopy.copy(from: src, to: dir.appending("dst"))
+            try TreeCopy.copy(from: FilePath(src), to: FilePath(dir.appending("dst")))
             let caps = try run(["getcap", dir.appending("dst/ping")], check: true).stdout
             #expect(caps.contains("cap_net_raw"))
         }
@@ -92,7 +93,7 @@ struct TreeCopyTests {
             try Files.write(src + "/one", "same")
             try sys("link") { link(src + "/one", src + "/a/b/two") }
             try sys("link") { link(src + "/one", src + "/a/three") }
-            let stats = try TreeCopy.copy(from: src, to: dir.appending("dst"), options: .init(allowReflink: false))
+            let stats = try TreeCopy.copy(from: FilePath(src), to: FilePath(dir.appending("dst")), options: .init(allowReflink: false))
             #expect(stats.hardlinks == 2)
             #expect(stats.files == 1)
             let one = try Files.status(dir.appending("dst/one")), two = try Files.status(dir.appending("dst/a/b/two"))
@@ -108,7 +109,7 @@ struct TreeCopyTests {
             try makeDirectory(src)
             let block = [UInt8](repeating: 0xA5, count: 4096)
             try Files.sparse(src + "/disk", size: 256 << 20, data: block, at: [0, 100 << 20, (256 << 20) - 4096])
-            try TreeCopy.copy(from: src, to: dir.appending("dst"), options: .init(allowReflink: false))
+            try TreeCopy.copy(from: FilePath(src), to: FilePath(dir.appending("dst")), options: .init(allowReflink: false))
             let copy = try Files.status(dir.appending("dst/disk"))
             #expect(copy.size == 256 << 20)
             #expect(copy.allocatedBytes < 1 << 20, "allocated \(copy.allocatedBytes) bytes for 12 KiB of data")
@@ -133,7 +134,7 @@ struct TreeCopyTests {
             try makeSymbolicLink(src + "/abs", pointingTo: outside)
             try makeSymbolicLink(src + "/rel", pointingTo: "../outside/private")
             try makeSymbolicLink(src + "/dangling", pointingTo: "/nonexistent")
-            try TreeCopy.copy(from: src, to: dir.appending("dst"))
+            try TreeCopy.copy(from: FilePath(src), to: FilePath(dir.appending("dst")))
             #expect(try readLink(dir.appending("dst/abs")) == outside)
             #expect(try readLink(dir.appending("dst/rel")) == "../outside/private")
             #expect(try readLink(dir.appending("dst/dangling")) == "/nonexistent")
@@ -147,7 +148,7 @@ struct TreeCopyTests {
             try makeDirectories(dir.appending("real/inner"))
             try Files.write(dir.appending("real/inner/f"), "f")
             try makeSymbolicLink(dir.appending("image"), pointingTo: "real")
-            try TreeCopy.copy(from: dir.appending("image"), to: dir.appending("dst"))
+            try TreeCopy.copy(from: FilePath(dir.appending("image")), to: FilePath(dir.appending("dst")))
             #expect(try Files.read(dir.appending("dst/inner/f")) == Array("f".utf8))
             #expect(try Files.status(dir.appending("dst")).isDirectory)
         }
@@ -157,7 +158,7 @@ struct TreeCopyTests {
         try withTemporaryDirectory { dir in
             try makeDirectory(dir.appending("src"))
             try makeDirectory(dir.appending("dst"))
-            let error = #expect(throws: SystemCallError.self) { try TreeCopy.copy(from: dir.appending("src"), to: dir.appending("dst")) }
+            let error = #expect(throws: SystemCallError.self) { try TreeCopy.copy(from: FilePath(dir.appending("src")), to: FilePath(dir.appending("dst"))) }
             #expect(error?.errno == .EEXIST)
         }
     }
@@ -169,7 +170,7 @@ struct TreeCopyTests {
             try Files.write(src + "/f", "f")
             try sys("chown") { chown(src + "/f", 1000, 1000) }
             let options = TreeCopy.Options(ownership: { uid, gid in (uid + 100_000, gid + 100_000) })
-            try TreeCopy.copy(from: src, to: dir.appending("dst"), options: options)
+            try TreeCopy.copy(from: FilePath(src), to: FilePath(dir.appending("dst")), options: options)
             let st = try Files.status(dir.appending("dst/f"))
             #expect(st.uid == 101_000 && st.gid == 101_000)
         }
@@ -181,7 +182,7 @@ struct TreeCopyTests {
             try makeDirectory(src)
             for i in 0..<20 { try Files.write(src + "/f\(i)", "x") }
             let error = #expect(throws: SystemCallError.self) {
-                try TreeCopy.copy(from: src, to: dir.appending("dst"), options: .init(isCancelled: { true }))
+                try TreeCopy.copy(from: FilePath(src), to: FilePath(dir.appending("dst")), options: .init(isCancelled: { true }))
             }
             #expect(error?.errno == .ECANCELED)
         }

@@ -1,12 +1,13 @@
 import Glibc
 import Testing
+import struct SystemPackage.FilePath
 import TestSupport
 @testable import FileTree
 import Linux
 
 /// TreeRemoval on real trees: everything goes, whatever its modes and inode flags; nothing
 /// outside the tree is touched, through a symlink or a mount.
-@Suite(.enabled(if: Privileges.isRoot || Privileges.underCI, "needs root: immutable and append-only flags, mounts"))
+@Suite(.requires(.root, .commands("chattr")))
 struct TreeRemovalTests {
     /// tree/{ro/ (0500) {file (0400)}, deep/a/b/c/file, link -> outside}
     private func makeTree(_ dir: TemporaryDirectory) throws -> String {
@@ -25,7 +26,7 @@ struct TreeRemovalTests {
     @Test func readOnlyModesDoNotStopRemovalAndSymlinkTargetsStay() throws {
         try withTemporaryDirectory { dir in
             let tree = try makeTree(dir)
-            try TreeRemoval.remove(at: tree)
+            try TreeRemoval.remove(at: FilePath(tree))
             #expect(access(tree, F_OK) != 0)
             #expect(try Files.read(dir.appending("outside/keep")) == Array("keep".utf8))
         }
@@ -41,7 +42,7 @@ struct TreeRemovalTests {
             try Files.chattr("+i", tree)
             // Even root cannot remove them as they are.
             #expect(unlink(tree + "/deep/a/b/c/file") != 0)
-            try TreeRemoval.remove(at: tree)
+            try TreeRemoval.remove(at: FilePath(tree))
             #expect(access(tree, F_OK) != 0)
         }
     }
@@ -49,19 +50,19 @@ struct TreeRemovalTests {
     @Test func removingASymlinkRemovesOnlyTheLink() throws {
         try withTemporaryDirectory { dir in
             let tree = try makeTree(dir)
-            try TreeRemoval.remove(at: tree + "/link")
+            try TreeRemoval.remove(at: FilePath(tree + "/link"))
             #expect(access(tree + "/link", F_OK) != 0)
             #expect(try Files.read(dir.appending("outside/keep")) == Array("keep".utf8))
             // A symlink to a directory, given as the thing to remove, is not followed either.
             try makeSymbolicLink(dir.appending("image"), pointingTo: tree)
-            try TreeRemoval.remove(at: dir.appending("image"))
+            try TreeRemoval.remove(at: FilePath(dir.appending("image")))
             #expect(try Files.status(tree).isDirectory)
         }
     }
 
     @Test func aMissingPathIsAlreadyRemoved() throws {
         try withTemporaryDirectory { dir in
-            try TreeRemoval.remove(at: dir.appending("never-was"))
+            try TreeRemoval.remove(at: FilePath(dir.appending("never-was")))
             let parent = try FileDescriptor.openDirectory(dir.path)
             try TreeRemoval.remove("never-was", in: parent)
         }
@@ -74,7 +75,7 @@ struct TreeRemovalTests {
             try mountFilesystem("tmpfs", at: tree + "/mnt", type: "tmpfs", flags: [], options: "size=1m")
             defer { _ = unmountOrDetach(tree + "/mnt") }
             try Files.write(tree + "/mnt/mounted", "m")
-            let error = #expect(throws: SystemCallError.self) { try TreeRemoval.remove(at: tree) }
+            let error = #expect(throws: SystemCallError.self) { try TreeRemoval.remove(at: FilePath(tree)) }
             #expect(error?.errno == .EBUSY)
             #expect(try Files.read(tree + "/mnt/mounted") == Array("m".utf8))
         }
@@ -85,9 +86,9 @@ struct TreeRemovalTests {
             let tree = dir.appending("tree")
             try makeDirectory(tree)
             try Files.write(tree + "/big", [UInt8](repeating: 1, count: 1 << 20))
-            let alone = try DiskUsage.allocatedBytes(of: tree)
+            let alone = try DiskUsage.allocatedBytes(of: FilePath(tree))
             try sys("link") { link(tree + "/big", tree + "/again") }
-            #expect(try DiskUsage.allocatedBytes(of: tree) == alone)
+            #expect(try DiskUsage.allocatedBytes(of: FilePath(tree)) == alone)
             #expect(alone >= 1 << 20)
         }
     }

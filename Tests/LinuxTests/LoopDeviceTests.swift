@@ -5,8 +5,7 @@ import TestSupport
 
 /// LoopDevice on a real file: attach (LOOP_CONFIGURE), what the kernel reports, read-only
 /// enforced by the device, detach.
-@Suite(.enabled(if: Privileges.canMakeLoopFilesystems || Privileges.underCI,
-                "needs root and /dev/loop-control to attach loop devices"))
+@Suite(.requires(.loopFilesystems))
 struct LoopDeviceTests {
     /// An 8 MiB file whose every 4 KiB block starts with its own number.
     private func makeBackingFile(_ dir: TemporaryDirectory) throws -> String {

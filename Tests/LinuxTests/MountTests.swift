@@ -6,7 +6,7 @@ import TestSupport
 /// The mount wrappers: mount(2) with Berth's flags, umount2(2) plain and lazy, the mountinfo
 /// reader, and the new mount API (open_tree clone made read-only, move_mount). Each test
 /// mounts a tmpfs on a temporary folder of its own and leaves nothing mounted.
-@Suite(.enabled(if: Privileges.isRoot || Privileges.underCI, "needs root (CAP_SYS_ADMIN) to mount"))
+@Suite(.requires(.root))
 struct MountTests {
     private func write(_ path: String) throws(SystemCallError) {
         let fd = try FileDescriptor.open(path, flags: O_CREAT | O_WRONLY, mode: 0o755)

@@ -6,6 +6,7 @@ import Linux
 import PoolAPI
 import TestSupport
 import Testing
+import struct SystemPackage.FilePath
 
 /// Holds systemd-nspawn's locks on an image the way a running `systemd-nspawn -D` does
 /// (observed in /proc/locks: exclusive open-file-description locks on
@@ -166,8 +167,8 @@ struct NspawnInteropTests {
         }
         try Data("ID=berthtest\n".utf8).write(to: URL(fileURLWithPath: dir + "/etc/os-release"))
         defer {
-            try? TreeRemoval.remove(at: dir)
-            try? TreeRemoval.remove(at: dir + "-copy")
+            try? TreeRemoval.remove(at: FilePath(dir))
+            try? TreeRemoval.remove(at: FilePath(dir + "-copy"))
         }
         let global = try nspawnLockFiles(root: "", image: dir).global
         #expect(global.hasPrefix("/run/systemd/nspawn/locks/inode-"))

@@ -4,6 +4,7 @@ import Glibc
 import PoolAPI
 import Synchronization
 import TestSupport
+import struct SystemPackage.FilePath
 
 /// A test root with helpers to lay out search-path folders and images.
 final class PoolRoot: @unchecked Sendable {
@@ -66,19 +67,19 @@ struct GatedDirectoryBackend: ImageBackend {
     var capabilities: BackendCapabilities { inner.capabilities }
 
     func claim(_ entry: PoolEntry) -> String? { inner.claim(entry) }
-    func canCreate(in directory: String) -> Bool { inner.canCreate(in: directory) }
+    func canCreate(in directory: FilePath) -> Bool { inner.canCreate(in: directory) }
     func image(named name: String, entry: PoolEntry) throws -> Image { try inner.image(named: name, entry: entry) }
-    func createEmpty(at path: String) throws { try inner.createEmpty(at: path) }
-    func clone(from source: String, to destination: String) throws {
+    func createEmpty(at path: FilePath) throws { try inner.createEmpty(at: path) }
+    func clone(from source: FilePath, to destination: FilePath) throws {
         started.signal()
         gate.wait()
         gate.signal()  // stays open for the other clones
         try inner.clone(from: source, to: destination)
     }
-    func rename(from source: String, to destination: String) throws { try inner.rename(from: source, to: destination) }
-    func remove(at path: String) throws { try inner.remove(at: path) }
-    func setReadOnly(_ readOnly: Bool, at path: String) throws { try inner.setReadOnly(readOnly, at: path) }
-    func openForInspection(at path: String) throws -> any InspectionRoot { try inner.openForInspection(at: path) }
+    func rename(from source: FilePath, to destination: FilePath) throws { try inner.rename(from: source, to: destination) }
+    func remove(at path: FilePath) throws { try inner.remove(at: path) }
+    func setReadOnly(_ readOnly: Bool, at path: FilePath) throws { try inner.setReadOnly(readOnly, at: path) }
+    func openForInspection(at path: FilePath) throws -> any InspectionRoot { try inner.openForInspection(at: path) }
 }
 
 /// A tree backend that claims nothing and creates plain directories, standing in for btrfs in
@@ -92,15 +93,15 @@ final class OtherTreeBackend: ImageBackend {
     let capabilities: BackendCapabilities = [.tree]
 
     func claim(_ entry: PoolEntry) -> String? { nil }
-    func canCreate(in directory: String) -> Bool { true }
+    func canCreate(in directory: FilePath) -> Bool { true }
     func image(named name: String, entry: PoolEntry) throws -> Image { try inner.image(named: name, entry: entry) }
-    func createEmpty(at path: String) throws {
-        made.withLock { $0.append(path) }
+    func createEmpty(at path: FilePath) throws {
+        made.withLock { $0.append(path.string) }
         try inner.createEmpty(at: path)
     }
-    func clone(from source: String, to destination: String) throws { try inner.clone(from: source, to: destination) }
-    func rename(from source: String, to destination: String) throws { try inner.rename(from: source, to: destination) }
-    func remove(at path: String) throws { try inner.remove(at: path) }
-    func setReadOnly(_ readOnly: Bool, at path: String) throws { try inner.setReadOnly(readOnly, at: path) }
-    func openForInspection(at path: String) throws -> any InspectionRoot { try inner.openForInspection(at: path) }
+    func clone(from source: FilePath, to destination: FilePath) throws { try inner.clone(from: source, to: destination) }
+    func rename(from source: FilePath, to destination: FilePath) throws { try inner.rename(from: source, to: destination) }
+    func remove(at path: FilePath) throws { try inner.remove(at: path) }
+    func setReadOnly(_ readOnly: Bool, at path: FilePath) throws { try inner.setReadOnly(readOnly, at: path) }
+    func openForInspection(at path: FilePath) throws -> any InspectionRoot { try inner.openForInspection(at: path) }
 }

@@ -7,11 +7,12 @@ import RbdHost
 import Testing
 import TestSupport
 
+import struct SystemPackage.FilePath
+
 /// An RBD image's bytes on this host: rbd-fuse exposes one image as a file in a private folder
 /// under the runtime directory, RawLoop's read-only loop inspection reads its filesystem, and
 /// closing (or a start-up clean-up after a crash) unmounts everything without touching the image.
-@Suite(.serialized, .enabled(if: (CephCluster.isAvailable && Privileges.canMakeLoopFilesystems) || Privileges.underCI,
-                             "\(CephCluster.skipReason ?? Privileges.loopSkipReason ?? "") (rbd-fuse tests need a Ceph cluster and loop devices)"))
+@Suite(.serialized, .requires(.cephCluster, .loopFilesystems))
 struct RbdFuseTests {
     /// An image holding a bare ext4 filesystem with an os-release, imported with the rbd CLI.
     static func makeOSImage(_ cluster: CephCluster, name: String) throws {
@@ -42,10 +43,10 @@ struct RbdFuseTests {
         let runtime = try TemporaryDirectory(prefix: "berth-rbdrt")
         defer { Self.remove(runtime) }
 
-        let raw = RawLoopBackend(runtimeDirectory: runtime.path)
+        let raw = RawLoopBackend(runtimeDirectory: FilePath(runtime.path))
         let inspection = try RbdFuse.openForInspection(image: name, client: Self.client(cluster), runtimeDirectory: runtime.path,
-                                                       inspectFile: raw.openForInspection(at:))
-        let osRelease = try String(contentsOfFile: inspection.root + "/usr/lib/os-release", encoding: .utf8)
+                                                       inspectFile: { try raw.openForInspection(at: FilePath($0)) })
+        let osRelease = try String(contentsOfFile: inspection.root.string + "/usr/lib/os-release", encoding: .utf8)
         #expect(osRelease.contains("ID=rbdtest"))
         // The image is mounted alone, in a private folder only root can enter.
         let rbdFolder = RbdFuse.folder(runtimeDirectory: runtime.path)

@@ -4,7 +4,7 @@ import TestSupport
 
 /// berthd links no Ceph library and maps none while no RBD pool is configured: the Rbd module
 /// dlopens librbd/librados only at first use, so a berthd without RBD keeps its idle memory.
-@Suite(.enabled(if: Privileges.isRoot || Privileges.underCI, "needs root to run berthd on a private bus"))
+@Suite(.requires(.root, .privateBus))
 struct CephNotLoadedTests {
     @Test func berthdLinksNoCephLibrary() throws {
         let berthd = try BerthdProcess.binaryPath()

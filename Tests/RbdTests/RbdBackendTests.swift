@@ -10,7 +10,7 @@ import TestSupport
 
 /// The RBD backend as a pool on shared storage: BackendConformance's shared-pool checks with two
 /// pool instances (two "hosts", two connections) on one Ceph pool, and RBD's own rules.
-@Suite(.serialized, .enabled(if: RbdTestCluster.available || Privileges.underCI, "needs root and Ceph's daemons (ceph-mon, ceph-osd, ceph-mgr)"))
+@Suite(.serialized, .requires(RbdTestCluster.requirement))
 struct RbdBackendTests {
     static func backend() throws -> RbdBackend {
         try RbdBackend(.init(cluster: try RbdTestCluster.clusterConfiguration(), pool: RbdTestCluster.poolName, cacheSeconds: 0.5))

@@ -6,7 +6,7 @@ import TestSupport
 
 /// The Swift binding of librados/librbd against a real one-node Ceph cluster: every call the
 /// RBD backend and the transfer worker use, with real data on a real OSD.
-@Suite(.serialized, .enabled(if: RbdTestCluster.available || Privileges.underCI, "needs root and Ceph's daemons (ceph-mon, ceph-osd, ceph-mgr)"))
+@Suite(.serialized, .requires(RbdTestCluster.requirement))
 struct RbdBindingTests {
     let pool: RbdPool
 

@@ -6,12 +6,13 @@ import RawLoopBackend
 import RbdBackend
 import RbdHost
 import Testing
+
+import struct SystemPackage.FilePath
 import TestSupport
 
 /// Inspection of a block-backed external image through the pool (what GetImageOSRelease calls):
 /// RbdBackend's inspector reaches the bytes with rbd-fuse and RawLoop reads the filesystem.
-@Suite(.serialized, .enabled(if: (RbdTestCluster.available && Privileges.canMakeLoopFilesystems) || Privileges.underCI,
-                             "needs a Ceph cluster, rbd-fuse and loop devices"))
+@Suite(.serialized, .requires(RbdTestCluster.requirement, .loopFilesystems))
 struct RbdInspectionTests {
     @Test func osReleaseOfAnRbdImageIsReadThroughThePool() async throws {
         let cluster = try CephCluster.shared()
@@ -25,12 +26,12 @@ struct RbdInspectionTests {
         }
         try makeDirectories(root.path + "/var/lib/machines")
         let client = RbdFuse.Client(pool: cluster.pool, confPath: cluster.clientConf, clientID: cluster.clientID, timeoutSeconds: 20)
-        let raw = RawLoopBackend(runtimeDirectory: runtime.path)
+        let raw = RawLoopBackend(runtimeDirectory: FilePath(runtime.path))
         let backend = try RbdBackend(.init(cluster: .init(configFile: cluster.clientConf, clientID: cluster.clientID),
                                            pool: cluster.pool),
                                      inspector: { _, name, _ in
                                          try RbdFuse.openForInspection(image: name, client: client, runtimeDirectory: runtime.path,
-                                                                       inspectFile: raw.openForInspection(at:))
+                                                                       inspectFile: { try raw.openForInspection(at: FilePath($0)) })
                                      })
         let pool = ImagePool(configuration: .init(root: root.path), registry: BackendRegistry([DirectoryBackend(), backend]))
 

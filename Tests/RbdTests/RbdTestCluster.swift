@@ -7,8 +7,10 @@ import TestSupport
 enum RbdTestCluster {
     static var externalConf: String? { ProcessInfo.processInfo.environment["BERTH_TEST_CEPH_CONF"] }
 
-    /// Whether the tests can run here (root and Ceph's daemons, or a cluster given by hand).
-    static var available: Bool { externalConf != nil || (Privileges.isRoot && CephCluster.isAvailable) }
+    /// What the tests need: a cluster given by hand, or root and Ceph's daemons to start one.
+    static let requirement = Requirement("a Ceph cluster (BERTH_TEST_CEPH_CONF, or ceph-mon, ceph-mgr, ceph-osd to start one)") {
+        externalConf != nil ? nil : CephCluster.skipReason
+    }
 
     static var poolName: String {
         if externalConf != nil { return ProcessInfo.processInfo.environment["BERTH_TEST_CEPH_POOL"] ?? "berth" }

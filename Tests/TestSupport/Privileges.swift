@@ -90,6 +90,12 @@ public struct Requirement: Sendable, CustomStringConvertible {
         return probe?.succeeded == true ? nil : "python3-dbus is not installed (apt-get install python3-dbus)"
     }
 
+    /// A one-node Ceph cluster can be started here (`CephCluster`): root, Ceph's daemons and
+    /// tools, rbd-fuse and /dev/fuse.
+    public static let cephCluster = Requirement("a one-node Ceph cluster (ceph-mon, ceph-mgr, ceph-osd, rbd-fuse)") {
+        CephCluster.skipReason
+    }
+
     /// `path` exists (a file a test reads, such as busybox).
     public static func file(_ path: String) -> Requirement {
         Requirement(path) { FileManager.default.fileExists(atPath: path) ? nil : "\(path) does not exist" }

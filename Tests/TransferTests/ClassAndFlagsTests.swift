@@ -7,6 +7,7 @@ import PoolAPI
 import RawLoopBackend
 import TestSupport
 import Testing
+import struct SystemPackage.FilePath
 @testable import Transfer
 
 @Suite("image classes and transfer flags: validation, worker arguments, routing by class")
@@ -55,7 +56,7 @@ struct ClassAndFlagsTests {
         defer { tmp.remove() }
         let root = tmp.appending("root")
         try run(["mkdir", "-p", root + "/run/berth"], check: true)
-        let registry = BackendRegistry([BtrfsBackend(), DirectoryBackend(), RawLoopBackend(runtimeDirectory: root + "/run/berth")])
+        let registry = BackendRegistry([BtrfsBackend(), DirectoryBackend(), RawLoopBackend(runtimeDirectory: FilePath(root).appending("run/berth"))])
         var pools: [ImageClass: ImagePool] = [:]
         for c in ImageClass.allCases { pools[c] = ImagePool(configuration: .init(class: c, root: root), registry: registry) }
         let engine = TransferEngine(pools: pools, workerExecutable: workerExecutable, root: root)

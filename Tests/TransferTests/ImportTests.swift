@@ -9,7 +9,7 @@ import Testing
 
 @Suite("import-tar, import-raw, import-fs through worker processes")
 struct ImportTests {
-    @Test("import-tar from a file keeps owners, setuid, times, xattrs, ACLs, hardlinks, devices, sparse; progress moves",
+    @Test("import-tar from a file keeps owners, setuid, times, xattrs, ACLs, hardlinks, devices, sparse; progress reaches 1",
           .requires(.root))  // owners and device nodes
     func importTarFidelity() async throws {
         let tmp = try TemporaryDirectory()
@@ -27,8 +27,11 @@ struct ImportTests {
         let (got, want) = (try treeSnapshot(image), try treeSnapshot(src))
         #expect(got == want, "\(difference(got, want))")
         #expect(try allocatedBytes(image + "/sparse") < 1 << 20, "sparse file stayed sparse")
+        // berthd passes progress on once per read of the status pipe (its latest value), so how
+        // many events a quick import yields depends on timing; that the worker's own progress
+        // moves in steps is checked in-process (WorkerLogicTests.inProcessExtraction).
         let progress = events.compactMap { if case .progress(let p) = $0 { p } else { nil } }
-        #expect(progress.count >= 2 && progress.last == 1)
+        #expect(!progress.isEmpty && progress == progress.sorted() && progress.last == 1, "\(progress)")
         #expect(try setup.poolEntries() == ["fidelity"])
     }
 

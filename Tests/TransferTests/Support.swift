@@ -7,6 +7,7 @@ import PoolAPI
 import RawLoopBackend
 import TestSupport
 import Testing
+import struct SystemPackage.FilePath
 @testable import Transfer
 @testable import TransferJobs
 
@@ -29,7 +30,7 @@ struct Setup {
         self.root = root
         try run(["mkdir", "-p", root + "/var/lib/machines", root + "/run/berth"], check: true)
         pool = ImagePool(configuration: .init(root: root), registry: BackendRegistry([
-            BtrfsBackend(), DirectoryBackend(), RawLoopBackend(runtimeDirectory: root + "/run/berth"),
+            BtrfsBackend(), DirectoryBackend(), RawLoopBackend(runtimeDirectory: FilePath(root).appending("run/berth")),
         ]))
         engine = TransferEngine(pool: pool, workerExecutable: workerExecutable, root: root, cancelGracePeriod: grace)
     }

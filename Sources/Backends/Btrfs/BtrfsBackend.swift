@@ -2,6 +2,7 @@ import CBtrfsUtil
 import Glibc
 import Linux
 import PoolAPI
+import struct SystemPackage.FilePath
 
 /// Images that are btrfs subvolumes (systemd's type `subvolume`): clones are recursive
 /// snapshots, read-only is the subvolume property, limits are the subvolume's level-0 qgroup.
@@ -30,8 +31,8 @@ public struct BtrfsBackend: ImageBackend {
     }
 
     /// New subvolumes can be made in any folder on btrfs (statfs).
-    public func canCreate(in directory: String) -> Bool {
-        (try? filesystemType(of: directory)) == FilesystemMagic.btrfs
+    public func canCreate(in directory: FilePath) -> Bool {
+        (try? filesystemType(of: directory.string)) == FilesystemMagic.btrfs
     }
 
     /// machine1 `Image` properties from the subvolume: ReadOnly is the subvolume property (the
@@ -41,7 +42,7 @@ public struct BtrfsBackend: ImageBackend {
     /// (BTRFS_IOC_TREE_SEARCH on the quota tree) and stay unknown while quotas are off or being
     /// rescanned.
     public func image(named name: String, entry: PoolEntry) throws -> Image {
-        let path = entry.path
+        let path = entry.path.string
         guard let status = entry.status else { throw PoolError(.noSuchImage, "no image at \(path)") }
         guard status.isDirectory, status.inode == BtrfsIoctl.subvolumeRootInode,
               entry.filesystem?.type == FilesystemMagic.btrfs else {
@@ -79,32 +80,28 @@ public struct BtrfsBackend: ImageBackend {
 
     /// A new, empty subvolume (btrfs_util_create_subvolume). Where the folder's subvolume has a
     /// pool qgroup (set by `setPoolLimit`), the new subvolume joins it.
-    public func createEmpty(at path: String) throws {
+    public func createEmpty(at path: FilePath) throws {
         let (parent, name) = split(path)
-        let parentFD = try wrap("cannot open \(parent)") { () throws(SystemCallError) in try FileDescriptor.openDirectory(parent) }
+        let parentFD = try wrap("cannot open \(parent)") { () throws(SystemCallError) in try FileDescriptor.openDirectory(parent.string) }
         let groups = Self.poolQgroups(containing: parentFD)
         try wrap("cannot create subvolume \(path)") { () throws(SystemCallError) in
-            try BtrfsUtil.withInherit(groups, subject: path) { inherit throws(SystemCallError) in
-                try BtrfsUtil.call("btrfs_util_create_subvolume", path) {
+            try BtrfsUtil.withInherit(groups, subject: path.string) { inherit throws(SystemCallError) in
+                try BtrfsUtil.call("btrfs_util_create_subvolume", path.string) {
                     btrfs_util_create_subvolume_fd(parentFD.rawValue, name, 0, nil, inherit)
                 }
             }
         }
     }
 
-    /// A writable snapshot, recursive over nested subvolumes (btrfs_util_create_snapshot with
-    /// BTRFS_UTIL_CREATE_SNAPSHOT_RECURSIVE): constant time and space whatever the size.
-    /// A source on another filesystem fails with `.notSupported` (EXDEV); a partial snapshot
-    /// is deleted again, so nothing is left at `destination` on failure.
     /// The source subvolume and the destination's folder, checked to be one btrfs filesystem.
-    private func snapshotEnds(_ source: String, _ destination: String) throws
+    private func snapshotEnds(_ source: FilePath, _ destination: FilePath) throws
         -> (source: FileDescriptor, parent: FileDescriptor, name: String) {
-        if (try? fileStatus(destination, followSymlinks: false)) != nil {
+        if (try? fileStatus(destination.string, followSymlinks: false)) != nil {
             throw PoolError(.imageExists, "\(destination) exists already")
         }
         let sourceFD = try openSubvolume(source)
         let (parent, name) = split(destination)
-        let parentFD = try wrap("cannot open \(parent)") { () throws(SystemCallError) in try FileDescriptor.openDirectory(parent) }
+        let parentFD = try wrap("cannot open \(parent)") { () throws(SystemCallError) in try FileDescriptor.openDirectory(parent.string) }
         // Across filesystems the kernel answers EXDEV, or ENOTTY where the target is not btrfs:
         // say so before trying, with the errno systemd would report.
         let sameFilesystem = (try? parentFD.filesystemType()) == FilesystemMagic.btrfs
@@ -112,24 +109,24 @@ public struct BtrfsBackend: ImageBackend {
             && Self.fsid(parentFD) == Self.fsid(sourceFD) && Self.fsid(parentFD) != nil
         guard sameFilesystem else {
             throw PoolError(.notSupported, "cannot snapshot \(source) to \(destination): not on the same btrfs filesystem",
-                            cause: SystemCallError("btrfs_util_create_snapshot", .EXDEV, subject: destination))
+                            cause: SystemCallError("btrfs_util_create_snapshot", .EXDEV, subject: destination.string))
         }
         return (sourceFD, parentFD, name)
     }
 
     /// A subvolume with no subvolume nested in it is one snapshot ioctl: atomic.
-    public func clonesInOneStep(from source: String) -> Bool {
+    public func clonesInOneStep(from source: FilePath) -> Bool {
         guard let fd = try? openSubvolume(source) else { return false }
-        return (try? BtrfsUtil.nestedSubvolumes(fd, subject: source).isEmpty) ?? false
+        return (try? BtrfsUtil.nestedSubvolumes(fd, subject: source.string).isEmpty) ?? false
     }
 
     /// One snapshot ioctl, read-only from its creation when asked, joining the pool's qgroup.
-    public func cloneInOneStep(from source: String, to destination: String, readOnly: Bool) throws {
+    public func cloneInOneStep(from source: FilePath, to destination: FilePath, readOnly: Bool) throws {
         let (sourceFD, parentFD, name) = try snapshotEnds(source, destination)
         let groups = Self.poolQgroups(containing: parentFD)
         let flags = readOnly ? Int32(BTRFS_UTIL_CREATE_SNAPSHOT_READ_ONLY) : 0
         do {
-            try BtrfsUtil.withInherit(groups, subject: destination) { inherit throws(SystemCallError) in
+            try BtrfsUtil.withInherit(groups, subject: destination.string) { inherit throws(SystemCallError) in
                 try BtrfsUtil.call("btrfs_util_create_snapshot", "\(source) → \(destination)") {
                     btrfs_util_create_snapshot_fd2(sourceFD.rawValue, parentFD.rawValue, name, flags, nil, inherit)
                 }
@@ -139,7 +136,11 @@ public struct BtrfsBackend: ImageBackend {
         }
     }
 
-    public func clone(from source: String, to destination: String) throws {
+    /// A writable snapshot, recursive over nested subvolumes (btrfs_util_create_snapshot with
+    /// BTRFS_UTIL_CREATE_SNAPSHOT_RECURSIVE): constant time and space whatever the size.
+    /// A source on another filesystem fails with `.notSupported` (EXDEV); a partial snapshot
+    /// is deleted again, so nothing is left at `destination` on failure.
+    public func clone(from source: FilePath, to destination: FilePath) throws {
         let (sourceFD, parentFD, name) = try snapshotEnds(source, destination)
         let groups = Self.poolQgroups(containing: parentFD)
         do {
@@ -155,7 +156,7 @@ public struct BtrfsBackend: ImageBackend {
         } catch {
             // The recursive part runs in userspace after the top snapshot: undo what was made
             // (but never an entry that appeared at `destination` meanwhile: EEXIST).
-            if error.errno != .EEXIST, let status = try? fileStatus(destination, followSymlinks: false),
+            if error.errno != .EEXIST, let status = try? fileStatus(destination.string, followSymlinks: false),
                status.inode == BtrfsIoctl.subvolumeRootInode {
                 try? remove(at: destination)
             }
@@ -170,19 +171,19 @@ public struct BtrfsBackend: ImageBackend {
     /// pool qgroup only to the top: every nested snapshot joins `groups` at creation too, so a
     /// pool limit covers them without a rescan. Nested subvolumes come parents first; each
     /// leaves an empty directory in its parent's snapshot, replaced by its own snapshot.
-    private func snapshotJoiningPool(_ sourceFD: FileDescriptor, source: String, into parentFD: FileDescriptor,
-                                     name: String, destination: String, groups: [UInt64]) throws(SystemCallError) {
-        let nested = try BtrfsUtil.nestedSubvolumes(sourceFD, subject: source)
-        try BtrfsUtil.withInherit(groups, subject: destination) { inherit throws(SystemCallError) in
+    private func snapshotJoiningPool(_ sourceFD: FileDescriptor, source: FilePath, into parentFD: FileDescriptor,
+                                     name: String, destination: FilePath, groups: [UInt64]) throws(SystemCallError) {
+        let nested = try BtrfsUtil.nestedSubvolumes(sourceFD, subject: source.string)
+        try BtrfsUtil.withInherit(groups, subject: destination.string) { inherit throws(SystemCallError) in
             try BtrfsUtil.call("btrfs_util_create_snapshot", "\(source) → \(destination)") {
                 btrfs_util_create_snapshot_fd2(sourceFD.rawValue, parentFD.rawValue, name, 0, nil, inherit)
             }
             for child in nested {
                 let childSource = try FileDescriptor.openDirectory(child.path, relativeTo: sourceFD, followSymlinks: false)
-                let (directory, leaf) = split(joinPath(destination, child.path))
-                let directoryFD = try FileDescriptor.openDirectory(directory, followSymlinks: false)
-                try sys("unlinkat(AT_REMOVEDIR)", joinPath(directory, leaf)) { unlinkat(directoryFD.rawValue, leaf, AT_REMOVEDIR) }
-                try BtrfsUtil.call("btrfs_util_create_snapshot", joinPath(source, child.path)) {
+                let (directory, leaf) = split(destination.appending(child.path))
+                let directoryFD = try FileDescriptor.openDirectory(directory.string, followSymlinks: false)
+                try sys("unlinkat(AT_REMOVEDIR)", directory.appending(leaf).string) { unlinkat(directoryFD.rawValue, leaf, AT_REMOVEDIR) }
+                try BtrfsUtil.call("btrfs_util_create_snapshot", source.appending(child.path).string) {
                     btrfs_util_create_snapshot_fd2(childSource.rawValue, directoryFD.rawValue, leaf, 0, nil, inherit)
                 }
             }
@@ -191,9 +192,9 @@ public struct BtrfsBackend: ImageBackend {
 
     /// renameat2(RENAME_NOREPLACE); the kernel allows it for read-only subvolumes too, as only
     /// the parent folder changes.
-    public func rename(from source: String, to destination: String) throws {
+    public func rename(from source: FilePath, to destination: FilePath) throws {
         do {
-            try renameNoReplace(source, destination)
+            try renameNoReplace(source.string, destination.string)
         } catch {
             if error.errno == .ENOENT { throw PoolError(.noSuchImage, "no image at \(source)", cause: error) }
             throw PoolError.from(error, "cannot rename \(source) to \(destination)")
@@ -205,19 +206,19 @@ public struct BtrfsBackend: ImageBackend {
     /// first, which would make the kernel refuse (EROFS, EPERM). Then their level-0 qgroups are
     /// destroyed (BTRFS_IOC_QGROUP_CREATE with create=0) once the cleaner has dropped them:
     /// this waits for the space to be freed (BTRFS_IOC_SUBVOL_SYNC_WAIT).
-    public func remove(at path: String) throws {
+    public func remove(at path: FilePath) throws {
         let fd = try openSubvolume(path)
         let (parent, _) = split(path)
-        let parentFD = try wrap("cannot open \(parent)") { () throws(SystemCallError) in try FileDescriptor.openDirectory(parent) }
+        let parentFD = try wrap("cannot open \(parent)") { () throws(SystemCallError) in try FileDescriptor.openDirectory(parent.string) }
         let topID = try wrap("cannot read subvolume \(path)") { () throws(SystemCallError) in
-            try BtrfsUtil.subvolumeID(fd, subject: path)
+            try BtrfsUtil.subvolumeID(fd, subject: path.string)
         }
         let nested = try wrap("cannot list subvolumes below \(path)") { () throws(SystemCallError) in
-            try BtrfsUtil.nestedSubvolumes(fd, subject: path)
+            try BtrfsUtil.nestedSubvolumes(fd, subject: path.string)
         }
-        try makeDeletable(fd, subject: path)
+        try makeDeletable(fd, subject: path.string)
         for child in nested {
-            let childPath = joinPath(path, child.path)
+            let childPath = path.appending(child.path).string
             let childFD = try wrap("cannot open \(childPath)") { () throws(SystemCallError) in
                 try FileDescriptor.openDirectory(child.path, relativeTo: fd, followSymlinks: false)
             }
@@ -226,8 +227,8 @@ public struct BtrfsBackend: ImageBackend {
         let quotaOn = (try? BtrfsIoctl.quotaStatus(fd))??.isOn ?? false
         fd.close()
         let delete = { () throws(SystemCallError) in
-            try BtrfsUtil.call("btrfs_util_delete_subvolume", path) {
-                btrfs_util_delete_subvolume(path, Int32(BTRFS_UTIL_DELETE_SUBVOLUME_RECURSIVE))
+            try BtrfsUtil.call("btrfs_util_delete_subvolume", path.string) {
+                btrfs_util_delete_subvolume(path.string, Int32(BTRFS_UTIL_DELETE_SUBVOLUME_RECURSIVE))
             }
         }
         do {
@@ -237,7 +238,7 @@ public struct BtrfsBackend: ImageBackend {
             // subvolume: in a pool at its limit, removing an image (the way to make room)
             // would fail. Lift the limits in the way for the deletion, then put them back.
             let parentID = try wrap("cannot read subvolume of \(parent)") { () throws(SystemCallError) in
-                try BtrfsUtil.subvolumeID(parentFD, subject: parent)
+                try BtrfsUtil.subvolumeID(parentFD, subject: parent.string)
             }
             try Self.withoutLimits(on: [parentID, topID] + nested.map(\.id), fd: Self.quotaControl(from: parentFD)) { () throws(PoolError) in
                 try wrap("cannot delete subvolume \(path)", delete)
@@ -252,10 +253,10 @@ public struct BtrfsBackend: ImageBackend {
 
     /// The subvolume read-only property (btrfs_util_set_subvolume_read_only): enforced by the
     /// kernel for root too (EROFS).
-    public func setReadOnly(_ readOnly: Bool, at path: String) throws {
+    public func setReadOnly(_ readOnly: Bool, at path: FilePath) throws {
         let fd = try openSubvolume(path)
         try wrap("cannot set the read-only property of \(path)") { () throws(SystemCallError) in
-            try BtrfsUtil.setReadOnly(fd, readOnly, subject: path)
+            try BtrfsUtil.setReadOnly(fd, readOnly, subject: path.string)
             // Writable again means writable: an immutable top (from a directory image's copy)
             // would still refuse new entries.
             if !readOnly, try fd.isImmutable() { try fd.setImmutable(false) }
@@ -266,10 +267,10 @@ public struct BtrfsBackend: ImageBackend {
     /// (BTRFS_IOC_QGROUP_LIMIT), switching quotas on first if they are off. `UInt64.max`
     /// removes the limit, as in systemd; a limit below what the image uses now is refused
     /// (`invalidArgument`): it would fail every write at once, which no caller means.
-    public func setLimit(_ bytes: UInt64, at path: String) throws {
+    public func setLimit(_ bytes: UInt64, at path: FilePath) throws {
         let fd = try openSubvolume(path)
-        try Self.ensureQuota(fd, subject: path)
-        let id = try wrap("cannot read subvolume \(path)") { () throws(SystemCallError) in try BtrfsUtil.subvolumeID(fd, subject: path) }
+        try Self.ensureQuota(fd, subject: path.string)
+        let id = try wrap("cannot read subvolume \(path)") { () throws(SystemCallError) in try BtrfsUtil.subvolumeID(fd, subject: path.string) }
         let group = BtrfsIoctl.qgroupID(level: 0, id)
         try Self.refuseLimitBelowUsage(bytes, of: group, fd: fd, subject: "image \(path)")
         try wrap("cannot set the limit of \(path)") { () throws(SystemCallError) in
@@ -278,7 +279,7 @@ public struct BtrfsBackend: ImageBackend {
     }
 
     /// The subvolume itself: it is a plain directory tree, readable in place.
-    public func openForInspection(at path: String) throws -> any InspectionRoot {
+    public func openForInspection(at path: FilePath) throws -> any InspectionRoot {
         _ = try openSubvolume(path)
         return SubvolumeInspectionRoot(root: path)
     }
@@ -286,11 +287,11 @@ public struct BtrfsBackend: ImageBackend {
     /// machine1 `PoolUsage`/`PoolLimit` where the pool folder is a subvolume: its pool qgroup
     /// (level 1, made by `setPoolLimit`, holding the images) or else its level-0 qgroup.
     /// Unknown while quotas are off; nil where the folder is no subvolume.
-    public func poolUsage(of directory: String) throws -> (usage: UInt64, limit: UInt64)? {
-        guard let fd = try? FileDescriptor.openDirectory(directory),
+    public func poolUsage(of directory: FilePath) throws -> (usage: UInt64, limit: UInt64)? {
+        guard let fd = try? FileDescriptor.openDirectory(directory.string),
               (try? fd.filesystemType()) == FilesystemMagic.btrfs,
               (try? fd.stat())?.inode == BtrfsIoctl.subvolumeRootInode,
-              let id = try? BtrfsUtil.subvolumeID(fd, subject: directory)
+              let id = try? BtrfsUtil.subvolumeID(fd, subject: directory.string)
         else { return nil }
         let group = Self.countedQgroup(fd, id: BtrfsIoctl.qgroupID(level: 1, id))
             ?? Self.countedQgroup(fd, id: BtrfsIoctl.qgroupID(level: 0, id))
@@ -307,18 +308,18 @@ public struct BtrfsBackend: ImageBackend {
     /// refused (`invalidArgument`), as it would fail every write in the pool at once (systemd
     /// 252 accepts it, 0 included). Raising or removing a limit works however full the pool
     /// is: the qgroup ioctls go through a subvolume outside it (`quotaControl`).
-    public func setPoolLimit(_ bytes: UInt64, of directory: String) throws {
+    public func setPoolLimit(_ bytes: UInt64, of directory: FilePath) throws {
         let fd = try openSubvolume(directory)
-        try Self.ensureQuota(fd, subject: directory)
+        try Self.ensureQuota(fd, subject: directory.string)
         let control = Self.quotaControl(from: fd)
         let poolGroup = try wrap("cannot set the limit of pool \(directory)") { () throws(SystemCallError) in
-            let id = try BtrfsUtil.subvolumeID(fd, subject: directory)
+            let id = try BtrfsUtil.subvolumeID(fd, subject: directory.string)
             let poolGroup = BtrfsIoctl.qgroupID(level: 1, id)
             if try BtrfsIoctl.qgroup(fd, id: poolGroup) == nil {
                 try BtrfsIoctl.createQgroup(control, id: poolGroup)
             }
             var needRescan = false
-            let members = [id] + (try BtrfsUtil.nestedSubvolumes(fd, subject: directory)).map(\.id)
+            let members = [id] + (try BtrfsUtil.nestedSubvolumes(fd, subject: directory.string)).map(\.id)
             for member in members {
                 let child = BtrfsIoctl.qgroupID(level: 0, member)
                 if try BtrfsIoctl.parentQgroups(fd, of: child).contains(poolGroup) { continue }
@@ -343,10 +344,10 @@ public struct BtrfsBackend: ImageBackend {
     // MARK: - Helpers
 
     /// Opens `path` as a directory that must be a btrfs subvolume (not a symlink to one).
-    private func openSubvolume(_ path: String) throws -> FileDescriptor {
+    private func openSubvolume(_ path: FilePath) throws -> FileDescriptor {
         let fd: FileDescriptor
         do {
-            fd = try FileDescriptor.openDirectory(path, followSymlinks: false)
+            fd = try FileDescriptor.openDirectory(path.string, followSymlinks: false)
         } catch {
             if error.errno == .ENOENT { throw PoolError(.noSuchImage, "no image at \(path)", cause: error) }
             throw PoolError.from(error, "cannot open \(path)")
@@ -369,10 +370,10 @@ public struct BtrfsBackend: ImageBackend {
         }
     }
 
-    private func split(_ path: String) -> (parent: String, name: String) {
-        guard let slash = path.lastIndex(of: "/") else { return (".", path) }
-        let parent = String(path[..<slash])
-        return (parent.isEmpty ? "/" : parent, String(path[path.index(after: slash)...]))
+    /// The folder of `path` ("." for a bare name) and its last component.
+    private func split(_ path: FilePath) -> (parent: FilePath, name: String) {
+        let parent = path.removingLastComponent()
+        return (parent.isEmpty ? "." : parent, path.lastComponent?.string ?? "")
     }
 
     private func microseconds(_ t: timespec) -> UInt64 {
@@ -570,7 +571,7 @@ public struct BtrfsBackend: ImageBackend {
 
 /// A subvolume opened for inspection: the subvolume's own tree, read in place.
 final class SubvolumeInspectionRoot: InspectionRoot {
-    let root: String
-    init(root: String) { self.root = root }
+    let root: FilePath
+    init(root: FilePath) { self.root = root }
     func close() {}
 }

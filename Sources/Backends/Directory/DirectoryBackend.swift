@@ -3,6 +3,7 @@ import FileTree
 import Glibc
 import Linux
 import PoolAPI
+import struct SystemPackage.FilePath
 
 /// Plain directory trees as images (systemd's type `directory`). Registered last: btrfs claims
 /// subvolumes first, and anything else that is a directory is ours.
@@ -41,17 +42,17 @@ public struct DirectoryBackend: ImageBackend {
     }
 
     /// Any directory can hold directory images.
-    public func canCreate(in directory: String) -> Bool {
-        (try? fileStatus(directory))?.isDirectory ?? false
+    public func canCreate(in directory: FilePath) -> Bool {
+        (try? fileStatus(directory.string))?.isDirectory ?? false
     }
 
     /// From the entry's statx (times, STATX_ATTR_IMMUTABLE) and statfs (read-only mount) and the
     /// cached usage: no system call where the filesystem reports the immutable attribute.
     public func image(named name: String, entry: PoolEntry) throws -> Image {
-        let path = entry.path
+        let path = entry.path.string
         guard let st = entry.target else { throw PoolError(.noSuchImage, "no image at \(path)") }
         guard st.isDirectory else { throw PoolError(.invalidImage, "\(path) is not a directory") }
-        let readOnly = (st.isImmutable ?? isImmutable(path)) || (entry.filesystem?.isReadOnly ?? isReadOnlyMount(path))
+        let readOnly = (st.isImmutable ?? isImmutable(entry.path)) || (entry.filesystem?.isReadOnly ?? isReadOnlyMount(path))
         let used = usage.lookup(path: path, inode: st.inode, modification: st.modificationMicroseconds)
         return Image(name: name, path: path, type: .directory, readOnly: readOnly,
                      creationTimestamp: st.birthMicroseconds,
@@ -60,13 +61,13 @@ public struct DirectoryBackend: ImageBackend {
     }
 
     /// mkdirat(2) with mode 0755.
-    public func createEmpty(at path: String) throws {
-        do { try makeDirectory(path, mode: 0o755) } catch { throw PoolError.from(error, "cannot create \(path)") }
+    public func createEmpty(at path: FilePath) throws {
+        do { try makeDirectory(path.string, mode: 0o755) } catch { throw PoolError.from(error, "cannot create \(path)") }
     }
 
     /// A faithful copy (`TreeCopy`); whatever was made is removed again on failure (ENOSPC
     /// midway), so nothing is left at `destination`.
-    public func clone(from source: String, to destination: String) throws {
+    public func clone(from source: FilePath, to destination: FilePath) throws {
         do {
             try TreeCopy.copy(from: source, to: destination)
         } catch {
@@ -77,34 +78,34 @@ public struct DirectoryBackend: ImageBackend {
 
     /// renameat2(RENAME_NOREPLACE). An immutable directory cannot be renamed, so the flag is
     /// lifted for the rename and put back on whichever name the directory then has.
-    public func rename(from source: String, to destination: String) throws {
+    public func rename(from source: FilePath, to destination: FilePath) throws {
         // Not through a symlink: renaming a link must not touch the flags of what it points to.
         let immutable = isImmutable(source, followSymlinks: false)
         if immutable { try setImmutable(false, source) }
         do {
-            try renameNoReplace(source, destination)
+            try renameNoReplace(source.string, destination.string)
         } catch {
             if immutable { try? setImmutable(true, source) }
             throw PoolError.from(error, "cannot rename \(source) to \(destination)")
         }
-        usage.forget(path: source)
+        usage.forget(path: source.string)
         if immutable { try setImmutable(true, destination) }
     }
 
     /// Removes the tree fd-relative (unlinkat), lifting immutable flags on every inode.
-    public func remove(at path: String) throws {
+    public func remove(at path: FilePath) throws {
         do { try TreeRemoval.remove(at: path) } catch { throw Self.poolError(error, "cannot remove \(path)") }
-        usage.forget(path: path)
+        usage.forget(path: path.string)
     }
 
     /// FS_IMMUTABLE_FL (FS_IOC_SETFLAGS) on the top directory: nothing can be created in,
     /// removed from or renamed in it, by root either.
-    public func setReadOnly(_ readOnly: Bool, at path: String) throws {
+    public func setReadOnly(_ readOnly: Bool, at path: FilePath) throws {
         try setImmutable(readOnly, path)
     }
 
     /// The directory itself is the root filesystem; nothing to mount or release.
-    public func openForInspection(at path: String) throws -> any InspectionRoot {
+    public func openForInspection(at path: FilePath) throws -> any InspectionRoot {
         DirectoryInspectionRoot(root: path)
     }
 
@@ -116,15 +117,15 @@ public struct DirectoryBackend: ImageBackend {
         return statvfs(path, &s) == 0 && (s.f_flag & UInt(ST_RDONLY)) != 0
     }
 
-    private func isImmutable(_ path: String, followSymlinks: Bool = true) -> Bool {
-        guard let fd = try? FileDescriptor.openDirectory(path, followSymlinks: followSymlinks) else { return false }
+    private func isImmutable(_ path: FilePath, followSymlinks: Bool = true) -> Bool {
+        guard let fd = try? FileDescriptor.openDirectory(path.string, followSymlinks: followSymlinks) else { return false }
         return (try? fd.isImmutable()) ?? false
     }
 
     /// O_NOFOLLOW, as systemd's chattr_path: a symlink is ELOOP, never its target changed.
-    private func setImmutable(_ on: Bool, _ path: String) throws {
+    private func setImmutable(_ on: Bool, _ path: FilePath) throws {
         do {
-            let fd = try FileDescriptor.openDirectory(path, followSymlinks: false)
+            let fd = try FileDescriptor.openDirectory(path.string, followSymlinks: false)
             try fd.setImmutable(on)
         } catch {
             throw PoolError.from(error, "cannot \(on ? "set" : "clear") the immutable flag of \(path)")
@@ -140,7 +141,7 @@ public struct DirectoryBackend: ImageBackend {
 
 /// A directory image's root, used in place.
 final class DirectoryInspectionRoot: InspectionRoot {
-    let root: String
-    init(root: String) { self.root = root }
+    let root: FilePath
+    init(root: FilePath) { self.root = root }
     func close() {}
 }

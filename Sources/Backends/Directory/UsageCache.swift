@@ -3,6 +3,7 @@ import Glibc
 import Linux
 import PoolAPI
 import Synchronization
+import struct SystemPackage.FilePath
 
 /// Disk usage of directory images, computed by a background scan and cached: walking a tree is
 /// far too slow for ListImages, so `image(named:at:)` reports what is known (`Image.unknown`
@@ -57,7 +58,7 @@ final class UsageCache: Sendable {
     ///   - scan: what computes a tree's usage (`DiskUsage.allocatedBytes`; tests pass others).
     ///   - report: told once per failing path (until it scans again fine), for the daemon's log.
     ///   - firstRetry: seconds before a failed scan is retried, doubled per failure up to an hour.
-    init(lifetime: Double, scan: @escaping @Sendable (String) throws -> UInt64 = { try DiskUsage.allocatedBytes(of: $0) },
+    init(lifetime: Double, scan: @escaping @Sendable (String) throws -> UInt64 = { try DiskUsage.allocatedBytes(of: FilePath($0)) },
          report: @escaping @Sendable (String) -> Void = { _ in }, firstRetry: Double = 60) {
         self.lifetime = lifetime
         self.firstRetry = firstRetry
@@ -70,7 +71,7 @@ final class UsageCache: Sendable {
 
     /// The cached usage of `path` (or `Image.unknown`), starting a scan if it is stale.
     func lookup(path: String, inode: UInt64, modification: UInt64) -> UInt64 {
-        let now = Self.now()
+        let now = monotonicSeconds()
         let lifetime = self.lifetime
         let (value, scan): (UInt64, Bool) = state.withLock { s in
             var result = Image.unknown
@@ -138,13 +139,13 @@ final class UsageCache: Sendable {
                 s.scanning.remove(scan.path)
                 switch result {
                 case .success(let bytes):
-                    s.entries[scan.path] = Entry(inode: scan.inode, mtime: scan.mtime, bytes: bytes, computedAt: Self.now())
+                    s.entries[scan.path] = Entry(inode: scan.inode, mtime: scan.mtime, bytes: bytes, computedAt: monotonicSeconds())
                     s.failures[scan.path] = nil
                     return false
                 case .failure:
                     let previous = s.failures[scan.path]
                     let backoff = min((previous?.backoff ?? firstRetry / 2) * 2, 3600)
-                    s.failures[scan.path] = Failure(inode: scan.inode, mtime: scan.mtime, retryAt: Self.now() + backoff, backoff: backoff)
+                    s.failures[scan.path] = Failure(inode: scan.inode, mtime: scan.mtime, retryAt: monotonicSeconds() + backoff, backoff: backoff)
                     return previous == nil
                 }
             }
@@ -152,11 +153,5 @@ final class UsageCache: Sendable {
                 report("cannot compute the disk usage of \(scan.path) (retried with backoff, reported once): \(error)")
             }
         }
-    }
-
-    private static func now() -> Double {
-        var ts = timespec()
-        clock_gettime(CLOCK_MONOTONIC, &ts)
-        return Double(ts.tv_sec) + Double(ts.tv_nsec) / 1e9
     }
 }

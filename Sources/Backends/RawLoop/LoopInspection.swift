@@ -3,6 +3,7 @@ import Glibc
 import InspectProtocol
 import Linux
 import PoolAPI
+import struct SystemPackage.FilePath
 import Synchronization
 
 /// A raw image's root filesystem as a `berth-inspect` child holds it mounted in its own mount
@@ -12,7 +13,7 @@ import Synchronization
 /// cannot change under them. `close()` (or deinit) lets the child go: it unmounts, detaches its
 /// loop device and exits; berthd reaps it.
 final class ChildInspectionRoot: InspectionRoot {
-    let root: String
+    let root: FilePath
     private struct State {
         var folder: FileDescriptor?
         var child: InspectorChild?
@@ -20,12 +21,9 @@ final class ChildInspectionRoot: InspectionRoot {
     private let state: Mutex<State>
 
     fileprivate init(folder: FileDescriptor, child: sending InspectorChild) {
-        root = "/proc/self/fd/\(folder.rawValue)"
+        root = FilePath("/proc/self/fd/\(folder.rawValue)")
         state = Mutex(State(folder: folder, child: child))
     }
-
-    /// The child's pid, for tests that look at its namespace.
-    var childProcess: pid_t? { state.withLock { $0.child?.pid } }
 
     /// Closes the root folder, then releases the child and waits for it to end. Idempotent.
     func close() {
@@ -93,8 +91,7 @@ extension RawLoopBackend {
     /// or the test runner's (the build folder holds both).
     public static func inspectorBesideSelf() -> String {
         let exe = (try? readLink("/proc/self/exe")) ?? ""
-        let folder = exe.lastIndex(of: "/").map { String(exe[..<$0]) } ?? "."
-        return folder + "/berth-inspect"
+        return FilePath(exe).removingLastComponent().appending("berth-inspect").string
     }
 
     /// How long berthd waits for the child's answer before it kills it: probing is quick, but a
@@ -106,7 +103,7 @@ extension RawLoopBackend {
     /// previous daemon left. Today's children leave nothing in berthd's namespace, so on a fresh
     /// system this finds nothing. Call once at start-up.
     public func cleanUpStaleInspections() {
-        let parent = joinPath(runtimeDirectory, "inspect")
+        let parent = runtimeDirectory.appending("inspect").string
         let stale = currentMountPoints().filter { $0.hasPrefix(parent + "/") }
         // Deepest first, so that /usr comes off before the root it is mounted on.
         for target in stale.sorted(by: { $0.count > $1.count }) { unmountOrDetach(target) }
@@ -132,7 +129,7 @@ extension RawLoopBackend {
         }
         // The child mounts a private tmpfs over this folder in its own namespace; berthd's sees
         // an empty folder.
-        let base = joinPath(runtimeDirectory, "inspect")
+        let base = runtimeDirectory.appending("inspect").string
         try io("cannot make \(base)") { () throws(SystemCallError) in try makeDirectories(base, mode: 0o700) }
 
         let child = try spawnInspector(file: file, base: base)
@@ -168,12 +165,8 @@ extension RawLoopBackend {
     /// answer pipe's write end as fd 5; berthd keeps the other ends (close-on-exec, so no other
     /// child inherits the hold pipe's write end and keeps the inspection alive).
     private func spawnInspector(file: FileDescriptor, base: String) throws -> InspectorChild {
-        func pipe() throws -> (read: FileDescriptor, write: FileDescriptor) {
-            var fds: [Int32] = [-1, -1]
-            try io("cannot make a pipe") { () throws(SystemCallError) in try sys("pipe2") { pipe2(&fds, O_CLOEXEC) } }
-            return (FileDescriptor(owning: fds[0]), FileDescriptor(owning: fds[1]))
-        }
-        let hold = try pipe(), answer = try pipe()
+        let hold = try io("cannot make a pipe") { () throws(SystemCallError) in try makePipe() }
+        let answer = try io("cannot make a pipe") { () throws(SystemCallError) in try makePipe() }
         defer {
             hold.read.close()
             answer.write.close()
@@ -198,9 +191,9 @@ extension RawLoopBackend {
     private func readAnswer(_ pipe: FileDescriptor) throws -> [UInt8] {
         var bytes: [UInt8] = []
         var chunk = [UInt8](repeating: 0, count: 256)
-        let deadline = monotonicMilliseconds() + Int64(Self.answerTimeoutMilliseconds)
+        let deadline = monotonicSeconds() + Double(Self.answerTimeoutMilliseconds) / 1000
         while !bytes.contains(UInt8(ascii: "\n")), bytes.count <= InspectorAnswer.maximumLength {
-            let left = deadline - monotonicMilliseconds()
+            let left = Int64((deadline - monotonicSeconds()) * 1000)
             guard left > 0 else {
                 throw PoolError(.system, "the image inspector did not answer within \(Self.answerTimeoutMilliseconds / 1000) seconds")
             }
@@ -218,12 +211,6 @@ extension RawLoopBackend {
             bytes += chunk[0..<n]
         }
         return bytes
-    }
-
-    private func monotonicMilliseconds() -> Int64 {
-        var t = timespec()
-        clock_gettime(CLOCK_MONOTONIC, &t)
-        return Int64(t.tv_sec) * 1000 + Int64(t.tv_nsec) / 1_000_000
     }
 
     /// The child's failure as the pool's error: its kind, and its system call (if any) as cause.

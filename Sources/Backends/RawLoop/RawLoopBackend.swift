@@ -3,6 +3,7 @@ import Glibc
 import FileTree
 import Linux
 import PoolAPI
+import struct SystemPackage.FilePath
 
 /// Raw disk images (`NAME.raw` files in a pool folder), systemd's image type `raw`.
 ///
@@ -14,14 +15,14 @@ import PoolAPI
 public struct RawLoopBackend: ImageBackend {
     /// Berth's runtime folder (`<root>/run/berth`): inspection children mount a private tmpfs
     /// over `inspect/` below it, in their own namespaces.
-    public let runtimeDirectory: String
+    public let runtimeDirectory: FilePath
     /// The `berth-inspect` executable that probes and mounts images for inspection.
     public let inspectorExecutable: String
 
     /// - Parameters:
     ///   - runtimeDirectory: Berth's runtime folder (`<root>/run/berth`).
     ///   - inspector: the `berth-inspect` executable (default: the one beside this executable).
-    public init(runtimeDirectory: String, inspector: String = RawLoopBackend.inspectorBesideSelf()) {
+    public init(runtimeDirectory: FilePath, inspector: String = RawLoopBackend.inspectorBesideSelf()) {
         self.runtimeDirectory = runtimeDirectory
         self.inspectorExecutable = inspector
     }
@@ -48,15 +49,15 @@ public struct RawLoopBackend: ImageBackend {
     public func entryName(forImage name: String) -> String { name + Self.fileSuffix }
 
     /// A raw image is a plain file: any directory can hold one.
-    public func canCreate(in directory: String) -> Bool {
-        (try? fileStatus(directory))?.isDirectory == true
+    public func canCreate(in directory: FilePath) -> Bool {
+        (try? fileStatus(directory.string))?.isDirectory == true
     }
 
     /// Metadata as systemd reports it for raw images: usage and exclusive usage are the bytes
     /// allocated (st_blocks × 512), limit and exclusive limit the file's size; read-only if the
     /// immutable flag is set or no write bit is (systemd's own way of marking it).
     public func image(named name: String, entry: PoolEntry) throws -> Image {
-        let path = entry.path
+        let path = entry.path.string
         guard let status = entry.status else { throw PoolError(.noSuchImage, "no image at \(path)") }
         guard status.isRegular else { throw PoolError(.invalidImage, "\(path) is not a regular file") }
         var readOnly = status.mode & 0o222 == 0
@@ -77,16 +78,16 @@ public struct RawLoopBackend: ImageBackend {
     }
 
     /// An empty raw image: a new file of mode 0644 (O_CREAT|O_EXCL, so nothing is replaced).
-    public func createEmpty(at path: String) throws {
+    public func createEmpty(at path: FilePath) throws {
         let fd = try systemCall("cannot create \(path)") { () throws(SystemCallError) in
-            try FileDescriptor.open(path, flags: O_WRONLY | O_CREAT | O_EXCL | O_NOFOLLOW, mode: 0o644)
+            try FileDescriptor.open(path.string, flags: O_WRONLY | O_CREAT | O_EXCL | O_NOFOLLOW, mode: 0o644)
         }
         defer { fd.close() }
         // The umask may have taken bits away from 0644.
         do {
-            try sys("fchmod", path) { fchmod(fd.rawValue, 0o644) }
+            try sys("fchmod", path.string) { fchmod(fd.rawValue, 0o644) }
         } catch {
-            unlink(path)
+            unlink(path.string)
             throw PoolError.from(error, "cannot set the mode of \(path)")
         }
     }
@@ -96,10 +97,10 @@ public struct RawLoopBackend: ImageBackend {
     /// extended attributes and access/modification times, so the clone is faithful. The source
     /// is read with O_NOATIME: cloning does not touch it. On any failure (ENOSPC…) the partial
     /// destination is removed.
-    public func clone(from source: String, to destination: String) throws {
+    public func clone(from source: FilePath, to destination: FilePath) throws {
         let input: FileDescriptor
         do {
-            input = try FileDescriptor.openPreservingAccessTime(source, flags: O_RDONLY | O_NOFOLLOW | O_NOCTTY)
+            input = try FileDescriptor.openPreservingAccessTime(source.string, flags: O_RDONLY | O_NOFOLLOW | O_NOCTTY)
         } catch {
             throw error.errno == .ENOENT ? PoolError(.noSuchImage, "cannot open \(source)", cause: error)
                                          : PoolError.from(error, "cannot open \(source)")
@@ -108,14 +109,14 @@ public struct RawLoopBackend: ImageBackend {
         let status = try systemCall("cannot stat \(source)") { () throws(SystemCallError) in try input.stat() }
         guard status.isRegular else { throw PoolError(.invalidImage, "\(source) is not a regular file") }
         let output = try systemCall("cannot create \(destination)") { () throws(SystemCallError) in
-            try FileDescriptor.open(destination, flags: O_WRONLY | O_CREAT | O_EXCL | O_NOFOLLOW, mode: 0o600)
+            try FileDescriptor.open(destination.string, flags: O_WRONLY | O_CREAT | O_EXCL | O_NOFOLLOW, mode: 0o600)
         }
         defer { output.close() }
         do {
             try FileCopy.copyContents(from: input, to: output)
-            try copyMetadata(from: input, status: status, to: output, destination: destination)
+            try copyMetadata(from: input, status: status, to: output, destination: destination.string)
         } catch {
-            unlink(destination)
+            unlink(destination.string)
             throw PoolError.from(error, "cannot clone \(source) to \(destination)")
         }
     }
@@ -135,15 +136,15 @@ public struct RawLoopBackend: ImageBackend {
 
     /// renameat2(RENAME_NOREPLACE). An immutable file cannot be renamed, so the flag is lifted
     /// for the rename and set again afterwards (on the old name if the rename failed).
-    public func rename(from source: String, to destination: String) throws {
-        let fd = try? FileDescriptor.open(source, flags: O_RDONLY | O_NOFOLLOW | O_NONBLOCK | O_NOCTTY)
+    public func rename(from source: FilePath, to destination: FilePath) throws {
+        let fd = try? FileDescriptor.open(source.string, flags: O_RDONLY | O_NOFOLLOW | O_NONBLOCK | O_NOCTTY)
         defer { fd?.close() }
         let immutable = (try? fd?.isImmutable()) == true
         if immutable, let fd {
             try systemCall("cannot lift the immutable flag of \(source)") { () throws(SystemCallError) in try fd.setImmutable(false) }
         }
         do {
-            try renameNoReplace(source, destination)
+            try renameNoReplace(source.string, destination.string)
         } catch {
             if immutable, let fd { try? fd.setImmutable(true) }
             if error.errno == .ENOENT, fd == nil {
@@ -160,15 +161,15 @@ public struct RawLoopBackend: ImageBackend {
     }
 
     /// Lifts the immutable flag, then unlinks the file.
-    public func remove(at path: String) throws {
-        if let fd = try? FileDescriptor.open(path, flags: O_RDONLY | O_NOFOLLOW | O_NONBLOCK | O_NOCTTY) {
+    public func remove(at path: FilePath) throws {
+        if let fd = try? FileDescriptor.open(path.string, flags: O_RDONLY | O_NOFOLLOW | O_NONBLOCK | O_NOCTTY) {
             if (try? fd.isImmutable()) == true {
                 try systemCall("cannot lift the immutable flag of \(path)") { () throws(SystemCallError) in try fd.setImmutable(false) }
             }
             fd.close()
         }
         try systemCall("cannot remove \(path)") { () throws(SystemCallError) in
-            try sys("unlinkat", path) { unlinkat(AT_FDCWD, path, 0) }
+            try sys("unlinkat", path.string) { unlinkat(AT_FDCWD, path.string, 0) }
         }
     }
 
@@ -176,9 +177,9 @@ public struct RawLoopBackend: ImageBackend {
     /// Making an image writable also gives the owner its write bit back if none was set (an
     /// image systemd made read-only by chmod). Where the filesystem has no immutable flag, falls
     /// back to systemd's way: dropping or restoring the write bits.
-    public func setReadOnly(_ readOnly: Bool, at path: String) throws {
+    public func setReadOnly(_ readOnly: Bool, at path: FilePath) throws {
         let fd = try systemCall("cannot open \(path)") { () throws(SystemCallError) in
-            try FileDescriptor.open(path, flags: O_RDONLY | O_NOFOLLOW | O_NONBLOCK | O_NOCTTY)
+            try FileDescriptor.open(path.string, flags: O_RDONLY | O_NOFOLLOW | O_NONBLOCK | O_NOCTTY)
         }
         defer { fd.close() }
         let status = try systemCall("cannot stat \(path)") { () throws(SystemCallError) in try fd.stat() }
@@ -187,12 +188,12 @@ public struct RawLoopBackend: ImageBackend {
         do {
             try fd.setImmutable(readOnly)
             if !readOnly, mode & 0o222 == 0 {
-                try sys("fchmod", path) { fchmod(fd.rawValue, mode_t(mode | 0o200)) }
+                try sys("fchmod", path.string) { fchmod(fd.rawValue, mode_t(mode | 0o200)) }
             }
         } catch where [.EOPNOTSUPP, .ENOTTY, .EINVAL].contains(error.errno) {
             let newMode = readOnly ? mode & ~0o222 : mode | 0o200
             try systemCall("cannot change the mode of \(path)") { () throws(SystemCallError) in
-                try sys("fchmod", path) { fchmod(fd.rawValue, mode_t(newMode)) }
+                try sys("fchmod", path.string) { fchmod(fd.rawValue, mode_t(newMode)) }
             }
         } catch {
             throw PoolError.from(error, "cannot make \(path) \(readOnly ? "read-only" : "writable")")
@@ -200,7 +201,7 @@ public struct RawLoopBackend: ImageBackend {
     }
 
     /// Raw images have no size limit Berth could enforce (systemd: NotSupported).
-    public func setLimit(_ bytes: UInt64, at path: String) throws {
+    public func setLimit(_ bytes: UInt64, at path: FilePath) throws {
         throw PoolError(.notSupported, "raw images have no size limits")
     }
 
@@ -209,8 +210,8 @@ public struct RawLoopBackend: ImageBackend {
     /// one Linux partition of an MBR disk, or a bare filesystem) read-only, nosuid, nodev, noexec
     /// in the child's own mount namespace; the returned root reads it through /proc/CHILD/root.
     /// Nothing stays attached, mounted or running if this throws; the root's `close()` ends it all.
-    public func openForInspection(at path: String) throws -> any InspectionRoot {
-        try inspect(path: path)
+    public func openForInspection(at path: FilePath) throws -> any InspectionRoot {
+        try inspect(path: path.string)
     }
 
     /// Wraps a system call's error; ENOENT on the image becomes `.noSuchImage`.

@@ -5,6 +5,8 @@ import PoolAPI
 import Rbd
 import Synchronization
 
+import struct SystemPackage.FilePath
+
 /// Machine images as Ceph RBD images in one RADOS pool, shared by every host that configures
 /// the same pool (docs/rbd-backend.md).
 ///
@@ -102,7 +104,12 @@ public final class RbdBackend: ExternalImageBackend, @unchecked Sendable {
     public var identifier: String { "rbd" }
     public var imageType: ImageType { .raw }
     public var capabilities: BackendCapabilities { [.constantTimeClone, .quota, .shared, .blockBacked, .external] }
-    public var locatorFolder: String { "rbd://\(configuration.cluster.clusterName)/\(configuration.pool)" }
+    public var locatorFolder: FilePath { FilePath(RbdLocator.scheme + configuration.cluster.clusterName).appending(configuration.pool) }
+
+    /// `Image.path` of image `name`: its locator as the bus shows it, `rbd://CLUSTER/POOL/NAME`.
+    public func imagePath(of name: String) -> String {
+        RbdLocator(cluster: configuration.cluster.clusterName, pool: configuration.pool, image: name).description
+    }
     public var receivesNewImages: Bool { configuration.receivesNewImages }
 
     // MARK: listing
@@ -121,7 +128,7 @@ public final class RbdBackend: ExternalImageBackend, @unchecked Sendable {
             guard new.count > Self.eagerDescriptions else { return [] }
             var unseen: [String] = []
             for name in new {
-                entries[name] = Cached(image: Image(name: name, path: locator(of: name), type: .raw, readOnly: false),
+                entries[name] = Cached(image: Image(name: name, path: imagePath(of: name), type: .raw, readOnly: false),
                                        refreshed: 0, refreshing: true)
                 unseen.append(name)
             }
@@ -150,7 +157,7 @@ public final class RbdBackend: ExternalImageBackend, @unchecked Sendable {
     /// The pool's image names: one rbd_list2 unless the last one is fresh; with `allowStale`, an
     /// older listing is answered at once and refreshed in the background.
     private func imageNames(allowStale: Bool) throws -> [String] {
-        let now = Self.now()
+        let now = monotonicSeconds()
         enum Answer { case cached([String]), refresh([String]), list }
         let answer = names.withLock { cached -> Answer in
             guard var current = cached else { return .list }
@@ -174,7 +181,7 @@ public final class RbdBackend: ExternalImageBackend, @unchecked Sendable {
     private func listNow() throws -> [String] {
         do {
             let list = try pool.listImages().map(\.name)
-            names.withLock { $0 = Names(names: list, fetched: Self.now(), refreshing: false) }
+            names.withLock { $0 = Names(names: list, fetched: monotonicSeconds(), refreshing: false) }
             return list
         } catch {
             names.withLock { $0?.refreshing = false }
@@ -193,7 +200,7 @@ public final class RbdBackend: ExternalImageBackend, @unchecked Sendable {
     }
 
     public func image(named name: String, entry: PoolEntry) throws -> Image {
-        let now = Self.now()
+        let now = monotonicSeconds()
         let cached = cache.withLock { entries -> Cached? in
             guard var entry = entries[name] else { return nil }
             if now - entry.refreshed > configuration.cacheSeconds, !entry.refreshing {
@@ -216,7 +223,7 @@ public final class RbdBackend: ExternalImageBackend, @unchecked Sendable {
         refreshQueue.async { [self] in
             let image = try? describe(name, withUsage: true)
             cache.withLock { entries in
-                if let image { entries[name] = Cached(image: image, refreshed: Self.now(), refreshing: false) }
+                if let image { entries[name] = Cached(image: image, refreshed: monotonicSeconds(), refreshing: false) }
                 else { entries[name] = nil }
             }
         }
@@ -225,7 +232,7 @@ public final class RbdBackend: ExternalImageBackend, @unchecked Sendable {
     /// Refreshes the cache of `name` now (after our own changes to it).
     private func refreshNow(_ name: String) {
         let image = try? describe(name, withUsage: true)
-        cache.withLock { $0[name] = image.map { Cached(image: $0, refreshed: Self.now(), refreshing: false) } }
+        cache.withLock { $0[name] = image.map { Cached(image: $0, refreshed: monotonicSeconds(), refreshing: false) } }
     }
 
     private func describe(_ name: String, withUsage: Bool) throws -> Image {
@@ -238,7 +245,7 @@ public final class RbdBackend: ExternalImageBackend, @unchecked Sendable {
                 usage = try image.allocatedBytes(includeParent: true)
                 exclusive = try image.allocatedBytes(includeParent: false)
             }
-            return Image(name: name, path: locator(of: name), type: .raw, readOnly: readOnly,
+            return Image(name: name, path: imagePath(of: name), type: .raw, readOnly: readOnly,
                          creationTimestamp: (try? image.creationTimestamp()) ?? 0,
                          modificationTimestamp: (try? image.modificationTimestamp()) ?? 0,
                          usage: usage, usageExclusive: exclusive, limit: size, limitExclusive: size)
@@ -250,22 +257,22 @@ public final class RbdBackend: ExternalImageBackend, @unchecked Sendable {
     // MARK: mutations
 
     /// An empty image of size 0 under `path` (a locator): imports resize it as they write.
-    public func createEmpty(at path: String) throws {
+    public func createEmpty(at path: FilePath) throws {
         let name = try imageName(path)
         do { try pool.createImage(name, size: 0) } catch { throw Self.poolError(error, "cannot create RBD image '\(name)'") }
         noteNames(adding: name, removing: nil)
     }
 
     /// Not used: clones are made in one step (`cloneInOneStep`).
-    public func clone(from source: String, to destination: String) throws {
+    public func clone(from source: FilePath, to destination: FilePath) throws {
         try cloneInOneStep(from: source, to: destination, readOnly: false)
     }
 
-    public func clonesInOneStep(from source: String) -> Bool { true }
+    public func clonesInOneStep(from source: FilePath) -> Bool { true }
 
     /// Snapshot + protect + rbd_clone3: constant time. On failure nothing is left: the child (if
     /// made) is removed, the snapshot unprotected and removed.
-    public func cloneInOneStep(from source: String, to destination: String, readOnly: Bool) throws {
+    public func cloneInOneStep(from source: FilePath, to destination: FilePath, readOnly: Bool) throws {
         let sourceName = try imageName(source), newName = try imageName(destination)
         var suffix = SystemRandomNumberGenerator()
         let snapshot = Self.cloneSnapshotPrefix + String(suffix.next() as UInt64, radix: 16)
@@ -302,7 +309,7 @@ public final class RbdBackend: ExternalImageBackend, @unchecked Sendable {
         refreshNow(newName)
     }
 
-    public func rename(from source: String, to destination: String) throws {
+    public func rename(from source: FilePath, to destination: FilePath) throws {
         let from = try imageName(source), to = try imageName(destination)
         do {
             try refuseInUse(try pool.openImage(from, readOnly: true), "rename")
@@ -317,7 +324,7 @@ public final class RbdBackend: ExternalImageBackend, @unchecked Sendable {
 
     /// Removes the image and the clone snapshots it holds; refused while it has clones or is
     /// in use. The parent's clone snapshot goes too once no other clone uses it.
-    public func remove(at path: String) throws {
+    public func remove(at path: FilePath) throws {
         let name = try imageName(path)
         var parentLink: (image: RbdLinkedImage, snapshot: String)?
         do {
@@ -351,7 +358,7 @@ public final class RbdBackend: ExternalImageBackend, @unchecked Sendable {
         }
     }
 
-    public func setReadOnly(_ readOnly: Bool, at path: String) throws {
+    public func setReadOnly(_ readOnly: Bool, at path: FilePath) throws {
         let name = try imageName(path)
         do {
             let image = try pool.openImage(name)
@@ -365,7 +372,7 @@ public final class RbdBackend: ExternalImageBackend, @unchecked Sendable {
 
     /// The limit is the image's size: grows it; shrinking (which would cut the filesystem
     /// inside) and removing the limit are refused.
-    public func setLimit(_ bytes: UInt64, at path: String) throws {
+    public func setLimit(_ bytes: UInt64, at path: FilePath) throws {
         let name = try imageName(path)
         if bytes == Image.unknown { throw PoolError(.notSupported, "an RBD image's limit is its size and cannot be removed") }
         do {
@@ -385,10 +392,10 @@ public final class RbdBackend: ExternalImageBackend, @unchecked Sendable {
         refreshNow(name)
     }
 
-    public func openForInspection(at path: String) throws -> any InspectionRoot {
+    public func openForInspection(at path: FilePath) throws -> any InspectionRoot {
         let name = try imageName(path)
         guard let inspector else { throw PoolError(.notSupported, "no way to reach RBD image bytes is configured on this host") }
-        return try inspector(pool, name, path)
+        return try inspector(pool, name, imagePath(of: name))
     }
 
     // MARK: locks held elsewhere
@@ -419,7 +426,7 @@ public final class RbdBackend: ExternalImageBackend, @unchecked Sendable {
 
     // MARK: helpers
 
-    private func imageName(_ locator: String) throws -> String {
+    private func imageName(_ locator: FilePath) throws -> String {
         guard let name = imageName(ofLocator: locator) else {
             throw PoolError(.invalidArgument, "\(locator) is not an image of RBD pool \(locatorFolder)")
         }
@@ -431,12 +438,6 @@ public final class RbdBackend: ExternalImageBackend, @unchecked Sendable {
         var name = utsname()
         uname(&name)
         return withUnsafeBytes(of: &name.nodename) { String(decoding: $0.prefix { $0 != 0 }, as: UTF8.self) }
-    }
-
-    private static func now() -> Double {
-        var time = timespec()
-        clock_gettime(CLOCK_MONOTONIC, &time)
-        return Double(time.tv_sec) + Double(time.tv_nsec) / 1e9
     }
 
     /// RbdError → PoolError with the pool's codes (EBUSY: in use, EEXIST: exists, ENOENT: no

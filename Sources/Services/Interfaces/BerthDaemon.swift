@@ -26,6 +26,6 @@ public enum BerthDaemon {
         ]
     )
 
-    /// berthd's version.
-    public static let version = "0.1.0"
+    /// berthd's version: the VERSION file at the top of the repository, read at build time.
+    public static let version = buildVersion
 }
