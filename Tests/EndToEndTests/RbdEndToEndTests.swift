@@ -189,6 +189,82 @@ struct RbdEndToEndTests {
         #expect(try !host.imageNames().contains("crashed"))
     }
 
+    /// A machine runs from an RBD image on host A as docs/rbd.md says to on a host without krbd
+    /// and without udev (this one): rbd-fuse, a loop device, a mount, `systemd-nspawn -D`
+    /// (`--image` needs udev). While it runs, host B's berthd refuses to remove, rename, resize or
+    /// mark the image read-only (the machine's writes hold the image's exclusive lock); once it
+    /// has stopped and the mounts are gone, B removes it.
+    @Test(.requires(.commands("systemd-nspawn", "losetup"), .file("/bin/busybox")))
+    func aMachineRunningFromAnRbdImageHoldsItOnEveryHost() throws {
+        let cluster = try CephCluster.shared()
+        let pool = try Self.pool.get()
+        let a = try Host(cluster, pool: pool)
+        defer { a.stop() }
+        let b = try Host(cluster, pool: pool)
+        defer { b.stop() }
+        let work = try TemporaryDirectory(prefix: "berth-rbdrun")
+        defer { work.remove() }
+        // A bare ext4 root with a static busybox: what nspawn needs to run a command in it.
+        for folder in ["tree/bin", "tree/usr/lib", "tree/etc", "tree/proc", "tree/sys", "tree/dev", "tree/run", "tree/tmp", "tree/var"] {
+            try FileManager.default.createDirectory(atPath: work.appending(folder), withIntermediateDirectories: true)
+        }
+        try FileManager.default.copyItem(atPath: "/bin/busybox", toPath: work.appending("tree/bin/busybox"))
+        try "ID=rbdrun\n".write(toFile: work.appending("tree/usr/lib/os-release"), atomically: false, encoding: .utf8)
+        try run(["truncate", "-s", "32M", work.appending("disk.raw")], check: true)
+        try run(["mkfs.ext4", "-q", "-d", work.appending("tree"), work.appending("disk.raw")], check: true)
+        var r = try a.machinectl(["import-raw", work.appending("disk.raw"), "runner"])
+        #expect(r.succeeded, "\(r.stderr)\n\(a.berthd.log)")
+        #expect(try waitFor { try b.imageNames().contains("runner") })
+
+        // Host A: the image as a file through rbd-fuse, read-write, and a machine from it.
+        let mountPoint = work.appending("fuse")
+        try FileManager.default.createDirectory(atPath: mountPoint, withIntermediateDirectories: true)
+        // rbd-fuse daemonizes: spawned with nothing of ours but a log file, or the daemon would
+        // hold a pipe of the test process open.
+        try spawnAndWait(["/usr/bin/rbd-fuse", "-c", cluster.clientConf, "--id", cluster.clientID, "-p", pool, "-r", "runner", mountPoint],
+                         stdout: work.appending("rbd-fuse.log"))
+        defer { _ = try? run(["fusermount", "-u", "-z", mountPoint]) }
+        let loop = try run(["losetup", "--find", "--show", "\(mountPoint)/runner"], check: true).stdout
+            .trimmingCharacters(in: .whitespacesAndNewlines)
+        defer { _ = try? run(["losetup", "-d", loop]) }
+        let root = work.appending("root")
+        try FileManager.default.createDirectory(atPath: root, withIntermediateDirectories: true)
+        try run(["mount", loop, root], check: true)
+        defer { _ = try? run(["umount", "-l", root]) }
+        // --as-pid2: nspawn's stub init is PID 1 and ends the container when nspawn gets SIGTERM.
+        let machine = try Background(["systemd-nspawn", "-q", "--as-pid2", "--register=no", "--keep-unit", "-D", root, "-M", "runner",
+                                      "/bin/busybox", "sh", "-c", "echo up > /up && sync && echo running && exec /bin/busybox sleep 300"],
+                                     environment: [:], output: work.appending("nspawn.out"))
+        defer {
+            // SIGTERM, never a bare SIGKILL: a killed nspawn leaves its container running, holding
+            // the mount, the loop device and so the rbd-fuse file (whose I/O hangs once the test
+            // cluster is gone).
+            kill(machine.process.processIdentifier, SIGTERM)
+            machine.wait(timeout: 30)
+        }
+        #expect(try waitFor { machine.output.contains("running") }, "\(machine.output)")
+        let lockers = try cluster.rbd(pool: pool, ["lock", "ls", "runner"]).stdout
+        #expect(lockers.contains("exclusive lock"), "the machine's writes took no exclusive lock: \(lockers)")
+
+        // Host B refuses what would pull the image away from under the machine.
+        for args in [["remove", "runner"], ["rename", "runner", "moved"], ["set-limit", "runner", "64M"], ["read-only", "runner", "true"]] {
+            r = try b.machinectl(args)
+            #expect(!r.succeeded && r.stderr.contains("busy"), "\(args): \(r.stdout) \(r.stderr)")
+        }
+        #expect(try Self.images(cluster, pool).contains("runner"))
+
+        // Stopped and unmounted, the image is free on every host.
+        kill(machine.process.processIdentifier, SIGTERM)
+        #expect(machine.wait(timeout: 30) != nil, "nspawn did not stop on SIGTERM")
+        try run(["umount", root], check: true)
+        try run(["losetup", "-d", loop], check: true)
+        // The loop device lets go of the file a moment after its detach.
+        #expect(try waitFor { try run(["fusermount", "-u", mountPoint]).succeeded }, "rbd-fuse stayed busy")
+        r = try b.machinectl(["remove", "runner"])
+        #expect(r.succeeded, "\(r.stderr)\n\(b.berthd.log)")
+        #expect(try !Self.images(cluster, pool).contains("runner"))
+    }
+
     @Test func twoHostsShareOnePoolAndRefuseWhatTheOtherHolds() throws {
         let cluster = try CephCluster.shared()
         let pool = try Self.pool.get()
