@@ -216,15 +216,12 @@ struct RbdEndToEndTests {
         #expect(r.succeeded, "\(r.stderr)\n\(a.berthd.log)")
         #expect(try waitFor { try b.imageNames().contains("runner") })
 
-        // Host A: the image as a file through rbd-fuse, read-write, and a machine from it.
-        let mountPoint = work.appending("fuse")
-        try FileManager.default.createDirectory(atPath: mountPoint, withIntermediateDirectories: true)
-        // rbd-fuse daemonizes: spawned with nothing of ours but a log file, or the daemon would
-        // hold a pipe of the test process open.
-        try spawnAndWait(["/usr/bin/rbd-fuse", "-c", cluster.clientConf, "--id", cluster.clientID, "-p", pool, "-r", "runner", mountPoint],
-                         stdout: work.appending("rbd-fuse.log"))
-        defer { _ = try? run(["fusermount", "-u", "-z", mountPoint]) }
-        let loop = try run(["losetup", "--find", "--show", "\(mountPoint)/runner"], check: true).stdout
+        // Host A: the image as a file through rbd-fuse, read-write (under the cluster's folder, so
+        // the cluster's teardown unmounts it and what hangs off it even if this test fails), and a
+        // machine from it.
+        let imageFile = try cluster.mountFuse(image: "runner", pool: pool)
+        defer { _ = try? cluster.unmountFuse(image: "runner") }
+        let loop = try run(["losetup", "--find", "--show", imageFile], check: true).stdout
             .trimmingCharacters(in: .whitespacesAndNewlines)
         defer { _ = try? run(["losetup", "-d", loop]) }
         let root = work.appending("root")
@@ -259,7 +256,7 @@ struct RbdEndToEndTests {
         try run(["umount", root], check: true)
         try run(["losetup", "-d", loop], check: true)
         // The loop device lets go of the file a moment after its detach.
-        #expect(try waitFor { try run(["fusermount", "-u", mountPoint]).succeeded }, "rbd-fuse stayed busy")
+        #expect(try waitFor { (try? cluster.unmountFuse(image: "runner")) != nil }, "rbd-fuse stayed busy")
         r = try b.machinectl(["remove", "runner"])
         #expect(r.succeeded, "\(r.stderr)\n\(b.berthd.log)")
         #expect(try !Self.images(cluster, pool).contains("runner"))
