@@ -153,10 +153,29 @@ enum Contents {
             return a.differences(from: b)
         case (.bytes(let a), .bytes(let b)):
             if a.count != b.count { return ["size \(a.count) ≠ \(b.count)"] }
-            guard let first = a.indices.first(where: { a[$0] != b[$0] }) else { return [] }
+            guard let first = Self.firstDifference(a[...], b[...]) else { return [] }
             return ["bytes differ from offset \(first) on"]
         default:
             return ["a tree compared with bytes"]
+        }
+    }
+
+    /// The first offset where `a` and `b` (of one length) differ, or nil: memcmp 1 MiB at a
+    /// time, as images are tens of MiB.
+    static func firstDifference(_ a: ArraySlice<UInt8>, _ b: ArraySlice<UInt8>) -> Int? {
+        a.withUnsafeBytes { a in
+            b.withUnsafeBytes { b -> Int? in
+                guard let pa = a.baseAddress, let pb = b.baseAddress else { return nil }
+                var offset = 0
+                while offset < a.count {
+                    let n = min(1 << 20, a.count - offset)
+                    if memcmp(pa + offset, pb + offset, n) != 0 {
+                        return (offset..<offset + n).first { a[$0] != b[$0] }
+                    }
+                    offset += n
+                }
+                return nil
+            }
         }
     }
 }
@@ -208,8 +227,10 @@ extension Context {
         try require(listed.limit == grown, "the limit set to \(grown) is reported as \(listed.limit)")
         let after = try external.read(image.path)
         try require(after.count == Int(grown), "the image is \(after.count) bytes after its limit was set to \(grown)")
-        try require(after[0..<before.count].elementsEqual(before), "growing the limit changed the image's data")
-        try require(!after[before.count...].contains { $0 != 0 }, "the bytes a grown limit added are not zero")
+        try require(Contents.firstDifference(after[0..<before.count], before[...]) == nil, "growing the limit changed the image's data")
+        let added = after[before.count...]
+        try require(Contents.firstDifference(added, [UInt8](repeating: 0, count: added.count)[...]) == nil,
+                    "the bytes a grown limit added are not zero")
         try await expect(.invalidArgument, "shrinking the limit below the size (it would cut the data)") {
             try await pool.setLimit(image.name, 32 << 20)
         }
