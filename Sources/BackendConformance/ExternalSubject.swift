@@ -82,6 +82,8 @@ extension Conformance {
         try require(capabilities.contains(.external), "\(subject) does not declare .external")
         try require(capabilities.contains(.blockBacked), "\(subject) does not declare .blockBacked: ImageBytes reaches disk images only")
         try require(backend.receivesNewImages, "\(subject) does not receive new images: the pool would install them elsewhere")
+        let present = try backend.externalImageNames()
+        try require(present.isEmpty, "the storage of \(subject) is not empty (\(present.prefix(5))): each check needs storage of its own")
         let registry = BackendRegistry(subject.makeRegistry(backend))
         let pool = ImagePool(configuration: .init(root: root.string), registry: registry)
         try require(registry.externalBackend(receiving: backend.imageType)?.identifier == backend.identifier,
