@@ -45,6 +45,16 @@ public protocol ExternalImageBackend: ImageBackend {
     /// Whether imports and clones of local images of `imageType` are made here rather than in
     /// the pool folder (configured per pool).
     var receivesNewImages: Bool { get }
+
+    /// `Image.path` of image `name`: its locator as the bus shows it (`rbd://CLUSTER/POOL/NAME`).
+    func imagePath(of name: String) -> String
+
+    /// Removes the temp images (`.#…`) this instance made and a crash left behind (berthd killed
+    /// while an import wrote one), at start: its writers died with it, so what they still hold
+    /// (an RBD exclusive lock, a watch) is theirs no longer and may be broken. Never another
+    /// host's temp images: the storage is shared and that host may be importing into one now.
+    /// Returns the `Image.path` of each image removed and of each that could not be, with why.
+    func removeStaleTemporaryImages() -> (removed: [String], failed: [(path: String, reason: String)])
 }
 
 extension ExternalImageBackend {

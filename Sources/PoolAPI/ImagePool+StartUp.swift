@@ -32,7 +32,8 @@ extension ImagePool {
     /// their immutable flags, subvolumes through the backend that claims them) and lock files
     /// `.#….lck`; in the locks folder, `name-…`, `inode-…` and `block-…` lock files (a hard
     /// kill skips the releases that remove them). A lock file someone holds (a running nspawn,
-    /// another process) is kept: it is removed only while taken exclusively. Called at daemon
+    /// another process) is kept: it is removed only while taken exclusively. On external storage
+    /// (RBD), the temp images this instance left (`staleTemporaryImages`). Called at daemon
     /// start; returns what went and what could not go.
     @discardableResult
     public func removeStaleTemporaryEntries() async -> CleanupReport {
@@ -64,6 +65,13 @@ extension ImagePool {
                 } catch {
                     report.failed.append(.init(path: path.string, reason: "\(error)"))
                 }
+            }
+            // External storage (RBD): the temp images this instance made (shared storage holds
+            // other hosts' too, which their own berthd cleans).
+            for backend in registry.externalBackends {
+                let stale = backend.removeStaleTemporaryImages()
+                report.removed += stale.removed
+                report.failed += stale.failed.map { .init(path: $0.path, reason: $0.reason) }
             }
             for file in (try? directoryEntries(lockDirectory.string)) ?? []
             where ["name-", "inode-", "block-"].contains(where: { file.hasPrefix($0) }) {

@@ -88,6 +88,9 @@ public final class RbdLibrary: @unchecked Sendable {
     let rbd_lock_acquire: berth_rbd_lock_acquire_fn
     let rbd_lock_release: berth_rbd_lock_release_fn
     let rbd_is_exclusive_lock_owner: berth_rbd_is_exclusive_lock_owner_fn
+    let rbd_lock_get_owners: berth_rbd_lock_get_owners_fn
+    let rbd_lock_get_owners_cleanup: berth_rbd_lock_get_owners_cleanup_fn
+    let rbd_lock_break: berth_rbd_lock_break_fn
     let rbd_diff_iterate2: berth_rbd_diff_iterate2_fn
     let rbd_metadata_get: berth_rbd_metadata_get_fn
     let rbd_metadata_set: berth_rbd_metadata_set_fn
@@ -148,6 +151,9 @@ public final class RbdLibrary: @unchecked Sendable {
         rbd_lock_acquire = try Self.symbol(rbd, "rbd_lock_acquire")
         rbd_lock_release = try Self.symbol(rbd, "rbd_lock_release")
         rbd_is_exclusive_lock_owner = try Self.symbol(rbd, "rbd_is_exclusive_lock_owner")
+        rbd_lock_get_owners = try Self.symbol(rbd, "rbd_lock_get_owners")
+        rbd_lock_get_owners_cleanup = try Self.symbol(rbd, "rbd_lock_get_owners_cleanup")
+        rbd_lock_break = try Self.symbol(rbd, "rbd_lock_break")
         rbd_diff_iterate2 = try Self.symbol(rbd, "rbd_diff_iterate2")
         rbd_metadata_get = try Self.symbol(rbd, "rbd_metadata_get")
         rbd_metadata_set = try Self.symbol(rbd, "rbd_metadata_set")

@@ -46,7 +46,9 @@ extension Daemon {
                 configFile: pool.confPath, clientID: pool.clientID, clusterName: pool.cluster, timeoutSeconds: pool.timeoutSeconds,
                 options: ["rados_osd_op_timeout": String(pool.timeoutSeconds)])
             // The first pool receives new raw images (imports); more pools only list and serve theirs.
-            let settings = RbdBackend.Configuration(cluster: cluster, pool: pool.pool, receivesNewImages: index == 0)
+            // Temp images are tagged host:root, so each berthd cleans only its own at start.
+            let settings = RbdBackend.Configuration(cluster: cluster, pool: pool.pool, receivesNewImages: index == 0,
+                                                    owner: "\(RbdBackend.localHostName()):\(options.root)")
             do {
                 let backend = try await Blocking.run { try RbdBackend(settings, inspector: inspector) }
                 backends.append(backend)

@@ -135,6 +135,10 @@ struct RbdEndToEndTests {
             #expect(r.succeeded, "remove \(name): \(r.stderr)")
         }
         #expect(try Self.images(cluster, pool).isEmpty)
+
+        // SIGTERM: berthd closes its Ceph connections and exits 0 (librados kills a process that
+        // exits with a connection open, its static objects going before its threads).
+        #expect(host.berthd.terminate() == 0, "berthd did not exit cleanly: \(host.berthd.log)")
     }
 
     @Test func aFailedImportLeavesNoTempImage() throws {
@@ -153,6 +157,36 @@ struct RbdEndToEndTests {
         let left = try Self.images(cluster, pool)
         #expect(left.filter { $0 == "broken" || $0.hasPrefix(".#") }.isEmpty, "\(left)")
         #expect(try !host.imageNames().contains("broken"))
+    }
+
+    /// berthd killed (SIGKILL) while import-raw writes an RBD image: the worker dies with it, its
+    /// temp image stays on the cluster, never listed; the next berthd removes it at start, although
+    /// the dead worker's watch would hold the image for the OSD's watch timeout.
+    @Test func aCrashMidImportLeavesATempImageTheNextStartRemoves() throws {
+        let cluster = try CephCluster.shared()
+        let pool = try Self.pool.get()
+        let host = try Host(cluster, pool: pool)
+        defer { host.stop() }
+        let work = try TemporaryDirectory(prefix: "berth-rbdcrash")
+        defer { work.remove() }
+        let fifo = work.appending("disk.fifo")
+        #expect(mkfifo(fifo, 0o600) == 0)
+        // 4 MiB, then the FIFO stays open and silent: the import is in flight until we act.
+        let feeder = try Background(["sh", "-c", "exec 3>'\(fifo)'; head -c 4194304 /dev/urandom >&3; exec sleep 600"],
+                                    environment: [:], output: work.appending("feeder.out"))
+        defer { feeder.wait(timeout: 0) }
+        let importer = try Background(["machinectl", "import-raw", fifo, "crashed"],
+                                      environment: ["DBUS_SYSTEM_BUS_ADDRESS": host.bus.address], output: work.appending("import.out"))
+        defer { importer.wait(timeout: 0) }
+        let temp = { try Self.images(cluster, pool).filter { $0.hasPrefix(".#crashed") } }
+        #expect(try eventually(timeout: 60) { try !temp().isEmpty }, "\(importer.output)\n\(host.berthd.log)")
+
+        host.berthd.crash()
+        #expect(try temp().count == 1, "the temp image went with berthd: nothing left to clean")
+        try host.berthd.restart()
+        #expect(try temp().isEmpty, "\(host.berthd.log)")
+        #expect(host.berthd.log.contains("removed stale rbd://"), "\(host.berthd.log)")
+        #expect(try !host.imageNames().contains("crashed"))
     }
 
     @Test func twoHostsShareOnePoolAndRefuseWhatTheOtherHolds() throws {

@@ -132,4 +132,40 @@ struct RbdBackendTests {
         let left = try backend.externalImageNames().filter { $0.contains(name) }
         #expect(left.isEmpty, "left behind: \(left)")
     }
+
+    /// A berthd killed mid-import leaves its temp image (`.#…`) on the shared pool: its next start
+    /// removes it, but never another instance's temp image (another host may be importing into
+    /// it). (A dead writer still registered on the image: RbdEndToEndTests.)
+    @Test func startUpRemovesOnlyThisInstancesStaleTempImages() async throws {
+        let settings = try RbdBackend.Configuration(cluster: RbdTestCluster.clusterConfiguration(), pool: RbdTestCluster.poolName,
+                                                    owner: "host-a:/root-a", cacheSeconds: 0.5)
+        let hostA = try RbdBackend(settings)
+        var other = settings
+        other.owner = "host-b:/root-b"
+        let hostB = try RbdBackend(other)
+        let tag = UInt32.random(in: 0...UInt32.max)
+        let mine = ".#killed-\(tag)", aside = ".#aside-\(tag)", theirs = ".#elsewhere-\(tag)", kept = "kept-\(tag)"
+        try hostA.createEmpty(at: hostA.locator(of: mine))
+        try hostA.createEmpty(at: hostA.locator(of: kept))
+        try hostB.createEmpty(at: hostB.locator(of: theirs))
+        defer {
+            for name in [mine, aside, theirs, kept] { try? hostA.pool.removeImage(name) }
+        }
+        #expect(try hostA.pool.openImage(mine, readOnly: true).metadata(RbdBackend.tempOwnerKey) == "host-a:/root-a")
+        #expect(try hostA.pool.openImage(kept, readOnly: true).metadata(RbdBackend.tempOwnerKey) == nil)
+        // An image moved aside under a temp name (an import replacing it) is marked as well.
+        try hostA.rename(from: hostA.locator(of: kept), to: hostA.locator(of: aside))
+        #expect(try hostA.pool.openImage(aside, readOnly: true).metadata(RbdBackend.tempOwnerKey) == "host-a:/root-a")
+
+        let root = try TemporaryDirectory()
+        defer { root.remove() }
+        try makeDirectories(root.path + "/var/lib/machines")
+        let pool = ImagePool(configuration: .init(root: root.path), registry: BackendRegistry([DirectoryBackend(), hostA]))
+        let report = await pool.removeStaleTemporaryEntries()
+        #expect(Set(report.removed).isSuperset(of: [hostA.imagePath(of: mine), hostA.imagePath(of: aside)]), "\(report.removed)")
+        #expect(report.failed.isEmpty, "\(report.failed.map(\.reason))")
+        let left = try hostA.pool.listImages().map(\.name)
+        #expect(!left.contains(mine) && !left.contains(aside))
+        #expect(left.contains(theirs))
+    }
 }

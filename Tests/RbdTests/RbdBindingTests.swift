@@ -153,6 +153,17 @@ struct RbdBindingTests {
         #expect(try !image.ownsExclusiveLock())
     }
 
+    /// An empty image (every import's temp image at first) has usage 0: asked through fast-diff,
+    /// Ceph 16 would abort the whole process (a failed ceph_assert in DiffIterate).
+    @Test func usageOfAnEmptyImageIsZero() throws {
+        let name = uniqueName("empty")
+        try pool.createImage(name, size: 0)
+        defer { try? pool.removeImage(name) }
+        let image = try pool.openImage(name, readOnly: true)
+        #expect(try image.allocatedBytes(includeParent: true) == 0)
+        #expect(try image.allocatedBytes(includeParent: false) == 0)
+    }
+
     @Test func metadataRoundTrips() throws {
         let name = uniqueName("meta")
         try pool.createImage(name, size: 1 << 20)

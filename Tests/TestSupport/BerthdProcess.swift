@@ -124,6 +124,13 @@ public final class BerthdProcess: @unchecked Sendable {
         return (status >> 8) & 0xff  // WEXITSTATUS
     }
 
+    /// SIGKILL, as if berthd crashed; reaped. `restart()` then starts a new one over the same root.
+    public func crash() {
+        guard isRunning else { return }
+        kill(pid, SIGKILL)
+        while isRunning { usleep(10_000) }
+    }
+
     /// Stops berthd if it still runs and removes the root folder.
     public func stop() {
         _ = terminate()

@@ -42,10 +42,10 @@ public func run(_ argv: [String], environment: [String: String] = [:], input: Da
     let group = DispatchGroup()
     group.enter()
     DispatchQueue.global().async {
-        errData = err.fileHandleForReading.readDataToEndOfFile()
+        errData = readToEnd(err.fileHandleForReading)
         group.leave()
     }
-    let outData = out.fileHandleForReading.readDataToEndOfFile()
+    let outData = readToEnd(out.fileHandleForReading)
     group.wait()
     p.waitUntilExit()
     let result = CommandResult(
@@ -56,6 +56,20 @@ public func run(_ argv: [String], environment: [String: String] = [:], input: Da
         throw TestSupportError("\(argv.joined(separator: " ")) exited \(result.status): \(result.stderr)")
     }
     return result
+}
+
+/// Everything `handle` gives until end of file. Not FileHandle.readDataToEndOfFile, which traps
+/// (a `try!` inside Foundation) when a signal interrupts its read(2): a test process with
+/// librados threads and child processes gets signals.
+public func readToEnd(_ handle: FileHandle) -> Data {
+    var data = Data()
+    var buffer = [UInt8](repeating: 0, count: 65536)
+    while true {
+        let n = buffer.withUnsafeMutableBytes { read(handle.fileDescriptor, $0.baseAddress, $0.count) }
+        if n < 0 && errno == EINTR { continue }
+        if n <= 0 { return data }
+        data.append(contentsOf: buffer[0..<n])
+    }
 }
 
 /// Whether `name` is an executable in PATH.

@@ -231,6 +231,46 @@ struct SandboxTests {
         }
     }
 
+    @Test("an RBD job binds no image path, keeps the host network (to the cluster) and sees backends.d, /etc/ceph, the conf and the keyrings it names, read-only")
+    func rbdPolicies() throws {
+        let root = try TemporaryDirectory()
+        defer { root.remove() }
+        try makeDirectories(root.appending("etc/berth/backends.d"))
+        try makeDirectories(root.appending("etc/ceph"))
+        try "[rbd]\npool=berth\nconf=/etc/ceph/ceph.conf\nid=berth\n".write(
+            toFile: root.appending("etc/berth/backends.d/rbd.conf"), atomically: false, encoding: .utf8)
+        // Ceph spells the key three ways; `$name` paths are reached through their folder.
+        try """
+        [global]
+        mon host = 127.0.0.1:3300
+        keyring = /srv/ceph/client.keyring, /etc/ceph/$cluster.$name.keyring
+        [client]
+        key_file = /srv/keys/berth.key
+        keyfile=relative/ignored
+        =
+        """.write(toFile: root.appending("etc/ceph/ceph.conf"), atomically: false, encoding: .utf8)
+        let locator = try #require(RbdLocator("rbd://ceph/berth/.#img123"))
+        let files = TransferWorker.cephFiles(for: locator, root: root.path)
+        #expect(files == [root.appending("etc/berth/backends.d"), "/etc/ceph", root.appending("etc/ceph/ceph.conf"),
+                          "/srv/ceph/client.keyring", "/etc/ceph", "/srv/keys/berth.key"], "\(files)")
+        // No [rbd] section for that cluster and pool: only the fixed places.
+        #expect(TransferWorker.cephFiles(for: try #require(RbdLocator("rbd://ceph/other/x")), root: root.path)
+            == [root.appending("etc/berth/backends.d"), "/etc/ceph"])
+
+        for (type, option) in [(TransferType.importRaw, "--target"), (.pullRaw, "--target"), (.exportRaw, "--source")] {
+            var arguments = [type.rawValue, "--root", root.path, option, "rbd://ceph/berth/.#img123", "--pool", "/p"]
+            if type == .pullRaw { arguments += ["--url", "http://127.0.0.1:1/x"] }
+            let policy = TransferWorker.sandboxPolicy(for: try TransferWorker.Arguments(parsing: arguments), cephFiles: files)
+            #expect(policy.hostNetwork, "\(type)")
+            #expect(!policy.binds.contains { $0.path.contains("rbd:") }, "\(type): \(policy.binds)")
+            #expect(!policy.capabilities.contains(.sysAdmin), "\(type)")
+            for file in files {
+                #expect(policy.binds.contains { $0.path == file && $0.access == .readOnly && !$0.required }, "\(type): \(file)")
+            }
+            #expect(!policy.binds.contains { $0.access == .readWrite }, "\(type): \(policy.binds)")
+        }
+    }
+
     @Test("a directory as the data descriptor of any type but import-fs is refused before any work")
     func directoryDescriptorRefused() throws {
         let tmp = try TemporaryDirectory()

@@ -45,15 +45,20 @@ public final class RbdBackend: ExternalImageBackend, @unchecked Sendable {
         public var receivesNewImages: Bool
         /// The name this host's locks carry (`berth:<host>:…`).
         public var hostName: String
+        /// Who made a temp image (metadata `berth.temp-owner`): this host and berthd's root, so
+        /// that two berthd instances (two hosts, or two roots on one host) each clean only
+        /// their own temp images at start.
+        public var owner: String
         /// How long cached metadata of an image is used before it is refreshed in the background.
         public var cacheSeconds: Double
 
         public init(cluster: RadosCluster.Configuration, pool: String, receivesNewImages: Bool = true,
-                    hostName: String = RbdBackend.localHostName(), cacheSeconds: Double = 10) {
+                    hostName: String = RbdBackend.localHostName(), owner: String? = nil, cacheSeconds: Double = 10) {
             self.cluster = cluster
             self.pool = pool
             self.receivesNewImages = receivesNewImages
             self.hostName = hostName
+            self.owner = owner ?? hostName
             self.cacheSeconds = cacheSeconds
         }
     }
@@ -68,6 +73,8 @@ public final class RbdBackend: ExternalImageBackend, @unchecked Sendable {
 
     /// The image metadata key marking an image read-only for Berth.
     public static let readOnlyKey = "berth.read-only"
+    /// The image metadata key naming who made a temp image (`Configuration.owner`).
+    public static let tempOwnerKey = "berth.temp-owner"
     /// The prefix of the snapshots clones are made from.
     public static let cloneSnapshotPrefix = "berth-clone-"
 
@@ -256,11 +263,70 @@ public final class RbdBackend: ExternalImageBackend, @unchecked Sendable {
 
     // MARK: mutations
 
-    /// An empty image of size 0 under `path` (a locator): imports resize it as they write.
+    /// An empty image of size 0 under `path` (a locator): imports resize it as they write. A
+    /// temp image (`.#…`, every import's) is marked as this instance's, for the start-up clean-up.
     public func createEmpty(at path: FilePath) throws {
         let name = try imageName(path)
         do { try pool.createImage(name, size: 0) } catch { throw Self.poolError(error, "cannot create RBD image '\(name)'") }
+        do { try markIfTemporary(name) } catch {
+            try? pool.removeImage(name)
+            throw Self.poolError(error, "cannot mark RBD image '\(name)' as this host's temp image")
+        }
         noteNames(adding: name, removing: nil)
+    }
+
+    /// Tags a temp image (`.#…`) with this instance's owner; other names are left alone.
+    private func markIfTemporary(_ name: String) throws(RbdError) {
+        guard name.hasPrefix(".#") else { return }
+        try pool.openImage(name).setMetadata(Self.tempOwnerKey, configuration.owner)
+    }
+
+    /// The `.#…` images whose owner tag is this instance's, removed. A writer of ours still
+    /// registered on one (a worker killed with berthd keeps its watch until the OSD times it out,
+    /// 30 s) is fenced: its exclusive lock broken and its client blocklisted, which drops the
+    /// watch; then the removal is retried for a few seconds while the OSDs see the blocklist.
+    public func removeStaleTemporaryImages() -> (removed: [String], failed: [(path: String, reason: String)]) {
+        var removed: [String] = [], failed: [(path: String, reason: String)] = []
+        let names: [String]
+        do { names = try imageNames(allowStale: false) } catch {
+            return ([], [(RbdLocator.scheme + "\(configuration.cluster.clusterName)/\(configuration.pool)", "\(error)")])
+        }
+        for name in names where name.hasPrefix(".#") {
+            guard (try? pool.openImage(name, readOnly: true).metadata(Self.tempOwnerKey)) == configuration.owner else { continue }
+            do {
+                try removeFencingDeadWriters(name)
+                removed.append(imagePath(of: name))
+            } catch {
+                failed.append((imagePath(of: name), "\(error)"))
+            }
+        }
+        return (removed, failed)
+    }
+
+    private func removeFencingDeadWriters(_ name: String) throws {
+        do {
+            try remove(at: locator(of: name))
+            return
+        } catch let error as PoolError where error.code == .busy {
+            let image: RbdImage
+            do { image = try pool.openImage(name) } catch { throw Self.poolError(error, "cannot open RBD image '\(name)'") }
+            for owner in (try? image.exclusiveLockOwners()) ?? [] {
+                do { try image.breakExclusiveLock(owner: owner) } catch {
+                    throw Self.poolError(error, "cannot break the lock \(owner) holds on RBD image '\(name)'")
+                }
+            }
+            // `image` closes here: its own watch would keep the image busy too.
+        }
+        // The OSDs drop a blocklisted client's watch once they see the new map: moments.
+        let deadline = monotonicSeconds() + 15
+        while true {
+            do {
+                try remove(at: locator(of: name))
+                return
+            } catch let error as PoolError where error.code == .busy && monotonicSeconds() < deadline {
+                usleep(200_000)
+            }
+        }
     }
 
     /// Not used: clones are made in one step (`cloneInOneStep`).
@@ -314,6 +380,9 @@ public final class RbdBackend: ExternalImageBackend, @unchecked Sendable {
         do {
             try refuseInUse(try pool.openImage(from, readOnly: true), "rename")
             try pool.renameImage(from, to: to)
+            // An image moved aside under a temp name (an import replacing it) is ours to clean
+            // should berthd die before it goes (best effort: the rename itself is done).
+            try? markIfTemporary(to)
         } catch {
             throw Self.poolError(error, "cannot rename RBD image '\(from)' to '\(to)'")
         }
