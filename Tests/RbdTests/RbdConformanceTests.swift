@@ -33,25 +33,30 @@ struct RbdConformanceTests {
 
     /// librbd's view of an image's bytes; "open for writing" is the backend's writer path,
     /// `lockForWriting` (what Berth's writers and running machines take), released at once.
-    static let bytes = ImageBytes(
-        read: { backend, locator in
-            let (rbd, name) = try image(backend, locator)
-            let image = try rbd.pool.openImage(name, readOnly: true)
-            return try image.read(at: 0, count: Int(try image.size()))
-        },
-        write: { backend, locator, offset, data in
-            let (rbd, name) = try image(backend, locator)
-            let image = try rbd.pool.openImage(name)
-            let end = offset + UInt64(data.count)
-            if try image.size() < end { try image.resize(to: end) }
-            try image.write(data, at: offset)
-            try image.flush()
-        },
-        openForWriting: { backend, locator in
-            let (rbd, name) = try image(backend, locator)
-            let image = try rbd.lockForWriting(name, purpose: "conformance")
-            try image.unlock(cookie: RbdBackend.cookie(host: rbd.configuration.hostName, purpose: "conformance"))
-        })
+    static let bytes = librbdBytes { backend, locator in
+        let (rbd, name) = try image(backend, locator)
+        let image = try rbd.lockForWriting(name, purpose: "conformance")
+        try image.unlock(cookie: RbdBackend.cookie(host: rbd.configuration.hostName, purpose: "conformance"))
+    }
+
+    /// Reads and writes through librbd, opening for writing with `openForWriting`.
+    static func librbdBytes(openForWriting: @escaping @Sendable (any ExternalImageBackend, String) throws -> Void) -> ImageBytes {
+        ImageBytes(
+            read: { backend, locator in
+                let (rbd, name) = try image(backend, locator)
+                let image = try rbd.pool.openImage(name, readOnly: true)
+                return try image.read(at: 0, count: Int(try image.size()))
+            },
+            write: { backend, locator, offset, data in
+                let (rbd, name) = try image(backend, locator)
+                let image = try rbd.pool.openImage(name)
+                let end = offset + UInt64(data.count)
+                if try image.size() < end { try image.resize(to: end) }
+                try image.write(data, at: offset)
+                try image.flush()
+            },
+            openForWriting: openForWriting)
+    }
 
     static func image(_ backend: any ExternalImageBackend, _ locator: String) throws -> (RbdBackend, String) {
         guard let rbd = backend as? RbdBackend, let name = rbd.imageName(ofLocator: locator) else {
@@ -70,6 +75,42 @@ struct RbdConformanceTests {
         defer { root.remove() }
         let outcome = try await Conformance.run(check, subject: Self.subject(pool: pool), root: FilePath(root.path))
         #expect(outcome == .passed)
+    }
+
+    @Test("the readOnly check fails a subject whose writes bypass the backend's writer path (a plain librbd open ignores berth.read-only)")
+    func readOnlyCheckHasTeeth() async throws {
+        let cluster = try CephCluster.shared()
+        let pool = "conf-teeth-\(UInt32.random(in: 0...UInt32.max))"
+        try cluster.createPoolForRBD(pool)
+        defer { Self.removePool(pool, of: cluster) }
+        let root = try TemporaryDirectory()
+        defer { root.remove() }
+        let bypassing = Self.librbdBytes { backend, locator in
+            let (rbd, name) = try Self.image(backend, locator)
+            try rbd.pool.openImage(name).write([1], at: 0)
+        }
+        let subject = ExternalSubject("rbd-bypassing", backend: { _ in try Self.backend(pool: pool) }, bytes: bypassing,
+                                      registry: { [DirectoryBackend(), $0] })
+        let failure = await #expect(throws: ConformanceFailure.self) {
+            _ = try await Conformance.run(.readOnly, subject: subject, root: FilePath(root.path))
+        }
+        #expect(failure?.description.contains("expected it refused, but it succeeded") == true, "\(String(describing: failure))")
+    }
+
+    @Test("Conformance.run refuses storage that already holds an image: the checks' fixed names would meet it")
+    func refusesStorageInUse() async throws {
+        let cluster = try CephCluster.shared()
+        let pool = "conf-used-\(UInt32.random(in: 0...UInt32.max))"
+        try cluster.createPoolForRBD(pool)
+        defer { Self.removePool(pool, of: cluster) }
+        try cluster.rbd(pool: pool, ["create", "--size", "1M", "fixture"])
+        let root = try TemporaryDirectory()
+        defer { root.remove() }
+        let failure = await #expect(throws: ConformanceFailure.self) {
+            _ = try await Conformance.run(.createAndList, subject: Self.subject(pool: pool), root: FilePath(root.path))
+        }
+        #expect(failure?.description.contains("is not empty") == true, "\(String(describing: failure))")
+        #expect(try cluster.images(in: pool) == ["fixture"], "the refused run touched the pool")
     }
 
     /// Removes every image a check left through the backend (clones before the images they
