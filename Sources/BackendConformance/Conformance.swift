@@ -123,7 +123,8 @@ public struct ConformanceFailure: Error, CustomStringConvertible {
 
 /// The backend conformance suite. Vendors call `run` from their own tests for every check on
 /// every filesystem their backend supports (see docs/writing-a-backend.md); it throws
-/// `ConformanceFailure` (or the pool's error) on a failure.
+/// `ConformanceFailure` (or the pool's error) on a failure. An external block-backed backend
+/// (Ceph RBD) runs the same checks with an `ExternalSubject` (ExternalSubject.swift).
 public enum Conformance {
     /// Runs `check` against `subject` in `root`, a fresh, empty folder on the filesystem under
     /// test (its mount point is fine). Needs root, as images carry device nodes and owners.
