@@ -480,9 +480,14 @@ public final class RbdBackend: ExternalImageBackend, @unchecked Sendable {
 
     /// Takes the image's advisory lock for a writer on this host (an import, a running
     /// machine), so other hosts refuse to remove, rename or write it. Release with `unlock`.
+    /// A read-only image (`berth.read-only`) is refused (`.readOnly`): this is the writer path
+    /// through which Berth honours the mark.
     public func lockForWriting(_ name: String, purpose: String) throws -> RbdImage {
         do {
             let image = try pool.openImage(name)
+            if try image.metadata(Self.readOnlyKey) == "1" {
+                throw PoolError(.readOnly, "RBD image '\(name)' is read-only: it cannot be opened for writing")
+            }
             try image.lockExclusive(cookie: Self.cookie(host: configuration.hostName, purpose: purpose))
             return image
         } catch {
