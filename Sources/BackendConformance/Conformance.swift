@@ -152,7 +152,7 @@ public enum Conformance {
     }
 }
 
-struct Context {
+struct Context: Checking {
     let env: Environment
     let backend: any ImageBackend
     let pool: ImagePool
@@ -176,21 +176,6 @@ struct Context {
         case .outOfSpace: return try await outOfSpaceCheck()
         }
         return .passed
-    }
-
-    func require(_ condition: Bool, _ message: @autoclosure () -> String) throws {
-        if !condition { throw ConformanceFailure(message()) }
-    }
-
-    /// Expects `body` to fail with a `PoolError` of `code`.
-    func expect(_ code: PoolError.Code, _ what: String, _ body: () async throws -> Void) async throws {
-        do {
-            try await body()
-        } catch let e as PoolError {
-            try require(e.code == code, "\(what): expected \(code), got \(e.code): \(e)")
-            return
-        }
-        throw ConformanceFailure("\(what): expected \(code), but it succeeded")
     }
 
     /// Expects a system call to fail with one of `errnos`.

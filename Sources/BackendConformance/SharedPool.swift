@@ -84,12 +84,9 @@ extension Conformance {
         return .passed
     }
 
-    static func require(_ condition: Bool, _ message: @autoclosure () -> String) throws {
-        if !condition { throw ConformanceFailure(message()) }
-    }
 }
 
-struct SharedContext {
+struct SharedContext: Checking {
     let subject: SharedSubject
     let a: any ExternalImageBackend
     let b: any ExternalImageBackend
@@ -97,20 +94,6 @@ struct SharedContext {
     let poolB: ImagePool
     /// Every image name of a run starts with it: the storage is shared with other runs.
     let prefix: String
-
-    func require(_ condition: Bool, _ message: @autoclosure () -> String) throws {
-        if !condition { throw ConformanceFailure(message()) }
-    }
-
-    func expect(_ code: PoolError.Code, _ what: String, _ body: () async throws -> Void) async throws {
-        do {
-            try await body()
-        } catch let e as PoolError {
-            try require(e.code == code, "\(what): expected \(code), got \(e.code): \(e)")
-            return
-        }
-        throw ConformanceFailure("\(what): expected \(code), but it succeeded")
-    }
 
     /// Imports an image on host A (through the pool's install, as import1 does).
     @discardableResult
