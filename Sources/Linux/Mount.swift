@@ -51,16 +51,31 @@ public func unmountOrDetach(_ target: String) -> Bool {
     }
 }
 
-/// The mount points in /proc/self/mountinfo (field 5, octal escapes decoded).
-public func currentMountPoints() -> [String] {
+/// One line of /proc/self/mountinfo: what is mounted where.
+public struct MountInfoEntry: Sendable, Equatable {
+    /// The mount source (field 10: a device, `rbd-fuse`, `tmpfs`…).
+    public var source: String
+    /// The mount point (field 5).
+    public var target: String
+    /// The filesystem type (field 9: `ext4`, `fuse`, `fuse.rbd-fuse`…).
+    public var type: String
+}
+
+/// /proc/self/mountinfo in mount order, octal escapes of paths decoded.
+public func currentMounts() -> [MountInfoEntry] {
     guard let fd = try? FileDescriptor.open("/proc/self/mountinfo", flags: O_RDONLY),
           let bytes = try? fd.readToEnd(limit: 16 << 20) else { return [] }
     return String(decoding: bytes, as: UTF8.self).split(separator: "\n").compactMap { line in
+        // Optional fields run up to a lone "-"; the type and source follow it.
         let fields = line.split(separator: " ", omittingEmptySubsequences: false)
-        guard fields.count > 4 else { return nil }
-        return decodeMountInfoEscapes(String(fields[4]))
+        guard fields.count > 4, let dash = fields.firstIndex(of: "-"), dash >= 6, dash + 2 < fields.count else { return nil }
+        return MountInfoEntry(source: decodeMountInfoEscapes(String(fields[dash + 2])),
+                              target: decodeMountInfoEscapes(String(fields[4])), type: String(fields[dash + 1]))
     }
 }
+
+/// The mount points in /proc/self/mountinfo (field 5, octal escapes decoded).
+public func currentMountPoints() -> [String] { currentMounts().map(\.target) }
 
 /// mountinfo writes space, tab, newline and backslash as `\040`-style octal escapes.
 private func decodeMountInfoEscapes(_ s: String) -> String {

@@ -32,6 +32,19 @@ struct MountTests {
         #expect(!currentMountPoints().contains(target))
     }
 
+    /// currentMounts: source and type come after mountinfo's optional fields and their "-";
+    /// a space in the mount point (written `\040`) is decoded.
+    @Test func mountInfoEntriesNameSourceTargetAndType() throws {
+        let dir = try TemporaryDirectory()
+        defer { dir.remove() }
+        let target = dir.appending("with space")
+        try makeDirectory(target)
+        try mountFilesystem("berth-src", at: target, type: "tmpfs", flags: .inspection, options: "size=1m")
+        defer { _ = unmountOrDetach(target) }
+        let entry = currentMounts().last { $0.target == target }
+        #expect(entry == MountInfoEntry(source: "berth-src", target: target, type: "tmpfs"), "\(String(describing: entry))")
+    }
+
     @Test func mountFailureNamesTheCallAndWhatWasMounted() throws {
         let dir = try TemporaryDirectory()
         defer { dir.remove() }

@@ -1,5 +1,6 @@
 import Foundation
 import Glibc
+import Linux
 import Synchronization
 
 /// A one-node Ceph cluster (one mon, one mgr, one OSD with bluestore on a sparse file) run as
@@ -375,35 +376,8 @@ public final class CephCluster: @unchecked Sendable {
         return kill(pid, 0) != 0
     }
 
-    private struct MountEntry { var source: String; var target: String; var type: String }
-
-    /// /proc/self/mountinfo, in mount order (octal escapes of paths decoded).
-    private static func mounts() -> [MountEntry] {
-        guard let text = try? String(contentsOfFile: "/proc/self/mountinfo", encoding: .utf8) else { return [] }
-        return text.split(separator: "\n").compactMap { line in
-            let halves = line.components(separatedBy: " - ")
-            guard halves.count == 2 else { return nil }
-            let left = halves[0].split(separator: " "), right = halves[1].split(separator: " ")
-            guard left.count >= 5, right.count >= 2 else { return nil }
-            return MountEntry(source: unescape(String(right[1])), target: unescape(String(left[4])), type: String(right[0]))
-        }
-    }
-
-    private static func unescape(_ s: String) -> String {
-        guard s.contains("\\") else { return s }
-        var out = [UInt8](), bytes = Array(s.utf8), i = 0
-        while i < bytes.count {
-            if bytes[i] == UInt8(ascii: "\\"), i + 3 < bytes.count,
-               let v = UInt8(String(decoding: bytes[(i + 1)...(i + 3)], as: UTF8.self), radix: 8) {
-                out.append(v)
-                i += 4
-            } else {
-                out.append(bytes[i])
-                i += 1
-            }
-        }
-        return String(decoding: out, as: UTF8.self)
-    }
+    /// /proc/self/mountinfo, in mount order.
+    private static func mounts() -> [MountInfoEntry] { currentMounts() }
 
     /// Loop devices (/dev/loopN) whose backing file lies under `prefix`.
     private static func backingLoops(under prefix: String) -> [String] {
