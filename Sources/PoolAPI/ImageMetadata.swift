@@ -52,17 +52,54 @@ public struct ImageMetadata: Sendable, Equatable {
         return String(decoding: bytes, as: UTF8.self)
     }
 
-    /// The first line that is neither empty nor a comment, trimmed (as systemd reads
-    /// /etc/hostname). Lines end at `\n` or `\r`, split as scalars: "\r\n" is one Character in
-    /// Swift, which a Character split on either would not break at (fuzzing found a CRLF file's
-    /// comment and name coming back as one "line" with a newline in it).
+    /// /etc/hostname as systemd reads it (read_etc_hostname): the first line that is neither
+    /// empty nor a comment, stripped of spaces, tabs and line ends, then cleaned up as a hostname
+    /// (`cleanedHostname`); "" when what is left is no valid hostname. Lines end at `\n`, `\r`
+    /// or NUL, split as scalars: "\r\n" is one Character in Swift, which a Character split on
+    /// either would not break at (fuzzing found a CRLF file's comment and name coming back as one
+    /// "line" with a newline in it).
     package static func parseHostname(_ text: String) -> String {
-        for line in text.unicodeScalars.split(whereSeparator: { $0 == "\n" || $0 == "\r" }) {
-            let t = Substring(line).trimmingWhitespace()
-            if t.isEmpty || t.hasPrefix("#") { continue }
-            return t
+        let isSpace: (Unicode.Scalar) -> Bool = { $0 == " " || $0 == "\t" || $0 == "\n" || $0 == "\r" }
+        for line in text.unicodeScalars.split(whereSeparator: { $0 == "\n" || $0 == "\r" || $0 == "\0" }) {
+            guard let first = line.firstIndex(where: { !isSpace($0) }), let last = line.lastIndex(where: { !isSpace($0) }) else { continue }
+            let stripped = line[first...last]
+            if stripped.first == "#" { continue }
+            return cleanedHostname(String(String.UnicodeScalarView(stripped)))
         }
         return ""
+    }
+
+    /// A hostname as systemd 252 cleans it (hostname_cleanup) and then accepts it
+    /// (hostname_is_valid): characters other than ASCII letters, digits, `-` and `.` dropped, a
+    /// `.` or `-` where a label cannot have one dropped (leading, doubled, `.-`), at most 64
+    /// characters, one trailing `.` or `-` dropped; "" if the rest is still no valid hostname.
+    /// Matched against machined 252's GetImageHostname (Machine1Tests.imageHostnamesMatchMachined).
+    static func cleanedHostname(_ text: String) -> String {
+        let hostNameMax = 64
+        var out: [UInt8] = []
+        var dot = true, hyphen = true
+        for c in text.utf8 where out.count < hostNameMax {
+            switch c {
+            case UInt8(ascii: "."):
+                if dot || hyphen { continue }
+                out.append(c)
+                (dot, hyphen) = (true, false)
+            case UInt8(ascii: "-"):
+                if dot { continue }
+                out.append(c)
+                (dot, hyphen) = (false, true)
+            case UInt8(ascii: "a")...UInt8(ascii: "z"), UInt8(ascii: "A")...UInt8(ascii: "Z"), UInt8(ascii: "0")...UInt8(ascii: "9"):
+                out.append(c)
+                (dot, hyphen) = (false, false)
+            default:
+                continue
+            }
+        }
+        if let last = out.last, last == UInt8(ascii: ".") || last == UInt8(ascii: "-") { out.removeLast() }
+        // What hostname_is_valid (trailing dot allowed) would still refuse after the clean-up.
+        guard let end = out.last, end != UInt8(ascii: "-"), end != UInt8(ascii: ".") || out.filter({ $0 == UInt8(ascii: ".") }).count >= 2
+        else { return "" }
+        return String(decoding: out, as: UTF8.self)
     }
 
     /// 32 hex digits (plain form); anything else, "uninitialized" included, is no ID.

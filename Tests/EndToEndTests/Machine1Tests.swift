@@ -12,6 +12,27 @@ let machine1Requirements: [Requirement] = [
 /// pool (differential), driven with machinectl, busctl and gdbus.
 @Suite(.serialized, .requires(machine1Requirements))
 struct Machine1DifferentialTests {
+    /// /etc/hostname as machined reads it (read_etc_hostname): the first line that is neither
+    /// empty nor a comment, cleaned up and checked; one that is no valid hostname is no hostname.
+    @Test func imageHostnamesMatchMachined() throws {
+        let pair = try Machine1Pair(.ext4)
+        defer { pair.stop() }
+        let hostnames = [
+            "plain", "  spaced  ", "UPPER.Case", "trailing.", "under_score", "bad!char", "-lead", "trail-", "a..b",
+            "ümlaut", String(repeating: "a", count: 70), ".", "x y", "a.-b", "1.2.3.4", "local_host.", "\ttab",
+            "a--", "a-.", "a.b.", "..", "# only a comment\n  \n#x", "\u{00A0}#nbsp", "a\u{0}b", ".host", "x-y.z-w.",
+        ]
+        for (i, hostname) in hostnames.enumerated() {
+            try PoolFixture.directoryImage(pair.pool + "/h\(i)", hostname: hostname)
+        }
+        let (berth, ref) = (pair.berthBus.address, pair.referenceBus.address)
+        for (i, hostname) in hostnames.enumerated() {
+            let b = try pair.gdbus(berth, "org.freedesktop.machine1.Manager.GetImageHostname", ["'h\(i)'"])
+            let r = try pair.gdbus(ref, "org.freedesktop.machine1.Manager.GetImageHostname", ["'h\(i)'"])
+            #expect(b == r, "\(hostname.debugDescription): berthd \(b), machined \(r)")
+        }
+    }
+
     @Test(arguments: [LoopbackFilesystem.Kind.btrfs, .ext4])
     func readingMembersMatchMachined(_ kind: LoopbackFilesystem.Kind) throws {
         let pair = try Machine1Pair(kind)
