@@ -92,20 +92,21 @@ public final class WorkerProcess: Sendable {
             state.withLock { $0.wake = nil }
             _ = close(wake)
         }
-        var fds: [Int32] = [0, 0]
-        guard pipe2(&fds, O_CLOEXEC) == 0 else {
-            return Outcome(exit: nil, error: "cannot make the status pipe: \(Errno.current)", canceled: false)
+        let statusPipe: (read: FileDescriptor, write: FileDescriptor)
+        do { statusPipe = try makePipe() } catch {
+            return Outcome(exit: nil, error: "cannot make the status pipe: \(error)", canceled: false)
         }
-        let statusRead = fds[0]
-        defer { _ = close(statusRead) }
+        defer { statusPipe.read.close() }
+        let statusRead = statusPipe.read.rawValue
         let pid: pid_t
         do {
-            pid = try spawnProcess(executable, arguments: arguments, descriptors: [fds[1]] + (data.map { [$0] } ?? []))
+            pid = try spawnProcess(executable, arguments: arguments, descriptors: [statusPipe.write.rawValue] + (data.map { [$0] } ?? []))
         } catch {
-            _ = close(fds[1])
+            statusPipe.write.close()
             return Outcome(exit: nil, error: "cannot start the transfer worker \(executable): \(error)", canceled: false)
         }
-        _ = close(fds[1])
+        // The worker holds its own copy: EOF on ours comes when it has exited.
+        statusPipe.write.close()
         let process: FileDescriptor
         do {
             process = try openProcessDescriptor(pid)

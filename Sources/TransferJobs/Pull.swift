@@ -184,22 +184,19 @@ extension Pull {
             stoppedByImport = context.writeFailed
         } else {
             // Download → pipe → RawImport, hashing on the way.
-            var fds: [Int32] = [0, 0]
-            guard pipe2(&fds, O_CLOEXEC) == 0 else { throw SystemCallError("pipe2", .current) }
-            let readEnd = FileDescriptor(owning: fds[0])
-            let writeEnd = fds[1]
-            let context = DownloadContext(output: writeEnd, hash: hash, reporter: reporter, limit: .max)
+            let (readEnd, writeEnd) = try makePipe()
+            let context = DownloadContext(output: writeEnd.rawValue, hash: hash, reporter: reporter, limit: .max)
             context.headers = conditionalHeaders(knownETags)
             downloadContext = context
             let download: WorkerThread<Result<Void, TransferError>>
             do {
                 download = try WorkerThread {
                     let result = Pull.perform(url: url, context: context).mapError { TransferError($0.message) }
-                    _ = close(writeEnd)  // EOF for the importer: the stream is over (complete or not)
+                    writeEnd.close()  // EOF for the importer: the stream is over (complete or not)
                     return result
                 }
             } catch {
-                _ = close(writeEnd)
+                writeEnd.close()
                 throw error
             }
             do {
